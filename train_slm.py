@@ -1,0 +1,114 @@
+"""
+train_slm.py -- step 2 of rho: continue pre-training the base model on the unseen part of the web corpus,
+with Selective Language Modeling (loss on the top `ratio` of tokens by excess loss) or, at --ratio 1.0,
+plain next-token training (CLM) on the same tokens, in the same order, from the same seed.
+
+  python train_slm.py --ratio 0.6                  # SLM student       -> out/slm0.6
+  python train_slm.py --ratio 1.0                  # CLM baseline      -> out/clm
+  python train_slm.py --ratio 0.6 --select random  # control: a random 60% of tokens -> out/random0.6
+  python train_slm.py --ratio 0.6 --ref_scores online   # reference run every step instead of the score file
+  python train_slm.py --ratio 0.6 1.0 --lr 3e-3 1e-2     # a sweep: every ratio at every learning rate
+  python train_slm.py --bench                      # tokens/s of CLM, SLM (cached / online) and scoring
+Needs: python train_ref.py (same --out_dir). Then: python plot.py
+"""
+import itertools
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+import rho
+from rho import arg
+
+
+@dataclass
+class SlmRun:
+    out_dir: str = arg("out", "pipeline folder made by train_ref.py; each run goes to out_dir/<name>")
+    ratio: list = arg([0.6], "share of tokens that get a loss, in (0, 1]; 1.0 = plain next-token training (CLM); "
+                             "several values run one after another", type=float, nargs="+")
+    lr: list = arg(None, "peak learning rate(s) (default: the preset's tuned rate, one for SLM, one for CLM); "
+                         "several values run one after another", type=float, nargs="+")
+    select: str = arg("excess", "excess: top tokens by excess loss (SLM); random: a random share (the control)",
+                      choices=["excess", "random"])
+    ref_scores: str = arg("cached", "cached: reference losses from the score file; online: run the reference "
+                                    "every step", choices=["cached", "online"])
+    init: str = arg("base", "base: start from the pipeline's base model (the paper); scratch: from scratch",
+                    choices=["base", "scratch"])
+    max_tokens: int = arg(None, "tokens to train on, selected or not (default: the preset's)", type=int)
+    n_evals: int = arg(None, "evaluations (and checkpoints) over the run (default: the preset's)", type=int)
+    seed: int = arg(None, "seed of the student: data order, init (default: the pipeline's seed)", type=int)
+    name: str = arg("", "run folder name under out_dir (default: clm, slm0.6, random0.6, ... plus -lr<lr> "
+                        "when --lr is given)")
+    device: str = arg("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    compile: str = arg("auto", "torch.compile: auto (on for cuda), on, off", choices=["auto", "on", "off"])
+    overwrite: bool = arg(False, "replace a run of the same name made with another configuration")
+    resume: bool = arg(False, "continue an unfinished (killed) run from its last checkpoint")
+    bench: bool = arg(False, "measure training tokens/s of CLM, SLM with cached scores and SLM with an online "
+                             "reference (same process, same model) and the scoring pass; trains nothing")
+
+
+def run_name(r, ratio, lr):
+    if r.name:
+        return r.name
+    arm = "clm" if ratio >= 1 else f"{'random' if r.select == 'random' else 'slm'}{ratio:g}"
+    arm += "-online" if r.ref_scores == "online" and arm.startswith("slm") else ""
+    arm += "-scratch" if r.init == "scratch" else ""
+    return arm + (f"-lr{lr:g}" if r.lr else "")
+
+
+def main(r):
+    pipe = rho.read_json(os.path.join(r.out_dir, "pipeline.json"))
+    if not pipe:
+        rho.fail(f"no reference pipeline in {r.out_dir}", f"run `python train_ref.py --out_dir {r.out_dir}` first")
+    if r.init == "base" and not pipe["base"]:
+        rho.fail(f"the pipeline in {r.out_dir} has no base model (made with --init scratch)",
+                 "pass --init scratch, or run train_ref.py with --init base")
+    if len(set(r.ratio)) * len(set(r.lr or [0])) > 1 and r.name:
+        rho.fail("--name with several ratios or learning rates would put every run in one folder", "drop --name")
+    if r.bench:
+        return bench(r, pipe)
+    for ratio, lr in itertools.product(r.ratio, r.lr or [None]):
+        s = rho.train(student_config(r, pipe, ratio, lr))
+        print(f"{os.path.join(r.out_dir, run_name(r, ratio, lr))}: val loss {s['val_loss']:.4f}, "
+              f"accuracy {s.get('acc', 0):.1%}")
+
+
+def student_config(r, pipe, ratio, lr, **kw):
+    """The TrainConfig of one student run: the pipeline's settings, this run's ratio and learning rate."""
+    p = pipe["settings"]
+    lr = lr or (p["lr_clm"] if ratio >= 1 else p["lr"])
+    cfg = dict(data_dir=pipe["data_dir"], split="web", out_dir=os.path.join(r.out_dir, run_name(r, ratio, lr)),
+               init=pipe["base"] if r.init == "base" else "", ratio=ratio, select=r.select, ref=pipe["ref"],
+               ref_scores=r.ref_scores, scores=pipe["scores"], max_tokens=r.max_tokens or p["student_tokens"],
+               lr=lr, seed=pipe["seed"] if r.seed is None else r.seed, device=r.device, compile=r.compile,
+               overwrite=r.overwrite, resume=r.resume,
+               **{k: p[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "n_evals",
+                                    "eval_problems", "log_every")})
+    if r.n_evals:
+        cfg["n_evals"] = r.n_evals
+    return rho.TrainConfig(**{**cfg, **kw})
+
+
+def bench(r, pipe):
+    ratio = r.ratio[0] if r.ratio[0] < 1 else 0.6
+    cfgs = {"CLM": student_config(r, pipe, 1.0, None),
+            f"SLM {ratio:g}, cached scores": student_config(r, pipe, ratio, None),
+            f"SLM {ratio:g}, online reference": student_config(r, pipe, ratio, None, ref_scores="online")}
+    tok_s = rho.benchmark(cfgs)
+    tr = rho.Trainer(cfgs["CLM"])
+    ref = rho.model_from_checkpoint(rho.load_checkpoint(pipe["ref"])).to(tr.device)
+    n = min(len(tr.blocks.tokens), 1_000_000)
+    with tempfile.TemporaryDirectory() as d:
+        scoring = rho.score_corpus(ref, tr.blocks.tokens[:n], tr.T, os.path.join(d, "s.bin"), tr.device,
+                                   log=lambda *a: None)
+    clm = tok_s["CLM"]
+    print(f"benchmark on {tr.device} ({torch.get_num_threads()} threads), {tr.model.num_params() / 1e6:.2f}M params, "
+          f"batch {tr.cfg.batch_size}x{tr.T}")
+    for name, v in tok_s.items():
+        print(f"  {name:32s} {v:>10,.0f} tok/s   step time {clm / v:.3f}x CLM's")
+    print(f"  {'scoring pass (forward only)':32s} {scoring:>10,.0f} tok/s   {scoring / clm:.1f}x CLM training")
+
+
+if __name__ == "__main__":
+    main(rho.cli(SlmRun, __doc__.split("\n\n")[0].strip()))
