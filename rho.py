@@ -13,6 +13,7 @@ Read top to bottom:
 
 This file is a library; run train_ref.py, train_slm.py and plot.py.
 """
+import contextlib
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 import data as rdata
 
 CKPT_VERSION = 1
+SCORES_VERSION = 1
 
 
 def fail(msg, fix):
@@ -194,9 +196,20 @@ def select_topk(scores, ratio):
     return mask.view_as(scores)
 
 
-def slm_loss(losses, mask):
-    """Eq. 4: the mean loss over the selected tokens only. Unselected tokens get exactly zero gradient."""
-    return (losses * mask).sum() / mask.sum()
+def slm_loss(losses, mask, n=None):
+    """Eq. 4: the mean loss over the selected tokens only. Unselected tokens get exactly zero gradient.
+    n: the number of selected tokens to divide by when the selection spans several processes."""
+    return (losses * mask).sum() / (mask.sum() if n is None else n)
+
+
+def select_topk_global(scores, ratio):
+    """Exact top-k over the global batch of all data-parallel ranks: every rank gathers every rank's scores
+    (the excess losses, never the tokens), computes the same global selection and keeps its own part. The same
+    tokens are selected as by one process on the concatenated batch."""
+    import torch.distributed as dist
+    gathered = [torch.empty_like(scores) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, scores.contiguous())
+    return select_topk(torch.stack(gathered), ratio)[dist.get_rank()]  # (W, B, T) -> this rank's (B, T)
 
 
 # ==========================================================================================================
@@ -206,11 +219,12 @@ class Blocks:
     """A token file cut into fixed, aligned blocks: block i is x = tokens[iT : iT+T], y = tokens[iT+1 : iT+T+1],
     so every token (but the first) is a target in exactly one block, always with the same context. That is
     what lets the reference score the whole file once. The block order is reshuffled every epoch from the
-    seed, and batch `step` is a pure function of (seed, step): the data position of a run is its step."""
+    seed, and batch `step` is a pure function of (seed, step): the data position of a run is its step.
+    Under DDP the global batch is batch_size * world blocks and rank r reads its own batch_size of them."""
 
-    def __init__(self, tokens, block_size, batch_size, seed, labels=None, scores=None):
+    def __init__(self, tokens, block_size, batch_size, seed, labels=None, scores=None, rank=0, world=1):
         self.tokens, self.labels, self.scores = tokens, labels, scores
-        self.T, self.B, self.seed = block_size, batch_size, seed
+        self.T, self.B, self.seed, self.rank, self.world = block_size, batch_size, seed, rank, world
         self.n = (len(tokens) - 1) // block_size
         self._perm = (None, None)
 
@@ -220,11 +234,13 @@ class Blocks:
         return self._perm[1]
 
     def block_ids(self, step):
-        g = np.arange(step * self.B, (step + 1) * self.B)
+        first = step * self.B * self.world + self.rank * self.B
+        g = np.arange(first, first + self.B)
         return np.array([self.perm(e)[p] for e, p in zip(g // self.n, g % self.n)])
 
     def _rows(self, arr, ids, offset, dtype):
-        return torch.from_numpy(np.stack([arr[i * self.T + offset: i * self.T + offset + self.T] for i in ids]).astype(dtype))
+        rows = [arr[i * self.T + offset: i * self.T + offset + self.T] for i in ids]
+        return torch.from_numpy(np.stack(rows).astype(dtype))
 
     def batch(self, step, ids=None):
         """x, y (B, T) int64; ref losses and labels of the targets (B, T) or None."""
@@ -327,8 +343,12 @@ def save_checkpoint(path, tr, step):
             "rng": {"torch": torch.get_rng_state(), "select": tr.sel_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_checkpoint(path, what="checkpoint"):
@@ -372,8 +392,11 @@ class TrainConfig:
     ref: str = ""                 # reference checkpoint (select=excess)
     ref_scores: str = "cached"    # cached: read the reference's loss from the score file; online: run it each step
     scores: str = ""              # the score file (float16, aligned with the split's tokens)
+    scope: str = "local"          # under DDP: top-k within each rank's batch (local) or over the global batch
     # optimisation
-    batch_size: int = 32
+    batch_size: int = 32          # blocks per micro-batch per process
+    tokens_per_step: int = 0      # tokens per optimizer step (0: one micro-batch on every process); must be a
+                                  # multiple of batch_size * block_size * processes (gradient accumulation)
     max_tokens: int = 1_000_000   # tokens processed (selected or not)
     lr: float = 3e-3
     min_lr_frac: float = 0.1      # cosine decays to lr * min_lr_frac
@@ -439,7 +462,7 @@ def init_out_dir(cfg):
     rdata.write_atomic(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=1).encode())
 
 
-def resume_from_checkpoint(tr, cfg):
+def resume_from_checkpoint(tr, cfg, write=True):
     """Restore model, optimizer, RNG states and step from out_dir/ckpt.pt, and cut the log back to that step
     (the data position is the step: batch i is a pure function of the seed and i)."""
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), "checkpoint to resume")
@@ -460,22 +483,52 @@ def resume_from_checkpoint(tr, cfg):
             if rec["step"] > ckpt["step"]:
                 break
             keep.append(line if line.endswith("\n") else line + "\n")
-    rdata.write_atomic(path, "".join(keep).encode())
+    if write:
+        rdata.write_atomic(path, "".join(keep).encode())
     return ckpt["step"]
+
+
+# peak dense bf16 FLOP/s per GPU, for MFU; a GPU not listed gets no MFU (never a guess)
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def peak_flops(device):
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def dist_setup():
+    """(rank, world, local_rank) of this process: from torchrun's environment, (0, 1, 0) without it."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return 0, 1, 0
+    import atexit
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(lambda: dist.is_initialized() and (dist.barrier(), dist.destroy_process_group()))
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
 class Trainer:
     """Everything one run needs, loaded and checked before anything is written: data, model, optimizer,
-    reference (scores or model). step(i) does one optimizer step on batch i; evaluate() measures the model."""
+    reference (scores or model). step(i) does optimizer step i; evaluate() measures the model. Under torchrun
+    every process builds one, each reading its own share of every batch (DDP)."""
 
     def __init__(self, cfg):
         if not 0.0 < cfg.ratio <= 1.0:
             fail(f"--ratio {cfg.ratio} is outside (0, 1]", "pass a share of tokens to keep, e.g. --ratio 0.6")
-        if cfg.select not in ("excess", "random") or cfg.ref_scores not in ("cached", "online"):
-            fail(f"unknown --select {cfg.select} / --ref_scores {cfg.ref_scores}",
-                 "use --select excess|random and --ref_scores cached|online")
+        if cfg.select not in ("excess", "random") or cfg.ref_scores not in ("cached", "online") \
+                or cfg.scope not in ("local", "global"):
+            fail(f"unknown --select {cfg.select} / --ref_scores {cfg.ref_scores} / --scope {cfg.scope}",
+                 "use --select excess|random, --ref_scores cached|online, --scope local|global")
         self.cfg = cfg
+        self.rank, self.world, local_rank = dist_setup()
         self.device = device = pick_device(cfg.device)
+        if device == "cuda" and self.world > 1:
+            self.device = device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         if device.startswith("cuda"):
@@ -487,6 +540,8 @@ class Trainer:
         tokens, self.labels = rdata.load_tokens(cfg.data_dir, cfg.split)
         val_tokens, _ = rdata.load_tokens(cfg.data_dir, "ref_val")
         self.problems = rdata.load_eval(cfg.data_dir)[:cfg.eval_problems]
+        if cfg.eval_problems and not self.problems:
+            fail(f"{cfg.data_dir}/eval.jsonl holds no problems", "rebuild the data, or set eval_problems to 0")
         # model: from a checkpoint (base model) or from scratch
         if cfg.init:
             ckpt = load_checkpoint(cfg.init, "initial model")
@@ -496,9 +551,15 @@ class Trainer:
             self.model = GPT(GPTConfig(vocab_size=meta["vocab_size"], block_size=cfg.block_size,
                                        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
         self.T = T = self.model.config.block_size
-        if (len(tokens) - 1) // T < cfg.batch_size:
-            fail(f"split '{cfg.split}' has {len(tokens):,} tokens, fewer than one batch of {cfg.batch_size}x{T}",
-                 "build a larger corpus or lower --batch_size")
+        B, W = cfg.batch_size, self.world
+        if (len(tokens) - 1) // T < B * W or (len(val_tokens) - 1) // T < 1:
+            fail(f"split '{cfg.split}' has {len(tokens):,} tokens, fewer than one batch of {B * W}x{T}",
+                 "build a larger corpus, or lower --batch_size or the block size")
+        self.accum = max(1, cfg.tokens_per_step // (B * T * W))
+        if cfg.tokens_per_step and cfg.tokens_per_step != self.accum * B * T * W:
+            fail(f"tokens_per_step {cfg.tokens_per_step:,} is not a multiple of batch {B} x block {T} x {W} "
+                 "process(es)", f"use a multiple of {B * T * W:,}")
+        self.tokens_per_step = self.accum * B * T * W
         self.model.to(device)
         # the reference: its losses from the score file (cached) or its model (online)
         self.ref_model, scores = None, None
@@ -511,15 +572,20 @@ class Trainer:
                     fail("the reference and the student have different block sizes", "train both with one preset")
             else:
                 scores = load_scores(cfg.scores, cfg.ref, tokens, T, meta, cfg.split)
-        self.blocks = Blocks(tokens, T, cfg.batch_size, cfg.seed, labels=self.labels, scores=scores)
-        self.val_blocks = Blocks(val_tokens, T, cfg.batch_size, 0)
-        self.max_iters = max(1, cfg.max_tokens // (cfg.batch_size * T))
+        self.blocks = Blocks(tokens, T, B, cfg.seed, labels=self.labels, scores=scores, rank=self.rank, world=W)
+        self.val_blocks = Blocks(val_tokens, T, B, 0)
+        self.max_iters = max(1, cfg.max_tokens // self.tokens_per_step)
         self.warmup = max(1, int(cfg.warmup_frac * self.max_iters))
         self.optimizer = self.model.configure_optimizer(cfg.lr, cfg.weight_decay, (0.9, cfg.beta2), device.split(":")[0])
         use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.startswith("cuda"))
         self.compiled = torch.compile(self.model) if use_compile else self.model
-        self.sel_gen = torch.Generator().manual_seed(cfg.seed + 1)  # for --select random
+        self.train_model = self.compiled
+        if W > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.train_model = DDP(self.compiled, device_ids=[local_rank] if device.startswith("cuda") else None)
+        self.sel_gen = torch.Generator().manual_seed(cfg.seed + 1)  # for --select random; the same on every rank
         self.flops_per_token = self.model.flops_per_token() + (self.model.flops_per_token() // 3 if self.ref_model else 0)
+        self.peak = peak_flops(device)
 
     def lr_at(self, it):
         """Linear warmup, then cosine decay to lr * min_lr_frac."""
@@ -530,34 +596,53 @@ class Trainer:
         return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def select(self, losses, x, y, ref_losses):
-        """Which tokens of the batch get a loss: all (ratio 1), a random share, or the top by excess loss."""
-        c = self.cfg
+        """Which tokens of the batch get a loss: all (ratio 1), a random share, or the top by excess loss;
+        with --scope global, chosen over the batches of all processes together."""
+        c, B = self.cfg, losses.size(0)
         if c.ratio >= 1.0:
             return torch.ones_like(losses, dtype=torch.bool)
-        if c.select == "random":
-            return select_topk(torch.rand(losses.shape, generator=self.sel_gen).to(losses.device), c.ratio)
-        if self.ref_model is not None:  # online: the same numbers the score file would hold
-            with torch.no_grad(), autocast(self.device):
-                ref_losses = token_losses(self.ref_model(x), y).half().float()
-        return select_topk(excess_loss(losses, ref_losses.to(losses.device)), c.ratio)
+        if c.select == "random":  # one draw for the global batch, so every scope sees the same numbers
+            scores = torch.rand((B * self.world, losses.size(1)), generator=self.sel_gen)
+            scores = scores[self.rank * B:(self.rank + 1) * B].to(losses.device)
+        else:
+            if self.ref_model is not None:  # online: the same numbers the score file would hold
+                with torch.no_grad(), autocast(self.device):
+                    ref_losses = token_losses(self.ref_model(x), y).half().float()
+            scores = excess_loss(losses, ref_losses.to(losses.device))
+        if c.scope == "global" and self.world > 1:
+            return select_topk_global(scores, c.ratio)
+        return select_topk(scores, c.ratio)
 
     def step(self, step):
-        """One optimizer step on batch `step`. Returns the loss (a 0-dim tensor), the mask and the labels."""
-        x, y, ref_losses, labels = self.blocks.batch(step)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        """Optimizer step `step`: `accum` micro-batches (each: forward, per-token losses, selection, SLM loss,
+        backward), then one update. Returns the mean loss (0-dim tensor), the masks and the labels."""
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(step)
-        with autocast(self.device):
-            logits = self.compiled(x)                                  # (B, T, V)
-        losses = token_losses(logits, y)                               # (B, T)
-        mask = self.select(losses, x, y, ref_losses)                   # (B, T) bool
-        loss = slm_loss(losses, mask)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total, masks, labels = 0.0, [], []
+        for micro in range(self.accum):
+            x, y, ref_losses, lab = self.blocks.batch(step * self.accum + micro)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with autocast(self.device):
+                logits = self.train_model(x)                             # (B, T, V)
+            losses = token_losses(logits, y)                             # (B, T)
+            mask = self.select(losses, x, y, ref_losses)                 # (B, T) bool
+            # with a global selection, ranks keep different counts; DDP averages gradients over ranks,
+            # so each rank divides by the global count / world to get the global mean over selected tokens
+            n = n_selected(self.cfg.ratio, mask.numel() * self.world) / self.world \
+                if self.cfg.scope == "global" and self.world > 1 else None
+            loss = slm_loss(losses, mask, n)
+            sync = micro == self.accum - 1 or self.world == 1
+            ctx = self.train_model.no_sync() if not sync else contextlib.nullcontext()
+            with ctx:
+                (loss / self.accum).backward()
+            total += loss.detach() / self.accum
+            masks.append(mask)
+            labels.append(lab)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        return loss.detach(), mask, labels
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, torch.cat(masks), (torch.cat(labels) if labels[0] is not None else None)
 
     def evaluate(self):
         out = {"val_loss": eval_loss(self.compiled, self.val_blocks, self.device)}
@@ -572,7 +657,8 @@ def load_scores(path, ref_path, tokens, T, meta, split):
         fail(f"no reference scores at {path}", "run `python train_ref.py` (it scores the corpus)")
     scores = np.memmap(path, dtype=np.float16, mode="r")
     stamp = read_json(path + ".json")
-    if len(scores) != len(tokens) or stamp.get("ref_sha") != file_hash(ref_path) or stamp.get("block_size") != T \
+    if len(scores) != len(tokens) or stamp.get("format_version") != SCORES_VERSION \
+            or stamp.get("ref_sha") != file_hash(ref_path) or stamp.get("block_size") != T \
             or stamp.get("vocab_hash") != meta["vocab_hash"] \
             or stamp.get("corpus_sha256") != meta["splits"][split].get("sha256"):
         fail(f"{path} does not belong to this reference, corpus and block size",
@@ -581,59 +667,75 @@ def load_scores(path, ref_path, tokens, T, meta, split):
 
 
 def train(cfg, log=print):
-    """Train one model (ratio < 1: with SLM) and return its summary, the final log record."""
+    """Train one model (ratio < 1: with SLM) and return its summary, the final log record. Under torchrun,
+    rank 0 evaluates, logs and checkpoints; every rank trains."""
     state = check_out_dir(cfg)
     if state == "reuse":
         log(f"{cfg.out_dir}: finished run with this configuration found, reusing it")
         return read_json(os.path.join(cfg.out_dir, "done.json"))
     tr = Trainer(cfg)
+    master = tr.rank == 0
+    log = log if master else (lambda *a: None)
+    barrier()
     if state == "resume":
-        start = resume_from_checkpoint(tr, cfg)
+        start = resume_from_checkpoint(tr, cfg, write=master)
         log(f"{cfg.out_dir}: resuming at step {start}")
     else:
         start = 0
-        init_out_dir(cfg)  # everything checked: only now is anything written
-    B, T, max_iters = cfg.batch_size, tr.T, tr.max_iters
+        if master:
+            init_out_dir(cfg)  # everything checked: only now is anything written
+    barrier()
+    max_iters, per_step = tr.max_iters, tr.tokens_per_step
     eval_every = cfg.eval_every or max(1, math.ceil(max_iters / max(1, cfg.n_evals)))
     kinds = tr.meta["kinds"]
     sel_counts, tot_counts = torch.zeros(len(kinds), device=tr.device), torch.zeros(len(kinds), device=tr.device)
-    log(f"training {cfg.out_dir}: {tr.model.num_params() / 1e6:.2f}M params, {max_iters} steps of {B}x{T} "
-        f"tokens, ratio {cfg.ratio} ({cfg.select}), lr {cfg.lr:g}, on {tr.device}")
+    log(f"training {cfg.out_dir}: {tr.model.num_params() / 1e6:.2f}M params, {max_iters} steps of {per_step:,} "
+        f"tokens ({tr.world} process(es) x {tr.accum} micro-batch(es) of {cfg.batch_size}x{tr.T}), ratio "
+        f"{cfg.ratio} ({cfg.select}{', ' + cfg.scope + ' selection' if tr.world > 1 else ''}), lr {cfg.lr:g}, "
+        f"on {tr.device}")
     t_start = t_last = time.time()
-    loss_sum, loss_n, record = 0.0, 0, {}
+    loss_sum, loss_n, record = torch.zeros((), device=tr.device), 0, {}
     for step in range(start, max_iters + 1):
         last = step == max_iters
         # ---- evaluate and log (a resumed run logged its first step already)
         evaluating = step % eval_every == 0 or last
         if (evaluating or step % cfg.log_every == 0) and not (step == start and state == "resume"):
-            if loss_n and not math.isfinite(float(loss_sum)):  # before any checkpoint of a broken model
-                fail(f"the loss became {float(loss_sum) / loss_n} near step {step} (the last good checkpoint "
-                     "is kept)", "lower --lr")
+            loss_mean = float(all_mean(loss_sum)) / max(1, loss_n)
+            if loss_n and not math.isfinite(loss_mean):  # stop before any checkpoint of a broken model
+                fail(f"the loss became {loss_mean} near step {step} (the last good checkpoint is kept)",
+                     "lower --lr")
             t_window = time.time() - t_last
-            record = {"step": step, "tokens": step * B * T, "lr": tr.lr_at(min(step, max_iters - 1)),
-                      "flops": step * B * T * tr.flops_per_token, "time": round(time.time() - t_start, 2)}
+            record = {"step": step, "tokens": step * per_step, "lr": tr.lr_at(min(step, max_iters - 1)),
+                      "flops": step * per_step * tr.flops_per_token, "time": round(time.time() - t_start, 2)}
             if loss_n:
-                record["train_loss"] = float(loss_sum) / loss_n
-                record["tok_s"] = loss_n * B * T / max(1e-9, t_window)
+                record["train_loss"] = loss_mean
+                record["tok_s"] = loss_n * per_step / max(1e-9, t_window)
+                if tr.peak:
+                    record["mfu"] = record["tok_s"] / tr.world * tr.flops_per_token / tr.peak
             if evaluating:
-                record.update(tr.evaluate())
+                all_sum(sel_counts), all_sum(tot_counts)
+                if master:
+                    record.update(tr.evaluate())
                 if tr.labels is not None and tot_counts.sum() > 0:  # selection since the last eval, per kind
                     record["selected"] = {k: round((s / t).item(), 4) for k, s, t in
                                           zip(kinds, sel_counts, tot_counts) if t > 0}
                     record["precision"] = round((sel_counts[rdata.MATH] / sel_counts.sum()).item(), 4)
-                    sel_counts.zero_(), tot_counts.zero_()
-            with open(os.path.join(cfg.out_dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+                sel_counts.zero_(), tot_counts.zero_()
+            if master:
+                with open(os.path.join(cfg.out_dir, "log.jsonl"), "a") as f:
+                    f.write(json.dumps(record) + "\n")
             eta = (max_iters - step) * (time.time() - t_start) / max(1, step - start)
             log(f"step {step:5d}/{max_iters} | tokens {record['tokens']:>10,} | "
                 + (f"loss {record['train_loss']:.4f} | " if "train_loss" in record else "")
                 + (f"val {record['val_loss']:.4f} | " if "val_loss" in record else "")
                 + (f"acc {record['acc']:.1%} | " if "acc" in record else "")
                 + (f"precision {record['precision']:.0%} | " if "precision" in record else "")
-                + (f"{record['tok_s']:,.0f} tok/s | " if "tok_s" in record else "") + f"eta {eta:.0f}s")
-            loss_sum, loss_n = 0.0, 0
-            if evaluating:
+                + (f"{record['tok_s']:,.0f} tok/s | " if "tok_s" in record else "")
+                + (f"mfu {record['mfu']:.1%} | " if "mfu" in record else "") + f"eta {eta:.0f}s")
+            loss_sum, loss_n = torch.zeros((), device=tr.device), 0
+            if evaluating and master:
                 save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), tr, step)
+            barrier()
             t_last = time.time()
         if last:
             break
@@ -646,8 +748,30 @@ def train(cfg, log=print):
         loss_sum += loss
         loss_n += 1
     summary = {**record, "params": tr.model.num_params(), "max_iters": max_iters}
-    rdata.write_atomic(os.path.join(cfg.out_dir, "done.json"), json.dumps(summary, indent=1).encode())
-    return summary
+    if master:
+        rdata.write_atomic(os.path.join(cfg.out_dir, "done.json"), json.dumps(summary, indent=1).encode())
+    barrier()
+    return read_json(os.path.join(cfg.out_dir, "done.json"))  # every rank returns rank 0's summary
+
+
+def distributed():
+    import torch.distributed as dist
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def barrier():
+    if distributed():
+        distributed().barrier()
+
+
+def all_sum(t):
+    if distributed():
+        distributed().all_reduce(t)
+    return t
+
+
+def all_mean(t):
+    return all_sum(t.clone()) / (distributed().get_world_size() if distributed() else 1)
 
 
 def benchmark(cfgs, steps=30, rounds=5, log=print):

@@ -45,7 +45,10 @@ class RefRun:
 def main(r):
     p = rho.preset(r.preset)
     p.update({k: v for k, v in asdict(r).items() if k in p and v is not None})
-    data.ensure(data.data_config(r.preset, r.corpus, seed=r.seed), r.data_dir, r.overwrite)
+    rank, _, _ = rho.dist_setup()  # under torchrun, rank 0 writes and every rank trains
+    if rank == 0:
+        data.ensure(data.data_config(r.preset, r.corpus, seed=r.seed), r.data_dir, r.overwrite)
+    rho.barrier()
     meta = data.read_meta(r.data_dir)
     common = dict(data_dir=r.data_dir, seed=r.seed, device=r.device, compile=r.compile, overwrite=r.overwrite,
                   resume=r.resume,
@@ -62,11 +65,25 @@ def main(r):
                                   lr=p["ref_lr"], init=base_ckpt if r.init == "base" else "", **common))
     cost["ref"] = s["flops"]
 
-    # score the student's corpus with the reference, once
+    cost["scoring"] = score(r, meta) if rank == 0 else 0
+    pipeline = {"preset": r.preset, "seed": r.seed, "data_dir": r.data_dir, "init": r.init, "settings": p,
+                "base": base_ckpt if r.init == "base" else "", "ref": os.path.join(r.out_dir, "ref", "ckpt.pt"),
+                "scores": os.path.join(r.out_dir, "ref", "scores.bin"), "flops": cost}
+    if rank == 0:
+        data.write_atomic(os.path.join(r.out_dir, "pipeline.json"), json.dumps(pipeline, indent=1).encode())
+        print(f"reference ready: {pipeline['ref']}; next: python train_slm.py --out_dir {r.out_dir} --ratio 0.6"
+              + (" --init scratch" if r.init == "scratch" else ""))
+    rho.barrier()
+
+
+def score(r, meta):
+    """Score the student's corpus with the reference, once (reused while reference and corpus are the same);
+    returns the FLOPs of the pass."""
     ref_path = os.path.join(r.out_dir, "ref", "ckpt.pt")
     scores = os.path.join(r.out_dir, "ref", "scores.bin")
     ckpt = rho.load_checkpoint(ref_path, "reference model")
-    stamp = {"ref_sha": rho.file_hash(ref_path), "ref_config": ckpt["config"], "vocab_hash": meta["vocab_hash"],
+    stamp = {"format_version": rho.SCORES_VERSION, "dtype": "float16", "length": meta["splits"]["web"]["tokens"],
+             "ref_sha": rho.file_hash(ref_path), "ref_config": ckpt["config"], "vocab_hash": meta["vocab_hash"],
              "corpus_sha256": meta["splits"]["web"]["sha256"], "block_size": ckpt["model_args"]["block_size"],
              "split": "web"}
     old = rho.read_json(scores + ".json")
@@ -78,12 +95,7 @@ def main(r):
         device = rho.pick_device(r.device)
         stamp["tok_s"] = rho.score_corpus(model.to(device), tokens, stamp["block_size"], scores, device)
         data.write_atomic(scores + ".json", json.dumps(stamp, indent=1).encode())
-    cost["scoring"] = len(tokens) * model.flops_per_token() // 3  # a forward pass is a third of a training step
-    pipeline = {"preset": r.preset, "seed": r.seed, "data_dir": r.data_dir, "init": r.init, "settings": p,
-                "base": base_ckpt if r.init == "base" else "", "ref": ref_path, "scores": scores, "flops": cost}
-    data.write_atomic(os.path.join(r.out_dir, "pipeline.json"), json.dumps(pipeline, indent=1).encode())
-    print(f"reference ready: {ref_path}; next: python train_slm.py --out_dir {r.out_dir} --ratio 0.6"
-          + (" --init scratch" if r.init == "scratch" else ""))
+    return len(tokens) * model.flops_per_token() // 3  # a forward pass is a third of a training step
 
 
 if __name__ == "__main__":

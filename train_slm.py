@@ -9,6 +9,7 @@ plain next-token training (CLM) on the same tokens, in the same order, from the 
   python train_slm.py --ratio 0.6 --ref_scores online   # reference run every step instead of the score file
   python train_slm.py --ratio 0.6 1.0 --lr 3e-3 1e-2     # a sweep: every ratio at every learning rate
   python train_slm.py --bench                      # tokens/s of CLM, SLM (cached / online) and scoring
+  torchrun --nproc_per_node=8 train_slm.py --ratio 0.6 --scope global   # DDP, exact top-k over all GPUs
 Needs: python train_ref.py (same --out_dir). Then: python plot.py
 """
 import itertools
@@ -33,10 +34,16 @@ class SlmRun:
                       choices=["excess", "random"])
     ref_scores: str = arg("cached", "cached: reference losses from the score file; online: run the reference "
                                     "every step", choices=["cached", "online"])
+    scope: str = arg("local", "under torchrun: top-k within each process's batch (local, what public "
+                              "reimplementations do) or exact top-k over the global batch (global)",
+                     choices=["local", "global"])
     init: str = arg("base", "base: start from the pipeline's base model (the paper); scratch: from scratch",
                     choices=["base", "scratch"])
     max_tokens: int = arg(None, "tokens to train on, selected or not (default: the preset's)", type=int)
+    batch_size: int = arg(None, "blocks per micro-batch per process (default: the preset's)", type=int)
     n_evals: int = arg(None, "evaluations (and checkpoints) over the run (default: the preset's)", type=int)
+    tokens_per_step: int = arg(None, "tokens per optimizer step; a multiple of batch x block x processes, the "
+                                     "rest is gradient accumulation (default: one micro-batch per process)", type=int)
     seed: int = arg(None, "seed of the student: data order, init (default: the pipeline's seed)", type=int)
     name: str = arg("", "run folder name under out_dir (default: clm, slm0.6, random0.6, ... plus -lr<lr> "
                         "when --lr is given)")
@@ -53,6 +60,7 @@ def run_name(r, ratio, lr):
         return r.name
     arm = "clm" if ratio >= 1 else f"{'random' if r.select == 'random' else 'slm'}{ratio:g}"
     arm += "-online" if r.ref_scores == "online" and arm.startswith("slm") else ""
+    arm += "-global" if r.scope == "global" and ratio < 1 else ""
     arm += "-scratch" if r.init == "scratch" else ""
     return arm + (f"-lr{lr:g}" if r.lr else "")
 
@@ -80,13 +88,15 @@ def student_config(r, pipe, ratio, lr, **kw):
     lr = lr or (p["lr_clm"] if ratio >= 1 else p["lr"])
     cfg = dict(data_dir=pipe["data_dir"], split="web", out_dir=os.path.join(r.out_dir, run_name(r, ratio, lr)),
                init=pipe["base"] if r.init == "base" else "", ratio=ratio, select=r.select, ref=pipe["ref"],
-               ref_scores=r.ref_scores, scores=pipe["scores"], max_tokens=r.max_tokens or p["student_tokens"],
+               ref_scores=r.ref_scores, scores=pipe["scores"], scope=r.scope,
+               max_tokens=r.max_tokens or p["student_tokens"],
                lr=lr, seed=pipe["seed"] if r.seed is None else r.seed, device=r.device, compile=r.compile,
                overwrite=r.overwrite, resume=r.resume,
                **{k: p[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "n_evals",
                                     "eval_problems", "log_every")})
-    if r.n_evals:
-        cfg["n_evals"] = r.n_evals
+    for k in ("batch_size", "n_evals", "tokens_per_step"):
+        if getattr(r, k):
+            cfg[k] = getattr(r, k)
     return rho.TrainConfig(**{**cfg, **kw})
 
 

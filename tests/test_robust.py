@@ -1,0 +1,138 @@
+"""Nothing lost, nothing trusted blindly: atomic writes, safe loading, non-finite losses, bad inputs."""
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import rho
+from conftest import run
+from test_pipeline import assert_user_error
+
+
+def copy_pipeline(pipeline, tmp_path):
+    """A private copy of the tiny pipeline (data + base + ref + scores) that a test may damage."""
+    shutil.copytree(pipeline / "data", tmp_path / "data")
+    (tmp_path / "out").mkdir()
+    for d in ("base", "ref"):
+        shutil.copytree(pipeline / "out" / d, tmp_path / "out" / d)
+    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
+    pipe.update(data_dir=str(tmp_path / "data"), base=str(tmp_path / "out" / "base" / "ckpt.pt"),
+                ref=str(tmp_path / "out" / "ref" / "ckpt.pt"), scores=str(tmp_path / "out" / "ref" / "scores.bin"))
+    (tmp_path / "out" / "pipeline.json").write_text(json.dumps(pipe))
+    return tmp_path
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(pipeline, tmp_path, monkeypatch):
+    monkeypatch.chdir(pipeline)
+    cfg = rho.TrainConfig(**json.loads((pipeline / "out" / "slm0.6" / "config.json").read_text()))
+    tr = rho.Trainer(cfg)
+    path = str(tmp_path / "ckpt.pt")
+    rho.save_checkpoint(path, tr, step=7)
+
+    def dying_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError):
+        rho.save_checkpoint(path, tr, step=8)
+    assert rho.load_checkpoint(path)["step"] == 7
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind
+
+
+def test_crash_while_writing_a_data_file_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = str(tmp_path / "meta.json")
+    data.write_atomic(path, b'{"old": 1}')
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("power cut")))
+    with pytest.raises(OSError):
+        data.write_atomic(path, b'{"new": 2, "and a lot more": "' + b"x" * 100000 + b'"}')
+    assert json.loads(open(path).read()) == {"old": 1}
+    assert os.listdir(tmp_path) == ["meta.json"]
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_pickle_that_would_run_code_is_refused(pipeline, tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"version": 1, "model": Evil()}, evil, pickle_module=pickle)
+    with pytest.raises(SystemExit, match="not a loadable rho checkpoint"):
+        rho.load_checkpoint(str(evil))
+    d = copy_pipeline(pipeline, tmp_path / "p")
+    shutil.copy(evil, d / "out" / "base" / "ckpt.pt")
+    assert_user_error(run("train_slm.py", "--ratio", "0.6", check=False, cwd=d), "not a loadable")
+    assert not (d / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_checkpoint_from_an_incompatible_version_is_refused(pipeline, tmp_path):
+    d = copy_pipeline(pipeline, tmp_path)
+    ckpt = torch.load(d / "out" / "ref" / "ckpt.pt", weights_only=True)
+    ckpt["version"] = 999
+    torch.save(ckpt, d / "out" / "ref" / "ckpt.pt")
+    assert_user_error(run("train_slm.py", "--ratio", "0.6", "--ref_scores", "online", check=False, cwd=d),
+                      "incompatible version")
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(pipeline):
+    p = run("train_slm.py", "--ratio", "1.0", "--lr", "1e30", "--name", "boom", check=False, cwd=pipeline)
+    assert_user_error(p, "lower --lr")
+    ckpt = rho.load_checkpoint(str(pipeline / "out" / "boom" / "ckpt.pt"))
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert not (pipeline / "out" / "boom" / "done.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "labels", "meta"])
+def test_damaged_data_files_are_one_clear_line(pipeline, tmp_path, damage):
+    d = copy_pipeline(pipeline, tmp_path)
+    web = d / "data" / "web.bin"
+    if damage == "truncate":
+        web.write_bytes(web.read_bytes()[:1000])
+    elif damage == "delete":
+        web.unlink()
+    elif damage == "labels":
+        (d / "data" / "web.labels").write_bytes(b"\x00" * 10)
+    else:
+        (d / "data" / "meta.json").write_text("{ not json")
+    p = run("train_slm.py", "--ratio", "0.6", check=False, cwd=d)
+    assert_user_error(p, "data.py")
+    assert not (d / "out" / "slm0.6").exists()
+
+
+def test_empty_eval_set_and_too_large_block_are_one_clear_line(pipeline, tmp_path):
+    d = copy_pipeline(pipeline, tmp_path)
+    cfg = rho.TrainConfig(data_dir=str(d / "data"), out_dir=str(d / "out" / "big"), block_size=4096,
+                          batch_size=64, n_layer=1, n_head=1, n_embd=8, eval_problems=0)
+    with pytest.raises(SystemExit, match="fewer than one batch"):
+        rho.train(cfg)
+    (d / "data" / "eval.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="eval.jsonl holds no problems"):
+        rho.train(rho.TrainConfig(data_dir=str(d / "data"), out_dir=str(d / "out" / "e"), n_layer=1, n_head=1,
+                                  n_embd=8, block_size=32, batch_size=2))
+    assert not (d / "out" / "big").exists() and not (d / "out" / "e").exists()
+
+
+def test_score_file_of_another_reference_is_refused(pipeline, tmp_path):
+    d = copy_pipeline(pipeline, tmp_path)
+    ckpt = torch.load(d / "out" / "ref" / "ckpt.pt", weights_only=True)
+    ckpt["model"]["lm_head.weight"] += 0.01  # another reference, same shapes
+    torch.save(ckpt, d / "out" / "ref" / "ckpt.pt")
+    assert_user_error(run("train_slm.py", "--ratio", "0.6", check=False, cwd=d), "does not belong")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_flag_without_a_gpu_is_one_clear_line(pipeline):
+    assert_user_error(run("train_slm.py", "--ratio", "0.6", "--device", "cuda", "--name", "gpu", check=False,
+                          cwd=pipeline), "no CUDA GPU")
+
+
+def test_rerunning_a_finished_pipeline_reuses_everything(pipeline):
+    p = run("train_ref.py", "--preset", "tiny", cwd=pipeline)
+    assert p.stdout.count("reusing") >= 4  # data, base, reference, scores
+    assert "training" not in p.stdout
