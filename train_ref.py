@@ -23,7 +23,8 @@ from rho import arg
 
 @dataclass
 class RefRun:
-    preset: str = arg("cpu", "sizes of corpus, model and budgets: tiny, cpu, gpu")
+    preset: str = arg("cpu", "sizes of corpus, model and budgets: tiny, cpu, gpu (embedded corpus), gpt2 (124M, "
+                             "for a real corpus built with data.py --source)")
     seed: int = arg(0, "seed of the whole pipeline: corpus, base model, reference")
     data_dir: str = arg("data", "corpus folder (built here if missing)")
     out_dir: str = arg("out", "pipeline folder: base/, ref/, ref/scores.bin and pipeline.json go here")
@@ -47,13 +48,15 @@ def main(r):
     p.update({k: v for k, v in asdict(r).items() if k in p and v is not None})
     rank, _, _ = rho.dist_setup()  # under torchrun, rank 0 writes and every rank trains
     if rank == 0:
-        data.ensure(data.data_config(r.preset, r.corpus, seed=r.seed), r.data_dir, r.overwrite)
+        if "source" in rho.read_json(os.path.join(r.data_dir, "meta.json")):  # built by data.py --source ...
+            print(f"data: using the real corpus in {r.data_dir}")
+        else:
+            data.ensure(data.data_config(r.preset, r.corpus, seed=r.seed), r.data_dir, r.overwrite)
     rho.barrier()
     meta = data.read_meta(r.data_dir)
     common = dict(data_dir=r.data_dir, seed=r.seed, device=r.device, compile=r.compile, overwrite=r.overwrite,
                   resume=r.resume,
-                  **{k: p[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "n_evals",
-                                       "eval_problems", "log_every")})
+                  **{k: p[k] for k in rho.TRAIN_KEYS if k in p})
     base_ckpt = os.path.join(r.out_dir, "base", "ckpt.pt")
     cost = {}
     if r.init == "base":
@@ -61,8 +64,10 @@ def main(r):
                                       max_tokens=p["base_tokens"], lr=p["base_lr"], **common))
         cost["base"] = s["flops"]
     ref_tokens = int(p["ref_epochs"] * meta["splits"]["ref_train"]["tokens"])
+    # the high-quality subset is small: the reference takes one micro-batch per step, whatever the preset's
     s = rho.train(rho.TrainConfig(split="ref_train", out_dir=os.path.join(r.out_dir, "ref"), max_tokens=ref_tokens,
-                                  lr=p["ref_lr"], init=base_ckpt if r.init == "base" else "", **common))
+                                  lr=p["ref_lr"], init=base_ckpt if r.init == "base" else "",
+                                  **{**common, "tokens_per_step": 0}))
     cost["ref"] = s["flops"]
 
     cost["scoring"] = score(r, meta) if rank == 0 else 0

@@ -92,8 +92,7 @@ def student_config(r, pipe, ratio, lr, **kw):
                max_tokens=r.max_tokens or p["student_tokens"],
                lr=lr, seed=pipe["seed"] if r.seed is None else r.seed, device=r.device, compile=r.compile,
                overwrite=r.overwrite, resume=r.resume,
-               **{k: p[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "n_evals",
-                                    "eval_problems", "log_every")})
+               **{k: p[k] for k in rho.TRAIN_KEYS if k in p})
     for k in ("batch_size", "n_evals", "tokens_per_step"):
         if getattr(r, k):
             cfg[k] = getattr(r, k)

@@ -1,0 +1,106 @@
+"""Real corpora through `datasets`, tested on local files the tests write (the same code path as a hub name)."""
+import json
+import os
+import random
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import data
+from conftest import run
+from test_pipeline import assert_user_error
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("files")
+    rng = random.Random(0)
+    words = "the sum of two numbers is we use cookies subscribe proof lemma let x be real".split()
+    with open(d / "web.jsonl", "w") as f:  # web-shaped: text plus metadata
+        for i in range(300):
+            text = f"Page {i}. {rng.randint(1, 9)} + {rng.randint(1, 9)} = ? " + " ".join(rng.choices(words, k=60))
+            f.write(json.dumps({"text": text, "url": f"https://example.org/{i}"}) + "\n")
+    gsm = [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+            "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"}
+           for a in range(1, 15) for b in range(1, 15)]
+    pq.write_table(pa.Table.from_pylist(gsm[:150]), d / "train.parquet")  # GSM8K-shaped
+    pq.write_table(pa.Table.from_pylist(gsm[150:]), d / "test.parquet")
+    return d
+
+
+def build(files, out, *extra):
+    return run("data.py", "--source", "custom", "--web", str(files / "web.jsonl"), "--hq",
+               str(files / "train.parquet"), "--eval", str(files / "test.parquet"), "--max_tokens", "12000",
+               "--hq_val", "20", "--data_dir", str(out), *extra, check=False, cwd=files)
+
+
+def test_local_jsonl_and_parquet_build_a_corpus(files, tmp_path):
+    p = build(files, tmp_path / "d")
+    assert p.returncode == 0, p.stderr[-2000:]
+    meta = data.read_meta(str(tmp_path / "d"))
+    assert meta["source"]["web"].endswith("web.jsonl") and meta["kinds"] is None
+    assert meta["splits"]["web_base"]["tokens"] + meta["splits"]["web"]["tokens"] == 12000  # the exact budget
+    assert meta["splits"]["ref_val"]["documents"] == 20 and meta["splits"]["ref_train"]["documents"] == 130
+    assert not (tmp_path / "d" / "web.labels").exists()  # real data has no ground-truth kinds
+    evals = data.load_eval(str(tmp_path / "d"))
+    assert len(evals) == 46 and evals[0]["prompt"].startswith("Question: ") and evals[0]["prompt"].endswith("Answer:")
+    assert evals[0]["answer"] == int(evals[0]["prompt"].split(" has ")[1].split()[0]) + \
+        int(evals[0]["prompt"].split("buys ")[1].split()[0])
+    tok = data.Tokenizer.from_meta(str(tmp_path / "d"))
+    text = tok.decode(data.load_tokens(str(tmp_path / "d"), "ref_train")[0][:60].tolist())
+    assert text.startswith("Question: Tom has") and "#### " in tok.decode(
+        data.load_tokens(str(tmp_path / "d"), "ref_train")[0].tolist())
+    assert not [f for f in os.listdir(tmp_path / "d") if "tmp" in f]
+
+
+def test_real_corpus_trains_end_to_end_without_selection_statistics(files, tmp_path):
+    assert build(files, tmp_path / "data").returncode == 0
+    run("train_ref.py", "--preset", "tiny", cwd=tmp_path)
+    p = run("train_slm.py", "--ratio", "0.6", cwd=tmp_path)
+    assert "no ground-truth token kinds" in p.stdout
+    recs = [json.loads(x) for x in (tmp_path / "out" / "slm0.6" / "log.jsonl").read_text().splitlines()]
+    assert all("selected" not in r for r in recs) and np.isfinite(recs[-1]["val_loss"])
+    run("plot.py", cwd=tmp_path)
+    assert (tmp_path / "out" / "compare.png").exists()
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing field", "no field 'content'"),
+    ("empty", "is empty"),
+    ("budget", "--max_tokens"),
+    ("malformed", "cannot read"),
+    ("hub", "work offline"),
+])
+def test_bad_real_sources_are_one_clear_line(files, tmp_path, case, words):
+    if case == "missing field":
+        p = build(files, tmp_path / "d", "--web_field", "content")
+    elif case == "empty":
+        (tmp_path / "empty.jsonl").write_text("")
+        p = run("data.py", "--source", "custom", "--web", str(tmp_path / "empty.jsonl"), "--hq",
+                str(files / "train.parquet"), "--eval", str(files / "test.parquet"), "--data_dir",
+                str(tmp_path / "d"), check=False, cwd=tmp_path)
+    elif case == "budget":
+        p = build(files, tmp_path / "d", "--max_tokens", "10000000")
+    elif case == "malformed":
+        (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
+        p = run("data.py", "--source", "custom", "--web", str(tmp_path / "bad.jsonl"), "--hq",
+                str(files / "train.parquet"), "--eval", str(files / "test.parquet"), "--data_dir",
+                str(tmp_path / "d"), check=False, cwd=tmp_path)
+    else:
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        try:
+            p = run("data.py", "--source", "owm-gsm8k", "--data_dir", str(tmp_path / "d"), check=False, cwd=tmp_path)
+        finally:
+            del os.environ["HF_HUB_OFFLINE"], os.environ["HF_DATASETS_OFFLINE"]
+    assert_user_error(p, words)
+    assert not (tmp_path / "d" / "meta.json").exists()
+    assert not [f for f in os.listdir(tmp_path / "d")] if (tmp_path / "d").exists() else True
+
+
+def test_final_number_reads_gsm8k_and_plain_answers():
+    assert data.final_number("so 3 + 4 = <<3+4=7>>7\n#### 7") == 7
+    assert data.final_number("The answer is 1,234.") == 1234
+    assert data.final_number(42) == 42 and data.final_number(" 12 ") == 12
+    assert data.final_number("no number") is None
