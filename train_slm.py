@@ -104,18 +104,18 @@ def bench(r, pipe):
     cfgs = {"CLM": student_config(r, pipe, 1.0, None),
             f"SLM {ratio:g}, cached scores": student_config(r, pipe, ratio, None),
             f"SLM {ratio:g}, online reference": student_config(r, pipe, ratio, None, ref_scores="online")}
-    tok_s = rho.benchmark(cfgs)
+    result = rho.benchmark(cfgs)
     tr = rho.Trainer(cfgs["CLM"])
     ref = rho.model_from_checkpoint(rho.load_checkpoint(pipe["ref"])).to(tr.device)
     n = min(len(tr.blocks.tokens), 1_000_000)
     with tempfile.TemporaryDirectory() as d:
         scoring = rho.score_corpus(ref, tr.blocks.tokens[:n], tr.T, os.path.join(d, "s.bin"), tr.device,
                                    log=lambda *a: None)
-    clm = tok_s["CLM"]
+    clm = result["CLM"][0]
     print(f"benchmark on {tr.device} ({torch.get_num_threads()} threads), {tr.model.num_params() / 1e6:.2f}M params, "
-          f"batch {tr.cfg.batch_size}x{tr.T}")
-    for name, v in tok_s.items():
-        print(f"  {name:32s} {v:>10,.0f} tok/s   step time {clm / v:.3f}x CLM's")
+          f"batch {tr.cfg.batch_size}x{tr.T}; medians of 20 interleaved rounds")
+    for name, (tok_s, rel) in result.items():
+        print(f"  {name:32s} {tok_s:>10,.0f} tok/s   step time {rel:.3f}x CLM's")
     print(f"  {'scoring pass (forward only)':32s} {scoring:>10,.0f} tok/s   {scoring / clm:.1f}x CLM training")
 
 
