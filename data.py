@@ -23,7 +23,6 @@ import json
 import os
 import random
 import re
-import sys
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -136,6 +135,20 @@ def load_tokens(data_dir, split):
             raise SystemExit(f"error: {lpath} does not match {path} (truncated?); fix: rebuild it with {rebuild}")
         labels = np.memmap(lpath, dtype=np.uint8, mode="r")
     return tokens, labels
+
+
+def answer_mask(tok, ids, marker="Answer:"):
+    """True for the tokens that follow `marker` in their document, up to and including its end-of-text token:
+    the answer tokens of question -> worked-answer pairs (for fine-tuning with the loss on answers only)."""
+    mask, tail, inside = np.zeros(len(ids), dtype=bool), "", False
+    for i, (t, piece) in enumerate(zip(ids, tok.pieces(ids))):
+        mask[i] = inside
+        if t == tok.eot:
+            tail, inside = "", False
+        elif not inside:
+            tail = (tail + piece)[-2 * len(marker):]
+            inside = marker in tail
+    return mask
 
 
 def load_eval(data_dir):
@@ -473,6 +486,25 @@ def documents(cfg):
         docs[split] = web_pages(cfg, random.Random(f"rho-{cfg.seed}-{split}"), n, held_out)
     evals = [{"prompt": eval_prompt(q), "answer": a} for q, _, a in problems["eval"]]
     return docs, evals
+
+
+def held_out_pages(data_dir, n):
+    """n fresh web pages like those of the corpus in data_dir, from a random stream no split uses (for pictures
+    and analyses): a list of (compact token ids, kind labels), each page ending with the end-of-text token."""
+    meta = read_meta(data_dir)
+    if "data_config" not in meta:
+        raise SystemExit(f"error: {data_dir} holds a real corpus: it has no page generator to draw held-out pages "
+                         "from; fix: pass --text with files to show")
+    cfg, tok = DataConfig(**meta["data_config"]), Tokenizer(meta["vocab"])
+    pages = []
+    for segs in web_pages(cfg, random.Random(f"rho-{cfg.seed}-held-out"), n, exclude=set()):
+        ids, labels = [], []
+        for text, kind in segs:
+            t = tok.encode(text)
+            ids += t
+            labels += [kind] * len(t)
+        pages.append((ids + [tok.eot], labels + [SEP]))
+    return pages
 
 
 class SplitWriter:

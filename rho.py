@@ -6,6 +6,7 @@ Read top to bottom:
   2. the method: per-token losses, the excess loss against a reference, top-k selection over the batch, and
      the SLM loss -- the mean over the selected tokens only (the paper's Eq. 4). Unselected tokens stay in the
      context (attention is never masked); only their loss is dropped. ratio 1.0 is plain next-token training.
+     Beyond the paper: soft weights instead of top-k, and several references' losses combined into one.
   3. data: a token file cut into fixed, aligned blocks; the reference scores every token once, into a float16
      file aligned with the tokens, and SLM batches read their reference losses from it
   4. evaluation: held-out loss and greedy answer accuracy
@@ -19,7 +20,6 @@ import math
 import os
 import random
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -186,14 +186,40 @@ def n_selected(ratio, n):
     return max(1, min(n, int(math.floor(ratio * n + 0.5))))
 
 
-def select_topk(scores, ratio):
+def select_topk(scores, ratio, valid=None):
     """Boolean mask, shape of scores, keeping exactly n_selected(ratio, N) of the N tokens: those with the
-    highest score (over the whole batch, not per row)."""
+    highest score (over the whole batch, not per row). With a `valid` mask, only among the valid tokens."""
+    if valid is not None:
+        if not valid.any():
+            return valid
+        scores = scores.masked_fill(~valid, -math.inf)
     flat = scores.reshape(-1)
-    k = n_selected(ratio, flat.numel())
+    k = n_selected(ratio, flat.numel() if valid is None else int(valid.sum()))
     mask = torch.zeros_like(flat, dtype=torch.bool)
     mask[torch.topk(flat, k, sorted=False).indices] = True
     return mask.view_as(scores)
+
+
+def combine_refs(ref_losses, how):
+    """One reference loss per token from several references' (the paper's "multiple reference models"):
+    their mean, or their min (a token counts as learnable if any reference finds it easy). One: itself."""
+    if len(ref_losses) == 1:
+        return ref_losses[0]
+    stacked = torch.stack(ref_losses)                       # (R, B, T)
+    return stacked.mean(0) if how == "mean" else stacked.amin(0)
+
+
+def soft_weights(scores, ratio, temperature):
+    """Soft selection (--weighting soft, the paper's "reweighting" future work): weights in (0, 1),
+    sigmoid((score - threshold) / temperature), the threshold halfway between the k-th and (k+1)-th highest
+    scores (k = n_selected(ratio, N)). ratio still sets where the weights cross 1/2; the temperature (in nats of
+    excess loss) sets how sharply: as it goes to 0 the weights become select_topk's mask."""
+    flat = scores.reshape(-1).float()
+    k = n_selected(ratio, flat.numel())
+    if k == flat.numel():
+        return torch.ones_like(scores, dtype=torch.float)
+    top = torch.topk(flat, k + 1).values
+    return torch.sigmoid((scores.float() - (top[k - 1] + top[k]) / 2) / temperature)
 
 
 def slm_loss(losses, mask, n=None):
@@ -222,8 +248,9 @@ class Blocks:
     seed, and batch `step` is a pure function of (seed, step): the data position of a run is its step.
     Under DDP the global batch is batch_size * world blocks and rank r reads its own batch_size of them."""
 
-    def __init__(self, tokens, block_size, batch_size, seed, labels=None, scores=None, rank=0, world=1):
-        self.tokens, self.labels, self.scores = tokens, labels, scores
+    def __init__(self, tokens, block_size, batch_size, seed, labels=None, scores=(), rank=0, world=1,
+                 combine="mean"):
+        self.tokens, self.labels, self.scores, self.combine = tokens, labels, list(scores), combine
         self.T, self.B, self.seed, self.rank, self.world = block_size, batch_size, seed, rank, world
         self.n = (len(tokens) - 1) // block_size
         self._perm = (None, None)
@@ -238,17 +265,20 @@ class Blocks:
         g = np.arange(first, first + self.B)
         return np.array([self.perm(e)[p] for e, p in zip(g // self.n, g % self.n)])
 
-    def _rows(self, arr, ids, offset, dtype):
+    def rows(self, arr, ids, offset, dtype):
+        """Rows of blocks `ids` of an array aligned with the tokens (offset 1: aligned with the targets)."""
         rows = [arr[i * self.T + offset: i * self.T + offset + self.T] for i in ids]
         return torch.from_numpy(np.stack(rows).astype(dtype))
 
     def batch(self, step, ids=None):
-        """x, y (B, T) int64; ref losses and labels of the targets (B, T) or None."""
+        """x, y (B, T) int64; ref losses (several score files: combined) and labels of the targets (B, T), or
+        None."""
         ids = self.block_ids(step) if ids is None else ids
-        x = self._rows(self.tokens, ids, 0, np.int64)
-        y = self._rows(self.tokens, ids, 1, np.int64)
-        ref = self._rows(self.scores, ids, 1, np.float32) if self.scores is not None else None
-        lab = self._rows(self.labels, ids, 1, np.int64) if self.labels is not None else None
+        x = self.rows(self.tokens, ids, 0, np.int64)
+        y = self.rows(self.tokens, ids, 1, np.int64)
+        ref = combine_refs([self.rows(s, ids, 1, np.float32) for s in self.scores], self.combine) \
+            if self.scores else None
+        lab = self.rows(self.labels, ids, 1, np.int64) if self.labels is not None else None
         return x, y, ref, lab
 
 
@@ -367,6 +397,12 @@ def load_checkpoint(path, what="checkpoint"):
     return ckpt
 
 
+def kept_checkpoints(run_dir):
+    """The checkpoints a run kept at every evaluation (--keep_ckpts), in step order."""
+    import glob
+    return sorted(glob.glob(os.path.join(run_dir, "ckpt_*.pt")))
+
+
 def model_from_checkpoint(ckpt):
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
@@ -381,6 +417,9 @@ class TrainConfig:
     # what to train on
     data_dir: str = "data"        # corpus built by data.py
     split: str = "web"            # training split: web (student), web_base (base model), ref_train (reference)
+    part: str = ""                # "i/n": train on the i-th of n equal parts of the split only (0-based)
+    answer_only: bool = False     # fine-tuning: a loss on answer tokens only (those after "Answer:"); the
+                                  # selection (ratio < 1) chooses among them
     out_dir: str = "out/clm"      # log.jsonl, config.json, ckpt.pt go here
     init: str = ""                # checkpoint to start from ('' = from scratch)
     # model, when starting from scratch
@@ -391,10 +430,13 @@ class TrainConfig:
     # selective language modeling
     ratio: float = 1.0            # share of tokens that get a loss; 1.0 = uniform next-token training (CLM)
     select: str = "excess"        # excess: top-k by excess loss; random: a random share (the control)
-    ref: str = ""                 # reference checkpoint (select=excess)
+    ref: str = ""                 # reference checkpoint (select=excess); several: comma-separated
     ref_scores: str = "cached"    # cached: read the reference's loss from the score file; online: run it each step
-    scores: str = ""              # the score file (float16, aligned with the split's tokens)
+    scores: str = ""              # the score file (float16, aligned with the split's tokens); one per reference
+    combine: str = "mean"         # several references: their per-token losses' mean or min
     scope: str = "local"          # under DDP: top-k within each rank's batch (local) or over the global batch
+    weighting: str = "topk"       # topk: keep the top ratio (the paper); soft: sigmoid weights (soft_weights)
+    temperature: float = 0.1      # soft weighting: sharpness, in nats of excess loss
     # optimisation
     batch_size: int = 32          # blocks per micro-batch per process
     tokens_per_step: int = 0      # tokens per optimizer step (0: one micro-batch on every process); must be a
@@ -417,6 +459,7 @@ class TrainConfig:
     compile: str = "auto"         # auto: torch.compile on cuda only
     overwrite: bool = False       # replace a run in out_dir made with another configuration
     resume: bool = False          # continue an unfinished run in out_dir from its last checkpoint
+    keep_ckpts: bool = False      # also keep every evaluation's checkpoint as ckpt_<step>.pt (plot.py --categories)
 
 
 def pick_device(name):
@@ -444,7 +487,8 @@ def check_out_dir(cfg):
         if cfg.resume and not old:
             fail(f"nothing to resume in {cfg.out_dir}", "drop --resume to start the run")
         return "new"
-    same = {k: v for k, v in old.items() if k not in RUN_FLAGS} == \
+    # a setting that a run's config.json lacks (the run predates it) counts as that setting's default
+    same = {k: v for k, v in {**asdict(TrainConfig()), **old}.items() if k not in RUN_FLAGS} == \
         {k: v for k, v in asdict(cfg).items() if k not in RUN_FLAGS}
     if same and os.path.exists(os.path.join(cfg.out_dir, "done.json")):
         return "reuse"
@@ -459,7 +503,7 @@ def check_out_dir(cfg):
 
 def init_out_dir(cfg):
     os.makedirs(cfg.out_dir, exist_ok=True)
-    for name in ("log.jsonl", "done.json", "ckpt.pt"):
+    for name in ("log.jsonl", "done.json", "ckpt.pt", *map(os.path.basename, kept_checkpoints(cfg.out_dir))):
         if os.path.exists(os.path.join(cfg.out_dir, name)):
             os.remove(os.path.join(cfg.out_dir, name))
     rdata.write_atomic(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=1).encode())
@@ -523,9 +567,14 @@ class Trainer:
         if not 0.0 < cfg.ratio <= 1.0:
             fail(f"--ratio {cfg.ratio} is outside (0, 1]", "pass a share of tokens to keep, e.g. --ratio 0.6")
         if cfg.select not in ("excess", "random") or cfg.ref_scores not in ("cached", "online") \
-                or cfg.scope not in ("local", "global"):
-            fail(f"unknown --select {cfg.select} / --ref_scores {cfg.ref_scores} / --scope {cfg.scope}",
-                 "use --select excess|random, --ref_scores cached|online, --scope local|global")
+                or cfg.scope not in ("local", "global") or cfg.weighting not in ("topk", "soft"):
+            fail(f"unknown --select {cfg.select} / --ref_scores {cfg.ref_scores} / --scope {cfg.scope} / "
+                 f"--weighting {cfg.weighting}", "use --select excess|random, --ref_scores cached|online, "
+                 "--scope local|global, --weighting topk|soft")
+        if cfg.weighting == "soft" and (cfg.scope == "global" or cfg.temperature <= 0 or cfg.answer_only):
+            fail("--weighting soft needs --scope local, a --temperature above 0 and no --sft", "change one of them")
+        if cfg.answer_only and cfg.scope == "global":
+            fail("--sft selects within each process's batch", "drop --scope global")
         self.cfg = cfg
         self.rank, self.world, local_rank = dist_setup()
         self.device = device = pick_device(cfg.device)
@@ -541,6 +590,10 @@ class Trainer:
         self.meta = meta = rdata.read_meta(cfg.data_dir)
         self.tok = rdata.Tokenizer(meta["vocab"])
         tokens, self.labels = rdata.load_tokens(cfg.data_dir, cfg.split)
+        if cfg.part:
+            i, n = map(int, cfg.part.split("/"))
+            lo, hi = i * len(tokens) // n, (i + 1) * len(tokens) // n
+            tokens, self.labels = tokens[lo:hi], (self.labels[lo:hi] if self.labels is not None else None)
         val_tokens, _ = rdata.load_tokens(cfg.data_dir, "ref_val")
         self.problems = rdata.load_eval(cfg.data_dir)[:cfg.eval_problems]
         if cfg.eval_problems and not self.problems:
@@ -565,21 +618,33 @@ class Trainer:
         self.tokens_per_step = self.accum * B * T * W
         self.model.to(device)
         # the reference: its losses from the score file (cached) or its model (online)
-        self.ref_model, scores = None, None
+        self.ref_models, scores = [], []
         if cfg.ratio < 1.0 and cfg.select == "excess":
-            rckpt = load_checkpoint(cfg.ref, "reference model")
-            check_vocab(rckpt, meta, cfg.ref)
-            if cfg.ref_scores == "online":
-                self.ref_model = model_from_checkpoint(rckpt).to(device).eval()
-                if self.ref_model.config.block_size != T:
-                    fail("the reference and the student have different block sizes", "train both with one preset")
-            else:
-                scores = load_scores(cfg.scores, cfg.ref, tokens, T, meta, cfg.split)
-        self.blocks = Blocks(tokens, T, B, cfg.seed, labels=self.labels, scores=scores, rank=self.rank, world=W)
+            if cfg.combine not in ("mean", "min"):
+                fail(f"unknown --combine {cfg.combine}", "use --combine mean or min")
+            refs, files = cfg.ref.split(","), cfg.scores.split(",")
+            if cfg.ref_scores == "cached" and len(files) != len(refs):
+                fail(f"{len(refs)} reference(s) but {len(files)} score file(s)", "give one score file per reference")
+            for i, ref in enumerate(refs):
+                rckpt = load_checkpoint(ref, "reference model")
+                check_vocab(rckpt, meta, ref)
+                if cfg.ref_scores == "online":
+                    self.ref_models.append(model_from_checkpoint(rckpt).to(device).eval())
+                    if self.ref_models[-1].config.block_size != T:
+                        fail("the reference and the student have different block sizes", "train both with one preset")
+                else:
+                    scores.append(load_scores(files[i], ref, tokens, T, meta, cfg.split))
+        self.blocks = Blocks(tokens, T, B, cfg.seed, labels=self.labels, scores=scores, rank=self.rank, world=W,
+                             combine=cfg.combine)
+        self.answers = rdata.answer_mask(self.tok, np.asarray(tokens)) if cfg.answer_only else None
+        if self.answers is not None and not self.answers.any():
+            fail(f"split '{cfg.split}' has no answer tokens (nothing follows 'Answer:')",
+                 "fine-tune on question/answer pairs (the ref_train split)")
         self.val_blocks = Blocks(val_tokens, T, B, 0)
         self.max_iters = max(1, cfg.max_tokens // self.tokens_per_step)
         self.warmup = max(1, int(cfg.warmup_frac * self.max_iters))
-        self.optimizer = self.model.configure_optimizer(cfg.lr, cfg.weight_decay, (0.9, cfg.beta2), device.split(":")[0])
+        self.optimizer = self.model.configure_optimizer(cfg.lr, cfg.weight_decay, (0.9, cfg.beta2),
+                                                        device.split(":")[0])
         use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.startswith("cuda"))
         self.compiled = torch.compile(self.model) if use_compile else self.model
         self.train_model = self.compiled
@@ -587,7 +652,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.train_model = DDP(self.compiled, device_ids=[local_rank] if device.startswith("cuda") else None)
         self.sel_gen = torch.Generator().manual_seed(cfg.seed + 1)  # for --select random; the same on every rank
-        self.flops_per_token = self.model.flops_per_token() + (self.model.flops_per_token() // 3 if self.ref_model else 0)
+        self.flops_per_token = self.model.flops_per_token() + self.model.flops_per_token() // 3 * len(self.ref_models)
         self.peak = peak_flops(device)
 
     def lr_at(self, it):
@@ -598,23 +663,26 @@ class Trainer:
         frac = min(1.0, (it - self.warmup) / max(1, self.max_iters - self.warmup))
         return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    def select(self, losses, x, y, ref_losses):
+    def select(self, losses, x, y, ref_losses, valid=None):
         """Which tokens of the batch get a loss: all (ratio 1), a random share, or the top by excess loss;
-        with --scope global, chosen over the batches of all processes together."""
+        with --scope global, chosen over the batches of all processes together; with --weighting soft, weights."""
         c, B = self.cfg, losses.size(0)
         if c.ratio >= 1.0:
-            return torch.ones_like(losses, dtype=torch.bool)
+            return torch.ones_like(losses, dtype=torch.bool) if valid is None else valid
         if c.select == "random":  # one draw for the global batch, so every scope sees the same numbers
             scores = torch.rand((B * self.world, losses.size(1)), generator=self.sel_gen)
             scores = scores[self.rank * B:(self.rank + 1) * B].to(losses.device)
         else:
-            if self.ref_model is not None:  # online: the same numbers the score file would hold
+            if self.ref_models:  # online: the same numbers the score files would hold
                 with torch.no_grad(), autocast(self.device):
-                    ref_losses = token_losses(self.ref_model(x), y).half().float()
+                    ref_losses = combine_refs([token_losses(m(x), y).half().float() for m in self.ref_models],
+                                              c.combine)
             scores = excess_loss(losses, ref_losses.to(losses.device))
         if c.scope == "global" and self.world > 1:
             return select_topk_global(scores, c.ratio)
-        return select_topk(scores, c.ratio)
+        if c.weighting == "soft":
+            return soft_weights(scores, c.ratio, c.temperature)
+        return select_topk(scores, c.ratio, valid)
 
     def step(self, step):
         """Optimizer step `step`: `accum` micro-batches (each: forward, per-token losses, selection, SLM loss,
@@ -623,12 +691,14 @@ class Trainer:
             g["lr"] = self.lr_at(step)
         total, masks, labels = 0.0, [], []
         for micro in range(self.accum):
-            x, y, ref_losses, lab = self.blocks.batch(step * self.accum + micro)
+            ids = self.blocks.block_ids(step * self.accum + micro)
+            x, y, ref_losses, lab = self.blocks.batch(None, ids)
+            valid = self.blocks.rows(self.answers, ids, 1, bool).to(self.device) if self.cfg.answer_only else None
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with autocast(self.device):
                 logits = self.train_model(x)                             # (B, T, V)
             losses = token_losses(logits, y)                             # (B, T)
-            mask = self.select(losses, x, y, ref_losses)                 # (B, T) bool
+            mask = self.select(losses, x, y, ref_losses, valid)          # (B, T) bool, or soft weights
             # with a global selection, ranks keep different counts; DDP averages gradients over ranks,
             # so each rank divides by the global count / world to get the global mean over selected tokens
             n = n_selected(self.cfg.ratio, mask.numel() * self.world) / self.world \
@@ -725,6 +795,8 @@ def train(cfg, log=print):
                     record["selected"] = {k: round((s / t).item(), 4) for k, s, t in
                                           zip(kinds, sel_counts, tot_counts) if t > 0}
                     record["precision"] = round((sel_counts[rdata.MATH] / sel_counts.sum()).item(), 4)
+                    record["composition"] = {k: round((s / sel_counts.sum()).item(), 4)  # precision per kind
+                                             for k, s in zip(kinds, sel_counts)}
                 sel_counts.zero_(), tot_counts.zero_()
             if master:
                 with open(os.path.join(cfg.out_dir, "log.jsonl"), "a") as f:
@@ -740,6 +812,8 @@ def train(cfg, log=print):
             loss_sum, loss_n = torch.zeros((), device=tr.device), 0
             if evaluating and master:
                 save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), tr, step)
+                if cfg.keep_ckpts:
+                    save_checkpoint(os.path.join(cfg.out_dir, f"ckpt_{step:06d}.pt"), tr, step)
             barrier()
             t_last = time.time()
         if last:
@@ -749,7 +823,7 @@ def train(cfg, log=print):
         if labels is not None:
             labels = labels.to(tr.device).view(-1)
             tot_counts += torch.bincount(labels, minlength=len(kinds))
-            sel_counts += torch.bincount(labels[mask.view(-1)], minlength=len(kinds))
+            sel_counts += torch.bincount(labels, weights=mask.view(-1).float(), minlength=len(kinds))
         loss_sum += loss
         loss_n += 1
     summary = {**record, "params": tr.model.num_params(), "max_iters": max_iters}

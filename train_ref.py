@@ -10,6 +10,8 @@ train_ref.py -- step 1 of rho: data, base model, reference model, reference scor
   python train_ref.py                                       # data/, out/base, out/ref, out/ref/scores.bin
   python train_ref.py --seed 1 --data_dir data/seed1 --out_dir out/seed1
   python train_ref.py --init scratch --out_dir out/scratch  # ablation: no base, reference from scratch
+  python train_ref.py --refs 3 --ref_data disjoint          # + 3 references on thirds of the subset, for
+                                                            #   train_slm.py --refs 3 --combine mean|min
 Then: python train_slm.py --ratio 0.6
 """
 import json
@@ -41,6 +43,10 @@ class RefRun:
     compile: str = arg("auto", "torch.compile: auto (on for cuda), on, off", choices=["auto", "on", "off"])
     overwrite: bool = arg(False, "replace runs in out_dir that were made with another configuration")
     resume: bool = arg(False, "continue an unfinished (killed) base or reference run from its last checkpoint")
+    refs: int = arg(0, "also train this many extra references (out_dir/refs/r1, ...) and score the corpus with "
+                       "each, for train_slm.py --refs", type=int)
+    ref_data: str = arg("seeds", "what the extra references train on: seeds (the whole subset, other seeds) or "
+                                 "disjoint (each its own equal part of the subset)", choices=["seeds", "disjoint"])
 
 
 def main(r):
@@ -64,16 +70,27 @@ def main(r):
                                       max_tokens=p["base_tokens"], lr=p["base_lr"], **common))
         cost["base"] = s["flops"]
     ref_tokens = int(p["ref_epochs"] * meta["splits"]["ref_train"]["tokens"])
-    # the high-quality subset is small: the reference takes one micro-batch per step, whatever the preset's
-    s = rho.train(rho.TrainConfig(split="ref_train", out_dir=os.path.join(r.out_dir, "ref"), max_tokens=ref_tokens,
-                                  lr=p["ref_lr"], init=base_ckpt if r.init == "base" else "",
-                                  **{**common, "tokens_per_step": 0}))
-    cost["ref"] = s["flops"]
-
-    cost["scoring"] = score(r, meta) if rank == 0 else 0
+    # the high-quality subset is small: a reference takes one micro-batch per step, whatever the preset's;
+    # the main one (ref/) trains on all of it, extra ones (refs/r<i>) on other seeds or their own part of it
+    refs = {"ref": dict(out_dir=os.path.join(r.out_dir, "ref"))}
+    for i in range(1, r.refs + 1):
+        part = f"{i - 1}/{r.refs}" if r.ref_data == "disjoint" else ""
+        refs[f"r{i}"] = dict(out_dir=os.path.join(r.out_dir, "refs", f"r{i}"), part=part,
+                             seed=r.seed + (0 if part else i))
+    for name, kw in refs.items():
+        share = 1 / r.refs if kw.get("part") else 1
+        s = rho.train(rho.TrainConfig(split="ref_train", max_tokens=int(ref_tokens * share), lr=p["ref_lr"],
+                                      init=base_ckpt if r.init == "base" else "",
+                                      **{**common, "tokens_per_step": 0, **kw}))
+        kw.update(ckpt=os.path.join(kw["out_dir"], "ckpt.pt"), scores=os.path.join(kw["out_dir"], "scores.bin"),
+                  flops=s["flops"])
+        kw["flops_scoring"] = score(kw["ckpt"], kw["scores"], r, meta) if rank == 0 else 0
+    cost.update(ref=refs["ref"]["flops"], scoring=refs["ref"]["flops_scoring"])
     pipeline = {"preset": r.preset, "seed": r.seed, "data_dir": r.data_dir, "init": r.init, "settings": p,
-                "base": base_ckpt if r.init == "base" else "", "ref": os.path.join(r.out_dir, "ref", "ckpt.pt"),
-                "scores": os.path.join(r.out_dir, "ref", "scores.bin"), "flops": cost}
+                "base": base_ckpt if r.init == "base" else "", "ref": refs["ref"]["ckpt"],
+                "scores": refs["ref"]["scores"], "flops": cost,
+                "refs": {name: {k: kw[k] for k in ("ckpt", "scores", "flops", "flops_scoring")}
+                         for name, kw in refs.items() if name != "ref"}, "ref_data": r.ref_data}
     if rank == 0:
         data.write_atomic(os.path.join(r.out_dir, "pipeline.json"), json.dumps(pipeline, indent=1).encode())
         print(f"reference ready: {pipeline['ref']}; next: python train_slm.py --out_dir {r.out_dir} --ratio 0.6"
@@ -81,11 +98,9 @@ def main(r):
     rho.barrier()
 
 
-def score(r, meta):
-    """Score the student's corpus with the reference, once (reused while reference and corpus are the same);
+def score(ref_path, scores, r, meta):
+    """Score the student's corpus with a reference, once (reused while reference and corpus are the same);
     returns the FLOPs of the pass."""
-    ref_path = os.path.join(r.out_dir, "ref", "ckpt.pt")
-    scores = os.path.join(r.out_dir, "ref", "scores.bin")
     ckpt = rho.load_checkpoint(ref_path, "reference model")
     stamp = {"format_version": rho.SCORES_VERSION, "dtype": "float16", "length": meta["splits"]["web"]["tokens"],
              "ref_sha": rho.file_hash(ref_path), "ref_config": ckpt["config"], "vocab_hash": meta["vocab_hash"],

@@ -8,6 +8,10 @@ plain next-token training (CLM) on the same tokens, in the same order, from the 
   python train_slm.py --ratio 0.6 --select random  # control: a random 60% of tokens -> out/random0.6
   python train_slm.py --ratio 0.6 --ref_scores online   # reference run every step instead of the score file
   python train_slm.py --ratio 0.6 1.0 --lr 3e-3 1e-2     # a sweep: every ratio at every learning rate
+  python train_slm.py --ratio 0.4 0.5 0.6 0.7 0.8 1.0    # a ratio sweep (plot.py draws out/compare-ratios.png)
+  python train_slm.py --ratio 1.0 --keep_ckpts     # CLM keeping every eval's checkpoint (plot.py --categories)
+  python train_slm.py --ratio 0.6 --weighting soft --temperature 0.5   # soft weights instead of top-k
+  python train_slm.py --ratio 0.6 --refs 3 --combine min  # 3 references (train_ref.py --refs 3), combined
   python train_slm.py --bench                      # tokens/s of CLM, SLM (cached / online) and scoring
   torchrun --nproc_per_node=8 train_slm.py --ratio 0.6 --scope global   # DDP, exact top-k over all GPUs
 Needs: python train_ref.py (same --out_dir). Then: python plot.py
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+import data as rdata
 import rho
 from rho import arg
 
@@ -37,6 +42,17 @@ class SlmRun:
     scope: str = arg("local", "under torchrun: top-k within each process's batch (local, what public "
                               "reimplementations do) or exact top-k over the global batch (global)",
                      choices=["local", "global"])
+    refs: int = arg(0, "use the pipeline's first N extra references (train_ref.py --refs) instead of its main "
+                       "one, their per-token losses combined by --combine", type=int)
+    combine: str = arg("mean", "--refs: one reference loss per token from several: mean or min",
+                       choices=["mean", "min"])
+    weighting: str = arg("topk", "topk: the loss on the top `ratio` of tokens (the paper); soft: every token "
+                                 "weighted by sigmoid((excess - threshold) / temperature), the threshold where "
+                                 "top-k would cut", choices=["topk", "soft"])
+    temperature: float = arg(0.1, "--weighting soft: sharpness in nats of excess loss (towards 0: top-k)")
+    sft: bool = arg(False, "fine-tune instead: question -> worked-answer pairs of the high-quality subset, a loss "
+                           "on answer tokens only, --ratio < 1 choosing among them by excess loss against the "
+                           "reference (run online); the run folder gets sft-")
     init: str = arg("base", "base: start from the pipeline's base model (the paper); scratch: from scratch",
                     choices=["base", "scratch"])
     max_tokens: int = arg(None, "tokens to train on, selected or not (default: the preset's)", type=int)
@@ -51,6 +67,8 @@ class SlmRun:
     compile: str = arg("auto", "torch.compile: auto (on for cuda), on, off", choices=["auto", "on", "off"])
     overwrite: bool = arg(False, "replace a run of the same name made with another configuration")
     resume: bool = arg(False, "continue an unfinished (killed) run from its last checkpoint")
+    keep_ckpts: bool = arg(False, "also keep the checkpoint of every evaluation (ckpt_<step>.pt), for "
+                                  "plot.py --categories; the run folder gets -ckpts")
     bench: bool = arg(False, "measure training tokens/s of CLM, SLM with cached scores and SLM with an online "
                              "reference (same process, same model) and the scoring pass; trains nothing")
 
@@ -59,9 +77,13 @@ def run_name(r, ratio, lr):
     if r.name:
         return r.name
     arm = "clm" if ratio >= 1 else f"{'random' if r.select == 'random' else 'slm'}{ratio:g}"
+    arm = ("sft-" if r.sft else "") + arm
     arm += "-online" if r.ref_scores == "online" and arm.startswith("slm") else ""
     arm += "-global" if r.scope == "global" and ratio < 1 else ""
+    arm += f"-soft{r.temperature:g}" if r.weighting == "soft" and ratio < 1 else ""
+    arm += f"-refs{r.refs}{r.combine}" if r.refs and ratio < 1 and r.select == "excess" else ""
     arm += "-scratch" if r.init == "scratch" else ""
+    arm += "-ckpts" if r.keep_ckpts else ""
     return arm + (f"-lr{lr:g}" if r.lr else "")
 
 
@@ -86,13 +108,25 @@ def student_config(r, pipe, ratio, lr, **kw):
     """The TrainConfig of one student run: the pipeline's settings, this run's ratio and learning rate."""
     p = pipe["settings"]
     lr = lr or (p["lr_clm"] if ratio >= 1 else p["lr"])
+    refs = [{"ckpt": pipe["ref"], "scores": pipe["scores"]}]
+    if r.refs:
+        if len(pipe.get("refs", {})) < r.refs:
+            rho.fail(f"the pipeline in {r.out_dir} has {len(pipe.get('refs', {}))} extra reference(s), not {r.refs}",
+                     f"train them with `python train_ref.py --out_dir {r.out_dir} --refs {r.refs}` (same settings)")
+        refs = [pipe["refs"][f"r{i}"] for i in range(1, r.refs + 1)]
     cfg = dict(data_dir=pipe["data_dir"], split="web", out_dir=os.path.join(r.out_dir, run_name(r, ratio, lr)),
-               init=pipe["base"] if r.init == "base" else "", ratio=ratio, select=r.select, ref=pipe["ref"],
-               ref_scores=r.ref_scores, scores=pipe["scores"], scope=r.scope,
+               init=pipe["base"] if r.init == "base" else "", ratio=ratio, select=r.select,
+               ref=",".join(x["ckpt"] for x in refs), scores=",".join(x["scores"] for x in refs),
+               combine=r.combine if r.refs else "mean", ref_scores=r.ref_scores, scope=r.scope, weighting=r.weighting,
+               temperature=r.temperature,
                max_tokens=r.max_tokens or p["student_tokens"],
                lr=lr, seed=pipe["seed"] if r.seed is None else r.seed, device=r.device, compile=r.compile,
-               overwrite=r.overwrite, resume=r.resume,
+               overwrite=r.overwrite, resume=r.resume, keep_ckpts=r.keep_ckpts,
                **{k: p[k] for k in rho.TRAIN_KEYS if k in p})
+    if r.sft:  # the reference's data and budget; a score file exists only for the web split
+        ref_tokens = rdata.read_meta(pipe["data_dir"])["splits"]["ref_train"]["tokens"]
+        cfg.update(split="ref_train", answer_only=True, ref_scores="online", tokens_per_step=0,
+                   max_tokens=r.max_tokens or int(p["ref_epochs"] * ref_tokens))
     for k in ("batch_size", "n_evals", "tokens_per_step"):
         if getattr(r, k):
             cfg[k] = getattr(r, k)

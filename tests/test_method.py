@@ -91,10 +91,29 @@ def test_slm_loss_is_mean_over_selected_and_unselected_get_no_gradient():
     assert not torch.allclose(rho.token_losses(model(x2), y)[b, t], losses[b, t])
 
 
+@pytest.mark.parametrize("ratio", [0.3, 0.6])
+def test_soft_weighting_at_a_very_low_temperature_is_hard_topk(ratio):
+    model = tiny_model(6)
+    x, y = batch(7)
+    losses = rho.token_losses(model(x), y)
+    score = rho.excess_loss(losses, torch.rand_like(losses))
+    mask = rho.select_topk(score, ratio)
+    w = rho.soft_weights(score, ratio, temperature=1e-6)
+    assert torch.equal(w, mask.float())
+    hard, soft = rho.slm_loss(losses, mask), rho.slm_loss(losses, w)
+    assert torch.allclose(hard, soft, rtol=0, atol=1e-7)
+    # a warm temperature spreads the weight: every token counts, the top-k ones most, and the weights cross
+    # 1/2 exactly where top-k cuts
+    w = rho.soft_weights(score, ratio, temperature=0.5)
+    assert torch.all(w > 0) and torch.all(w < 1)
+    assert w[mask].min() > 0.5 > w[~mask].max()
+    assert not torch.allclose(rho.slm_loss(losses, w), hard)
+
+
 def test_blocks_are_aligned_and_the_batch_is_a_pure_function_of_step():
     tokens = np.arange(1000, dtype=np.uint16)
     scores = np.arange(1000, dtype=np.float16)
-    blocks = rho.Blocks(tokens, 16, 4, seed=7, scores=scores)
+    blocks = rho.Blocks(tokens, 16, 4, seed=7, scores=[scores])
     x, y, ref, _ = blocks.batch(3)
     assert torch.equal(y[:, :-1], x[:, 1:])
     assert torch.equal(ref, y.float())  # the score of a target token sits at that token's index
@@ -114,7 +133,7 @@ def test_cached_scores_equal_online_reference(tmp_path):
     rho.score_corpus(ref, tokens, 16, path, "cpu", batch_size=32, log=lambda *a: None)
     scores = np.memmap(path, dtype=np.float16, mode="r")
     assert np.isnan(scores[0]) and not np.isnan(scores[1:(len(tokens) - 1) // 16 * 16 + 1]).any()
-    blocks = rho.Blocks(tokens, 16, 8, seed=1, scores=scores)
+    blocks = rho.Blocks(tokens, 16, 8, seed=1, scores=[scores])
     for step in range(5):
         x, y, cached, _ = blocks.batch(step)
         with torch.no_grad():
@@ -124,6 +143,28 @@ def test_cached_scores_equal_online_reference(tmp_path):
         agree = (rho.select_topk(student - cached, 0.6) == rho.select_topk(student - online, 0.6)).float().mean()
         assert agree >= 0.99
     assert data  # imported for the package path
+
+
+def test_combined_references_of_one_model_equal_that_model_and_cached_equals_online(tmp_path):
+    refs = [tiny_model(s, vocab=60, block=16) for s in (6, 7)]
+    tokens = np.random.default_rng(0).integers(0, 60, 2000).astype(np.uint16)
+    files = []
+    for i, ref in enumerate(refs):
+        rho.score_corpus(ref, tokens, 16, str(tmp_path / f"s{i}.bin"), "cpu", batch_size=32, log=lambda *a: None)
+        files.append(np.memmap(tmp_path / f"s{i}.bin", dtype=np.float16, mode="r"))
+    plain = rho.Blocks(tokens, 16, 8, seed=1, scores=files[:1])
+    for how in ("mean", "min"):
+        one = rho.Blocks(tokens, 16, 8, seed=1, scores=files[:1], combine=how)
+        two = rho.Blocks(tokens, 16, 8, seed=1, scores=files, combine=how)
+        for step in range(3):
+            x, y, r1, _ = one.batch(step)
+            assert torch.equal(r1, plain.batch(step)[2])
+            r0, r1 = (rho.Blocks(tokens, 16, 8, seed=1, scores=[f]).batch(step)[2] for f in files)
+            both = two.batch(step)[2]
+            assert torch.equal(both, (r0 + r1) / 2 if how == "mean" else torch.minimum(r0, r1))
+            with torch.no_grad():
+                online = rho.combine_refs([rho.token_losses(m(x), y).half().float() for m in refs], how)
+            assert torch.allclose(both, online, atol=2e-3)
 
 
 def test_extract_answer():

@@ -174,3 +174,18 @@ def test_resume_after_sigkill_equals_uninterrupted_run(pipeline):
         recs = [json.loads(x) for x in (pipeline / "out" / name / "log.jsonl").read_text().splitlines()]
         return [{k: v for k, v in r.items() if k not in ("time", "tok_s")} for r in recs]
     assert records("killed") == records("straight")
+
+
+
+def test_benchmark_measures_every_configuration_on_the_same_model(pipeline, monkeypatch):
+    import rho
+    import train_slm
+    monkeypatch.chdir(pipeline)
+    r = train_slm.SlmRun()
+    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
+    cfgs = {"CLM": train_slm.student_config(r, pipe, 1.0, None),
+            "SLM": train_slm.student_config(r, pipe, 0.6, None),
+            "online": train_slm.student_config(r, pipe, 0.6, None, ref_scores="online")}
+    result = rho.benchmark(cfgs, steps=2, rounds=2)
+    assert list(result) == ["CLM", "SLM", "online"] and result["CLM"][1] == 1.0
+    assert all(tok_s > 0 and rel > 0 for tok_s, rel in result.values())

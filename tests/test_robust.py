@@ -4,7 +4,6 @@ import os
 import pickle
 import shutil
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,0 +1,71 @@
+"""Beyond the paper: soft token weighting and several reference models, through the scripts."""
+import json
+
+from conftest import run
+
+
+def test_soft_weighting_and_several_references_train_and_plot(pipeline):
+    out = pipeline / "out"
+    run("train_ref.py", "--preset", "tiny", "--refs", "2", "--ref_data", "disjoint", cwd=pipeline)
+    pipe = json.loads((out / "pipeline.json").read_text())
+    assert sorted(pipe["refs"]) == ["r1", "r2"] and pipe["ref"] == "out/ref/ckpt.pt"  # the main one is kept
+    parts = [json.loads((out / "refs" / n / "config.json").read_text())["part"] for n in ("r1", "r2")]
+    assert parts == ["0/2", "1/2"]
+    run("train_slm.py", "--ratio", "0.6", "--refs", "2", "--combine", "min", cwd=pipeline)
+    run("train_slm.py", "--ratio", "0.6", "--weighting", "soft", "--temperature", "0.2", cwd=pipeline)
+    cfg = json.loads((out / "slm0.6-refs2min" / "config.json").read_text())
+    assert cfg["ref"] == "out/refs/r1/ckpt.pt,out/refs/r2/ckpt.pt" and cfg["combine"] == "min"
+    assert json.loads((out / "slm0.6-soft0.2" / "done.json").read_text())["val_loss"] > 0
+    p = run("plot.py", cwd=pipeline)
+    assert "SLM 0.6 (2 refs, min)" in p.stdout and "SLM 0.6 (soft 0.2)" in p.stdout
+    # asking for more references than the pipeline has is one clear line
+    bad = run("train_slm.py", "--ratio", "0.6", "--refs", "3", cwd=pipeline, check=False)
+    assert bad.returncode != 0 and "--refs 3" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_a_run_that_predates_a_setting_is_reused_at_that_settings_default(pipeline):
+    cfg_path = pipeline / "out" / "slm0.6" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["temperature"], cfg["weighting"]  # as written before these settings existed
+    cfg_path.write_text(json.dumps(cfg))
+    p = run("train_slm.py", "--ratio", "0.6", cwd=pipeline)
+    assert "reusing it" in p.stdout
+    bad = run("train_slm.py", "--ratio", "0.6", "--weighting", "soft", "--name", "slm0.6", cwd=pipeline, check=False)
+    assert bad.returncode != 0 and "another configuration" in bad.stderr
+
+
+def test_answer_mask_covers_exactly_the_answers(pipeline):
+    import data
+    tok = data.Tokenizer.from_meta(str(pipeline / "data"))
+    q, a = "Question: Ann has 3 cats and gets 4 more. How many now?\nAnswer:", " 3 + 4 = 7\n#### 7\n"
+    ids = tok.encode(q) + tok.encode(a) + [tok.eot] + tok.encode(q) + tok.encode(a) + [tok.eot]
+    mask = data.answer_mask(tok, ids)
+    n_q, n_a = len(tok.encode(q)), len(tok.encode(a)) + 1  # the answer and its end-of-text token
+    assert mask.tolist() == ([False] * n_q + [True] * n_a) * 2
+
+
+def test_sft_puts_no_loss_on_question_tokens_and_selects_among_answers(pipeline):
+    import torch
+    import rho
+    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
+    for ratio in (1.0, 0.6):
+        cfg = rho.TrainConfig(data_dir=str(pipeline / "data"), split="ref_train", answer_only=True, ratio=ratio,
+                              ref=str(pipeline / pipe["ref"]), ref_scores="online", init=str(pipeline / pipe["base"]),
+                              out_dir=str(pipeline / "out" / "unused"), batch_size=4, eval_problems=0)
+        tr = rho.Trainer(cfg)
+        ids = tr.blocks.block_ids(0)
+        x, y, _, _ = tr.blocks.batch(None, ids)
+        valid = tr.blocks.rows(tr.answers, ids, 1, bool)
+        assert 0 < valid.sum() < valid.numel()  # question tokens and answer tokens in the batch
+        logits = tr.model(x)
+        logits.retain_grad()
+        losses = rho.token_losses(logits, y)
+        mask = tr.select(losses, x, y, None, valid)
+        assert not mask[~valid].any()
+        assert mask.sum() == rho.n_selected(ratio, int(valid.sum()))
+        rho.slm_loss(losses, mask).backward()
+        assert torch.all(logits.grad.norm(dim=-1)[~valid] == 0)
+    run("train_slm.py", "--sft", "--ratio", "0.6", "1.0", cwd=pipeline)
+    p = run("plot.py", cwd=pipeline)
+    assert "fine-tuning on answer tokens" in p.stdout
+    assert json.loads((pipeline / "out" / "sft-slm0.6" / "config.json").read_text())["split"] == "ref_train"
