@@ -38,7 +38,8 @@ from rho import arg
 class PlotRun:
     out_dir: str = arg("out", "folder holding the pipelines and runs to compare (searched recursively)")
     png: str = arg("", "where to write the figure (default: <out_dir>/compare.png); the table goes beside it (.md)")
-    arms: list = arg(None, "compare only these arms, named as in the table (e.g. CLM 'SLM 0.6')", nargs="+")
+    arms: list = arg(None, "compare only these arms, named as in the table (e.g. CLM 'SLM 0.6')", nargs="+",
+                     type=str)
     tokens: str = arg("", "a student run folder (e.g. out/slm0.6): draw which tokens it keeps against the "
                           "pipeline's reference, as tokens.png and tokens.html in that folder")
     categories: str = arg("", "a run folder with kept checkpoints (train_slm.py --keep_ckpts): sort held-out tokens "
@@ -71,11 +72,13 @@ def arm_of(cfg, base):
         name = "CLM"
     else:
         name = f"{'SLM' if cfg['select'] == 'excess' else 'random'} {cfg['ratio']:g}"
-        name += " (online ref)" if cfg["select"] == "excess" and cfg["ref_scores"] == "online" else ""
+        online = cfg["select"] == "excess" and cfg["ref_scores"] == "online" and not cfg.get("answer_only")
+        name += " (online ref)" if online else ""  # (fine-tuning always runs its reference online)
         name += f" (soft {cfg['temperature']:g})" if cfg.get("weighting") == "soft" else ""
         n_refs = len(cfg["ref"].split(","))
         name += f" ({n_refs} refs, {cfg['combine']})" if cfg["select"] == "excess" and n_refs > 1 else ""
-    return name + (" (from scratch)" if base and not cfg["init"] else "")
+    name += " (from scratch)" if base and not cfg["init"] else ""
+    return ("SFT " if cfg.get("answer_only") else "") + name
 
 
 def find_pipelines(root):
@@ -140,8 +143,9 @@ def summarize(pipes):
         best = {arm: min(lrs, key=lambda lr: (-len(lrs[lr]), np.mean([r["val"][-1] for r in lrs[lr]])))
                 for arm, lrs in by_arm.items()}
         rows = []
-        clm = by_arm["CLM"][best["CLM"]] if "CLM" in by_arm else None
-        for arm, lrs in sorted(by_arm.items(), key=lambda kv: (kv[0] != "CLM", kv[0])):
+        base_arm = "SFT CLM" if ps[0]["sft"] else "CLM"  # the baseline of this group: every token, ratio 1
+        clm = by_arm[base_arm][best[base_arm]] if base_arm in by_arm else None
+        for arm, lrs in sorted(by_arm.items(), key=lambda kv: (kv[0] != base_arm, kv[0])):
             runs = lrs[best[arm]]
             row = {"arm": arm, "lr": best[arm], "lrs": sorted(lrs), "seeds": sorted(r["pipe"]["seed"] for r in runs),
                    "val": [r["val"][-1] for r in runs], "acc": [r["acc"][-1] for r in runs],
@@ -150,7 +154,7 @@ def summarize(pipes):
             for r in runs:
                 row["flops"].append(r["flops"] + overhead(r))
                 twin = [c for c in clm or [] if c["pipe"] is r["pipe"]]
-                if twin and arm != "CLM":
+                if twin and arm != base_arm:
                     c = twin[0]
                     row["x"].append(x_fewer(r, c))
                     reach = c["tokens"][-1] / row["x"][-1] if row["x"][-1] else None
@@ -158,7 +162,7 @@ def summarize(pipes):
                     cost = overhead(r, base=False) + reach * r["flops"] / r["tokens"][-1] if reach else None
                     row["x_flops"].append((c["flops"] + overhead(c, base=False)) / cost if reach else None)
             rows.append(row)
-        results.append({"key": key, "pipes": ps, "rows": rows, "by_arm": by_arm, "best": best})
+        results.append({"key": key, "pipes": ps, "rows": rows, "by_arm": by_arm, "best": best, "clm": base_arm})
     return results
 
 
@@ -202,19 +206,20 @@ def table(res):
         cells = []
         for xs in (row["x"], row["x_flops"]):
             per = ["never" if x is None else f"{x:.2f}x" for x in xs]
-            cells.append("" if row["arm"] == "CLM" else "-" if not xs else "never" if not any(xs) else
+            cells.append("" if row["arm"] == res["clm"] else "-" if not xs else "never" if not any(xs) else
                          fmt([x for x in xs if x], "{:.2f}x") + (f" (seeds: {', '.join(per)})" if len(per) > 1 else ""))
         lines.append(f"| {row['arm']} | {row['lr']:g} (of {len(row['lrs'])}) | {fmt(row['val'])} | "
                      f"{fmt(row['acc'], '{:.1%}')} | {cells[0]} | {cells[1]} | "
                      f"{fmt([f / 1e12 for f in row['flops']], '{:.1f}')} |")
-    same = [(arm, lr, lrs[lr]) for arm, lrs in sorted(res["by_arm"].items()) if arm != "CLM" for lr in sorted(lrs)
-            if lr in res["by_arm"].get("CLM", {})]
+    clms = res["by_arm"].get(res["clm"], {})
+    same = [(arm, lr, lrs[lr]) for arm, lrs in sorted(res["by_arm"].items()) if arm != res["clm"]
+            for lr in sorted(lrs) if lr in clms]
     if same:
         lines += ["", "at the same learning rate as CLM:", "",
                   "| run | lr | final val loss (CLM's) | final accuracy (CLM's) | x fewer tokens than CLM at this lr |",
                   "|---|---|---|---|---|"]
         for arm, lr, runs in same:
-            clm = res["by_arm"]["CLM"][lr]
+            clm = clms[lr]
             xs = [x_fewer(r, c) for r in runs for c in clm if c["pipe"] is r["pipe"]]
             per = ", ".join("never" if x is None else f"{x:.2f}x" for x in xs)
             (val, acc), (c_val, c_acc) = ([[r[k][-1] for r in rs] for k in ("val", "acc")] for rs in (runs, clm))
@@ -246,9 +251,9 @@ def plot(results, path):
             ax_l.fill_between(t, agg["val"][1], agg["val"][2], color=line.get_color(), alpha=0.2)
             ax_a.plot(t, agg["acc"][0], color=line.get_color(), label=label)
             ax_a.fill_between(t, agg["acc"][1], agg["acc"][2], color=line.get_color(), alpha=0.2)
-            if row["arm"] != "CLM":  # same-learning-rate CLM curve, thin, for the same-lr comparison
-                same = res["by_arm"].get("CLM", {}).get(row["lr"])
-                if same and row["lr"] != res["best"].get("CLM"):
+            if row["arm"] != res["clm"]:  # same-learning-rate CLM curve, thin, for the same-lr comparison
+                same = res["by_arm"].get(res["clm"], {}).get(row["lr"])
+                if same and row["lr"] != res["best"].get(res["clm"]):
                     s = aggregate(same)
                     ax_l.plot(s["tokens"] / 1e6, s["val"][0], ":", color="gray", lw=1,
                               label=f"CLM at SLM's lr {row['lr']:g}")
@@ -264,7 +269,7 @@ def plot(results, path):
         ax_l.set_ylim(lo - 0.05, lo + 0.6)
         ax_a.set(xlabel="tokens seen (M)", ylabel="answer accuracy (greedy, exact)", title="held-out accuracy")
         # selection per kind, for the best SLM arm
-        slm = sorted((r for r in res["rows"] if r["arm"].startswith("SLM")), key=lambda r: r["arm"] != "SLM 0.6")
+        slm = sorted((r for r in res["rows"] if "SLM" in r["arm"]), key=lambda r: not r["arm"].endswith("SLM 0.6"))
         if slm and not any(slm[0]["runs"][0]["selected"]):
             ax_s.text(0.5, 0.5, "no ground-truth token kinds\n(real data): nothing to show", ha="center",
                       transform=ax_s.transAxes)
@@ -302,7 +307,8 @@ def plot_ratios(results, path):
     groups = []
     for res in results:
         rows = sorted((r["runs"][0]["cfg"]["ratio"], r) for r in res["rows"]
-                      if r["arm"] == "CLM" or r["arm"] == f"SLM {r['runs'][0]['cfg']['ratio']:g}")
+                      if r["arm"] == res["clm"]
+                      or r["arm"].removeprefix("SFT ") == f"SLM {r['runs'][0]['cfg']['ratio']:g}")
         if len(rows) >= 3:
             groups.append((res, rows))
     if not groups:
@@ -414,7 +420,7 @@ def token_picture(a):
         p["excess"], p["keep"] = excess[lo:hi], keep[lo:hi]
     title = (f"{a.tokens} (step {step}) against its reference: {a.ratio:.0%} of the shown tokens kept, those with "
              f"the highest excess loss")
-    lim = float(np.nanpercentile(np.abs(excess), 98)) or 1.0
+    lim = float(np.nanpercentile(np.abs(excess), 90)) or 1.0  # the colour scale saturates beyond it
     kinds = meta.get("kinds") or []
     png, html = os.path.join(a.tokens, "tokens.png"), os.path.join(a.tokens, "tokens.html")
     draw_tokens(pages, title, lim, kinds, png)
@@ -590,6 +596,7 @@ def main(a):
                      f"use arm names from: {', '.join(sorted(names))}")
         for p in pipes:
             p["runs"] = {k: r for k, r in p["runs"].items() if r["arm"] in a.arms}
+        pipes = [p for p in pipes if p["runs"] or not p["sft"]]
     results = summarize(pipes)
     found = defaultdict(list)
     for p in pipes:
@@ -599,10 +606,10 @@ def main(a):
     for res in results:
         arms = {r["arm"] for r in res["rows"]}
         d, sft = res["pipes"][0]["dir"], " --sft" if res["pipes"][0]["sft"] else ""
-        if "CLM" not in arms:
+        if res["clm"] not in arms:
             report.append(f"missing: no CLM baseline in {d}; make it with "
                           f"`python train_slm.py --out_dir {d} --ratio 1.0{sft}`")
-        if not any(a.startswith("SLM") for a in arms):
+        if not any("SLM" in a for a in arms):
             report.append(f"missing: no SLM run in {d}; make it with "
                           f"`python train_slm.py --out_dir {d} --ratio 0.6{sft}`")
         report.append(table(res))

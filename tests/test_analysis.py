@@ -124,7 +124,8 @@ def test_plot_compares_only_the_arms_asked_for(tmp_path):
     fake_pipeline(tmp_path, 0, {"clm": (1.0, 1e-3, list(zip(t, [1.0, .8, .6], [.1, .2, .3]))),
                                 "slm0.6": (0.6, 1e-3, list(zip(t, [1.0, .5, .4], [.1, .3, .4]))),
                                 "slm0.8": (0.8, 1e-3, list(zip(t, [1.0, .6, .5], [.1, .3, .4])))})
-    plot.main(plot.PlotRun(out_dir=str(tmp_path), arms=["CLM", "SLM 0.6"], png=str(tmp_path / "two.png")))
+    run("plot.py", "--out_dir", str(tmp_path), "--arms", "CLM", "SLM 0.6", "--png", str(tmp_path / "two.png"),
+        cwd=tmp_path)
     table = (tmp_path / "two.md").read_text()
     assert "| SLM 0.6 |" in table and "SLM 0.8" not in table and not (tmp_path / "two-ratios.png").exists()
     with pytest.raises(SystemExit, match="no runs of arm"):

@@ -67,5 +67,5 @@ def test_sft_puts_no_loss_on_question_tokens_and_selects_among_answers(pipeline)
         assert torch.all(logits.grad.norm(dim=-1)[~valid] == 0)
     run("train_slm.py", "--sft", "--ratio", "0.6", "1.0", cwd=pipeline)
     p = run("plot.py", cwd=pipeline)
-    assert "fine-tuning on answer tokens" in p.stdout
+    assert "fine-tuning on answer tokens" in p.stdout and "| SFT SLM 0.6 |" in p.stdout
     assert json.loads((pipeline / "out" / "sft-slm0.6" / "config.json").read_text())["split"] == "ref_train"
