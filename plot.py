@@ -241,7 +241,7 @@ def plot(results, path):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(results), 5, figsize=(27, 4.6 * len(results)), squeeze=False)
     for res, (ax_l, ax_a, ax_s, ax_c, ax_lr) in zip(results, axes):
-        colors = {}
+        colors, drawn = {}, []  # drawn: learning rates whose CLM curve is already drawn
         for row in res["rows"]:
             agg = aggregate(row["runs"])
             t = agg["tokens"] / 1e6
@@ -253,10 +253,11 @@ def plot(results, path):
             ax_a.fill_between(t, agg["acc"][1], agg["acc"][2], color=line.get_color(), alpha=0.2)
             if row["arm"] != res["clm"]:  # same-learning-rate CLM curve, thin, for the same-lr comparison
                 same = res["by_arm"].get(res["clm"], {}).get(row["lr"])
-                if same and row["lr"] != res["best"].get(res["clm"]):
+                if same and row["lr"] not in (res["best"].get(res["clm"]), *drawn):
+                    drawn.append(row["lr"])
                     s = aggregate(same)
                     ax_l.plot(s["tokens"] / 1e6, s["val"][0], ":", color="gray", lw=1,
-                              label=f"CLM at SLM's lr {row['lr']:g}")
+                              label=f"CLM at lr {row['lr']:g}")
         for name, style in (("ref", "--"), ("base", ":")):
             ms = [p[name] for p in res["pipes"] if p[name]]
             if ms:
@@ -271,7 +272,7 @@ def plot(results, path):
         # selection per kind, for the best SLM arm
         slm = sorted((r for r in res["rows"] if "SLM" in r["arm"]), key=lambda r: not r["arm"].endswith("SLM 0.6"))
         if slm and not any(slm[0]["runs"][0]["selected"]):
-            ax_s.text(0.5, 0.5, "no ground-truth token kinds\n(real data): nothing to show", ha="center",
+            ax_s.text(0.5, 0.5, "no ground-truth token kinds\n(real data or fine-tuning)", ha="center",
                       transform=ax_s.transAxes)
         elif slm:
             run = slm[0]["runs"][0]
