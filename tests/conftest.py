@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny pipeline built once per test session, in a temporary folder."""
+import importlib
 import os
 import subprocess
 import sys
@@ -17,6 +18,15 @@ def run(*args, cwd, check=True):
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
+
+
+def call(script, *args):
+    """Run a script's main() in this process, as `python script args` would from the current folder, without
+    an interpreter start-up per call (for the slower tests); a user error raises SystemExit."""
+    import rho
+    mod = importlib.import_module(script.removesuffix(".py"))
+    cls = {"train_ref": "RefRun", "train_slm": "SlmRun", "plot": "PlotRun"}[mod.__name__]
+    return mod.main(rho.cli(getattr(mod, cls), "", list(args)))
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import plot
-from conftest import run
+from conftest import call, run
 
 
 def test_categorize_sorts_known_trajectories():
@@ -30,8 +30,9 @@ def test_categorize_sorts_known_trajectories():
     assert plot.CATEGORIES[cat2[0]] == "H->L" and -2.1 < d2[0] < -1.9
 
 
-def test_token_picture_writes_png_and_html(pipeline, tmp_path):
-    p = run("plot.py", "--tokens", "out/slm0.6", "--pages", "2", cwd=pipeline)
+def test_token_picture_writes_png_and_html(pipeline, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(pipeline)
+    call("plot.py", "--tokens", "out/slm0.6", "--pages", "2")
     png, html = pipeline / "out" / "slm0.6" / "tokens.png", pipeline / "out" / "slm0.6" / "tokens.html"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = html.read_text()
@@ -40,23 +41,25 @@ def test_token_picture_writes_png_and_html(pipeline, tmp_path):
     scored = len(spans) - 2  # the first token of each page has no loss and is never kept
     assert kept == round(0.6 * scored + 1e-9)
     assert "kind boilerplate" in page or "kind math" in page
-    assert "share of each kind kept" in p.stdout
+    assert "share of each kind kept" in capsys.readouterr().out
     # any text file, without ground-truth kinds
     f = tmp_path / "t.txt"
     f.write_text("Question: Ann has 3 cats and buys 4 more.\nAnswer: 3 + 4 = 7\n#### 7\nSubscribe to our newsletter!")
-    run("plot.py", "--tokens", "out/slm0.6", "--text", str(f), "--ratio", "0.5", cwd=pipeline)
+    call("plot.py", "--tokens", "out/slm0.6", "--text", str(f), "--ratio", "0.5")
     assert "kind " not in html.read_text() and "dropped" in html.read_text()
-    bad = run("plot.py", "--tokens", "out/slm0.6", "--text", str(tmp_path / "missing.txt"), cwd=pipeline, check=False)
-    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: no text file")
+    with pytest.raises(SystemExit, match="^error: no text file"):
+        call("plot.py", "--tokens", "out/slm0.6", "--text", str(tmp_path / "missing.txt"))
 
 
-def test_categories_over_kept_checkpoints(pipeline):
-    run("train_slm.py", "--ratio", "1.0", "--keep_ckpts", cwd=pipeline)
+def test_categories_over_kept_checkpoints(pipeline, monkeypatch, capsys):
+    monkeypatch.chdir(pipeline)
+    call("train_slm.py", "--ratio", "1.0", "--keep_ckpts")
     run_dir = pipeline / "out" / "clm-ckpts"
     kept = sorted(f for f in os.listdir(run_dir) if re.fullmatch(r"ckpt_\d{6}\.pt", f))
     assert len(kept) == len([r for r in map(json.loads, open(run_dir / "log.jsonl")) if "val_loss" in r]) >= 3
-    p = run("plot.py", "--categories", "out/clm-ckpts", "--pages", "20", cwd=pipeline)
-    shares = [float(m) / 100 for m in re.findall(r"\| [HL]->[HL] \| (\d+)% \|", p.stdout)]
+    capsys.readouterr()
+    call("plot.py", "--categories", "out/clm-ckpts", "--pages", "20")
+    shares = [float(m) / 100 for m in re.findall(r"\| [HL]->[HL] \| (\d+)% \|", capsys.readouterr().out)]
     assert len(shares) == 4 and abs(sum(shares) - 1) <= 0.02
     assert (run_dir / "categories.png").exists()
     few = run("plot.py", "--categories", "out/clm", cwd=pipeline, check=False)

@@ -1,37 +1,43 @@
 """Beyond the paper: soft token weighting and several reference models, through the scripts."""
 import json
 
-from conftest import run
+import pytest
+
+from conftest import call
 
 
-def test_soft_weighting_and_several_references_train_and_plot(pipeline):
+def test_soft_weighting_and_several_references_train_and_plot(pipeline, monkeypatch, capsys):
     out = pipeline / "out"
-    run("train_ref.py", "--preset", "tiny", "--refs", "2", "--ref_data", "disjoint", cwd=pipeline)
+    monkeypatch.chdir(pipeline)
+    call("train_ref.py", "--preset", "tiny", "--refs", "2", "--ref_data", "disjoint")
     pipe = json.loads((out / "pipeline.json").read_text())
     assert sorted(pipe["refs"]) == ["r1", "r2"] and pipe["ref"] == "out/ref/ckpt.pt"  # the main one is kept
     parts = [json.loads((out / "refs" / n / "config.json").read_text())["part"] for n in ("r1", "r2")]
     assert parts == ["0/2", "1/2"]
-    run("train_slm.py", "--ratio", "0.6", "--refs", "2", "--combine", "min", cwd=pipeline)
-    run("train_slm.py", "--ratio", "0.6", "--weighting", "soft", "--temperature", "0.2", cwd=pipeline)
+    call("train_slm.py", "--ratio", "0.6", "--refs", "2", "--combine", "min")
+    call("train_slm.py", "--ratio", "0.6", "--weighting", "soft", "--temperature", "0.2")
     cfg = json.loads((out / "slm0.6-refs2min" / "config.json").read_text())
     assert cfg["ref"] == "out/refs/r1/ckpt.pt,out/refs/r2/ckpt.pt" and cfg["combine"] == "min"
     assert json.loads((out / "slm0.6-soft0.2" / "done.json").read_text())["val_loss"] > 0
-    p = run("plot.py", cwd=pipeline)
-    assert "SLM 0.6 (2 refs, min)" in p.stdout and "SLM 0.6 (soft 0.2)" in p.stdout
+    capsys.readouterr()
+    call("plot.py")
+    printed = capsys.readouterr().out
+    assert "SLM 0.6 (2 refs, min)" in printed and "SLM 0.6 (soft 0.2)" in printed
     # asking for more references than the pipeline has is one clear line
-    bad = run("train_slm.py", "--ratio", "0.6", "--refs", "3", cwd=pipeline, check=False)
-    assert bad.returncode != 0 and "--refs 3" in bad.stderr.strip().splitlines()[-1]
+    with pytest.raises(SystemExit, match=r"^error: .* not 3; fix: .*--refs 3"):
+        call("train_slm.py", "--ratio", "0.6", "--refs", "3")
 
 
-def test_a_run_that_predates_a_setting_is_reused_at_that_settings_default(pipeline):
+def test_a_run_that_predates_a_setting_is_reused_at_that_settings_default(pipeline, monkeypatch, capsys):
+    monkeypatch.chdir(pipeline)
     cfg_path = pipeline / "out" / "slm0.6" / "config.json"
     cfg = json.loads(cfg_path.read_text())
     del cfg["temperature"], cfg["weighting"]  # as written before these settings existed
     cfg_path.write_text(json.dumps(cfg))
-    p = run("train_slm.py", "--ratio", "0.6", cwd=pipeline)
-    assert "reusing it" in p.stdout
-    bad = run("train_slm.py", "--ratio", "0.6", "--weighting", "soft", "--name", "slm0.6", cwd=pipeline, check=False)
-    assert bad.returncode != 0 and "another configuration" in bad.stderr
+    call("train_slm.py", "--ratio", "0.6")
+    assert "reusing it" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="another configuration"):
+        call("train_slm.py", "--ratio", "0.6", "--weighting", "soft", "--name", "slm0.6")
 
 
 def test_answer_mask_covers_exactly_the_answers(pipeline):
@@ -44,7 +50,7 @@ def test_answer_mask_covers_exactly_the_answers(pipeline):
     assert mask.tolist() == ([False] * n_q + [True] * n_a) * 2
 
 
-def test_sft_puts_no_loss_on_question_tokens_and_selects_among_answers(pipeline):
+def test_sft_puts_no_loss_on_question_tokens_and_selects_among_answers(pipeline, monkeypatch, capsys):
     import torch
     import rho
     pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
@@ -65,7 +71,10 @@ def test_sft_puts_no_loss_on_question_tokens_and_selects_among_answers(pipeline)
         assert mask.sum() == rho.n_selected(ratio, int(valid.sum()))
         rho.slm_loss(losses, mask).backward()
         assert torch.all(logits.grad.norm(dim=-1)[~valid] == 0)
-    run("train_slm.py", "--sft", "--ratio", "0.6", "1.0", cwd=pipeline)
-    p = run("plot.py", cwd=pipeline)
-    assert "fine-tuning on answer tokens" in p.stdout and "| SFT SLM 0.6 |" in p.stdout
+    monkeypatch.chdir(pipeline)
+    call("train_slm.py", "--sft", "--ratio", "0.6", "1.0")
+    capsys.readouterr()
+    call("plot.py")
+    printed = capsys.readouterr().out
+    assert "fine-tuning on answer tokens" in printed and "| SFT SLM 0.6 |" in printed
     assert json.loads((pipeline / "out" / "sft-slm0.6" / "config.json").read_text())["split"] == "ref_train"
