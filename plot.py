@@ -86,8 +86,7 @@ def find_pipelines(root):
     for pj in sorted(glob.glob(os.path.join(root, "**", "pipeline.json"), recursive=True)):
         d = os.path.dirname(pj)
         p = rho.read_json(pj)
-        meta = rho.read_json(os.path.join(p["data_dir"], "meta.json")) if os.path.isabs(p["data_dir"]) else \
-            rho.read_json(os.path.join(p["data_dir"], "meta.json"))
+        meta = rho.read_json(os.path.join(p["data_dir"], "meta.json"))
         dcfg = {k: v for k, v in meta.get("data_config", {}).items() if k != "seed"}
         runs = {"": {}, "sft": {}}  # students on the web corpus; fine-tuned on answers (train_slm.py --sft)
         for sub in sorted(os.listdir(d)):
@@ -366,7 +365,8 @@ def run_context(run_dir):
     pipe = rho.read_json(os.path.join(os.path.dirname(os.path.normpath(run_dir)), "pipeline.json"))
     if not cfg or not pipe:
         rho.fail(f"{run_dir} is not a student run of a pipeline", "pass a folder made by train_slm.py, e.g. out/slm0.6")
-    return cfg, pipe, rdata.Tokenizer.from_meta(cfg["data_dir"]), rdata.read_meta(cfg["data_dir"])
+    meta = rdata.read_meta(cfg["data_dir"])
+    return cfg, pipe, rdata.Tokenizer(meta["vocab"]), meta
 
 
 def load_model(path, meta):

@@ -30,8 +30,8 @@ def files(tmp_path_factory):
     return d
 
 
-def build(files, out, *extra):
-    return run("data.py", "--source", "custom", "--web", str(files / "web.jsonl"), "--hq",
+def build(files, out, *extra, web=None):
+    return run("data.py", "--source", "custom", "--web", str(web or files / "web.jsonl"), "--hq",
                str(files / "train.parquet"), "--eval", str(files / "test.parquet"), "--max_tokens", "12000",
                "--hq_val", "20", "--data_dir", str(out), *extra, check=False, cwd=files)
 
@@ -78,16 +78,12 @@ def test_bad_real_sources_are_one_clear_line(files, tmp_path, case, words):
         p = build(files, tmp_path / "d", "--web_field", "content")
     elif case == "empty":
         (tmp_path / "empty.jsonl").write_text("")
-        p = run("data.py", "--source", "custom", "--web", str(tmp_path / "empty.jsonl"), "--hq",
-                str(files / "train.parquet"), "--eval", str(files / "test.parquet"), "--data_dir",
-                str(tmp_path / "d"), check=False, cwd=tmp_path)
+        p = build(files, tmp_path / "d", web=tmp_path / "empty.jsonl")
     elif case == "budget":
         p = build(files, tmp_path / "d", "--max_tokens", "10000000")
     elif case == "malformed":
         (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
-        p = run("data.py", "--source", "custom", "--web", str(tmp_path / "bad.jsonl"), "--hq",
-                str(files / "train.parquet"), "--eval", str(files / "test.parquet"), "--data_dir",
-                str(tmp_path / "d"), check=False, cwd=tmp_path)
+        p = build(files, tmp_path / "d", web=tmp_path / "bad.jsonl")
     else:
         os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
         try:
