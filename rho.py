@@ -32,6 +32,7 @@ import data as rdata
 
 CKPT_VERSION = 1
 SCORES_VERSION = 1
+SELECTS = ("excess", "random", "ref_loss", "block", "oracle")  # SLM, then the controls (TrainConfig.select)
 
 
 def fail(msg, fix):
@@ -339,28 +340,75 @@ def extract_answer(text):
 
 
 @torch.no_grad()
+def eval_answer_loss(model, tok, problems, device, batch_size=64):
+    """Mean loss of the worked-solution tokens given the question: each problem (prompt + solution) from position
+    0, the loss on the solution's tokens only (the question, with its random names and numbers, is unscored)."""
+    model.eval()
+    T, seqs = model.config.block_size, []
+    for p in problems:
+        q = tok.encode(p["prompt"])
+        seqs.append(((q + tok.encode(p["solution"]))[:T + 1], len(q)))
+    total, count = 0.0, 0
+    for i in range(0, len(seqs), batch_size):
+        chunk = seqs[i:i + batch_size]
+        L = max(len(ids) for ids, _ in chunk) - 1
+        x, y = torch.zeros(len(chunk), L, dtype=torch.long), torch.zeros(len(chunk), L, dtype=torch.long)
+        scored = torch.zeros(len(chunk), L, dtype=torch.bool)   # (b, L): targets that are solution tokens
+        for j, (ids, n_q) in enumerate(chunk):                   # padding sits after a row's end: causal
+            x[j, :len(ids) - 1], y[j, :len(ids) - 1] = torch.tensor(ids[:-1]), torch.tensor(ids[1:])
+            scored[j, n_q - 1:len(ids) - 1] = True
+        with autocast(device):
+            losses = token_losses(model(x.to(device)), y.to(device))  # (b, L)
+        total += losses[scored.to(device)].sum().item()
+        count += int(scored.sum())
+    model.train()
+    return total / max(1, count)
+
+
+@torch.no_grad()
 def eval_accuracy(model, tok, problems, device, max_new_tokens=64):
-    """Share of problems whose greedy continuation ends in the right final number (exact match).
-    Prompts of equal length are decoded together, so no padding is needed."""
+    """Whether each problem's greedy continuation ends in the right final number (exact match), as a list of
+    bools in the problems' order. Prompts of equal length are decoded together, so no padding is needed."""
     model.eval()
     groups = {}
-    for p in problems:
+    for i, p in enumerate(problems):
         ids = tok.encode(p["prompt"])
-        groups.setdefault(len(ids), []).append((ids, p["answer"]))
+        groups.setdefault(len(ids), []).append((i, ids, p["answer"]))
 
     def stop(row):
         return tok.eot in row or FINAL_LINE_RE.search(tok.decode(row)) is not None
 
-    correct = 0
+    correct = [False] * len(problems)
     for n, group in groups.items():
-        idx = torch.tensor([ids for ids, _ in group], device=device)
+        idx = torch.tensor([ids for _, ids, _ in group], device=device)
         with autocast(device):
             out = model.generate(idx, max_new_tokens, stop=lambda row: stop(row[n:]))
-        for row, (_, ans) in zip(out[:, n:].tolist(), group):
+        for row, (i, _, ans) in zip(out[:, n:].tolist(), group):
             row = row[:row.index(tok.eot)] if tok.eot in row else row
-            correct += extract_answer(tok.decode(row)) == ans
+            correct[i] = extract_answer(tok.decode(row)) == ans
     model.train()
-    return correct / max(1, len(problems))
+    return correct
+
+
+def pack_bits(bools):
+    """A list of bools as a hex string (4 per digit, first bool in the highest bit of the first digit)."""
+    s = "".join("1" if b else "0" for b in bools)
+    s += "0" * (-len(s) % 4)
+    return "".join(f"{int(s[i:i + 4], 2):x}" for i in range(0, len(s), 4))
+
+
+def unpack_bits(hexstr, n):
+    return [c == "1" for c in "".join(f"{int(h, 16):04b}" for h in hexstr)[:n]]
+
+
+def eval_steps(max_iters, n_evals, schedule="log", first=0.005):
+    """The steps to evaluate at: 0, the last step and, in between, n_evals - 1 more, evenly spaced or (log)
+    log-spaced from `first` of the run, so that early training, where curves move fastest, is sampled densely."""
+    if schedule == "even":
+        every = max(1, math.ceil(max_iters / max(1, n_evals)))
+        return sorted(set(range(0, max_iters, every)) | {max_iters})
+    pts = np.maximum(1, np.round(max_iters * np.geomspace(first, 1.0, max(1, n_evals)))).astype(int)
+    return sorted({0, max_iters, *pts.tolist()})
 
 
 # ==========================================================================================================
@@ -414,6 +462,7 @@ def model_from_checkpoint(ckpt):
 
 @dataclass
 class TrainConfig:
+    arm: str = ""                 # what the run is, in words (plot.py's name for it); set by the scripts
     # what to train on
     data_dir: str = "data"        # corpus built by data.py
     split: str = "web"            # training split: web (student), web_base (base model), ref_train (reference)
@@ -429,7 +478,10 @@ class TrainConfig:
     block_size: int = 128
     # selective language modeling
     ratio: float = 1.0            # share of tokens that get a loss; 1.0 = uniform next-token training (CLM)
-    select: str = "excess"        # excess: top-k by excess loss; random: a random share (the control)
+    select: str = "excess"        # which tokens get a loss: excess (SLM: top-k by excess loss) or a control:
+                                  # random, ref_loss (top-k by -reference loss), block (the top blocks by mean
+                                  # excess loss, every token of a kept block), oracle (the tokens labelled math)
+    mix_hq: float = 0.0           # CLM on the split mixed with this many epochs of the high-quality subset
     ref: str = ""                 # reference checkpoint (select=excess); several: comma-separated
     ref_scores: str = "cached"    # cached: read the reference's loss from the score file; online: run it each step
     scores: str = ""              # the score file (float16, aligned with the split's tokens); one per reference
@@ -449,9 +501,9 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     # evaluation and logging
-    eval_every: int = 0           # steps between evals (0: n_evals evenly spaced)
+    eval_schedule: str = "log"    # log: evaluations log-spaced from 0.5% of the run (dense early); even: evenly
     n_evals: int = 10
-    eval_problems: int = 200      # held-out problems decoded for accuracy at each eval (0: skip)
+    eval_problems: int = 1000     # test problems decoded for accuracy at each eval (0: skip)
     eval_max_new: int = 64        # tokens decoded per problem
     log_every: int = 10
     seed: int = 0
@@ -476,7 +528,7 @@ def check_vocab(ckpt, meta, path):
              f"{meta['vocab_hash']})", "rebuild the pipeline on this data with `python train_ref.py`")
 
 
-RUN_FLAGS = ("overwrite", "resume")  # how to treat out_dir; not part of what a run is
+RUN_FLAGS = ("overwrite", "resume", "arm")  # how to treat out_dir, and a label: not part of what a run is
 
 
 def check_out_dir(cfg):
@@ -566,15 +618,20 @@ class Trainer:
     def __init__(self, cfg):
         if not 0.0 < cfg.ratio <= 1.0:
             fail(f"--ratio {cfg.ratio} is outside (0, 1]", "pass a share of tokens to keep, e.g. --ratio 0.6")
-        if cfg.select not in ("excess", "random") or cfg.ref_scores not in ("cached", "online") \
+        if cfg.select not in SELECTS or cfg.ref_scores not in ("cached", "online") \
                 or cfg.scope not in ("local", "global") or cfg.weighting not in ("topk", "soft"):
             fail(f"unknown --select {cfg.select} / --ref_scores {cfg.ref_scores} / --scope {cfg.scope} / "
-                 f"--weighting {cfg.weighting}", "use --select excess|random, --ref_scores cached|online, "
+                 f"--weighting {cfg.weighting}", f"use --select {'|'.join(SELECTS)}, --ref_scores cached|online, "
                  "--scope local|global, --weighting topk|soft")
         if cfg.weighting == "soft" and (cfg.scope == "global" or cfg.temperature <= 0 or cfg.answer_only):
             fail("--weighting soft needs --scope local, a --temperature above 0 and no --sft", "change one of them")
         if cfg.answer_only and cfg.scope == "global":
             fail("--sft selects within each process's batch", "drop --scope global")
+        if cfg.select in ("block", "oracle") and (cfg.scope == "global" or cfg.weighting == "soft" or cfg.answer_only):
+            fail(f"--select {cfg.select} is a top-k of this process's batch", "drop --scope global, --weighting "
+                 "soft and --sft")
+        if cfg.mix_hq and (cfg.ratio < 1 or cfg.select == "oracle"):
+            fail("--mix_hq trains on every token (CLM)", "use --ratio 1.0 with --mix_hq")
         self.cfg = cfg
         self.rank, self.world, local_rank = dist_setup()
         self.device = device = pick_device(cfg.device)
@@ -594,7 +651,17 @@ class Trainer:
             i, n = map(int, cfg.part.split("/"))
             lo, hi = i * len(tokens) // n, (i + 1) * len(tokens) // n
             tokens, self.labels = tokens[lo:hi], (self.labels[lo:hi] if self.labels is not None else None)
+        if cfg.mix_hq:  # the high-quality subset, mix_hq times over, appended: the blocks are shuffled together
+            hq, _ = rdata.load_tokens(cfg.data_dir, "ref_train")
+            hq = np.resize(np.asarray(hq), int(cfg.mix_hq * len(hq)))
+            tokens = np.concatenate([tokens, hq])
+            if self.labels is not None:
+                self.labels = np.concatenate([self.labels, np.full(len(hq), rdata.MATH, np.uint8)])
+        if cfg.select == "oracle" and self.labels is None:
+            fail(f"--select oracle needs the token kinds of the embedded corpus; split '{cfg.split}' has none",
+                 "use the embedded corpus (python data.py)")
         val_tokens, _ = rdata.load_tokens(cfg.data_dir, "ref_val")
+        self.val_problems = rdata.load_eval(cfg.data_dir, "val")
         self.problems = rdata.load_eval(cfg.data_dir)[:cfg.eval_problems]
         if cfg.eval_problems and not self.problems:
             fail(f"{cfg.data_dir}/eval.jsonl holds no problems", "rebuild the data, or set eval_problems to 0")
@@ -619,7 +686,7 @@ class Trainer:
         self.model.to(device)
         # the reference: its losses from the score file (cached) or its model (online)
         self.ref_models, scores = [], []
-        if cfg.ratio < 1.0 and cfg.select == "excess":
+        if cfg.ratio < 1.0 and cfg.select in ("excess", "ref_loss", "block"):
             if cfg.combine not in ("mean", "min"):
                 fail(f"unknown --combine {cfg.combine}", "use --combine mean or min")
             refs, files = cfg.ref.split(","), cfg.scores.split(",")
@@ -663,10 +730,13 @@ class Trainer:
         frac = min(1.0, (it - self.warmup) / max(1, self.max_iters - self.warmup))
         return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    def select(self, losses, x, y, ref_losses, valid=None):
-        """Which tokens of the batch get a loss: all (ratio 1), a random share, or the top by excess loss;
-        with --scope global, chosen over the batches of all processes together; with --weighting soft, weights."""
+    def select(self, losses, x, y, ref_losses, valid=None, labels=None):
+        """Which tokens of the batch get a loss: all (ratio 1), the top by excess loss (SLM) or a control's
+        choice (random, ref_loss, block, oracle: see TrainConfig.select); with --scope global, chosen over the
+        batches of all processes together; with --weighting soft, weights."""
         c, B = self.cfg, losses.size(0)
+        if c.select == "oracle":  # the ground truth: every token labelled target math, whatever the ratio
+            return labels.to(losses.device) == rdata.MATH
         if c.ratio >= 1.0:
             return torch.ones_like(losses, dtype=torch.bool) if valid is None else valid
         if c.select == "random":  # one draw for the global batch, so every scope sees the same numbers
@@ -677,7 +747,11 @@ class Trainer:
                 with torch.no_grad(), autocast(self.device):
                     ref_losses = combine_refs([token_losses(m(x), y).half().float() for m in self.ref_models],
                                               c.combine)
-            scores = excess_loss(losses, ref_losses.to(losses.device))
+            ref_losses = ref_losses.to(losses.device)
+            # ref_loss: the tokens the reference finds easiest, whatever the student knows
+            scores = -ref_losses if c.select == "ref_loss" else excess_loss(losses, ref_losses)
+        if c.select == "block":  # whole blocks: the top ratio of rows by their mean excess loss
+            return select_topk(scores.mean(1), c.ratio)[:, None].expand_as(losses)
         if c.scope == "global" and self.world > 1:
             return select_topk_global(scores, c.ratio)
         if c.weighting == "soft":
@@ -698,7 +772,7 @@ class Trainer:
             with autocast(self.device):
                 logits = self.train_model(x)                             # (B, T, V)
             losses = token_losses(logits, y)                             # (B, T)
-            mask = self.select(losses, x, y, ref_losses, valid)          # (B, T) bool, or soft weights
+            mask = self.select(losses, x, y, ref_losses, valid, lab)     # (B, T) bool, or soft weights
             # with a global selection, ranks keep different counts; DDP averages gradients over ranks,
             # so each rank divides by the global count / world to get the global mean over selected tokens
             n = n_selected(self.cfg.ratio, mask.numel() * self.world) / self.world \
@@ -718,9 +792,16 @@ class Trainer:
         return total, torch.cat(masks), (torch.cat(labels) if labels[0] is not None else None)
 
     def evaluate(self):
+        """val_loss: whole-text loss on the validation split; val_answer_loss and answer_loss: the loss of the
+        worked solutions given the questions, on the validation and the test problems; acc: test accuracy, and
+        correct: which test problems were right (hex bits, for paired tests between runs)."""
         out = {"val_loss": eval_loss(self.compiled, self.val_blocks, self.device)}
+        for key, problems in (("val_answer_loss", self.val_problems), ("answer_loss", self.problems)):
+            if problems and "solution" in problems[0]:
+                out[key] = eval_answer_loss(self.model, self.tok, problems, self.device)
         if self.problems:
-            out["acc"] = eval_accuracy(self.model, self.tok, self.problems, self.device, self.cfg.eval_max_new)
+            correct = eval_accuracy(self.model, self.tok, self.problems, self.device, self.cfg.eval_max_new)
+            out.update(acc=sum(correct) / len(correct), correct=pack_bits(correct))
         return out
 
 
@@ -759,7 +840,7 @@ def train(cfg, log=print):
             init_out_dir(cfg)  # everything checked: only now is anything written
     barrier()
     max_iters, per_step = tr.max_iters, tr.tokens_per_step
-    eval_every = cfg.eval_every or max(1, math.ceil(max_iters / max(1, cfg.n_evals)))
+    evals = set(eval_steps(max_iters, cfg.n_evals, cfg.eval_schedule))
     kinds = tr.meta["kinds"] or rdata.KINDS
     if tr.labels is None and cfg.split.startswith("web"):
         log(f"note: {cfg.split} has no ground-truth token kinds (real data): selection statistics are skipped")
@@ -773,7 +854,7 @@ def train(cfg, log=print):
     for step in range(start, max_iters + 1):
         last = step == max_iters
         # ---- evaluate and log (a resumed run logged its first step already)
-        evaluating = step % eval_every == 0 or last
+        evaluating = step in evals
         if (evaluating or step % cfg.log_every == 0) and not (step == start and state == "resume"):
             loss_mean = float(all_mean(loss_sum)) / max(1, loss_n)
             if loss_n and not math.isfinite(loss_mean):  # stop before any checkpoint of a broken model
@@ -891,10 +972,10 @@ PRESETS = {
                  eval_problems=8, log_every=5),
     "cpu": dict(n_layer=4, n_head=4, n_embd=64, block_size=128, batch_size=8, base_tokens=2_500_000,
                 base_lr=6e-3, ref_epochs=4, ref_lr=2e-3, student_tokens=3_000_000, lr=3e-3, lr_clm=3e-3,
-                n_evals=10, eval_problems=200, log_every=100),
+                n_evals=16, eval_problems=1000, log_every=100),
     "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, base_tokens=100_000_000,
                 base_lr=3e-3, ref_epochs=3, ref_lr=1e-3, student_tokens=200_000_000, lr=2e-3, lr_clm=2e-3,
-                n_evals=20, eval_problems=500, log_every=100),
+                n_evals=20, eval_problems=1000, log_every=100),
     # GPT-2 small (124M) for real corpora (data.py --source owm-gsm8k): 0.5M tokens per optimizer step
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, tokens_per_step=524_288,
                  base_tokens=1_000_000_000, base_lr=6e-4, ref_epochs=3, ref_lr=1e-4, student_tokens=2_000_000_000,

@@ -66,7 +66,7 @@ def main(r):
     base_ckpt = os.path.join(r.out_dir, "base", "ckpt.pt")
     cost = {}
     if r.init == "base":
-        s = rho.train(rho.TrainConfig(split="web_base", out_dir=os.path.join(r.out_dir, "base"),
+        s = rho.train(rho.TrainConfig(arm="base", split="web_base", out_dir=os.path.join(r.out_dir, "base"),
                                       max_tokens=p["base_tokens"], lr=p["base_lr"], **common))
         cost["base"] = s["flops"]
     ref_tokens = int(p["ref_epochs"] * meta["splits"]["ref_train"]["tokens"])
@@ -79,7 +79,7 @@ def main(r):
                              seed=r.seed + (0 if part else i))
     for name, kw in refs.items():
         share = 1 / r.refs if kw.get("part") else 1
-        s = rho.train(rho.TrainConfig(split="ref_train", max_tokens=int(ref_tokens * share), lr=p["ref_lr"],
+        s = rho.train(rho.TrainConfig(arm="reference", split="ref_train", max_tokens=int(ref_tokens * share), lr=p["ref_lr"],
                                       init=base_ckpt if r.init == "base" else "",
                                       **{**common, "tokens_per_step": 0, **kw}))
         kw.update(ckpt=os.path.join(kw["out_dir"], "ckpt.pt"), scores=os.path.join(kw["out_dir"], "scores.bin"),

@@ -6,6 +6,11 @@ plain next-token training (CLM) on the same tokens, in the same order, from the 
   python train_slm.py --ratio 0.6                  # SLM student       -> out/slm0.6
   python train_slm.py --ratio 1.0                  # CLM baseline      -> out/clm
   python train_slm.py --ratio 0.6 --select random  # control: a random 60% of tokens -> out/random0.6
+  python train_slm.py --ratio 0.6 --select ref_loss    # control: the 60% the reference finds easiest
+  python train_slm.py --ratio 0.6 --select block   # control: the top 60% of blocks by mean excess loss
+  python train_slm.py --select oracle              # control: every token labelled target math -> out/oracle
+  python train_slm.py --ratio 1.0 --mix_hq 4       # control: CLM on the web mixed with 4 epochs of the HQ subset
+  python train_slm.py --ref_long                   # control: the reference fine-tuned longer -> out/reflong
   python train_slm.py --ratio 0.6 --ref_scores online   # reference run every step instead of the score file
   python train_slm.py --ratio 0.6 1.0 --lr 3e-3 1e-2     # a sweep: every ratio at every learning rate
   python train_slm.py --ratio 0.4 0.5 0.6 0.7 0.8 1.0    # a ratio sweep (plot.py draws out/compare-ratios.png)
@@ -35,8 +40,16 @@ class SlmRun:
                              "several values run one after another", type=float, nargs="+")
     lr: list = arg(None, "peak learning rate(s) (default: the preset's tuned rate, one for SLM, one for CLM); "
                          "several values run one after another", type=float, nargs="+")
-    select: str = arg("excess", "excess: top tokens by excess loss (SLM); random: a random share (the control)",
-                      choices=["excess", "random"])
+    select: str = arg("excess", "which tokens get a loss: excess (SLM: the top `ratio` by excess loss) or a "
+                                "control: random (a random share), ref_loss (the top by -reference loss: no "
+                                "student term), block (the top `ratio` of blocks by mean excess loss, every "
+                                "token of a kept block), oracle (every token labelled target math; no ratio)",
+                      choices=list(rho.SELECTS))
+    mix_hq: float = arg(0.0, "control: CLM on the web split mixed with this many epochs of the high-quality "
+                             "subset (e.g. the reference's 4), same token budget; needs --ratio 1.0")
+    ref_long: bool = arg(False, "control: no web at all; the base fine-tuned on the high-quality subset (a longer "
+                                "reference) for the reference's tokens plus SLM's extra compute (its student "
+                                "tokens and one scoring pass of the web split); the run folder is reflong")
     ref_scores: str = arg("cached", "cached: reference losses from the score file; online: run the reference "
                                     "every step", choices=["cached", "online"])
     scope: str = arg("local", "under torchrun: top-k within each process's batch (local, what public "
@@ -73,10 +86,30 @@ class SlmRun:
                              "reference (same process, same model) and the scoring pass; trains nothing")
 
 
+def arm_name(r, ratio):
+    """What a student run is, in words (its learning rate aside): the name plot.py shows, kept in its config."""
+    if r.ref_long:
+        name = "reference, longer"
+    elif r.select == "oracle":
+        name = "oracle (math tokens)"
+    elif ratio >= 1:
+        name = "CLM" + (f" + HQ x{r.mix_hq:g}" if r.mix_hq else "")
+    else:
+        name = {"excess": "SLM", "random": "random", "ref_loss": "ref-loss", "block": "block"}[r.select] + f" {ratio:g}"
+        name += " (online ref)" if r.select == "excess" and r.ref_scores == "online" and not r.sft else ""
+        name += f" (soft {r.temperature:g})" if r.weighting == "soft" else ""
+        name += f" ({r.refs} refs, {r.combine})" if r.refs > 1 and r.select == "excess" else ""
+    name += " (from scratch)" if r.init == "scratch" else ""
+    return ("SFT " if r.sft else "") + name
+
+
 def run_name(r, ratio, lr):
     if r.name:
         return r.name
-    arm = "clm" if ratio >= 1 else f"{'random' if r.select == 'random' else 'slm'}{ratio:g}"
+    prefix = {"excess": "slm", "random": "random", "ref_loss": "refloss", "block": "block"}.get(r.select)
+    arm = "clm" if ratio >= 1 else f"{prefix}{ratio:g}"
+    arm = "oracle" if r.select == "oracle" else "reflong" if r.ref_long else arm
+    arm += f"-mixhq{r.mix_hq:g}" if r.mix_hq else ""
     arm = ("sft-" if r.sft else "") + arm
     arm += "-online" if r.ref_scores == "online" and arm.startswith("slm") else ""
     arm += "-global" if r.scope == "global" and ratio < 1 else ""
@@ -114,19 +147,26 @@ def student_config(r, pipe, ratio, lr, **kw):
             rho.fail(f"the pipeline in {r.out_dir} has {len(pipe.get('refs', {}))} extra reference(s), not {r.refs}",
                      f"train them with `python train_ref.py --out_dir {r.out_dir} --refs {r.refs}` (same settings)")
         refs = [pipe["refs"][f"r{i}"] for i in range(1, r.refs + 1)]
-    cfg = dict(data_dir=pipe["data_dir"], split="web", out_dir=os.path.join(r.out_dir, run_name(r, ratio, lr)),
+    cfg = dict(arm=arm_name(r, ratio), data_dir=pipe["data_dir"], split="web", out_dir=os.path.join(r.out_dir, run_name(r, ratio, lr)),
                init=pipe["base"] if r.init == "base" else "", ratio=ratio, select=r.select,
-               ref=",".join(x["ckpt"] for x in refs), scores=",".join(x["scores"] for x in refs),
+               ref=",".join(x["ckpt"] for x in refs), scores=",".join(x["scores"] for x in refs), mix_hq=r.mix_hq,
                combine=r.combine if r.refs else "mean", ref_scores=r.ref_scores, scope=r.scope, weighting=r.weighting,
                temperature=r.temperature,
                max_tokens=r.max_tokens or p["student_tokens"],
                lr=lr, seed=pipe["seed"] if r.seed is None else r.seed, device=r.device, compile=r.compile,
                overwrite=r.overwrite, resume=r.resume, keep_ckpts=r.keep_ckpts,
                **{k: p[k] for k in rho.TRAIN_KEYS if k in p})
+    splits = rdata.read_meta(pipe["data_dir"])["splits"]
+    ref_tokens = int(p["ref_epochs"] * splits["ref_train"]["tokens"])
     if r.sft:  # the reference's data and budget; a score file exists only for the web split
-        ref_tokens = rdata.read_meta(pipe["data_dir"])["splits"]["ref_train"]["tokens"]
         cfg.update(split="ref_train", answer_only=True, ref_scores="online", tokens_per_step=0,
-                   max_tokens=r.max_tokens or int(p["ref_epochs"] * ref_tokens))
+                   max_tokens=r.max_tokens or ref_tokens)
+    if r.select == "oracle":  # the labels decide, not a ratio
+        cfg.update(ratio=1.0)
+    if r.ref_long:  # the reference's budget + SLM's extra: its student tokens and a scoring pass (a forward
+        # pass costs a third of a training step)
+        cfg.update(split="ref_train", ratio=1.0, tokens_per_step=0,
+                   max_tokens=r.max_tokens or ref_tokens + cfg["max_tokens"] + splits["web"]["tokens"] // 3)
     for k in ("batch_size", "n_evals", "tokens_per_step"):
         if getattr(r, k):
             cfg[k] = getattr(r, k)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import plot
+import rho
 from conftest import call, run
 
 
@@ -66,54 +67,67 @@ def test_categories_over_kept_checkpoints(pipeline, monkeypatch, capsys):
     assert few.returncode != 0 and "--keep_ckpts" in few.stderr.strip().splitlines()[-1]
 
 
-def fake_pipeline(root, seed, runs):
-    """A pipeline folder with fabricated logs: runs = {name: (ratio, lr, [(tokens, val, acc), ...])}."""
+def fake_pipeline(root, seed, runs, n=100):
+    """A pipeline folder with fabricated logs: runs = {name: (arm, ratio, lr, [(tokens, validation answer loss,
+    test answer loss, accuracy), ...])}; the first round(acc * n) of n test problems are right."""
     d = root / f"seed{seed}"
     (d / "data").mkdir(parents=True)
-    (d / "data" / "meta.json").write_text(json.dumps({"data_config": {"seed": seed, "n_web": 10}}))
+    (d / "data" / "meta.json").write_text(json.dumps({"data_config": {"seed": seed, "n_web": 10},
+                                                      "splits": {"eval": {"problems": n}}}))
     flops = {"base": 100.0, "ref": 10.0, "scoring": 5.0}
     (d / "pipeline.json").write_text(json.dumps({"seed": seed, "preset": "cpu", "init": "base", "settings": {},
                                                  "data_dir": str(d / "data"), "base": "b", "ref": "r",
                                                  "flops": flops}))
-    for name, (ratio, lr, curve) in runs.items():
+    for name, (arm, ratio, lr, curve) in runs.items():
         (d / name).mkdir()
-        cfg = {"split": "web", "ratio": ratio, "select": "excess", "ref_scores": "cached", "init": "b", "lr": lr,
-               "ref": "r"}
+        cfg = {"arm": arm, "split": "web", "ratio": ratio, "select": "excess", "ref_scores": "cached", "init": "b",
+               "lr": lr, "ref": "r", "data_dir": str(d / "data")}
         (d / name / "config.json").write_text(json.dumps(cfg))
         with open(d / name / "log.jsonl", "w") as f:
-            for t, v, a in curve:
-                f.write(json.dumps({"step": t, "tokens": t, "flops": 2.0 * t, "val_loss": v, "acc": a}) + "\n")
+            for t, v, a, acc in curve:
+                right = [i < round(acc * n) for i in range(n)]
+                f.write(json.dumps({"step": t, "tokens": t, "flops": 2.0 * t, "val_loss": v + 0.3, "val_answer_loss": v,
+                                    "answer_loss": a, "acc": acc, "correct": rho.pack_bits(right)}) + "\n")
         (d / name / "done.json").write_text("{}")
 
 
-def test_plot_aggregates_seeds_and_picks_each_arms_best_lr(tmp_path):
+def test_plot_aggregates_seeds_and_picks_each_arms_best_lr_on_validation(tmp_path):
     t = [0, 250, 500, 750, 1000]
     for seed, shift in ((0, 0.0), (1, 0.1)):
+        up = np.array([1.0, .9, .8, .7, .6]) + shift
         fake_pipeline(tmp_path, seed, {
-            "clm-lr1": (1.0, 1e-3, list(zip(t, np.array([1.0, .9, .8, .7, .6]) + shift, [.1, .2, .3, .4, .5]))),
-            "clm-lr2": (1.0, 2e-3, list(zip(t, np.array([1.0, .8, .7, .6, .5]) + shift, [.1, .2, .3, .4, .6]))),
-            "slm0.6-lr2": (0.6, 2e-3, list(zip(t, np.array([1.0, .5, .4, .3, .2]) + shift, [.1, .5, .6, .7, .8]))),
-            "slm0.8-lr2": (0.8, 2e-3, list(zip(t, np.array([1.0, .6, .5, .4, .3]) + shift, [.1, .4, .5, .6, .7]))),
+            # lr 1e-3 is better on test, lr 2e-3 on validation: the validation decides
+            "clm-lr1": ("CLM", 1.0, 1e-3, list(zip(t, up, up - 0.2, [.1, .2, .3, .4, .5]))),
+            "clm-lr2": ("CLM", 1.0, 2e-3, list(zip(t, up - 0.1, up, [.1, .2, .3, .4, .4]))),
+            "slm0.6-lr2": ("SLM 0.6", 0.6, 2e-3, list(zip(t, up - .3, [1.0, .5, .4, .3, .2], [.1, .4, .5, .6, .8]))),
+            "slm0.8-lr2": ("SLM 0.8", 0.8, 2e-3, list(zip(t, up - .2, up - .3, [.1, .4, .5, .6, .7]))),
         })
-    results = plot.summarize(plot.find_pipelines(str(tmp_path)))
+    results = plot.summarize(plot.find_runs(str(tmp_path)))
     assert len(results) == 1  # seeds of the same configuration form one group
-    rows = {r["arm"]: r for r in results[0]["rows"]}
-    assert rows["CLM"]["lr"] == 2e-3 and rows["CLM"]["seeds"] == [0, 1]
-    np.testing.assert_allclose(sorted(rows["CLM"]["val"]), [0.5, 0.6])
-    # SLM 0.6 reaches CLM's final 0.5 (or 0.6) at 250 tokens: 4x fewer, in both seeds
-    np.testing.assert_allclose(rows["SLM 0.6"]["x"], [4.0, 4.0])
-    # compute: base left out; SLM pays ref + scoring (15) plus 2 FLOPs/token for 250 tokens; CLM 2000
+    res = results[0]
+    assert res["best"]["CLM"] == 2e-3 and res["seeds"] == [0, 1]
+    rows = {r["arm"]: r for r in res["rows"]}
+    np.testing.assert_allclose(sorted(r["answer"][-1] for r in rows["CLM"]["runs"]), [0.6, 0.7])
+    # SLM 0.6 reaches CLM's final test answer loss (0.6, 0.7) at 250 tokens in both seeds (4x fewer, a crossing
+    # before the first evaluation after step 0: a bound) and CLM's accuracy (40%) at 250: >=4x
+    assert rows["SLM 0.6"]["x_answer"] == [(4.0, True), (4.0, True)]
+    assert rows["SLM 0.6"]["x_acc"] == [(4.0, True), (4.0, True)]
+    # compute: the base left out; SLM pays the reference and the scoring (15) plus 2 FLOPs/token for 250 tokens
     np.testing.assert_allclose(rows["SLM 0.6"]["x_flops"], [2000 / 515] * 2)
-    agg = plot.aggregate(rows["SLM 0.6"]["runs"])
-    np.testing.assert_allclose(agg["val"][0], [1.05, .55, .45, .35, .25])  # mean over seeds
-    np.testing.assert_allclose(agg["val"][1], [1.0, .5, .4, .3, .2])      # min
-    np.testing.assert_allclose(agg["val"][2], [1.1, .6, .5, .4, .3])      # max
-    a = plot.PlotRun(out_dir=str(tmp_path))
-    plot.main(a)
+    _, mean, lo, hi = plot.aggregate(rows["SLM 0.6"]["runs"], "val_answer")
+    np.testing.assert_allclose(mean, [.75, .65, .55, .45, .35])
+    np.testing.assert_allclose(lo, [.7, .6, .5, .4, .3])
+    np.testing.assert_allclose(hi, [.8, .7, .6, .5, .4])
+    plot.main(plot.PlotRun(out_dir=str(tmp_path)))
     assert (tmp_path / "compare.png").exists() and (tmp_path / "compare-ratios.png").exists()
     summary = (tmp_path / "compare.md").read_text()
-    assert "| 0.6 | 0.002 | 0.2500 [0.2000, 0.3000] | 80.0% [80.0%, 80.0%] |" in summary
-    assert "| SLM 0.6 | 0.002 |" in summary and "4.00x, 4.00x" in summary
+    # 80 right of 100 against 40 in each seed, on the same problems: +40 points, every discordant pair one way
+    assert "| SLM 0.6 | 0.002 (of 1) | 0.2000 [0.2000, 0.2000] | 80.0% [80.0%, 80.0%] | >=4.00x [>=4.00x, >=4.00x] |" \
+        in summary
+    assert f"| +40.0 pts [" in summary and f"p={2 / 2 ** 80:.2g} |" in summary
+    assert f"| SLM 0.6 vs SLM 0.8 | +10.0 ({2 / 2 ** 10:.2g}), +10.0 ({2 / 2 ** 10:.2g}) |" in summary
+    assert "| SLM 0.8 vs SLM 0.6 |" not in summary  # each pair once
+    assert "| CLM | 0.002* | 2 |" in summary and "| CLM | 0.001 | 2 |" in summary
 
 
 @pytest.mark.parametrize("flag", ["--tokens", "--categories"])
@@ -124,9 +138,9 @@ def test_analysis_of_a_folder_that_is_no_run_is_one_clear_error(tmp_path, flag):
 
 def test_plot_compares_only_the_arms_asked_for(tmp_path):
     t = [0, 500, 1000]
-    fake_pipeline(tmp_path, 0, {"clm": (1.0, 1e-3, list(zip(t, [1.0, .8, .6], [.1, .2, .3]))),
-                                "slm0.6": (0.6, 1e-3, list(zip(t, [1.0, .5, .4], [.1, .3, .4]))),
-                                "slm0.8": (0.8, 1e-3, list(zip(t, [1.0, .6, .5], [.1, .3, .4])))})
+    fake_pipeline(tmp_path, 0, {"clm": ("CLM", 1.0, 1e-3, list(zip(t, [1.0, .8, .6], [1.0, .8, .6], [.1, .2, .3]))),
+                                "slm0.6": ("SLM 0.6", 0.6, 1e-3, list(zip(t, [1.0, .5, .4], [1.0, .5, .4], [.1, .3, .4]))),
+                                "slm0.8": ("SLM 0.8", 0.8, 1e-3, list(zip(t, [1.0, .6, .5], [1.0, .6, .5], [.1, .3, .4])))})
     run("plot.py", "--out_dir", str(tmp_path), "--arms", "CLM", "SLM 0.6", "--png", str(tmp_path / "two.png"),
         cwd=tmp_path)
     table = (tmp_path / "two.md").read_text()

@@ -78,7 +78,7 @@ def test_end_to_end_tiny_pipeline(pipeline):
     assert len(scores) == len(data.load_tokens(str(pipeline / "data"), "web")[0])
     p = run("plot.py", cwd=pipeline)
     assert (out / "compare.png").stat().st_size > 10_000
-    assert "CLM" in p.stdout and "SLM 0.6" in p.stdout and "ref model" in p.stdout
+    assert "| CLM |" in p.stdout and "| SLM 0.6 |" in p.stdout and "| reference |" in p.stdout
 
 
 def test_rerun_reuses_finished_runs(pipeline):

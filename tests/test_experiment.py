@@ -1,0 +1,186 @@
+"""The experiment's measures and controls: a truly held-out test set, answer loss, tokens to reach a target,
+paired tests, the evaluation schedule and every --select control of the loop."""
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import plot
+import rho
+from test_method import tiny_model
+
+MASK = {w: "<name>" for w in data.NAMES} | {w: "<item>" for w in data.ITEMS + data.CONTAINERS}
+
+
+def masked_questions(text):
+    """Every question in a text with names, items and containers masked: what is left is the template and the
+    numbers."""
+    return {" ".join(MASK.get(w.strip(".?,"), w) for w in q.split()) for q in re.findall(r"Question: ([^\n]*)\n", text)}
+
+
+def test_test_and_validation_problems_share_no_template_and_numbers_with_any_training_split(tmp_path):
+    data.build(data.data_config("tiny", n_eval=300, n_ref_val=100), str(tmp_path))
+    tok = data.Tokenizer.from_meta(str(tmp_path))
+    train = set()
+    for split in ("ref_train", "web_base", "web"):
+        train |= masked_questions(tok.decode(data.load_tokens(str(tmp_path), split)[0].tolist()))
+    assert len(train) > 500
+    for name in ("eval", "val"):
+        problems = data.load_eval(str(tmp_path), name)
+        held = [masked_questions(p["prompt"] + "\n") for p in problems]
+        assert all(len(q) == 1 for q in held)
+        held = set().union(*held)
+        assert len(held) == len(problems)  # no two held-out problems share a template and numbers
+        assert not held & train, sorted(held & train)[:3]
+    assert not masked_questions("".join(p["prompt"] + "\n" for p in data.load_eval(str(tmp_path)))) & \
+        masked_questions("".join(p["prompt"] + "\n" for p in data.load_eval(str(tmp_path), "val")))
+
+
+def test_the_default_corpus_holds_out_at_least_1000_test_problems_of_every_family():
+    cfg = data.data_config("cpu")
+    keys = data.key_splits(cfg.seed)
+    for i, (_, space) in enumerate(data.FAMILIES):  # the three parts of every family's keys partition it
+        parts = [set(keys[s][i]) for s in ("eval", "ref_val", "train")]
+        assert sum(map(len, parts)) == len(space) == len(set().union(*parts))
+    _, evals, vals = data.documents(cfg)
+    assert len(evals) == cfg.n_eval >= 1000 and len(vals) == cfg.n_ref_val
+    assert {e["solution"].strip().splitlines()[-1] for e in evals} == {f"#### {e['answer']}" for e in evals}
+    with pytest.raises(SystemExit, match="fewer than the 5000 asked for"):
+        data.documents(data.data_config("cpu", n_eval=5000))
+
+
+def test_answer_loss_scores_the_solution_given_the_question_only():
+    meta_tok = type("Tok", (), {"encode": lambda self, s: [ord(c) % 50 for c in s]})()
+    model = tiny_model(3, vocab=50, block=64).eval()
+    problems = [{"prompt": "Q: 3+4?\nA:", "solution": " 7\n#### 7\n"},
+                {"prompt": "Q: a longer one, 12+30?\nA:", "solution": " 42\n#### 42\n"}]
+    total, count = 0.0, 0
+    for p in problems:  # one at a time, unpadded: the loss of every solution token given all before it
+        q, s = meta_tok.encode(p["prompt"]), meta_tok.encode(p["solution"])
+        ids = torch.tensor([q + s])
+        losses = rho.token_losses(model(ids[:, :-1]), ids[:, 1:])[0]
+        total, count = total + losses[len(q) - 1:].sum().item(), count + len(s)
+    assert rho.eval_answer_loss(model, meta_tok, problems, "cpu", batch_size=2) == pytest.approx(total / count, abs=1e-6)
+    # the question is context, not scored: another question changes the loss only through the context
+    other = [{"prompt": "Q: 3+4?\nA:", "solution": " 8\n#### 8\n"}, problems[1]]
+    assert rho.eval_answer_loss(model, meta_tok, other, "cpu") != pytest.approx(total / count)
+
+
+@pytest.mark.parametrize("ys, target, higher, expected", [
+    ([1.0, 0.8, 0.6, 0.4], 0.5, False, (250.0, False)),   # between the 3rd and 4th evaluation
+    ([0.4, 0.6, 0.3], 0.5, False, (0.0, False)),          # starts at or below: reached at the start
+    ([0.5, 0.45], 0.5, False, (0.0, False)),
+    ([1.0, 0.45, 0.55, 0.4], 0.5, False, (100.0, True)),  # dips and comes back: the first reach; before the first
+    ([1.0, 0.9, 0.45, 0.55, 0.4], 0.5, False, (188.89, False)),  # evaluation only a bound; later interpolated
+    ([1.0, 0.9, 0.8], 0.5, False, (None, False)),         # never
+    ([0.1, 0.2, 0.3, 0.5], 0.4, True, (250.0, False)),    # accuracy: higher is better
+])
+def test_tokens_to_reach(ys, target, higher, expected):
+    tokens = [0, 100, 200, 300, 400][:len(ys)]
+    t, bound = plot.tokens_to_reach(tokens, ys, target, higher)
+    assert bound == expected[1]
+    assert (t is None) if expected[0] is None else t == pytest.approx(expected[0], abs=0.01)
+
+
+def test_x_fewer_and_compute_on_known_curves():
+    c = {"tokens": np.array([0., 100, 200, 400]), "answer": np.array([1.0, 0.8, 0.6, 0.5]),
+         "acc": np.array([0.1, 0.2, 0.3, 0.4]), "flops": 800.0, "cfg": {"split": "web", "ratio": 1.0}}
+    r = {"tokens": np.array([0., 100, 200, 400]), "answer": np.array([1.0, 0.7, 0.5, 0.4]),
+         "acc": np.array([0.1, 0.3, 0.4, 0.5]), "flops": 800.0, "cfg": {"split": "web", "ratio": 1.0}}
+    assert plot.x_fewer(r, c, "answer") == (2.0, False)          # reaches 0.5 at 200 of CLM's 400 tokens
+    assert plot.x_fewer(r, c, "acc") == (2.0, False)             # reaches 40% at 200
+    assert plot.x_fewer(c, r, "answer") == (None, False)
+    assert plot.x_less_compute(r, c) == pytest.approx(2.0)       # no overhead: the same ratio
+    assert plot.fmt_x((math.inf, False)) == "at start" and plot.fmt_x((3.0, True)) == ">=3.00x"
+    assert plot.med_x([(None, False), (2.0, False), (3.0, True)]) == "2.00x [never, >=3.00x]"
+
+
+def test_paired_tests_on_known_answers():
+    a = np.array([True] * 10 + [False] * 90)
+    b = np.zeros(100, bool)
+    n10, n01, p = plot.mcnemar(a, b)
+    assert (n10, n01) == (10, 0) and p == pytest.approx(2 / 2 ** 10)
+    assert plot.mcnemar(b, b)[2] == 1.0
+    assert plot.mcnemar(np.array([1, 1, 0, 0], bool), np.array([0, 1, 1, 0], bool))[2] == 1.0
+    t = plot.paired([(a, b), (a, b)])
+    assert t["diff"] == pytest.approx(0.1) and t["p"] == pytest.approx(2 / 2 ** 20)
+    assert 0.03 < t["ci"][0] < 0.1 < t["ci"][1] < 0.17
+    assert [p for _, p in t["per_seed"]] == [pytest.approx(2 / 2 ** 10)] * 2
+
+
+def test_eval_schedule_and_answer_bits():
+    steps = rho.eval_steps(2929, 16, "log")
+    assert steps[0] == 0 and steps[-1] == 2929 and steps == sorted(set(steps)) and len(steps) == 17
+    assert steps[1] == 15 and all(b / a < 1.5 for a, b in zip(steps[1:], steps[2:]))  # dense early, 1.42x apart
+    assert rho.eval_steps(100, 4, "even") == [0, 25, 50, 75, 100]
+    assert rho.eval_steps(3, 16, "log") == [0, 1, 2, 3]
+    bools = [bool(b) for b in np.random.default_rng(0).integers(0, 2, 1001)]
+    assert rho.unpack_bits(rho.pack_bits(bools), len(bools)) == bools and len(rho.pack_bits(bools)) == 251
+
+
+def trainer(pipeline, **kw):
+    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
+    cfg = dict(data_dir=str(pipeline / "data"), split="web", ref=str(pipeline / pipe["ref"]),
+               scores=str(pipeline / pipe["scores"]), init=str(pipeline / pipe["base"]),
+               out_dir=str(pipeline / "out" / "unused"), batch_size=8, eval_problems=0, ratio=0.6)
+    return rho.Trainer(rho.TrainConfig(**{**cfg, **kw}))
+
+
+def test_every_control_selects_what_it_says(pipeline):
+    tr = trainer(pipeline, select="excess")
+    ids = tr.blocks.block_ids(0)
+    x, y, ref, lab = tr.blocks.batch(None, ids)
+    losses = rho.token_losses(tr.model(x), y).detach()
+    slm = tr.select(losses, x, y, ref, labels=lab)
+    assert torch.equal(slm, rho.select_topk(losses - ref, 0.6))
+    # ref_loss: the tokens with the lowest reference loss, whatever the student's loss
+    tr = trainer(pipeline, select="ref_loss")
+    sel = tr.select(losses, x, y, ref, labels=lab)
+    assert torch.equal(sel, tr.select(torch.rand_like(losses), x, y, ref, labels=lab))
+    assert sel.sum() == rho.n_selected(0.6, losses.numel()) and ref[sel].max() <= ref[~sel].min()
+    # block: whole blocks, the top 60% (5 of 8) by their mean excess loss
+    tr = trainer(pipeline, select="block")
+    sel = tr.select(losses, x, y, ref, labels=lab)
+    rows = sel.all(1)
+    assert torch.equal(sel, rows[:, None].expand_as(sel)) and rows.sum() == 5
+    mean = (losses - ref).mean(1)
+    assert mean[rows].min() >= mean[~rows].max()
+    # oracle: exactly the tokens labelled target math, whatever the ratio
+    tr = trainer(pipeline, select="oracle")
+    sel = tr.select(losses, x, y, ref, labels=lab)
+    assert torch.equal(sel, lab == data.MATH) and 0 < sel.sum() < sel.numel()
+    # and each one trains through the same step
+    loss, mask, _ = tr.step(0)
+    assert torch.isfinite(loss) and mask.dtype == torch.bool
+
+
+def test_mixing_the_high_quality_subset_into_the_web_split(pipeline):
+    web, hq = (len(data.load_tokens(str(pipeline / "data"), s)[0]) for s in ("web", "ref_train"))
+    tr = trainer(pipeline, ratio=1.0, mix_hq=2.5)
+    assert len(tr.blocks.tokens) == web + int(2.5 * hq)
+    assert np.all(tr.blocks.labels[web:] == data.MATH)
+    with pytest.raises(SystemExit, match="--mix_hq trains on every token"):
+        trainer(pipeline, ratio=0.6, mix_hq=1)
+
+
+def test_control_runs_get_their_names_and_budgets(pipeline, monkeypatch):
+    import train_slm
+    monkeypatch.chdir(pipeline)
+    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
+    meta = data.read_meta(str(pipeline / "data"))
+    r = train_slm.SlmRun(ref_long=True)
+    cfg = train_slm.student_config(r, pipe, 1.0, None)
+    p = pipe["settings"]
+    assert cfg.split == "ref_train" and cfg.arm == "reference, longer" and cfg.out_dir.endswith("reflong")
+    assert cfg.max_tokens == int(p["ref_epochs"] * meta["splits"]["ref_train"]["tokens"]) + p["student_tokens"] + \
+        meta["splits"]["web"]["tokens"] // 3
+    names = {(s, m): train_slm.student_config(train_slm.SlmRun(select=s, mix_hq=m), pipe, 1.0 if m else 0.6, None)
+             for s, m in (("random", 0), ("ref_loss", 0), ("block", 0), ("oracle", 0), ("excess", 4))}
+    assert [c.arm for c in names.values()] == ["random 0.6", "ref-loss 0.6", "block 0.6", "oracle (math tokens)",
+                                               "CLM + HQ x4"]
+    assert [c.out_dir.split("/")[-1] for c in names.values()] == ["random0.6", "refloss0.6", "block0.6", "oracle",
+                                                                  "clm-mixhq4"]
