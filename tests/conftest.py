@@ -23,10 +23,10 @@ def run(*args, cwd, check=True):
 def call(script, *args):
     """Run a script's main() in this process, as `python script args` would from the current folder, without
     an interpreter start-up per call (for the slower tests); a user error raises SystemExit."""
-    import rho
+    import infra
     mod = importlib.import_module(script.removesuffix(".py"))
-    cls = {"train_ref": "RefRun", "train_slm": "SlmRun", "plot": "PlotRun"}[mod.__name__]
-    return mod.main(rho.cli(getattr(mod, cls), "", list(args)))
+    cls = {"train_ref": "RefRun", "train_slm": "SlmRun", "plot": "PlotRun", "data": "DataRun"}[mod.__name__]
+    return mod.main(infra.cli(getattr(mod, cls), "", list(args)))
 
 
 @pytest.fixture(scope="session")

@@ -31,23 +31,23 @@ def test_categorize_sorts_known_trajectories():
     assert plot.CATEGORIES[cat2[0]] == "H->L" and -2.1 < d2[0] < -1.9
 
 
-def test_token_picture_writes_png_and_html(pipeline, tmp_path, monkeypatch, capsys):
+def test_token_picture_keeps_the_top_share_and_writes_a_png(pipeline, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(pipeline)
-    call("plot.py", "--tokens", "out/slm0.6", "--pages", "2")
-    png, html = pipeline / "out" / "slm0.6" / "tokens.png", pipeline / "out" / "slm0.6" / "tokens.html"
+    pages = call("plot.py", "--tokens", "out/slm0.6", "--pages", "2")
+    png = pipeline / "out" / "slm0.6" / "tokens.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    page = html.read_text()
-    spans = re.findall(r'<span class="(d?)"', page)
-    kept = spans.count("")
-    scored = len(spans) - 2  # the first token of each page has no loss and is never kept
-    assert kept == round(0.6 * scored + 1e-9)
-    assert "kind boilerplate" in page or "kind math" in page
+    keep, excess = np.concatenate([p["keep"] for p in pages]), np.concatenate([p["excess"] for p in pages])
+    scored = ~np.isnan(excess)  # the first token of each page has no loss and is never kept
+    assert scored.sum() == len(excess) - 2 and not keep[~scored].any()
+    assert keep.sum() == round(0.6 * scored.sum() + 1e-9)
+    assert excess[keep].min() >= excess[scored & ~keep].max()  # the highest excess losses, over all pages
+    assert all(p["kinds"] is not None for p in pages)
     assert "share of each kind kept" in capsys.readouterr().out
     # any text file, without ground-truth kinds
     f = tmp_path / "t.txt"
     f.write_text("Question: Ann has 3 cats and buys 4 more.\nAnswer: 3 + 4 = 7\n#### 7\nSubscribe to our newsletter!")
-    call("plot.py", "--tokens", "out/slm0.6", "--text", str(f), "--ratio", "0.5")
-    assert "kind " not in html.read_text() and "dropped" in html.read_text()
+    pages = call("plot.py", "--tokens", "out/slm0.6", "--text", str(f), "--ratio", "0.5")
+    assert pages[0]["kinds"] is None and pages[0]["keep"].sum() == round(0.5 * (len(pages[0]["keep"]) - 1) + 1e-9)
     with pytest.raises(SystemExit, match="^error: no text file"):
         call("plot.py", "--tokens", "out/slm0.6", "--text", str(tmp_path / "missing.txt"))
 
@@ -80,6 +80,7 @@ def fake_pipeline(root, seed, runs, n=100):
                                                  "flops": flops}))
     for name, (arm, ratio, lr, curve) in runs.items():
         (d / name).mkdir()
+        # written with the config keys of older versions (ref, ref_scores): plot.py still reads them
         cfg = {"arm": arm, "split": "web", "ratio": ratio, "select": "excess", "ref_scores": "cached", "init": "b",
                "lr": lr, "ref": "r", "data_dir": str(d / "data")}
         (d / name / "config.json").write_text(json.dumps(cfg))
@@ -124,7 +125,7 @@ def test_plot_aggregates_seeds_and_picks_each_arms_best_lr_on_validation(tmp_pat
     # 80 right of 100 against 40 in each seed, on the same problems: +40 points, every discordant pair one way
     assert "| SLM 0.6 | 0.002 (of 1) | 0.2000 [0.2000, 0.2000] | 80.0% [80.0%, 80.0%] | >=4.00x [>=4.00x, >=4.00x] |" \
         in summary
-    assert f"| +40.0 pts [" in summary and f"p={2 / 2 ** 80:.2g} |" in summary
+    assert "| +40.0 pts [" in summary and f"p={2 / 2 ** 80:.2g} |" in summary
     assert f"| SLM 0.6 vs SLM 0.8 | +10.0 ({2 / 2 ** 10:.2g}), +10.0 ({2 / 2 ** 10:.2g}) |" in summary
     assert "| SLM 0.8 vs SLM 0.6 |" not in summary  # each pair once
     assert "| CLM | 0.002* | 2 |" in summary and "| CLM | 0.001 | 2 |" in summary

@@ -17,7 +17,7 @@ def test_soft_weighting_and_several_references_train_and_plot(pipeline, monkeypa
     call("train_slm.py", "--ratio", "0.6", "--refs", "2", "--combine", "min")
     call("train_slm.py", "--ratio", "0.6", "--weighting", "soft", "--temperature", "0.2")
     cfg = json.loads((out / "slm0.6-refs2min" / "config.json").read_text())
-    assert cfg["ref"] == "out/refs/r1/ckpt.pt,out/refs/r2/ckpt.pt" and cfg["combine"] == "min"
+    assert cfg["ref_ckpts"] == "out/refs/r1/ckpt.pt,out/refs/r2/ckpt.pt" and cfg["combine"] == "min"
     assert json.loads((out / "slm0.6-soft0.2" / "done.json").read_text())["val_loss"] > 0
     capsys.readouterr()
     call("plot.py")
@@ -56,11 +56,11 @@ def test_sft_puts_no_loss_on_question_tokens_and_selects_among_answers(pipeline,
     pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
     for ratio in (1.0, 0.6):
         cfg = rho.TrainConfig(data_dir=str(pipeline / "data"), split="ref_train", answer_only=True, ratio=ratio,
-                              ref=str(pipeline / pipe["ref"]), ref_scores="online", init=str(pipeline / pipe["base"]),
+                              ref_ckpts=str(pipeline / pipe["ref"]), ref_mode="online", init=str(pipeline / pipe["base"]),
                               out_dir=str(pipeline / "out" / "unused"), batch_size=4, eval_problems=0)
         tr = rho.Trainer(cfg)
         ids = tr.blocks.block_ids(0)
-        x, y, _, _ = tr.blocks.batch(None, ids)
+        x, y, _, _ = tr.blocks.read(ids)
         valid = tr.blocks.rows(tr.answers, ids, 1, bool)
         assert 0 < valid.sum() < valid.numel()  # question tokens and answer tokens in the batch
         logits = tr.model(x)

@@ -16,7 +16,7 @@ from conftest import ROOT, run
 def _global_selection_worker(rank, world, init_file, scores, ratio, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     B = scores.size(0) // world
-    mine = rho.select_topk_global(scores[rank * B:(rank + 1) * B], ratio)
+    mine = rho.select_topk_global(scores[rank * B:(rank + 1) * B], ratio, rank)
     local = rho.select_topk(scores[rank * B:(rank + 1) * B], ratio)
     torch.save({"global": mine, "local": local}, f"{out}.{rank}")
     dist.destroy_process_group()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import data
+import infra
 import plot
 import rho
 from test_method import tiny_model
@@ -54,20 +55,23 @@ def test_the_default_corpus_holds_out_at_least_1000_test_problems_of_every_famil
 
 
 def test_answer_loss_scores_the_solution_given_the_question_only():
-    meta_tok = type("Tok", (), {"encode": lambda self, s: [ord(c) % 50 for c in s]})()
-    model = tiny_model(3, vocab=50, block=64).eval()
-    problems = [{"prompt": "Q: 3+4?\nA:", "solution": " 7\n#### 7\n"},
-                {"prompt": "Q: a longer one, 12+30?\nA:", "solution": " 42\n#### 42\n"}]
+    tok = type("Tok", (), {"encode": lambda self, s: [ord(c) % 50 for c in s]})()
+    model = tiny_model(3, vocab=50, block=32).eval()
+    problems = [{"prompt": "Q: 3+4?\nA:", "solution": " 7\n#### 7\n", "answer": 7},
+                {"prompt": "Q: a longer one, 12+30?\nA:", "solution": " 42\n#### 42\n", "answer": 42},
+                {"prompt": "Q: a question longer than the whole block of 32 tokens, 1+1?\nA:", "solution": " 2\n#### 2\n",
+                 "answer": 2}]
     total, count = 0.0, 0
     for p in problems:  # one at a time, unpadded: the loss of every solution token given all before it
-        q, s = meta_tok.encode(p["prompt"]), meta_tok.encode(p["solution"])
-        ids = torch.tensor([q + s])
+        q, s = tok.encode(p["prompt"]), tok.encode(p["solution"])
+        ids = torch.tensor([(q + s)[-33:]])  # a sequence longer than the block keeps its end: the whole solution
         losses = rho.token_losses(model(ids[:, :-1]), ids[:, 1:])[0]
-        total, count = total + losses[len(q) - 1:].sum().item(), count + len(s)
-    assert rho.eval_answer_loss(model, meta_tok, problems, "cpu", batch_size=2) == pytest.approx(total / count, abs=1e-6)
-    # the question is context, not scored: another question changes the loss only through the context
-    other = [{"prompt": "Q: 3+4?\nA:", "solution": " 8\n#### 8\n"}, problems[1]]
-    assert rho.eval_answer_loss(model, meta_tok, other, "cpu") != pytest.approx(total / count)
+        total, count = total + losses[-len(s):].sum().item(), count + len(s)
+    encoded = data.encode_problems(tok, problems)
+    assert rho.eval_answer_loss(model, encoded, "cpu", batch_size=2) == pytest.approx(total / count, abs=1e-6)
+    # the question is context, not scored: another answer changes the loss
+    other = data.encode_problems(tok, [{**problems[0], "solution": " 8\n#### 8\n"}] + problems[1:])
+    assert rho.eval_answer_loss(model, other, "cpu") != pytest.approx(total / count)
 
 
 @pytest.mark.parametrize("ys, target, higher, expected", [
@@ -119,13 +123,13 @@ def test_eval_schedule_and_answer_bits():
     assert rho.eval_steps(100, 4, "even") == [0, 25, 50, 75, 100]
     assert rho.eval_steps(3, 16, "log") == [0, 1, 2, 3]
     bools = [bool(b) for b in np.random.default_rng(0).integers(0, 2, 1001)]
-    assert rho.unpack_bits(rho.pack_bits(bools), len(bools)) == bools and len(rho.pack_bits(bools)) == 251
+    assert infra.unpack_bits(infra.pack_bits(bools), len(bools)) == bools and len(infra.pack_bits(bools)) == 251
 
 
 def trainer(pipeline, **kw):
     pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
-    cfg = dict(data_dir=str(pipeline / "data"), split="web", ref=str(pipeline / pipe["ref"]),
-               scores=str(pipeline / pipe["scores"]), init=str(pipeline / pipe["base"]),
+    cfg = dict(data_dir=str(pipeline / "data"), split="web", ref_ckpts=str(pipeline / pipe["ref"]),
+               score_files=str(pipeline / pipe["scores"]), init=str(pipeline / pipe["base"]),
                out_dir=str(pipeline / "out" / "unused"), batch_size=8, eval_problems=0, ratio=0.6)
     return rho.Trainer(rho.TrainConfig(**{**cfg, **kw}))
 
@@ -133,7 +137,7 @@ def trainer(pipeline, **kw):
 def test_every_control_selects_what_it_says(pipeline):
     tr = trainer(pipeline, select="excess")
     ids = tr.blocks.block_ids(0)
-    x, y, ref, lab = tr.blocks.batch(None, ids)
+    x, y, ref, lab = tr.blocks.read(ids)
     losses = rho.token_losses(tr.model(x), y).detach()
     slm = tr.select(losses, x, y, ref, labels=lab)
     assert torch.equal(slm, rho.select_topk(losses - ref, 0.6))

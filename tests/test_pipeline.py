@@ -87,7 +87,7 @@ def test_rerun_reuses_finished_runs(pipeline):
 
 
 def test_cached_and_online_reference_train_the_same(pipeline):
-    run("train_slm.py", "--ratio", "0.6", "--ref_scores", "online", cwd=pipeline)
+    run("train_slm.py", "--ratio", "0.6", "--ref_mode", "online", cwd=pipeline)
     out = pipeline / "out"
     a = [json.loads(x) for x in (out / "slm0.6" / "log.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (out / "slm0.6-online" / "log.jsonl").read_text().splitlines()]
@@ -178,14 +178,13 @@ def test_resume_after_sigkill_equals_uninterrupted_run(pipeline):
 
 
 def test_benchmark_measures_every_configuration_on_the_same_model(pipeline, monkeypatch):
-    import rho
     import train_slm
     monkeypatch.chdir(pipeline)
     r = train_slm.SlmRun()
     pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
     cfgs = {"CLM": train_slm.student_config(r, pipe, 1.0, None),
             "SLM": train_slm.student_config(r, pipe, 0.6, None),
-            "online": train_slm.student_config(r, pipe, 0.6, None, ref_scores="online")}
-    result = rho.benchmark(cfgs, steps=2, rounds=2)
+            "online": train_slm.student_config(r, pipe, 0.6, None, ref_mode="online")}
+    result = train_slm.benchmark(cfgs, steps=2, rounds=2)
     assert list(result) == ["CLM", "SLM", "online"] and result["CLM"][1] == 1.0
     assert all(tok_s > 0 and rel > 0 for tok_s, rel in result.values())

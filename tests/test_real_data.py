@@ -3,9 +3,8 @@ import json
 import os
 import random
 
+import datasets
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 import data
@@ -25,15 +24,15 @@ def files(tmp_path_factory):
     gsm = [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
             "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"}
            for a in range(1, 15) for b in range(1, 15)]
-    pq.write_table(pa.Table.from_pylist(gsm[:150]), d / "train.parquet")  # GSM8K-shaped
-    pq.write_table(pa.Table.from_pylist(gsm[150:]), d / "test.parquet")
+    datasets.Dataset.from_list(gsm[:150]).to_parquet(str(d / "train.parquet"))  # GSM8K-shaped
+    datasets.Dataset.from_list(gsm[150:]).to_parquet(str(d / "test.parquet"))
     return d
 
 
 def build(files, out, *extra, web=None):
     return run("data.py", "--source", "custom", "--web", str(web or files / "web.jsonl"), "--hq",
                str(files / "train.parquet"), "--eval", str(files / "test.parquet"), "--max_tokens", "12000",
-               "--hq_val", "20", "--data_dir", str(out), *extra, check=False, cwd=files)
+               "--hq_val", "20", "--ngram_share", "0.5", "--data_dir", str(out), *extra, check=False, cwd=files)
 
 
 def test_local_jsonl_and_parquet_build_a_corpus(files, tmp_path):
@@ -100,3 +99,30 @@ def test_final_number_reads_gsm8k_and_plain_answers():
     assert data.final_number("The answer is 1,234.") == 1234
     assert data.final_number(42) == 42 and data.final_number(" 12 ") == 12
     assert data.final_number("no number") is None
+
+
+def test_web_documents_holding_a_test_problem_are_dropped(files, tmp_path):
+    test = [json.loads(x) for x in datasets.load_dataset("parquet", data_files=str(files / "test.parquet"),
+                                                          split="train").to_pandas().to_json(orient="records",
+                                                                                             lines=True).splitlines()]
+    rng = random.Random(1)
+    web, planted = [], 0
+    for line in (files / "web.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rng.random() < 0.1:  # a page quoting a test problem, question and worked answer
+            p = rng.choice(test)
+            rec["text"] += f" Homework help! Question: {p['question']}\nAnswer: {p['answer']} Thanks for reading!"
+            planted += 1
+        web.append(json.dumps(rec))
+    (tmp_path / "web.jsonl").write_text("\n".join(web) + "\n")
+    p = build(files, tmp_path / "d", "--max_tokens", "0", web=tmp_path / "web.jsonl")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"dropped {planted:,} web document(s)" in p.stdout and planted > 10
+    meta = data.read_meta(str(tmp_path / "d"))
+    assert meta["decontamination"]["dropped_documents"] == {"web": planted}
+    tok = data.Tokenizer.from_meta(str(tmp_path / "d"))
+    text = "".join(tok.decode(data.load_tokens(str(tmp_path / "d"), s)[0].tolist()) for s in ("web", "web_base"))
+    assert "Homework help" not in text and "Page 1." in text
+    # --max_tokens 0 takes the whole file: every page that is left, 40% of them for the base model
+    assert meta["splits"]["web"]["documents"] + meta["splits"]["web_base"]["documents"] == 300 - planted
+    assert abs(meta["splits"]["web_base"]["documents"] / (300 - planted) - 0.4) < 0.01

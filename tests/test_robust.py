@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-import data
+import infra
 import rho
 from conftest import run
 from test_pipeline import assert_user_error
@@ -28,28 +28,27 @@ def copy_pipeline(pipeline, tmp_path):
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(pipeline, tmp_path, monkeypatch):
     monkeypatch.chdir(pipeline)
-    cfg = rho.TrainConfig(**json.loads((pipeline / "out" / "slm0.6" / "config.json").read_text()))
-    tr = rho.Trainer(cfg)
+    saved = infra.read_config(str(pipeline / "out" / "slm0.6"))
+    tr = rho.Trainer(rho.TrainConfig(**{k: v for k, v in saved.items() if k != "inputs"}))
     path = str(tmp_path / "ckpt.pt")
-    rho.save_checkpoint(path, tr, step=7)
+    infra.save_checkpoint(path, tr, step=7)
 
     def dying_save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"PK\x03\x04 half a checkpoint")
+        f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(OSError):
-        rho.save_checkpoint(path, tr, step=8)
-    assert rho.load_checkpoint(path)["step"] == 7
+        infra.save_checkpoint(path, tr, step=8)
+    assert infra.load_checkpoint(path)["step"] == 7
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind
 
 
 def test_crash_while_writing_a_data_file_keeps_the_previous_one(tmp_path, monkeypatch):
     path = str(tmp_path / "meta.json")
-    data.write_atomic(path, b'{"old": 1}')
+    infra.atomic_write(path, b'{"old": 1}')
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("power cut")))
     with pytest.raises(OSError):
-        data.write_atomic(path, b'{"new": 2, "and a lot more": "' + b"x" * 100000 + b'"}')
+        infra.atomic_write(path, b'{"new": 2, "and a lot more": "' + b"x" * 100000 + b'"}')
     assert json.loads(open(path).read()) == {"old": 1}
     assert os.listdir(tmp_path) == ["meta.json"]
 
@@ -63,7 +62,7 @@ def test_a_pickle_that_would_run_code_is_refused(pipeline, tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"version": 1, "model": Evil()}, evil, pickle_module=pickle)
     with pytest.raises(SystemExit, match="not a loadable rho checkpoint"):
-        rho.load_checkpoint(str(evil))
+        infra.load_checkpoint(str(evil))
     d = copy_pipeline(pipeline, tmp_path / "p")
     shutil.copy(evil, d / "out" / "base" / "ckpt.pt")
     assert_user_error(run("train_slm.py", "--ratio", "0.6", check=False, cwd=d), "not a loadable")
@@ -75,14 +74,14 @@ def test_checkpoint_from_an_incompatible_version_is_refused(pipeline, tmp_path):
     ckpt = torch.load(d / "out" / "ref" / "ckpt.pt", weights_only=True)
     ckpt["version"] = 999
     torch.save(ckpt, d / "out" / "ref" / "ckpt.pt")
-    assert_user_error(run("train_slm.py", "--ratio", "0.6", "--ref_scores", "online", check=False, cwd=d),
+    assert_user_error(run("train_slm.py", "--ratio", "0.6", "--ref_mode", "online", check=False, cwd=d),
                       "incompatible version")
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(pipeline):
     p = run("train_slm.py", "--ratio", "1.0", "--lr", "1e30", "--name", "boom", check=False, cwd=pipeline)
     assert_user_error(p, "lower --lr")
-    ckpt = rho.load_checkpoint(str(pipeline / "out" / "boom" / "ckpt.pt"))
+    ckpt = infra.load_checkpoint(str(pipeline / "out" / "boom" / "ckpt.pt"))
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert not (pipeline / "out" / "boom" / "done.json").exists()
 
