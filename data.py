@@ -193,7 +193,7 @@ def training_data(cfg):
     return meta, tok, tokens, labels, answers, load_tokens(cfg.data_dir, "ref_val")[0]
 
 
-def held_out_problems_for(cfg, block_size, log=print):
+def eval_problems(cfg, block_size, log=print):
     """The test problems (the first eval_problems) and the validation problems of a run, encoded, checked
     against its model's block: a question must leave room for eval_max_new answer tokens (longer ones lose their
     beginning when decoded, counted once in log)."""
@@ -220,7 +220,8 @@ def encode_problems(tok, problems):
 
 
 # The final answer of a worked solution: the number after "####" (GSM8K) or "The answer is"
-ANSWER_RE = re.compile(r"(?:####|[Tt]he answer is)\s*\$?(-?[\d,]*\d)")
+NUMBER = r"(-?[\d,]*\d)"
+ANSWER_RE = re.compile(r"(?:####|[Tt]he answer is)\s*\$?" + NUMBER)
 FINAL_LINE_RE = re.compile(r"(?:####|[Tt]he answer is)[^\n]*\n")  # a solution's final line, complete
 
 
@@ -397,7 +398,7 @@ def draw_problem(rng, keys, families=None):
     return FAMILIES[i][0](rng.choice(keys[i]), rng)
 
 
-def held_out_problems(rng, keys, n):
+def distinct_problems(rng, keys, n):
     """n problems with distinct keys: the families in turn, each key of a family once, until n are drawn (a
     family whose keys run out drops out of the turn)."""
     pools = [rng.sample(k, len(k)) for k in keys]
@@ -547,7 +548,7 @@ class DataConfig:
                                 # (the web and the evaluation cover all of them)
 
 
-PRESETS = {
+CORPUS_PRESETS = {
     "tiny": dict(n_ref_train=120, n_ref_val=40, n_eval=16, n_web_base=300, n_web=600),
     "cpu": dict(),
     "cpu512": dict(),
@@ -587,7 +588,7 @@ def documents(cfg):
     splits (eval, ref_val) own their (family, numbers) keys: no training split draws from them."""
     keys, problems = key_splits(cfg.seed), {}
     for split, n in (("eval", cfg.n_eval), ("ref_val", cfg.n_ref_val)):
-        problems[split] = held_out_problems(random.Random(f"rho-{cfg.seed}-{split}"), keys[split], n)
+        problems[split] = distinct_problems(random.Random(f"rho-{cfg.seed}-{split}"), keys[split], n)
         if len(problems[split]) < n:
             fail(f"{split} owns {len(problems[split])} problem keys, fewer than the {n} asked for",
                  f"ask for {len(problems[split])} or fewer")
@@ -676,8 +677,10 @@ class SplitWriter:
 
     def close(self):
         self.flush()
-        self.f_ids.close()
-        self.f_lab.close()
+        for f in (self.f_ids, self.f_lab):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
 
     def discard(self):
         for f in (self.f_ids, self.f_lab):
@@ -699,21 +702,18 @@ def compact(data_dir, writers, extra_ids, labelled):
     remap[vocab] = np.arange(len(vocab))
     stats = {}
     for split, w in writers.items():
-        out, sha = os.path.join(data_dir, f"{split}.bin"), hashlib.sha256()
-        with open(w.path + ".ids.tmp", "rb") as f, open(out + ".tmp", "wb") as g:
-            while True:
-                a = np.fromfile(f, dtype=np.uint32, count=1 << 22)
-                if not len(a):
-                    break
-                b = remap[a]
-                sha.update(b.tobytes())
-                b.tofile(g)
-            g.flush()
-            os.fsync(g.fileno())
-        os.replace(out + ".tmp", out)
+        sha = hashlib.sha256()
+
+        def remapped(g, w=w, sha=sha):  # the split's cl100k ids, a chunk at a time, as compact ids
+            with open(w.path + ".ids.tmp", "rb") as f:
+                while len(a := np.fromfile(f, dtype=np.uint32, count=1 << 22)):
+                    b = remap[a]
+                    sha.update(b.tobytes())
+                    b.tofile(g)
+        atomic_write(os.path.join(data_dir, f"{split}.bin"), remapped)
         os.remove(w.path + ".ids.tmp")
         stats[split] = {"tokens": w.tokens, "documents": w.documents, "sha256": sha.hexdigest()[:16]}
-        if split in labelled:
+        if split in labelled:  # written and flushed to disk by the writer: the rename completes it
             os.replace(w.path + ".lab.tmp", os.path.join(data_dir, f"{split}.labels"))
             stats[split]["kind_share"] = {k: round(float(c) / max(1, w.tokens), 4) for k, c in zip(KINDS, w.counts)}
         else:
@@ -771,8 +771,8 @@ class RealConfig:
     hq_template: str = "Question: {question}\nAnswer: {answer}\n"   # fields of a high-quality record -> text
     eval_prompt: str = "Question: {question}\nAnswer:"              # fields of an eval record -> prompt
     eval_answer: str = "answer"   # the field whose final number (after ####, or the number itself) is the answer
-    max_tokens: int = 0           # noisy-corpus tokens to take (0: all of it); base_share of them pre-train the base
-    base_share: float = 0.4
+    max_tokens: int = 0           # noisy-corpus tokens to take (0: all of a local file; a hub dataset needs a budget)
+    base_share: float = 0.4       # share of the noisy documents (and, with a budget, of its tokens) for the base
     hq_val: int = 500             # high-quality records held out as ref_val
     max_eval: int = 1319          # evaluation problems to keep
     ngram: int = 13               # decontamination: a document overlapping a test or validation problem in word
@@ -780,12 +780,17 @@ class RealConfig:
     num_proc: int = 8             # tokenizer threads
 
 
+def local_files(spec):
+    """The local files a source names (a path, a glob or comma-separated paths); [] for a hub name."""
+    import glob
+    return [p for item in spec.split(",") for p in sorted(glob.glob(os.path.expanduser(item)))]
+
+
 def open_source(spec):
     """An iterable of records (dicts) for a hub name "org/name[:config[:split]]" or local files (a path, a
     glob or comma-separated paths), read with `datasets` in streaming mode: nothing is held in memory."""
-    import glob as globlib
     import datasets
-    parts = [p for item in spec.split(",") for p in sorted(globlib.glob(os.path.expanduser(item)))]
+    parts = local_files(spec)
     if parts:
         ext = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
         kinds = {ext.get(os.path.splitext(p)[1].lower()) for p in parts}
@@ -848,7 +853,7 @@ def final_number(value):
     if isinstance(value, (int, float)):
         return int(value)
     answer = extract_answer(str(value))
-    m = re.fullmatch(r"\s*(-?[\d,]*\d)\s*", str(value)) if answer is None else None
+    m = re.fullmatch(r"\s*" + NUMBER + r"\s*", str(value)) if answer is None else None
     return int(m.group(1).replace(",", "")) if m else answer
 
 
@@ -876,19 +881,22 @@ class Decontaminator:
     """Drops documents that overlap a held-out problem in word n-grams (GPT-3 and OpenWebMath used 13): the test
     and validation problems must not be in the training data. A document overlaps a problem when it holds more
     than `share` of the problem's n-grams (0: any one of them, the usual check; templated text, where different
-    problems share phrases, wants more). Counts what it dropped, per split."""
+    problems share phrases, wants more); a problem shorter than n words, when it holds all of it. Counts what it
+    dropped, per source."""
 
     def __init__(self, problems, n, share=0.0):
-        self.n, self.share, self.dropped, self.index, self.sizes = n, share, {}, {}, []
+        self.n, self.share, self.dropped, self.index, self.sizes, self.lengths = n, share, {}, {}, [], {n}
         for i, p in enumerate(problems if n else []):
-            grams = ngrams(p["prompt"] + " " + p.get("solution", ""), n)
+            text = p["prompt"] + " " + p.get("solution", "")
+            self.lengths.add(min(n, len(words(text))))
+            grams = ngrams(text, n)
             self.sizes.append(len(grams))
             for g in grams:
                 self.index.setdefault(g, []).append(i)
 
     def clean(self, text, split):
         hits = {}
-        for g in ngrams(text, self.n) if self.index else ():
+        for g in set().union(*(ngrams(text, k) for k in self.lengths)) if self.index else ():
             for i in self.index.get(g, ()):
                 hits[i] = hits.get(i, 0) + 1
         if any(k > self.share * self.sizes[i] for i, k in hits.items()):
@@ -945,7 +953,7 @@ def build_real(rc, data_dir, log=print):
         clean = Decontaminator(evals + vals, rc.ngram, rc.ngram_share)
         for i, rec in enumerate(hq):
             text = formatted(rc.hq_template, rec, rc.hq)
-            if i < rc.hq_val or clean.clean(text, "ref_train"):
+            if i < rc.hq_val or clean.clean(text, "high-quality"):
                 writers["ref_val" if i < rc.hq_val else "ref_train"].add([(text, MATH)])
         stream_web(rc, writers, clean, log)
         for w in writers.values():
@@ -971,7 +979,7 @@ def stream_web(rc, writers, clean, log):
     n_docs = n_base = 0
     for rec in records(rc.web, "noisy corpus"):
         text = str(field_of(rec, rc.web_field, rc.web))
-        if not clean.clean(text, "web"):
+        if not clean.clean(text, "noisy corpus"):
             continue
         first, other = (base, web) if n_base < rc.base_share * (n_docs + 1) else (web, base)
         n_docs, n_base = n_docs + 1, n_base + (first is base)
@@ -1001,14 +1009,17 @@ def real_config(source, **overrides):
     for role in ("web", "hq", "eval"):
         if not getattr(rc, role):
             fail(f"no --{role} given for --source custom", "pass a hub name or local files")
+    if not rc.max_tokens and not local_files(rc.web):
+        fail(f"--max_tokens 0 would stream all of the hub dataset {rc.web}", "pass a token budget, e.g. "
+             "--max_tokens 10000000")
     return rc
 
 
 def data_config(preset="cpu", corpus=(), **overrides):
     """The DataConfig of a preset, with overrides and `corpus` settings ("key=value", value as JSON, e.g.
     "n_ref_train=4000" or 'mix={"math": 4, "prose": 2}')."""
-    if preset not in PRESETS:
-        fail(f"unknown preset '{preset}'", f"use one of {', '.join(PRESETS)}")
+    if preset not in CORPUS_PRESETS:
+        fail(f"unknown preset '{preset}'", f"use one of: {', '.join(CORPUS_PRESETS)}")
     names = {f.name for f in fields(DataConfig)}
     for item in corpus:
         key, _, value = item.partition("=")
@@ -1018,7 +1029,7 @@ def data_config(preset="cpu", corpus=(), **overrides):
             overrides[key] = None
         if key not in names or overrides[key] is None:
             fail(f"bad --corpus setting '{item}'", f"use key=value (JSON) with a key of {', '.join(sorted(names))}")
-    return DataConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+    return DataConfig(**{**CORPUS_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def ensure(cfg, data_dir, overwrite=False):
@@ -1070,14 +1081,14 @@ def long_problem(rng, steps):
     for _ in range(steps):
         kind = rng.choice("+-*")
         if kind == "*" or total > 150:
-            k, each, c = rng.randint(2, 5), rng.randint(2, 9), rng.choice(CONTAINERS)
-            q.append(f"On {rng.choice(DAYS)}, {n} buys {k} {c} of {it}, and each of the {c} holds {each} {it}.")
-            a.append(f"On {rng.choice(DAYS)} {n} gets {k} * {each} = <<{k}*{each}={k * each}>>{k * each} {it}, so "
+            k, each, c, day = rng.randint(2, 5), rng.randint(2, 9), rng.choice(CONTAINERS), rng.choice(DAYS)
+            q.append(f"On {day}, {n} buys {k} {c} of {it}, and each of the {c} holds {each} {it}.")
+            a.append(f"On {day} {n} gets {k} * {each} = <<{k}*{each}={k * each}>>{k * each} {it}, so "
                      f"now {n} has {total} + {k * each} = <<{total}+{k * each}={total + k * each}>>{total + k * each}.")
             total += k * each
         elif kind == "+":
             b = rng.randint(2, 30)
-            q.append(f"A friend from {rng.choice(PLACES)} brings {b} more {it} as a present.")
+            q.append(f"A friend from the {rng.choice(PLACES)} brings {b} more {it} as a present.")
             a.append(f"With the present {n} has {total} + {b} = <<{total}+{b}={total + b}>>{total + b} {it}.")
             total += b
         else:
@@ -1089,27 +1100,30 @@ def long_problem(rng, steps):
     return {"question": " ".join(q), "answer": "\n".join(a) + f"\n#### {total}"}
 
 
-def write_example(out_dir, n_web=3000, n_train=2000, n_test=300, seed=0):
+def write_example(out_dir, n_web=6000, n_train=2500, n_test=300, seed=0):
     """web.jsonl (pages: boilerplate, prose, math in other notations, GSM8K-shaped problems, and now and then a
-    copy of a test problem, for the decontamination to find), train.jsonl and test.jsonl (GSM8K's fields)."""
+    copy of a test problem, for the decontamination to find), train.jsonl and test.jsonl (GSM8K's fields);
+    returns how many pages quote a test problem."""
     rng = random.Random(f"rho-example-{seed}")
     os.makedirs(out_dir, exist_ok=True)
     test = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_test)]
     train = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_train)]
-    pages = []
+    pages, quoting = [], 0
     for i in range(n_web):
-        segs = [seg_boilerplate(rng, "header")]
+        segs, quotes = [seg_boilerplate(rng, "header")], False
         for _ in range(rng.randint(1, 4)):
             r = rng.random()
+            quotes |= r < 0.01
             p = rng.choice(test) if r < 0.01 else long_problem(rng, rng.randint(2, 6)) if r < 0.45 else None
             segs.append(f"Question: {p['question']}\nAnswer: {p['answer']}\n" if p else
                         seg_prose(rng) if r < 0.7 else seg_other_math(rng) if r < 0.85 else seg_structured(rng))
         segs += [seg_gibberish(rng)] if rng.random() < 0.2 else []
         segs.append(seg_boilerplate(rng, "footer"))
         pages.append({"text": "".join(segs), "url": f"https://example.org/page/{i}"})
+        quoting += quotes
     for name, recs in (("web", pages), ("train", train), ("test", test)):
         atomic_write(os.path.join(out_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in recs))
-    return out_dir
+    return quoting
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1120,31 +1134,29 @@ class DataRun:
     data_dir: str = arg("data", "where to write the corpus")
     source: str = arg("embedded", "embedded (the default corpus), custom (give --web, --hq, --eval) or a named "
                                   f"real preset: {', '.join(REAL_PRESETS)}")
-    preset: str = arg("cpu", f"embedded corpus size: {', '.join(PRESETS)}")
+    preset: str = arg("cpu", f"embedded corpus size: {', '.join(CORPUS_PRESETS)}")
     seed: int = arg(0, "embedded corpus seed")
     corpus: list = arg([], "embedded corpus settings (DataConfig fields, JSON values), e.g. n_ref_train=4000",
                        nargs="*", type=str, metavar="KEY=VALUE")
     web: str = arg(None, "real: noisy corpus, a hub name org/name[:config[:split]] or local files (.jsonl .json "
-                         ".parquet .txt; a glob or comma-separated)", type=str)
+                         ".parquet .txt; a glob or comma-separated); a named preset sets it", type=str)
     hq: str = arg(None, "real: high-quality subset (question/answer records), hub name or files", type=str)
     eval: str = arg(None, "real: evaluation problems, hub name or files", type=str)
-    web_field: str = arg(None, "real: text field of the noisy corpus (RealConfig's default: text)", type=str)
-    hq_template: str = arg(None, "real: template of a high-quality record, with \\n escapes (default: "
-                                 "'Question: {question}\\nAnswer: {answer}\\n')", type=str)
-    eval_prompt: str = arg(None, "real: template of an evaluation prompt (default: 'Question: {question}\\nAnswer:')",
-                           type=str)
-    eval_answer: str = arg(None, "real: field holding the answer: a number, or a solution whose final number "
-                                 "follows #### or 'The answer is' (default: answer)", type=str)
-    max_tokens: int = arg(None, "real: tokens to take from the noisy corpus (0: all; default: all for local files, "
-                                "the preset's for hub presets)", type=int)
-    base_share: float = arg(None, "real: share of the noisy documents for the base model (default 0.4)", type=float)
-    hq_val: int = arg(None, "real: high-quality records held out as ref_val (default 500)", type=int)
-    max_eval: int = arg(None, "real: evaluation problems kept (default 1319)", type=int)
-    ngram: int = arg(None, "real: drop documents overlapping a held-out problem in word n-grams (default 13; 0: off)",
-                     type=int)
-    ngram_share: float = arg(None, "real: ...in more than this share of the problem's n-grams (default 0: any one; "
-                                   "templated text wants e.g. 0.5)", type=float)
-    num_proc: int = arg(None, "real: tokenizer threads (default 8)", type=int)
+    web_field: str = arg(RealConfig.web_field, "real: text field of the noisy corpus")
+    hq_template: str = arg(RealConfig.hq_template, "real: template of a high-quality record (\\n escapes)")
+    eval_prompt: str = arg(RealConfig.eval_prompt, "real: template of an evaluation prompt (\\n escapes)")
+    eval_answer: str = arg(RealConfig.eval_answer, "real: field holding the answer: a number, or a solution whose "
+                                                   "final number follows #### or 'The answer is'")
+    max_tokens: int = arg(None, "real: tokens to take from the noisy corpus (0: all of a local file; a named "
+                                "preset sets a budget, a hub dataset needs one)", type=int)
+    base_share: float = arg(RealConfig.base_share, "real: share of the noisy documents (and, with a budget, its "
+                                                   "tokens) for the base model")
+    hq_val: int = arg(RealConfig.hq_val, "real: high-quality records held out as ref_val")
+    max_eval: int = arg(RealConfig.max_eval, "real: evaluation problems kept")
+    ngram: int = arg(RealConfig.ngram, "real: drop documents overlapping a held-out problem in word n-grams (0: off)")
+    ngram_share: float = arg(RealConfig.ngram_share, "real: ...in more than this share of the problem's n-grams "
+                                                     "(0: any one; templated text wants e.g. 0.5)")
+    num_proc: int = arg(RealConfig.num_proc, "real: tokenizer threads")
     write_example: str = arg("", "write a GSM8K-shaped local corpus (web.jsonl, train.jsonl, test.jsonl) to this "
                                  "folder, offline, and stop: files for --source custom")
     overwrite: bool = arg(False, "rebuild even if data_dir holds another corpus")
@@ -1152,12 +1164,12 @@ class DataRun:
 
 def main(a):
     if a.write_example:
-        print(f"wrote {write_example(a.write_example)}: web.jsonl, train.jsonl, test.jsonl")
+        n = write_example(a.write_example)
+        print(f"wrote {a.write_example}: web.jsonl ({n} of its pages quote a test problem), train.jsonl, test.jsonl")
     elif a.source == "embedded":
         ensure(data_config(a.preset, a.corpus, seed=a.seed), a.data_dir, a.overwrite)
     else:
-        unescape = {k: getattr(a, k).encode().decode("unicode_escape") if getattr(a, k) else None
-                    for k in ("hq_template", "eval_prompt")}
+        unescape = {k: getattr(a, k).encode().decode("unicode_escape") for k in ("hq_template", "eval_prompt")}
         ensure(real_config(a.source, **{**{f.name: getattr(a, f.name) for f in fields(RealConfig)}, **unescape}),
                a.data_dir, a.overwrite)
 

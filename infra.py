@@ -1,10 +1,12 @@
 """
 infra.py -- the machinery behind rho.py, so that rho.py can read as the method and its loop: errors and files,
-the command line (a dataclass is the flags), presets, devices, processes (DDP), checkpoints, run folders (what
-one holds, and one writer at a time) and reference score files. Nothing in here is the method.
+the command line (a dataclass is the flags), checks of a run's flags, presets, devices, processes (DDP),
+checkpoints, run folders (what one holds, and one writer at a time), reference score files, and the log (what the
+loop measures between two records, and the line it prints). Nothing in here is the method.
 """
 import argparse
 import contextlib
+import datetime
 import fcntl
 import glob
 import hashlib
@@ -69,15 +71,16 @@ def arg(default, help, **kw):
 
 
 def cli(cls, description, argv=None):
-    """Parse the command line into dataclass `cls`: one --flag per field, with its help."""
-    ap = argparse.ArgumentParser(description=description)
+    """Parse the command line into dataclass `cls`: one --flag per field (plus its aliases), with its help and
+    its default."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in fields(cls):
         d, meta = f.default_factory(), dict(f.metadata)
-        kind = meta.pop("type", type(d))
+        kind, names = meta.pop("type", type(d)), [f"--{f.name}", *meta.pop("aliases", [])]
         if kind is bool:
-            ap.add_argument(f"--{f.name}", action="store_true", help=meta.pop("help"))
+            ap.add_argument(*names, dest=f.name, action="store_true", help=meta.pop("help"))
         else:
-            ap.add_argument(f"--{f.name}", type=kind, default=d, **meta)
+            ap.add_argument(*names, dest=f.name, type=kind, default=d, **meta)
     return cls(**vars(ap.parse_args(argv)))
 
 
@@ -98,6 +101,9 @@ def check_config(cfg, choices):
              "soft and --sft")
     if cfg.mix_hq and (cfg.ratio < 1 or cfg.select == "oracle"):
         fail("--mix_hq trains on every token (CLM)", "use --ratio 1.0 with --mix_hq")
+    if not cfg.init and cfg.n_embd % cfg.n_head:
+        fail(f"a width of {cfg.n_embd} does not split into {cfg.n_head} attention heads",
+             "use an --n_embd that is a multiple of --n_head")
 
 
 def batch_plan(cfg, n_tokens, n_val, T, world):
@@ -124,7 +130,7 @@ PRESETS = {
                  eval_problems=8, eval_max_new=32, log_every=5),
     "cpu": dict(n_layer=4, n_head=4, n_embd=64, block_size=128, batch_size=8, base_tokens=2_500_000,
                 base_lr=6e-3, ref_epochs=4, ref_lr=2e-3, student_tokens=3_000_000, lr=3e-3, lr_clm=3e-3,
-                n_evals=16, eval_problems=1000, log_every=100),
+                n_evals=8, eval_problems=400, log_every=100),  # the experiment: --n_evals 16 --eval_problems 1000
     # GSM8K-length text on a CPU (data.py --source custom): a 512-token block, answers of up to 256 tokens
     "cpu512": dict(n_layer=4, n_head=4, n_embd=128, block_size=512, batch_size=4, base_tokens=1_000_000,
                    base_lr=3e-3, ref_epochs=2, ref_lr=1e-3, student_tokens=1_000_000, lr=2e-3, lr_clm=2e-3,
@@ -189,12 +195,13 @@ def dist_setup():
     import atexit
     import torch.distributed as dist
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # a long timeout: rank 0 alone scores a corpus (train_ref.py) while the others wait, for up to hours
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=6))
         atexit.register(lambda: dist.is_initialized() and (dist.barrier(), dist.destroy_process_group()))
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def process(device):
+def this_process(device):
     """(rank, world, device) of this process: under torchrun one GPU per process (cuda:local_rank); TF32 on."""
     rank, world, local_rank = dist_setup()
     device = pick_device(device)
@@ -206,7 +213,7 @@ def process(device):
     return rank, world, device
 
 
-def for_training(model, compile, device, world):
+def training_module(model, compile, device, world):
     """The module a training step runs: the model compiled (--compile auto: on CUDA), under DDP with torchrun."""
     if compile == "on" or (compile == "auto" and device.startswith("cuda")):
         model = torch.compile(model)
@@ -235,6 +242,15 @@ def all_sum(t):
 
 def all_mean(t):
     return all_sum(t.clone()) / (distributed().get_world_size() if distributed() else 1)
+
+
+def from_rank0(obj):
+    """Rank 0's obj, on every rank."""
+    if distributed():
+        box = [obj]
+        distributed().broadcast_object_list(box, src=0)
+        obj = box[0]
+    return obj
 
 
 def gather(t):
@@ -293,7 +309,9 @@ def kept_checkpoints(run_dir):
 
 
 def restore(tr, ckpt):
-    """Put a checkpoint's model, optimizer and RNG states back into a Trainer."""
+    """Put a checkpoint's model, optimizer and RNG states back into a Trainer; its first step is the checkpoint's
+    (the data position is the step: batch i is a pure function of the seed and i)."""
+    tr.start, tr.resumed = ckpt["step"], True
     tr.model.load_state_dict(ckpt["model"])
     tr.optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"]["torch"])
@@ -334,6 +352,9 @@ def run_state(cfg, defaults, inputs):
         return "reuse"
     if cfg.resume and os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt")):
         return "resume"
+    if cfg.resume:
+        fail(f"{cfg.out_dir} holds an unfinished run that stopped before its first checkpoint",
+             "pass --overwrite to start it again")
     fail(f"{cfg.out_dir} holds an unfinished run of this configuration",
          "pass --resume to continue it, or --overwrite to start again")
 
@@ -367,7 +388,7 @@ class FolderLock:
     kernel drops the lock of a killed process, so a stale lock file never blocks). A second writer gets one line
     naming the holder."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, probe=False):
         os.makedirs(folder, exist_ok=True)
         self.f = open(os.path.join(folder, ".lock"), "a+")
         try:
@@ -378,9 +399,16 @@ class FolderLock:
             self.f.close()
             fail(f"{folder} is being written by {holder}", "wait for it to finish, or write somewhere else "
                  "(another --out_dir or --name)")
-        self.f.truncate(0)
-        self.f.write(f"process {os.getpid()}")
-        self.f.flush()
+        if not probe:  # the holder's name, for the line another writer gets
+            self.f.truncate(0)
+            self.f.write(f"process {os.getpid()}")
+            self.f.flush()
+
+    @staticmethod
+    def check(folder):
+        """Refuse, with the same line, a folder that another process is writing now; take nothing."""
+        if os.path.exists(os.path.join(folder, ".lock")):
+            FolderLock(folder, probe=True).release()
 
     def release(self):
         self.f.close()  # closing the file drops the lock
@@ -392,48 +420,47 @@ class FolderLock:
         self.release()
 
 
-def run_inputs(cfg, uses_reference):
+def run_inputs(cfg):
     """What a run is made from beyond its flags: the training split's data and the initial and reference models,
     by hash, so that a run is not reused once one of them has been made again."""
     split = read_json(os.path.join(cfg.data_dir, "meta.json")).get("splits", {}).get(cfg.split, {})
-    refs = cfg.ref_ckpts.split(",") if uses_reference and cfg.ref_ckpts else []
+    refs = cfg.ref_ckpts.split(",") if cfg.uses_reference and cfg.ref_ckpts else []
     return {"data": split.get("sha256"), "init": file_hash(cfg.init) if os.path.exists(cfg.init) else cfg.init,
             "refs": [file_hash(r) if os.path.exists(r) else r for r in refs]}
 
 
 @contextlib.contextmanager
-def run_folder(cfg, log, make_trainer, inputs):
-    """The run folder's side of a run: yields (None, summary) for a finished run of this configuration (reused),
-    else (trainer, first step) -- the trainer built (everything loaded and checked) before anything is written,
-    the folder locked for one writer, and then started afresh or, with --resume, restored from its checkpoint
-    with the log cut back to it. Under torchrun rank 0 locks and writes; every rank builds its trainer."""
-    defaults = asdict(type(cfg)())
-    if run_state(cfg, defaults, inputs) == "reuse":
+def run_folder(cfg, log, make_trainer):
+    """The run folder's side of a run. Yields None for a finished run of this configuration (reused), else the
+    trainer -- built (everything loaded and checked) before anything is written, the folder then locked for one
+    writer and started afresh or, with --resume, restored from its checkpoint (tr.start, tr.resumed) with the log
+    cut back to it. Under torchrun rank 0 locks and writes; every rank builds its trainer."""
+    defaults, inputs = asdict(type(cfg)()), run_inputs(cfg)
+    if dist_setup()[0] == 0:  # rank 0 holds the folder for every rank
+        FolderLock.check(cfg.out_dir)  # a folder in use is reported as such, whatever it holds
+    state = run_state(cfg, defaults, inputs)
+    barrier()  # every rank has read the folder before rank 0 writes to it
+    if state == "reuse":
         log(f"{cfg.out_dir}: finished run with this configuration found, reusing it")
-        yield None, read_json(os.path.join(cfg.out_dir, "done.json"))
+        yield None
         return
     tr = make_trainer(cfg, log)
-    master, tr.resumed = tr.rank == 0, False
-    lock = FolderLock(cfg.out_dir) if master else None
-    try:
-        state = run_state(cfg, defaults, inputs)  # again, now that this process holds the folder
+    lock = FolderLock(cfg.out_dir) if tr.rank == 0 else None
+    try:  # again, now that rank 0 holds the folder; its answer is every rank's
+        state = from_rank0(run_state(cfg, defaults, inputs) if lock else None)
         if state == "reuse":
             log(f"{cfg.out_dir}: finished by another process meanwhile, reusing it")
-            yield None, read_json(os.path.join(cfg.out_dir, "done.json"))
+            yield None
             return
-        barrier()
-        start = 0
         if state == "resume":
-            ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), "checkpoint to resume")
-            restore(tr, ckpt)
-            start, tr.resumed = ckpt["step"], True  # the data position is the step: batch i is a pure function of seed and i
-            if master:
-                cut_log(cfg.out_dir, start)
-            log(f"{cfg.out_dir}: resuming at step {start}")
-        elif master:
+            restore(tr, load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), "checkpoint to resume"))
+            if lock:
+                cut_log(cfg.out_dir, tr.start)
+            log(f"{cfg.out_dir}: resuming at step {tr.start}")
+        elif lock:
             init_run_folder(cfg, inputs)  # everything checked: only now is anything written
         barrier()
-        yield tr, start
+        yield tr
     finally:
         if lock:
             lock.release()
@@ -497,7 +524,8 @@ class Meter:
         self.reset()
 
     def reset(self):
-        self.loss, self.n, self.t_window = torch.zeros((), device=self.tr.device), 0, 0.0
+        """Start a window: training from now until the next record counts as training time."""
+        self.loss, self.n, self.t_mark = torch.zeros((), device=self.tr.device), 0, time.time()
 
     def record(self, step):
         """A log record at `step`: tokens, lr, FLOPs and, if steps were trained since the last one, their mean
@@ -507,14 +535,15 @@ class Meter:
         rec = {"step": step, "tokens": step * tr.tokens_per_step, "lr": tr.lr_at(min(step, tr.max_iters - 1)),
                "flops": step * tr.tokens_per_step * tr.flops_per_token}
         if self.n:
-            loss = float(all_mean(self.loss)) / self.n
+            loss = float(all_mean(self.loss)) / self.n  # waits for the device: the window's time is its work
             if not np.isfinite(loss):
                 fail(f"the loss became {loss} near step {step} (the last good checkpoint is kept)", "lower --lr")
-            rec.update(train_loss=loss, tok_s=self.n * tr.tokens_per_step / max(1e-9, self.t_window))
+            window = time.time() - self.t_mark
+            self.t_train += window
+            rec.update(train_loss=loss, tok_s=self.n * tr.tokens_per_step / max(1e-9, window))
             if tr.peak:
                 rec["mfu"] = rec["tok_s"] / tr.world * tr.flops_per_token / tr.peak
         rec["time"] = round(self.t_train + self.t_eval, 2)
-        self.reset()
         return rec
 
     def timed(self, evaluate):
@@ -524,10 +553,10 @@ class Meter:
         self.t_eval, self.evals = self.t_eval + time.time() - t0, self.evals + 1
         return out
 
-    def add(self, loss, weights, labels, seconds):
+    def add(self, loss, weights, labels):
+        """One optimizer step's mean loss, selection and token kinds."""
         self.loss += loss
         self.n, self.steps = self.n + 1, self.steps + 1
-        self.t_window, self.t_train = self.t_window + seconds, self.t_train + seconds
         if labels is not None:
             labels = labels.to(self.tr.device).view(-1)
             self.seen += torch.bincount(labels, minlength=len(self.kinds))
@@ -538,7 +567,7 @@ class Meter:
         kept (precision) and what the kept tokens are (composition); counts summed over processes."""
         all_sum(self.seen), all_sum(self.kept)
         out = {}
-        if self.tr.labels is not None and self.seen.sum() > 0:
+        if self.tr.labels is not None and self.seen.sum() > 0 and self.kept.sum() > 0:
             out = {"selected": {k: round((s / t).item(), 4) for k, s, t in zip(self.kinds, self.kept, self.seen) if t > 0},
                    "precision": round((self.kept[self.math] / self.kept.sum()).item(), 4),
                    "composition": {k: round((s / self.kept.sum()).item(), 4) for k, s in zip(self.kinds, self.kept)}}
@@ -575,16 +604,23 @@ def eval_steps(max_iters, n_evals, schedule="log", first=0.005):
     return sorted({0, max_iters, *pts.tolist()})
 
 
-def describe(tr):
+def start_line(tr):
     """The line a run starts with."""
     c = tr.cfg
     note = f"\nnote: {c.split} has no ground-truth token kinds (real data): selection statistics are skipped" \
         if tr.labels is None and c.split.startswith("web") else ""
     return (f"training {c.out_dir}: {tr.model.num_params() / 1e6:.2f}M params, {tr.max_iters} steps of "
             f"{tr.tokens_per_step:,} tokens ({tr.world} process(es) x {tr.accum} micro-batch(es) of "
-            f"{c.batch_size}x{tr.T}), ratio {c.ratio} ({c.select}), lr {c.lr:g}, on {tr.device}{note}")
+            f"{c.batch_size}x{tr.T}), ratio {c.ratio} ({c.select}{', ' + c.scope + ' selection' if tr.world > 1 else ''}), "
+            f"lr {c.lr:g}, on {tr.device}{note}")
 
 
 def append_log(run_dir, record):
     with open(os.path.join(run_dir, "log.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def last_record(run_dir):
+    """The last record of a run's log."""
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return json.loads(f.read().splitlines()[-1])

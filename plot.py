@@ -209,7 +209,8 @@ def summarize(runs):
     out = []
     for key, rs in groups.items():
         best = best_lrs(rs)
-        base_arm = "SFT CLM" if '"sft"]' in key else "CLM"
+        sft = any(r["cfg"].get("answer_only") for r in rs)  # a fine-tuning group (its base and reference aside)
+        base_arm = "SFT CLM" if sft else "CLM"
         chosen = [r for r in rs if r["lr"] == best[r["arm"]]]
         clm = {r["seed"]: r for r in chosen if r["arm"] == base_arm}
         rows = {}
@@ -225,7 +226,7 @@ def summarize(runs):
                 if r["correct"] is not None and c["correct"] is not None:
                     row["pairs"].append((r["correct"], c["correct"]))
         order = lambda arm: (arm != "base", arm != "reference", arm != base_arm, arm)  # noqa: E731
-        out.append({"key": key, "runs": rs, "best": best, "clm": base_arm, "chosen": chosen,
+        out.append({"key": key, "sft": sft, "runs": rs, "best": best, "clm": base_arm, "chosen": chosen,
                     "rows": [rows[a] for a in sorted(rows, key=order)],
                     "seeds": sorted({r["seed"] for r in rs}), "dirs": sorted({r["pipe"]["dir"] for r in rs})})
     return out
@@ -266,7 +267,7 @@ def pct(d):
 
 def tables(res):
     """The markdown tables of one group: the headline table, paired tests, every learning rate, per seed."""
-    lines = [("fine-tuning on answer tokens (train_slm.py --sft), " if '"sft"]' in res["key"] else "") +
+    lines = [("fine-tuning on answer tokens (train_slm.py --sft), " if res["sft"] else "") +
              f"pipelines: {', '.join(res['dirs'])} (seeds {', '.join(map(str, res['seeds']))}); each arm at its best "
              "learning rate on the validation problems; test measures, median [min, max] over seeds", "",
              "| arm | lr (of swept) | test answer loss | test accuracy | x fewer tokens to CLM's answer loss | "
@@ -278,10 +279,9 @@ def tables(res):
         test = paired(row["pairs"]) if row["pairs"] else None
         vs = (f"{pct(test['diff'])} pts [{pct(test['ci'][0])}, {pct(test['ci'][1])}], p={test['p']:.2g}"
               if test else "")
-        flops = [x for x in row["x_flops"]]
         lines.append(f"| {row['arm']} | {row['lr']:g} (of {n_lr}) | {med([r['answer'][-1] for r in rs])} | "
                      f"{med([r['acc'][-1] for r in rs], '{:.1%}')} | {med_x(row['x_answer'])} | "
-                     f"{med_x(row['x_acc'])} | {med_x([(x, False) for x in flops])} | {vs} |")
+                     f"{med_x(row['x_acc'])} | {med_x([(x, False) for x in row['x_flops']])} | {vs} |")
     slm = [row for row in res["rows"] if row["arm"].startswith(("SLM", "SFT SLM"))]
     if slm:
         lines += ["", "paired accuracy tests on the same test problems, SLM against each arm (difference in "
@@ -351,9 +351,9 @@ def plot(results, path):
         for ax, title, ylabel in ((ax_ans, "test answer loss (solution tokens given the question)", "nats/token"),
                                   (ax_acc, "test accuracy (greedy, exact final number)", "accuracy"),
                                   (ax_val, "validation loss, whole text", "nats/token")):
-            first = min(r["tokens"][1] for r in res["chosen"] if len(r["tokens"]) > 1) / 1e6
+            first = min((r["tokens"][1] for r in res["chosen"] if len(r["tokens"]) > 1), default=1e6) / 1e6
             ax.set(xscale="symlog", xlabel="tokens seen (M; linear below the first evaluation)", ylabel=ylabel,
-                   title=title + (", fine-tuning (--sft)" if '"sft"]' in res["key"] else ""))
+                   title=title + (", fine-tuning (--sft)" if res["sft"] else ""))
             ax.set_xscale("symlog", linthresh=first)
         slm = next((row for row in res["rows"] if row["arm"].startswith("SLM") and any(row["runs"][0]["selected"])), None)
         if slm is None:
@@ -650,7 +650,7 @@ def main(a):
     report = []
     for res in results:
         arms, d = {r["arm"] for r in res["runs"]}, res["dirs"][0]
-        sft = " --sft" if '"sft"]' in res["key"] else ""
+        sft = " --sft" if res["sft"] else ""
         if res["clm"] not in arms:
             report.append(f"missing: no CLM baseline in {d}; make it with "
                           f"`python train_slm.py --out_dir {d} --ratio 1.0{sft}`")

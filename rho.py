@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 import data
 from infra import (Meter, append_log, atomic_write, autocast, barrier, batch_plan, check_config, check_vocab,
-                   checkpoint, describe, eval_steps, fail, for_training, gather, load_checkpoint, load_scores,
-                   log_line, pack_bits, peak_flops, process, read_json, run_folder, run_inputs)
+                   checkpoint, dist_setup, eval_steps, fail, gather, last_record, load_checkpoint, load_scores,
+                   log_line, pack_bits, peak_flops, read_json, run_folder, start_line, this_process,
+                   training_module)
 
 
 # ==========================================================================================================
@@ -145,11 +146,11 @@ class GPT(nn.Module):
             x = block(x, caches[i] if caches is not None else None)
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
 
-    def configure_optimizer(self, lr, weight_decay, betas, device_type):
+    def configure_optimizer(self, lr, weight_decay, betas, device):
         decay = [p for p in self.parameters() if p.dim() >= 2]  # matmuls and embeddings decay
         no_decay = [p for p in self.parameters() if p.dim() < 2]  # norms do not
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=str(device).startswith("cuda"))
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, stop=None):
@@ -247,9 +248,9 @@ class Blocks:
     reference score the whole file once. The order is reshuffled every epoch from the seed; batch `step` is a pure
     function of (seed, step), so a run's data position is its step. Under DDP rank r reads its own B blocks."""
 
-    def __init__(self, tokens, block_size, batch_size, seed, labels=None, scores=(), rank=0, world=1,
+    def __init__(self, tokens, block_size, batch_size, seed, labels=None, ref_losses=(), rank=0, world=1,
                  combine="mean"):
-        self.tokens, self.labels, self.scores, self.combine = tokens, labels, list(scores), combine
+        self.tokens, self.labels, self.ref_losses, self.combine = tokens, labels, list(ref_losses), combine
         self.T, self.B, self.seed, self.rank, self.world = block_size, batch_size, seed, rank, world
         self.n = (len(tokens) - 1) // block_size
         self._perm = (None, None)
@@ -274,13 +275,10 @@ class Blocks:
         and their labels (B, T), each None where there are none."""
         x = self.rows(self.tokens, ids, 0, np.int64)
         y = self.rows(self.tokens, ids, 1, np.int64)
-        ref = combine_refs([self.rows(s, ids, 1, np.float32) for s in self.scores], self.combine) \
-            if self.scores else None
+        ref = combine_refs([self.rows(r, ids, 1, np.float32) for r in self.ref_losses], self.combine) \
+            if self.ref_losses else None
         lab = self.rows(self.labels, ids, 1, np.int64) if self.labels is not None else None
         return x, y, ref, lab
-
-    def batch(self, step):  # batch `step` of a run
-        return self.read(self.block_ids(step))
 
 
 @torch.no_grad()
@@ -329,8 +327,8 @@ def eval_answer_loss(model, problems, device, batch_size=64):
     model.eval()
     T, total, count = model.config.block_size, 0.0, 0
     for i in range(0, len(problems), batch_size):
-        seqs = [((q + s)[-(T + 1):], min(len(s), T)) for q, s, _ in problems[i:i + batch_size]]  # (ids, solution
-        # length): a sequence longer than the block loses its beginning
+        # (ids, solution length) each; a sequence longer than the block loses its beginning
+        seqs = [((q + s)[-(T + 1):], min(len(s), T)) for q, s, _ in problems[i:i + batch_size]]
         L = max(len(ids) for ids, _ in seqs) - 1
         x, y = torch.zeros(len(seqs), L, dtype=torch.long), torch.zeros(len(seqs), L, dtype=torch.long)
         scored = torch.zeros(len(seqs), L, dtype=torch.bool)     # (b, L): targets that are solution tokens
@@ -392,7 +390,7 @@ class TrainConfig:
     block_size: int = 128
     # selective language modeling
     ratio: float = 1.0            # share of tokens that get a loss; 1.0 = uniform next-token training (CLM)
-    select: str = "excess"        # excess (SLM) or a control: random, ref_loss, block, oracle (see Trainer.select)
+    select: str = "excess"        # excess (SLM), or a control: random, ref_loss, block, oracle (Trainer.select_tokens)
     mix_hq: float = 0.0           # CLM on the split mixed with this many epochs of the high-quality subset
     ref_ckpts: str = ""           # reference checkpoint(s), comma-separated (selections by the reference)
     ref_mode: str = "cached"      # cached: read the reference's losses from score files; online: run it each step
@@ -430,8 +428,7 @@ class TrainConfig:
 
 
 def load_reference(cfg, meta, tokens, T, device):
-    """The reference(s) of a selection by the reference's losses: (score files, for --ref_mode cached; models,
-    for online); both empty for other runs."""
+    """The references of a selection by reference losses: (score files if cached, models if online), or ([], [])."""
     if not cfg.uses_reference:
         return [], []
     refs, files = cfg.ref_ckpts.split(","), cfg.score_files.split(",")
@@ -457,7 +454,8 @@ class Trainer:
     def __init__(self, cfg, log=print):
         check_config(cfg, CHOICES)
         self.cfg = cfg
-        self.rank, self.world, self.device = process(cfg.device)  # this process's place under torchrun, its device
+        self.rank, self.world, self.device = this_process(cfg.device)  # its place under torchrun, its device
+        self.start, self.resumed = 0, False  # the first step to train (a resumed run: its checkpoint's)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.meta, self.tok, tokens, self.labels, self.answers, self.val_tokens = data.training_data(cfg)
@@ -471,17 +469,16 @@ class Trainer:
         self.T = self.model.config.block_size
         self.accum, self.tokens_per_step = batch_plan(cfg, len(tokens), len(self.val_tokens), self.T, self.world)
         self.val_blocks = Blocks(self.val_tokens, self.T, cfg.batch_size, 0)
-        self.problems, self.val_problems = data.held_out_problems_for(cfg, self.T, log if self.rank == 0 else None)
-        scores, self.ref_models = load_reference(cfg, self.meta, tokens, self.T, self.device)
-        self.blocks = Blocks(tokens, self.T, cfg.batch_size, cfg.seed, labels=self.labels, scores=scores,
+        self.problems, self.val_problems = data.eval_problems(cfg, self.T, log if self.rank == 0 else None)
+        score_files, self.ref_models = load_reference(cfg, self.meta, tokens, self.T, self.device)
+        self.blocks = Blocks(tokens, self.T, cfg.batch_size, cfg.seed, labels=self.labels, ref_losses=score_files,
                              rank=self.rank, world=self.world, combine=cfg.combine)
         self.max_iters = max(1, cfg.max_tokens // self.tokens_per_step)
         self.warmup = max(1, int(cfg.warmup_frac * self.max_iters))
-        self.optimizer = self.model.configure_optimizer(cfg.lr, cfg.weight_decay, (0.9, cfg.beta2),
-                                                        self.device.split(":")[0])
+        self.optimizer = self.model.configure_optimizer(cfg.lr, cfg.weight_decay, (0.9, cfg.beta2), self.device)
         # the step's forward runs train_model (compiled on CUDA, under DDP with torchrun); self.model stays the
         # plain module that checkpoints save and evaluation decodes with
-        self.train_model = for_training(self.model, cfg.compile, self.device, self.world)
+        self.train_model = training_module(self.model, cfg.compile, self.device, self.world)
         self.sel_gen = torch.Generator().manual_seed(cfg.seed + 1)  # for --select random; the same on every rank
         # an online reference adds one forward pass per token, and a forward pass is a third of a training step
         self.flops_per_token = self.model.flops_per_token() + self.model.flops_per_token() // 3 * len(self.ref_models)
@@ -495,7 +492,7 @@ class Trainer:
         frac = min(1.0, (it - self.warmup) / max(1, self.max_iters - self.warmup))
         return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    def select(self, losses, x, y, ref_losses, valid=None, labels=None):
+    def select_tokens(self, losses, x, y, ref_losses, valid=None, labels=None):
         """Which tokens of the batch get a loss: all (ratio 1); SLM: the top `ratio` by excess loss; or a control:
         random (a random share), ref_loss (the top by -reference loss: no student term), block (the top blocks by
         mean excess loss, every token of a kept block), oracle (the tokens labelled target math). --scope global:
@@ -538,14 +535,14 @@ class Trainer:
             with autocast(self.device):
                 logits = self.train_model(x)                             # (B, T, V)
             losses = token_losses(logits, y)                             # (B, T)
-            weights = self.select(losses, x, y, ref_losses, valid, lab)  # (B, T): a bool mask, or soft weights
+            weights = self.select_tokens(losses, x, y, ref_losses, valid, lab)  # (B, T): a mask, or soft weights
             # with a global selection ranks keep different counts, and DDP averages gradients over ranks: so
             # each rank divides by the global count / world, which makes the average the global mean
             n = n_selected(self.cfg.ratio, weights.numel() * self.world) / self.world \
                 if self.cfg.scope == "global" and self.world > 1 else None
             loss = slm_loss(losses, weights, n)
-            sync = micro == self.accum - 1 or self.world == 1  # DDP: all-reduce gradients on the last one only
-            with self.train_model.no_sync() if not sync else contextlib.nullcontext():
+            last = micro == self.accum - 1 or self.world == 1  # DDP: all-reduce gradients on the last one only
+            with self.train_model.no_sync() if not last else contextlib.nullcontext():
                 (loss / self.accum).backward()
             total += loss.detach() / self.accum
             kept.append(weights)
@@ -573,31 +570,31 @@ class Trainer:
 def train(cfg, log=print):
     """Train one model (ratio < 1: with SLM) and return its summary, the final log record. Under torchrun,
     rank 0 evaluates, logs and checkpoints; every rank trains."""
-    with run_folder(cfg, log, Trainer, run_inputs(cfg, cfg.uses_reference)) as (tr, start):
-        if tr is None:  # a finished run of this configuration: `start` holds its summary
-            return start
-        log(describe(tr))
+    log = log if dist_setup()[0] == 0 else (lambda *a: None)
+    with run_folder(cfg, log, Trainer) as tr:
+        if tr is None:  # a finished run of this configuration: reused
+            return read_json(os.path.join(cfg.out_dir, "done.json"))
+        log(start_line(tr))
         evals, master = eval_steps(tr.max_iters, cfg.n_evals, cfg.eval_schedule), tr.rank == 0
         meter = Meter(tr, tr.meta["kinds"] or data.KINDS, data.MATH)
-        for step in range(start, tr.max_iters + 1):
+        for step in range(tr.start, tr.max_iters + 1):
             evaluating = step in evals
-            if (evaluating or step % cfg.log_every == 0) and not (tr.resumed and step == start):  # logged before
+            if (evaluating or step % cfg.log_every == 0) and not (tr.resumed and step == tr.start):  # logged
                 record = meter.record(step)  # the training loss (refused if not finite), tokens/s, lr, FLOPs
-                if evaluating:
-                    record.update(**meter.timed(tr.evaluate if master else dict), **meter.selection())
+                if evaluating:  # rank 0 measures the model; every rank sums its selection counts
+                    record.update(**(meter.timed(tr.evaluate) if master else {}), **meter.selection())
                 if master:
                     append_log(cfg.out_dir, record)
                     if evaluating:  # only a finite model gets here: the last good checkpoint survives a blow-up
                         checkpoint(tr, step)
                 log(log_line(record, tr.max_iters, meter.eta(step, sum(s > step for s in evals))))
                 barrier()
+                meter.reset()
             if step == tr.max_iters:
                 break
-            t0 = time.time()
-            loss, weights, labels = tr.step(step)
-            meter.add(loss, weights, labels, time.time() - t0)
-        if master:
+            meter.add(*tr.step(step))
+        if master:  # the final record (a run resumed at its last step logged it before)
             atomic_write(os.path.join(cfg.out_dir, "done.json"), json.dumps(
-                {**record, "params": tr.model.num_params(), "max_iters": tr.max_iters}, indent=1))
+                {**last_record(cfg.out_dir), "params": tr.model.num_params(), "max_iters": tr.max_iters}, indent=1))
         barrier()
         return read_json(os.path.join(cfg.out_dir, "done.json"))  # every rank returns rank 0's summary

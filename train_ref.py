@@ -47,6 +47,10 @@ class RefRun:
     n_embd: int = arg(None, "model width (default: the preset's)", type=int)
     eval_max_new: int = arg(None, "tokens decoded per test problem; the block must leave room for the question "
                                   "(default: the preset's)", type=int)
+    n_evals: int = arg(None, "evaluations over each run, log-spaced, the students' too (default: the preset's)",
+                       type=int)
+    eval_problems: int = arg(None, "test problems decoded at each evaluation, the students' too (default: the "
+                                   "preset's)", type=int)
     device: str = arg("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     compile: str = arg("auto", "torch.compile: auto (on for cuda), on, off", choices=["auto", "on", "off"])
     overwrite: bool = arg(False, "replace runs in out_dir that were made with another configuration")

@@ -32,7 +32,7 @@ import torch
 
 import data
 import rho
-from infra import TRAIN_KEYS, arg, cli, fail, load_checkpoint, read_json, sync
+from infra import TRAIN_KEYS, arg, cli, dist_setup, fail, load_checkpoint, read_json, sync
 
 
 @dataclass
@@ -46,24 +46,24 @@ class SlmRun:
                                 "control: random (a random share), ref_loss (the top by -reference loss: no "
                                 "student term), block (the top `ratio` of blocks by mean excess loss, every "
                                 "token of a kept block), oracle (every token labelled target math; no ratio)",
-                      choices=list(rho.SELECTS))
+                      choices=rho.CHOICES["select"])
     mix_hq: float = arg(0.0, "control: CLM on the web split mixed with this many epochs of the high-quality "
                              "subset (e.g. the reference's 4), same token budget; needs --ratio 1.0")
     ref_long: bool = arg(False, "control: no web at all; the base fine-tuned on the high-quality subset (a longer "
                                 "reference) for the reference's tokens plus SLM's extra compute (its student "
                                 "tokens and one scoring pass of the web split); the run folder is reflong")
     ref_mode: str = arg("cached", "cached: reference losses from the score file; online: run the reference "
-                                  "every step", choices=["cached", "online"])
+                                  "every step", choices=rho.CHOICES["ref_mode"], aliases=["--ref_scores"])
     scope: str = arg("local", "under torchrun: top-k within each process's batch (local, what public "
                               "reimplementations do) or exact top-k over the global batch (global)",
-                     choices=["local", "global"])
+                     choices=rho.CHOICES["scope"])
     refs: int = arg(0, "use the pipeline's first N extra references (train_ref.py --refs) instead of its main "
                        "one, their per-token losses combined by --combine", type=int)
     combine: str = arg("mean", "--refs: one reference loss per token from several: mean or min",
-                       choices=["mean", "min"])
+                       choices=rho.CHOICES["combine"])
     weighting: str = arg("topk", "topk: the loss on the top `ratio` of tokens (the paper); soft: every token "
                                  "weighted by sigmoid((excess - threshold) / temperature), the threshold where "
-                                 "top-k would cut", choices=["topk", "soft"])
+                                 "top-k would cut", choices=rho.CHOICES["weighting"])
     temperature: float = arg(0.1, "--weighting soft: sharpness in nats of excess loss (towards 0: top-k)")
     sft: bool = arg(False, "fine-tune instead: question -> worked-answer pairs of the high-quality subset, a loss "
                            "on answer tokens only, --ratio < 1 choosing among them by excess loss against the "
@@ -74,7 +74,8 @@ class SlmRun:
     batch_size: int = arg(None, "blocks per micro-batch per process (default: the preset's)", type=int)
     n_evals: int = arg(None, "evaluations (and checkpoints) over the run (default: the preset's)", type=int)
     tokens_per_step: int = arg(None, "tokens per optimizer step; a multiple of batch x block x processes, the "
-                                     "rest is gradient accumulation (default: one micro-batch per process)", type=int)
+                                     "rest is gradient accumulation (default: the preset's; 0: one micro-batch per "
+                                     "process)", type=int)
     seed: int = arg(None, "seed of the student: data order, init (default: the pipeline's seed)", type=int)
     name: str = arg("", "run folder name under out_dir (default: clm, slm0.6, random0.6, ... plus -lr<lr> "
                         "when --lr is given)")
@@ -88,38 +89,35 @@ class SlmRun:
                              "reference (same process, same model) and the scoring pass; trains nothing")
 
 
-def arm_name(r, ratio):
-    """What a student run is, in words (its learning rate aside): the name plot.py shows, kept in its config."""
+SELECT_NAMES = {"excess": ("SLM", "slm"), "random": ("random", "random"), "ref_loss": ("ref-loss", "refloss"),
+                "block": ("block", "block")}  # --select: (the arm's word, the folder's)
+
+
+def names(r, ratio, lr):
+    """(arm, run folder) of one student run, from one list of what sets it apart: the arm is what the run is in
+    words (plot.py's name for it, kept in its config), the folder where it goes (plus -lr<lr> with --lr)."""
     if r.ref_long:
-        name = "reference, longer"
+        arm, folder = "reference, longer", "reflong"
     elif r.select == "oracle":
-        name = "oracle (math tokens)"
+        arm, folder = "oracle (math tokens)", "oracle"
     elif ratio >= 1:
-        name = "CLM" + (f" + HQ x{r.mix_hq:g}" if r.mix_hq else "")
+        arm, folder = "CLM", "clm"
     else:
-        name = {"excess": "SLM", "random": "random", "ref_loss": "ref-loss", "block": "block"}[r.select] + f" {ratio:g}"
-        name += " (online ref)" if r.select == "excess" and r.ref_mode == "online" and not r.sft else ""
-        name += f" (soft {r.temperature:g})" if r.weighting == "soft" else ""
-        name += f" ({r.refs} refs, {r.combine})" if r.refs > 1 and r.select == "excess" else ""
-    name += " (from scratch)" if r.init == "scratch" else ""
-    return ("SFT " if r.sft else "") + name
-
-
-def run_name(r, ratio, lr):
-    if r.name:
-        return r.name
-    prefix = {"excess": "slm", "random": "random", "ref_loss": "refloss", "block": "block"}.get(r.select)
-    arm = "clm" if ratio >= 1 else f"{prefix}{ratio:g}"
-    arm = "oracle" if r.select == "oracle" else "reflong" if r.ref_long else arm
-    arm += f"-mixhq{r.mix_hq:g}" if r.mix_hq else ""
-    arm = ("sft-" if r.sft else "") + arm
-    arm += "-online" if r.ref_mode == "online" and arm.startswith("slm") else ""
-    arm += "-global" if r.scope == "global" and ratio < 1 else ""
-    arm += f"-soft{r.temperature:g}" if r.weighting == "soft" and ratio < 1 else ""
-    arm += f"-refs{r.refs}{r.combine}" if r.refs and ratio < 1 and r.select == "excess" else ""
-    arm += "-scratch" if r.init == "scratch" else ""
-    arm += "-ckpts" if r.keep_ckpts else ""
-    return arm + (f"-lr{lr:g}" if r.lr else "")
+        word, short = SELECT_NAMES[r.select]
+        arm, folder = f"{word} {ratio:g}", f"{short}{ratio:g}"
+    selective = ratio < 1 and r.select != "oracle" and not r.ref_long
+    by_ref = selective and r.select != "random"
+    for on, a, f in ((r.mix_hq, f" + HQ x{r.mix_hq:g}", f"-mixhq{r.mix_hq:g}"),
+                     (by_ref and r.ref_mode == "online" and not r.sft, " (online ref)", "-online"),
+                     (selective and r.scope == "global", " (global)", "-global"),
+                     (selective and r.weighting == "soft", f" (soft {r.temperature:g})", f"-soft{r.temperature:g}"),
+                     (by_ref and r.refs, f" ({r.refs} refs, {r.combine})", f"-refs{r.refs}{r.combine}"),
+                     (r.init == "scratch", " (from scratch)", "-scratch"),
+                     (r.keep_ckpts, "", "-ckpts")):
+        if on:
+            arm, folder = arm + a, folder + f
+    folder = r.name or ("sft-" if r.sft else "") + folder + (f"-lr{lr:g}" if r.lr else "")
+    return ("SFT " if r.sft else "") + arm, folder
 
 
 def main(r):
@@ -135,8 +133,9 @@ def main(r):
         return bench(r, pipe)
     for ratio, lr in itertools.product(r.ratio, r.lr or [None]):
         s = rho.train(student_config(r, pipe, ratio, lr))
-        print(f"{os.path.join(r.out_dir, run_name(r, ratio, lr))}: val loss {s['val_loss']:.4f}, "
-              f"accuracy {s.get('acc', 0):.1%}")
+        if dist_setup()[0] == 0:
+            print(f"{os.path.join(r.out_dir, names(r, ratio, lr)[1])}: val loss {s['val_loss']:.4f}, "
+                  f"accuracy {s.get('acc', 0):.1%}")
 
 
 def student_config(r, pipe, ratio, lr, **kw):
@@ -149,7 +148,8 @@ def student_config(r, pipe, ratio, lr, **kw):
             fail(f"the pipeline in {r.out_dir} has {len(pipe.get('refs', {}))} extra reference(s), not {r.refs}",
                  f"train them with `python train_ref.py --out_dir {r.out_dir} --refs {r.refs}` (same settings)")
         refs = [pipe["refs"][f"r{i}"] for i in range(1, r.refs + 1)]
-    cfg = dict(arm=arm_name(r, ratio), data_dir=pipe["data_dir"], split="web", out_dir=os.path.join(r.out_dir, run_name(r, ratio, lr)),
+    arm, folder = names(r, ratio, lr)
+    cfg = dict(arm=arm, data_dir=pipe["data_dir"], split="web", out_dir=os.path.join(r.out_dir, folder),
                init=pipe["base"] if r.init == "base" else "", ratio=ratio, select=r.select,
                ref_ckpts=",".join(x["ckpt"] for x in refs), score_files=",".join(x["scores"] for x in refs),
                mix_hq=r.mix_hq, combine=r.combine if r.refs else "mean", ref_mode=r.ref_mode, scope=r.scope,
@@ -171,7 +171,7 @@ def student_config(r, pipe, ratio, lr, **kw):
         cfg.update(split="ref_train", ratio=1.0, tokens_per_step=0,
                    max_tokens=r.max_tokens or ref_tokens + cfg["max_tokens"] + splits["web"]["tokens"] // 3)
     for k in ("batch_size", "n_evals", "tokens_per_step"):
-        if getattr(r, k):
+        if getattr(r, k) is not None:
             cfg[k] = getattr(r, k)
     return rho.TrainConfig(**{**cfg, **kw})
 

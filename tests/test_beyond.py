@@ -66,7 +66,7 @@ def test_sft_puts_no_loss_on_question_tokens_and_selects_among_answers(pipeline,
         logits = tr.model(x)
         logits.retain_grad()
         losses = rho.token_losses(logits, y)
-        mask = tr.select(losses, x, y, None, valid)
+        mask = tr.select_tokens(losses, x, y, None, valid)
         assert not mask[~valid].any()
         assert mask.sum() == rho.n_selected(ratio, int(valid.sum()))
         rho.slm_loss(losses, mask).backward()

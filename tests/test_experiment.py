@@ -139,23 +139,23 @@ def test_every_control_selects_what_it_says(pipeline):
     ids = tr.blocks.block_ids(0)
     x, y, ref, lab = tr.blocks.read(ids)
     losses = rho.token_losses(tr.model(x), y).detach()
-    slm = tr.select(losses, x, y, ref, labels=lab)
+    slm = tr.select_tokens(losses, x, y, ref, labels=lab)
     assert torch.equal(slm, rho.select_topk(losses - ref, 0.6))
     # ref_loss: the tokens with the lowest reference loss, whatever the student's loss
     tr = trainer(pipeline, select="ref_loss")
-    sel = tr.select(losses, x, y, ref, labels=lab)
-    assert torch.equal(sel, tr.select(torch.rand_like(losses), x, y, ref, labels=lab))
+    sel = tr.select_tokens(losses, x, y, ref, labels=lab)
+    assert torch.equal(sel, tr.select_tokens(torch.rand_like(losses), x, y, ref, labels=lab))
     assert sel.sum() == rho.n_selected(0.6, losses.numel()) and ref[sel].max() <= ref[~sel].min()
     # block: whole blocks, the top 60% (5 of 8) by their mean excess loss
     tr = trainer(pipeline, select="block")
-    sel = tr.select(losses, x, y, ref, labels=lab)
+    sel = tr.select_tokens(losses, x, y, ref, labels=lab)
     rows = sel.all(1)
     assert torch.equal(sel, rows[:, None].expand_as(sel)) and rows.sum() == 5
     mean = (losses - ref).mean(1)
     assert mean[rows].min() >= mean[~rows].max()
     # oracle: exactly the tokens labelled target math, whatever the ratio
     tr = trainer(pipeline, select="oracle")
-    sel = tr.select(losses, x, y, ref, labels=lab)
+    sel = tr.select_tokens(losses, x, y, ref, labels=lab)
     assert torch.equal(sel, lab == data.MATH) and 0 < sel.sum() < sel.numel()
     # and each one trains through the same step
     loss, mask, _ = tr.step(0)

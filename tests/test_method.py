@@ -110,15 +110,20 @@ def test_soft_weighting_at_a_very_low_temperature_is_hard_topk(ratio):
     assert not torch.allclose(rho.slm_loss(losses, w), hard)
 
 
+def run_batch(blocks, step):
+    """Batch `step` of a run: what Trainer.step reads."""
+    return blocks.read(blocks.block_ids(step))
+
+
 def test_blocks_are_aligned_and_the_batch_is_a_pure_function_of_step():
     tokens = np.arange(1000, dtype=np.uint16)
     scores = np.arange(1000, dtype=np.float16)
-    blocks = rho.Blocks(tokens, 16, 4, seed=7, scores=[scores])
-    x, y, ref, _ = blocks.batch(3)
+    blocks = rho.Blocks(tokens, 16, 4, seed=7, ref_losses=[scores])
+    x, y, ref, _ = run_batch(blocks, 3)
     assert torch.equal(y[:, :-1], x[:, 1:])
     assert torch.equal(ref, y.float())  # the score of a target token sits at that token's index
-    assert torch.equal(blocks.batch(3)[0], rho.Blocks(tokens, 16, 4, seed=7).batch(3)[0])
-    assert not torch.equal(blocks.batch(3)[0], rho.Blocks(tokens, 16, 4, seed=8).batch(3)[0])
+    assert torch.equal(run_batch(blocks, 3)[0], run_batch(rho.Blocks(tokens, 16, 4, seed=7), 3)[0])
+    assert not torch.equal(run_batch(blocks, 3)[0], run_batch(rho.Blocks(tokens, 16, 4, seed=8), 3)[0])
     # one epoch visits every block exactly once
     n = blocks.n
     seen = np.concatenate([blocks.block_ids(s) for s in range(n // 4)])
@@ -133,9 +138,9 @@ def test_cached_scores_equal_online_reference(tmp_path):
     rho.score_corpus(ref, tokens, 16, path, "cpu", batch_size=32, log=lambda *a: None)
     scores = np.memmap(path, dtype=np.float16, mode="r")
     assert np.isnan(scores[0]) and not np.isnan(scores[1:(len(tokens) - 1) // 16 * 16 + 1]).any()
-    blocks = rho.Blocks(tokens, 16, 8, seed=1, scores=[scores])
+    blocks = rho.Blocks(tokens, 16, 8, seed=1, ref_losses=[scores])
     for step in range(5):
-        x, y, cached, _ = blocks.batch(step)
+        x, y, cached, _ = run_batch(blocks, step)
         with torch.no_grad():
             online = rho.token_losses(ref(x), y).half().float()  # what --ref_mode online computes
         assert torch.allclose(cached, online, atol=2e-3)
@@ -152,15 +157,15 @@ def test_combined_references_of_one_model_equal_that_model_and_cached_equals_onl
     for i, ref in enumerate(refs):
         rho.score_corpus(ref, tokens, 16, str(tmp_path / f"s{i}.bin"), "cpu", batch_size=32, log=lambda *a: None)
         files.append(np.memmap(tmp_path / f"s{i}.bin", dtype=np.float16, mode="r"))
-    plain = rho.Blocks(tokens, 16, 8, seed=1, scores=files[:1])
+    plain = rho.Blocks(tokens, 16, 8, seed=1, ref_losses=files[:1])
     for how in ("mean", "min"):
-        one = rho.Blocks(tokens, 16, 8, seed=1, scores=files[:1], combine=how)
-        two = rho.Blocks(tokens, 16, 8, seed=1, scores=files, combine=how)
+        one = rho.Blocks(tokens, 16, 8, seed=1, ref_losses=files[:1], combine=how)
+        two = rho.Blocks(tokens, 16, 8, seed=1, ref_losses=files, combine=how)
         for step in range(3):
-            x, y, r1, _ = one.batch(step)
-            assert torch.equal(r1, plain.batch(step)[2])
-            r0, r1 = (rho.Blocks(tokens, 16, 8, seed=1, scores=[f]).batch(step)[2] for f in files)
-            both = two.batch(step)[2]
+            x, y, r1, _ = run_batch(one, step)
+            assert torch.equal(r1, run_batch(plain, step)[2])
+            r0, r1 = (run_batch(rho.Blocks(tokens, 16, 8, seed=1, ref_losses=[f]), step)[2] for f in files)
+            both = run_batch(two, step)[2]
             assert torch.equal(both, (r0 + r1) / 2 if how == "mean" else torch.minimum(r0, r1))
             with torch.no_grad():
                 online = rho.combine_refs([rho.token_losses(m(x), y).half().float() for m in refs], how)

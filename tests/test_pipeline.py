@@ -165,6 +165,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(pipeline):
         time.sleep(0.01)
     p.wait()
     assert p.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert (pipeline / "out" / "killed" / ".lock").exists()  # the killed holder's lock file stays: it blocks nothing
     assert not (pipeline / "out" / "killed" / "done.json").exists()
     again = run("train_slm.py", *args, "--name", "killed", check=False, cwd=pipeline)
     assert_user_error(again, "--resume")

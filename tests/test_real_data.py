@@ -38,6 +38,7 @@ def build(files, out, *extra, web=None):
 def test_local_jsonl_and_parquet_build_a_corpus(files, tmp_path):
     p = build(files, tmp_path / "d")
     assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stderr.count("tokenizing") == 1  # not a terminal: the progress line is written once, not redrawn
     meta = data.read_meta(str(tmp_path / "d"))
     assert meta["source"]["web"].endswith("web.jsonl") and meta["kinds"] is None
     assert meta["splits"]["web_base"]["tokens"] + meta["splits"]["web"]["tokens"] == 12000  # the exact budget
@@ -117,12 +118,28 @@ def test_web_documents_holding_a_test_problem_are_dropped(files, tmp_path):
     (tmp_path / "web.jsonl").write_text("\n".join(web) + "\n")
     p = build(files, tmp_path / "d", "--max_tokens", "0", web=tmp_path / "web.jsonl")
     assert p.returncode == 0, p.stderr[-2000:]
-    assert f"dropped {planted:,} web document(s)" in p.stdout and planted > 10
+    assert f"dropped {planted:,} noisy corpus document(s)" in p.stdout and planted > 10
     meta = data.read_meta(str(tmp_path / "d"))
-    assert meta["decontamination"]["dropped_documents"] == {"web": planted}
+    assert meta["decontamination"]["dropped_documents"] == {"noisy corpus": planted}
     tok = data.Tokenizer.from_meta(str(tmp_path / "d"))
     text = "".join(tok.decode(data.load_tokens(str(tmp_path / "d"), s)[0].tolist()) for s in ("web", "web_base"))
     assert "Homework help" not in text and "Page 1." in text
     # --max_tokens 0 takes the whole file: every page that is left, 40% of them for the base model
     assert meta["splits"]["web"]["documents"] + meta["splits"]["web_base"]["documents"] == 300 - planted
     assert abs(meta["splits"]["web_base"]["documents"] / (300 - planted) - 0.4) < 0.01
+
+
+def test_questions_longer_than_the_block_are_cut_and_a_block_without_room_is_refused(files, tmp_path):
+    long = [{"question": "Tom reads a long story about apples, pears and plums in the garden behind the old school "
+                         f"every single afternoon of the week, and then he buys {a} more apples. How many now?",
+             "answer": f"#### {a}"} for a in range(1, 30)]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long))
+    p = run("data.py", "--source", "custom", "--web", str(files / "web.jsonl"), "--hq", str(files / "train.parquet"),
+            "--eval", str(tmp_path / "long.jsonl"), "--hq_val", "20", "--ngram_share", "0.5", "--data_dir", "data",
+            cwd=tmp_path)
+    p = run("train_ref.py", "--preset", "tiny", "--eval_max_new", "64", check=False, cwd=tmp_path)
+    assert_user_error(p, "leaves no room for a question", "--eval_max_new")
+    assert not (tmp_path / "out" / "base").exists()
+    p = run("train_ref.py", "--preset", "tiny", cwd=tmp_path)  # a 64-token block, 32 answer tokens
+    assert "note: 8 of 8 test questions are longer than the 32 tokens" in p.stdout
+    assert json.loads((tmp_path / "out" / "ref" / "done.json").read_text())["acc"] >= 0

@@ -3,6 +3,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 
 import pytest
 import torch
@@ -134,3 +135,62 @@ def test_rerunning_a_finished_pipeline_reuses_everything(pipeline):
     p = run("train_ref.py", "--preset", "tiny", cwd=pipeline)
     assert p.stdout.count("reusing") >= 4  # data, base, reference, scores
     assert "training" not in p.stdout
+
+
+def test_slm_loss_of_an_empty_selection_is_zero_and_an_unselected_inf_stays_out():
+    losses = torch.tensor([[1.0, 2.0], [3.0, float("inf")]], requires_grad=True)
+    none = torch.zeros(2, 2, dtype=torch.bool)
+    loss = rho.slm_loss(losses, none)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(losses.grad, torch.zeros(2, 2))
+    some = torch.tensor([[True, False], [True, False]])
+    assert rho.slm_loss(losses, some).item() == 2.0  # the inf loss was not selected: no nan
+    assert rho.slm_loss(losses, torch.tensor([[0.5, 0.0], [0.5, 0.0]])).item() == 2.0  # soft weights alike
+
+
+def test_eta_counts_training_and_evaluation_time_apart():
+    class Tr:
+        device, max_iters, labels, tokens_per_step, flops_per_token, peak, world = "cpu", 100, None, 10, 1, None, 1
+
+        def lr_at(self, step):
+            return 1.0
+    meter = infra.Meter(Tr(), ["math"], 0)
+    assert meter.eta(0, 5) is None  # nothing trained yet: no guess (the old first line said eta 28011s)
+    meter.timed(lambda: time.sleep(0.3))  # the first evaluation, slow next to training
+    meter.reset()
+    for _ in range(10):  # ten training steps of 10 tokens in 0.1 s
+        meter.add(torch.tensor(1.0), torch.ones(2, 2), None)
+    time.sleep(0.1)
+    rec = meter.record(10)
+    assert rec["train_loss"] == 1.0 and 300 < rec["tok_s"] <= 1000
+    # 90 steps left at 0.01 s, no evaluation left: 0.9 s (the old estimate, all time over all steps: 3.6 s)
+    assert 0.9 <= meter.eta(10, 0) < 1.8
+    assert 0.9 + 2 * 0.3 <= meter.eta(10, 2) < 2 * (0.9 + 2 * 0.3)
+
+
+def test_a_run_folder_has_one_writer(pipeline):
+    """Two processes started together on one run folder: one trains, the other stops with one line and touches
+    nothing; while a process holds the folder, no other starts in it; a killed holder's lock blocks nothing."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    args = [sys.executable, os.path.join(ROOT, "train_slm.py"), "--ratio", "0.6", "--max_tokens", "150000",
+            "--name", "twin"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    procs = [subprocess.Popen(args, cwd=pipeline, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes[0] == 0 and codes[1] != 0, outs
+    loser = outs[[p.returncode for p in procs].index(codes[1])]
+    last = loser[1].strip().splitlines()[-1]
+    assert last.startswith("error: out/twin is being written by process") and "fix:" in last
+    steps = [json.loads(x)["step"] for x in (pipeline / "out" / "twin" / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and (pipeline / "out" / "twin" / "done.json").exists()
+    # a live holder keeps every other writer out; once it is gone (closed, or killed), the folder is free
+    holder = infra.FolderLock(str(pipeline / "out" / "held"))
+    p = run("train_slm.py", "--ratio", "0.6", "--name", "held", check=False, cwd=pipeline)
+    assert_user_error(p, f"process {os.getpid()}")
+    assert not (pipeline / "out" / "held" / "config.json").exists()
+    holder.release()
+    run("train_slm.py", "--ratio", "0.6", "--name", "held", "--max_tokens", "5000", cwd=pipeline)
