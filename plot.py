@@ -83,23 +83,22 @@ def load_run(path, pipe, group, arm=None):
 
 
 def find_runs(root):
-    """Every run below root (the pipelines' base and reference included), with the group of pipelines (same
-    settings, any seed) it belongs to: students on the web corpus and fine-tuning runs (--sft) form two groups."""
+    """Every run below root (the pipelines' base and reference included), with the group it belongs to: pipelines
+    side by side in one folder with the same settings, any seed, and students of one kind (on the web corpus, or
+    fine-tuning with --sft). Students of another budget belong in a pipeline folder of their own."""
     runs = []
     for pj in sorted(glob.glob(os.path.join(root, "**", "pipeline.json"), recursive=True)):
         d, p = os.path.dirname(pj), read_json(pj)
         meta = read_json(os.path.join(p["data_dir"], "meta.json"))
         dcfg = {k: v for k, v in meta.get("data_config", {}).items() if k != "seed"}
-        pipe = {"dir": d, "p": p}
-        students = []
+        pipe, students = {"dir": d, "p": p}, []
         for sub in sorted(os.listdir(d)):
             cfg = read_config(os.path.join(d, sub))
             if sub not in ("base", "ref") and cfg and not cfg.get("keep_ckpts"):  # --keep_ckpts: for --categories
                 students.append((sub, "sft" if cfg.get("answer_only") else ""))
         for kind in sorted({k for _, k in students} | {""}):
-            group = json.dumps([p["preset"], p["init"], p["settings"], dcfg, kind], sort_keys=True)
-            models = [("base", "base"), ("ref", "reference")]
-            for sub, arm in models + [(s, None) for s, k in students if k == kind]:
+            group = json.dumps([os.path.dirname(d), p["preset"], p["init"], p["settings"], dcfg, kind], sort_keys=True)
+            for sub, arm in [("base", "base"), ("ref", "reference")] + [(s, None) for s, k in students if k == kind]:
                 r = load_run(os.path.join(d, sub), pipe, group, arm)
                 if r:
                     runs.append(r)
@@ -267,62 +266,79 @@ def pct(d):
 
 def tables(res):
     """The markdown tables of one group: the headline table, paired tests, every learning rate, per seed."""
+    return "\n".join(headline_table(res) + paired_table(res) + rates_table(res) + seeds_table(res))
+
+
+def paired_cell(pairs):
+    t = paired(pairs)
+    return f"{pct(t['diff'])} pts [{pct(t['ci'][0])}, {pct(t['ci'][1])}], p={t['p']:.2g}", t
+
+
+def headline_table(res):
     lines = [("fine-tuning on answer tokens (train_slm.py --sft), " if res["sft"] else "") +
              f"pipelines: {', '.join(res['dirs'])} (seeds {', '.join(map(str, res['seeds']))}); each arm at its best "
-             "learning rate on the validation problems; test measures, median [min, max] over seeds", "",
+             "learning rate on the validation problems; median [min, max] over seeds", "",
              "| arm | lr (of swept) | test answer loss | test accuracy | x fewer tokens to CLM's answer loss | "
-             "x fewer tokens to CLM's accuracy | x less compute to CLM's answer loss | accuracy vs CLM, paired |",
-             "|---|---|---|---|---|---|---|---|"]
+             "x fewer tokens to CLM's accuracy | x less compute to CLM's answer loss | accuracy vs CLM, paired | "
+             "whole-text validation loss |", "|---|---|---|---|---|---|---|---|---|"]
     for row in res["rows"]:
         rs = row["runs"]
         n_lr = len({r["lr"] for r in res["runs"] if r["arm"] == row["arm"]})
-        test = paired(row["pairs"]) if row["pairs"] else None
-        vs = (f"{pct(test['diff'])} pts [{pct(test['ci'][0])}, {pct(test['ci'][1])}], p={test['p']:.2g}"
-              if test else "")
+        vs = paired_cell(row["pairs"])[0] if row["pairs"] else ""
         lines.append(f"| {row['arm']} | {row['lr']:g} (of {n_lr}) | {med([r['answer'][-1] for r in rs])} | "
                      f"{med([r['acc'][-1] for r in rs], '{:.1%}')} | {med_x(row['x_answer'])} | "
-                     f"{med_x(row['x_acc'])} | {med_x([(x, False) for x in row['x_flops']])} | {vs} |")
+                     f"{med_x(row['x_acc'])} | {med_x([(x, False) for x in row['x_flops']])} | {vs} | "
+                     f"{med([r['val'][-1] for r in rs])} |")
+    return lines
+
+
+def paired_table(res):
+    """Every SLM arm against every other arm (base aside), each pair once, on the same test problems."""
     slm = [row for row in res["rows"] if row["arm"].startswith(("SLM", "SFT SLM"))]
-    if slm:
-        lines += ["", "paired accuracy tests on the same test problems, SLM against each arm (difference in "
-                  "points, exact McNemar p per seed; pooled: mean difference, 95% paired bootstrap interval, "
-                  "McNemar p of all seeds):", "",
-                  "| comparison | per seed: difference (p) | pooled |", "|---|---|---|"]
-        done = set()
-        for s in slm:
-            for other in res["rows"]:
-                if other is s or other["arm"] == "base" or (other["arm"], s["arm"]) in done:
-                    continue
-                done.add((s["arm"], other["arm"]))
-                mine = {r["seed"]: r for r in s["runs"]}
-                pairs = [(mine[r["seed"]]["correct"], r["correct"]) for r in other["runs"]
-                         if r["seed"] in mine and r["correct"] is not None and mine[r["seed"]]["correct"] is not None]
-                if pairs:
-                    t = paired(pairs)
-                    lines.append(f"| {s['arm']} vs {other['arm']} | " + ", ".join(
-                        f"{pct(d)} ({p:.2g})" for d, p in t["per_seed"]) + f" | {pct(t['diff'])} pts "
-                        f"[{pct(t['ci'][0])}, {pct(t['ci'][1])}], p={t['p']:.2g} |")
-    lines += ["", "every learning rate (median over seeds; * = the rate chosen on validation):", "",
-              "| arm | lr | seeds | validation answer loss | test answer loss | test accuracy | whole-text "
-              "validation loss |", "|---|---|---|---|---|---|---|"]
-    by = defaultdict(list)
+    lines = ["", "paired accuracy tests on the same test problems, SLM against each arm (difference in points, "
+             "exact McNemar p per seed; pooled: mean difference, 95% paired bootstrap interval, McNemar p of all "
+             "seeds):", "", "| comparison | per seed: difference (p) | pooled |", "|---|---|---|"]
+    done = set()
+    for s in slm:
+        mine = {r["seed"]: r["correct"] for r in s["runs"] if r["correct"] is not None}
+        for other in res["rows"]:
+            if other is s or other["arm"] == "base" or (other["arm"], s["arm"]) in done:
+                continue
+            done.add((s["arm"], other["arm"]))
+            pairs = [(mine[r["seed"]], r["correct"]) for r in other["runs"] if r["seed"] in mine and
+                     r["correct"] is not None]
+            if pairs:
+                cell, t = paired_cell(pairs)
+                lines.append(f"| {s['arm']} vs {other['arm']} | " + ", ".join(
+                    f"{pct(d)} ({p:.2g})" for d, p in t["per_seed"]) + f" | {cell} |")
+    return lines if len(lines) > 5 else []
+
+
+def rates_table(res):
+    lines = ["", "every learning rate (median over seeds; * = the rate chosen on validation):", "",
+             "| arm | lr | seeds | validation answer loss | test answer loss | test accuracy | whole-text "
+             "validation loss |", "|---|---|---|---|---|---|---|"]
+    by, order = defaultdict(list), [row["arm"] for row in res["rows"]]
     for r in res["runs"]:
         by[(r["arm"], r["lr"])].append(r)
-    for (arm, lr), rs in sorted(by.items(), key=lambda kv: ([row["arm"] for row in res["rows"]].index(kv[0][0])
-                                                           if kv[0][0] in res["best"] else 99, kv[0])):
+    for (arm, lr), rs in sorted(by.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
         star = "*" if res["best"].get(arm) == lr else ""
         lines.append(f"| {arm} | {lr:g}{star} | {len(rs)} | {med([r['val_answer'][-1] for r in rs])} | "
                      f"{med([r['answer'][-1] for r in rs])} | {med([r['acc'][-1] for r in rs], '{:.1%}')} | "
                      f"{med([r['val'][-1] for r in rs])} |")
-    lines += ["", "per seed, each arm at its chosen rate (test answer loss / test accuracy):", "",
-              "| seed | " + " | ".join(row["arm"] for row in res["rows"]) + " |", "|---" * (1 + len(res["rows"])) + "|"]
+    return lines
+
+
+def seeds_table(res):
+    lines = ["", "per seed, each arm at its chosen rate (test answer loss / test accuracy):", "",
+             "| seed | " + " | ".join(row["arm"] for row in res["rows"]) + " |", "|---" * (1 + len(res["rows"])) + "|"]
     for seed in res["seeds"]:
         cells = []
         for row in res["rows"]:
             r = [r for r in row["runs"] if r["seed"] == seed]
             cells.append(f"{r[0]['answer'][-1]:.4f} / {r[0]['acc'][-1]:.1%}" if r else "-")
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return lines
 
 
 def aggregate(runs, key):
@@ -577,12 +593,11 @@ def draw_tokens(pages, title, lim, kinds, path, width=110):
 
 def loss_categories(a):
     """Sort held-out tokens into the paper's four categories by their loss over a run's kept checkpoints."""
-    import matplotlib.pyplot as plt
     cfg, pipe, tok, meta = run_context(a.categories)
     paths = kept_checkpoints(a.categories)
     if len(paths) < 3:
         fail(f"{a.categories} kept {len(paths)} checkpoint(s); the categories need 3 or more",
-                 "train the run with `python train_slm.py --ratio 1.0 --keep_ckpts`")
+             "train the run with `python train_slm.py --ratio 1.0 --keep_ckpts`")
     pages = pages_to_use(a, cfg, tok, 200)
     steps, losses = [], []
     for path in paths:
@@ -604,6 +619,15 @@ def loss_categories(a):
             if len(c):
                 lines.append(f"| {k} | {len(c):,} | " + " | ".join(f"{s:.0%}" for s in np.bincount(c, minlength=4)
                                                                  / len(c)) + " |")
+    png = os.path.join(a.categories, "categories.png")
+    draw_categories(steps, losses, cat, shares, png)
+    print("\n".join(lines) + f"\n\nwrote {png}")
+    return shares
+
+
+def draw_categories(steps, losses, cat, shares, path):
+    """The shares beside the paper's, and 20 example tokens' losses over training per category."""
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 5, figsize=(22, 4))
     xs = np.arange(4)
     axes[0].bar(xs - 0.2, shares, 0.4, label="this run")
@@ -622,11 +646,8 @@ def loss_categories(a):
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    png = os.path.join(a.categories, "categories.png")
-    fig.savefig(png, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    print("\n".join(lines) + f"\n\nwrote {png}")
-    return shares
 
 
 def main(a):
