@@ -70,16 +70,24 @@ def load_run(path, pipe, group, arm=None):
     evals = [r for r in recs if "val_loss" in r]
     if not cfg or not evals:
         return None
-    n = read_json(os.path.join(cfg["data_dir"], "meta.json")).get("splits", {}).get("eval", {}).get("problems", 0)
-    n = min(n, cfg.get("eval_problems", n))
     return {"path": path, "pipe": pipe, "seed": pipe["p"]["seed"], "group": group,
             "arm": arm or cfg.get("arm") or os.path.basename(path), "lr": cfg["lr"], "cfg": cfg,
             "done": os.path.exists(os.path.join(path, "done.json")),
             "tokens": np.array([r["tokens"] for r in evals], dtype=float),
             **{k: np.array([r.get(key, np.nan) for r in evals], dtype=float) for k, key in CURVES.items()},
-            "correct": np.array(unpack_bits(evals[-1]["correct"], n)) if "correct" in evals[-1] else None,
+            "correct": answers(evals[-1]), "test": os.path.abspath(os.path.join(cfg["data_dir"], "eval.jsonl")),
             "flops": evals[-1]["flops"], "selected": [r.get("selected", {}) for r in evals],
             "composition": [r.get("composition", {}) for r in evals]}
+
+
+def answers(rec):
+    """Which test problems a record got right (bools), or None: the bits of `correct`, as many as make its `acc`
+    (the last hex digit is padded with zeros)."""
+    if "correct" not in rec:
+        return None
+    bits = np.array(unpack_bits(rec["correct"], 4 * len(rec["correct"])))
+    n = next((n for n in range(len(bits), len(bits) - 4, -1) if n and abs(bits[:n].mean() - rec["acc"]) < 1e-9), None)
+    return bits[:n] if n else None
 
 
 def find_runs(root):
@@ -90,13 +98,13 @@ def find_runs(root):
     for pj in sorted(glob.glob(os.path.join(root, "**", "pipeline.json"), recursive=True)):
         d, p = os.path.dirname(pj), read_json(pj)
         meta = read_json(os.path.join(p["data_dir"], "meta.json"))
-        dcfg = {k: v for k, v in meta.get("data_config", {}).items() if k != "seed"}
+        dcfg = {k: v for k, v in meta.get("data_config", meta.get("source", {})).items() if k != "seed"}
         pipe, students = {"dir": d, "p": p}, []
         for sub in sorted(os.listdir(d)):
             cfg = read_config(os.path.join(d, sub))
             if sub not in ("base", "ref") and cfg and not cfg.get("keep_ckpts"):  # --keep_ckpts: for --categories
                 students.append((sub, "sft" if cfg.get("answer_only") else ""))
-        for kind in sorted({k for _, k in students} | {""}):
+        for kind in sorted({k for _, k in students}) or [""]:
             group = json.dumps([os.path.dirname(d), p["preset"], p["init"], p["settings"], dcfg, kind], sort_keys=True)
             for sub, arm in [("base", "base"), ("ref", "reference")] + [(s, None) for s, k in students if k == kind]:
                 r = load_run(os.path.join(d, sub), pipe, group, arm)
@@ -106,17 +114,21 @@ def find_runs(root):
 
 
 def overhead(r):
-    """FLOPs a run needs before its first step, the base model aside: for a selection by the reference's losses
-    from score files, the reference's fine-tuning and the scoring pass (an online reference is counted per step)."""
+    """FLOPs a run needs before its first step, the base model aside: for a selection by a reference's losses, the
+    reference's fine-tuning, and for cached scores also the scoring pass (an online reference is counted per step);
+    None if the pipeline does not say."""
     cfg = r["cfg"]
-    if cfg.get("split") != "web" or cfg["ratio"] >= 1 or cfg["select"] not in ("excess", "ref_loss", "block"):
+    if cfg["ratio"] >= 1 or cfg["select"] not in ("excess", "ref_loss", "block") or \
+            (cfg.get("split") != "web" and not cfg.get("answer_only")):
         return 0.0
     p = r["pipe"]["p"]
     cost = p.get("flops", {})
-    refs = {p["ref"]: {"flops": cost.get("ref", 0), "flops_scoring": cost.get("scoring", 0)},
+    refs = {p["ref"]: {"flops": cost.get("ref"), "flops_scoring": cost.get("scoring")},
             **{x["ckpt"]: x for x in p.get("refs", {}).values()}}
-    return float(sum(refs[ref]["flops"] + (refs[ref]["flops_scoring"] if cfg["ref_mode"] == "cached" else 0)
-                     for ref in cfg["ref_ckpts"].split(",")))
+    parts = [(refs.get(ref) or {}).get("flops") for ref in cfg["ref_ckpts"].split(",")]
+    if cfg["ref_mode"] == "cached" and not cfg.get("answer_only"):
+        parts += [(refs.get(ref) or {}).get("flops_scoring") for ref in cfg["ref_ckpts"].split(",")]
+    return None if None in parts else float(sum(parts))
 
 
 # ==========================================================================================================
@@ -139,23 +151,38 @@ def tokens_to_reach(tokens, ys, target, higher=False):
     return None, False
 
 
+NA = (math.nan, False)  # a measure that does not exist (no such curve, too few evaluations)
+
+
+def reach(r, c, key):
+    """(tokens at which run r first reaches run c's final value of curve `key`, bound), as tokens_to_reach; NA
+    where either curve lacks the measure or has fewer than two evaluations."""
+    target = c[key][-1]
+    if len(r["tokens"]) < 2 or len(c["tokens"]) < 2 or not np.isfinite(target) or not np.isfinite(r[key]).all():
+        return NA
+    return tokens_to_reach(r["tokens"], r[key], target, higher=key == "acc")
+
+
 def x_fewer(r, c, key):
-    """How many times fewer tokens run r needs than run c to reach c's final value of curve `key`: (x, bound),
-    x None if r never gets there, inf if r starts there; bound: x is only a lower bound."""
-    t, bound = tokens_to_reach(r["tokens"], r[key], c[key][-1], higher=key == "acc")
-    if t is None:
-        return None, False
-    return (math.inf if t == 0 else c["tokens"][-1] / t), bound
+    """How many times fewer tokens run r needs than run c to reach c's final value of curve `key`, c's tokens
+    being those c itself needed to first reach it: (x, bound), x None if r never gets there, inf if it starts
+    there, NaN if there is no such measure; bound: x is only a lower bound."""
+    t, bound = reach(r, c, key)
+    if t is None or not np.isfinite(t):
+        return (t, False) if t is None else NA
+    t_c, _ = reach(c, c, key)
+    return (math.inf if t == 0 else t_c / t), bound
 
 
 def x_less_compute(r, c, key="answer"):
-    """How many times less compute r needs than c to reach c's final value of `key`, counting each run's
-    overhead (the reference and the scoring pass for SLM; the base model, shared, left out)."""
-    t, _ = tokens_to_reach(r["tokens"], r[key], c[key][-1], higher=key == "acc")
-    if t is None:
-        return None
-    cost = overhead(r) + t * r["flops"] / r["tokens"][-1]
-    return (c["flops"] + overhead(c)) / cost if cost else math.inf
+    """How many times less compute r needs than c to reach c's final value of `key`, as x_fewer, each run's
+    overhead counted (the reference and the scoring pass for SLM; the base model, shared, left out)."""
+    t, bound = reach(r, c, key)
+    (t_c, _), o_r, o_c = reach(c, c, key), overhead(r), overhead(c)
+    if t is None or not np.isfinite(t) or o_r is None or o_c is None:
+        return (t, False) if t is None else NA
+    cost = o_r + t * r["flops"] / r["tokens"][-1]
+    return ((o_c + t_c * c["flops"] / c["tokens"][-1]) / cost if cost else math.inf), bound
 
 
 def mcnemar(a, b):
@@ -167,41 +194,55 @@ def mcnemar(a, b):
     return n10, n01, p
 
 
-def paired(pairs, n_boot=2000, seed=0):
-    """Accuracy of a minus accuracy of b over seeds, from per-seed pairs (a, b) of right/wrong answers on the
-    same problems: per seed (difference, p), and pooled: the mean difference, its 95% paired bootstrap interval
-    (problems resampled within each seed) and the exact McNemar p of all seeds' discordant pairs together."""
+def paired(pairs, shared=False, n_boot=2000, seed=0):
+    """Accuracy of a minus accuracy of b over seeds, from per-seed pairs (a, b) of right/wrong answers on the same
+    problems (the first n of both, n the shorter): per seed (difference, McNemar p), and pooled: the mean
+    difference and its 95% paired bootstrap interval (the problems resampled, within each seed), and a p-value:
+    the exact McNemar test of all seeds' discordant pairs, where every seed has its own test problems; where they
+    share them (shared), a sign-flip permutation test of each problem's mean difference over the seeds."""
     rng = np.random.default_rng(seed)
-    per, boot, n10, n01 = [], np.zeros(n_boot), 0, 0
-    for a, b in pairs:
-        x, y, p = mcnemar(a, b)
-        n10, n01 = n10 + x, n01 + y
-        per.append((a.mean() - b.mean(), p))
-        idx = rng.integers(0, len(a), (n_boot, len(a)))
-        boot += (a[idx].mean(1) - b[idx].mean(1)) / len(pairs)
-    n, k = n10 + n01, min(n10, n01)
-    p_all = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    n = min(min(len(a), len(b)) for a, b in pairs)
+    pairs = [(a[:n], b[:n]) for a, b in pairs]
+    per = [(a.mean() - b.mean(), mcnemar(a, b)[2]) for a, b in pairs]
+    draw = rng.integers(0, n, (n_boot, n))
+    boot = np.mean([a[idx].mean(1) - b[idx].mean(1) for a, b in pairs
+                    for idx in [draw if shared else rng.integers(0, n, (n_boot, n))]], axis=0)
+    if shared:
+        d = np.mean([a.astype(float) - b for a, b in pairs], axis=0)  # each problem's mean difference over seeds
+        flips = rng.choice([-1.0, 1.0], (n_boot * 5, n))
+        p = float((np.abs(flips @ d) >= abs(d.sum()) - 1e-12).mean()) if d.any() else 1.0
+    else:
+        n10, n01 = (sum(mcnemar(a, b)[i] for a, b in pairs) for i in (0, 1))
+        k = min(n10, n01)
+        p = min(1.0, 2 * sum(math.comb(n10 + n01, i) for i in range(k + 1)) / 2 ** (n10 + n01)) if n10 + n01 else 1.0
     return {"per_seed": per, "diff": float(np.mean([d for d, _ in per])),
-            "ci": tuple(np.percentile(boot, [2.5, 97.5])), "p": p_all}
+            "ci": tuple(np.percentile(boot, [2.5, 97.5])), "p": p}
 
 
 # ==========================================================================================================
 # Summaries: each arm at its best learning rate
 
 def best_lrs(runs):
-    """{arm: its best learning rate}: the rate with the most seeds, then the lowest mean final validation answer
-    loss (the whole-text validation loss where a run has no answer loss): chosen on validation, never on test."""
-    by = defaultdict(lambda: defaultdict(list))
+    """{arm: its best learning rate}, chosen on validation, never on test, from finished runs: the rates with the
+    most pipelines, compared on the pipelines they share by the mean final validation answer loss (the whole-text
+    validation loss for an arm whose runs lack it); an exact tie goes to the lower rate."""
+    by = defaultdict(lambda: defaultdict(dict))
     for r in runs:
-        by[r["arm"]][r["lr"]].append(r)
-    key = "val_answer" if all(np.isfinite(r["val_answer"][-1]) for r in runs) else "val"
-    return {arm: min(lrs, key=lambda lr: (-len(lrs[lr]), np.mean([r[key][-1] for r in lrs[lr]])))
-            for arm, lrs in by.items()}
+        if r["done"]:
+            by[r["arm"]][r["lr"]][r["pipe"]["dir"]] = r
+    best = {}
+    for arm, lrs in by.items():
+        key = "val_answer" if all(np.isfinite(r["val_answer"][-1]) for v in lrs.values() for r in v.values()) else "val"
+        most = max(len(v) for v in lrs.values())
+        cands = {lr: v for lr, v in lrs.items() if len(v) == most}
+        common = set.intersection(*(set(v) for v in cands.values()))
+        best[arm] = min(cands, key=lambda lr: (np.mean([cands[lr][d][key][-1] for d in common]), lr))
+    return best
 
 
 def summarize(runs):
-    """Per group: its runs, each arm's best rate and, per arm at that rate, the per-seed measures against the
-    group's baseline (CLM, or SFT CLM for fine-tuning) at its best rate."""
+    """Per group: its runs, each arm's best rate and, per arm at that rate, the measures of each finished run
+    against the same pipeline's baseline (CLM, or SFT CLM for fine-tuning) at its best rate."""
     groups = defaultdict(list)
     for r in runs:
         groups[r["group"]].append(r)
@@ -210,14 +251,14 @@ def summarize(runs):
         best = best_lrs(rs)
         sft = any(r["cfg"].get("answer_only") for r in rs)  # a fine-tuning group (its base and reference aside)
         base_arm = "SFT CLM" if sft else "CLM"
-        chosen = [r for r in rs if r["lr"] == best[r["arm"]]]
-        clm = {r["seed"]: r for r in chosen if r["arm"] == base_arm}
+        chosen = [r for r in rs if r["done"] and r["lr"] == best.get(r["arm"])]
+        clm = {r["pipe"]["dir"]: r for r in chosen if r["arm"] == base_arm}
         rows = {}
-        for r in sorted(chosen, key=lambda r: r["seed"]):
+        for r in sorted(chosen, key=lambda r: (r["seed"], r["pipe"]["dir"])):
             row = rows.setdefault(r["arm"], {"arm": r["arm"], "lr": r["lr"], "runs": [], "x_answer": [], "x_acc": [],
                                              "x_flops": [], "pairs": []})
             row["runs"].append(r)
-            c = clm.get(r["seed"])
+            c = clm.get(r["pipe"]["dir"])
             if c is not None and r is not c and r["arm"] != "base":
                 row["x_answer"].append(x_fewer(r, c, "answer"))
                 row["x_acc"].append(x_fewer(r, c, "acc"))
@@ -226,38 +267,41 @@ def summarize(runs):
                     row["pairs"].append((r["correct"], c["correct"]))
         order = lambda arm: (arm != "base", arm != "reference", arm != base_arm, arm)  # noqa: E731
         out.append({"key": key, "sft": sft, "runs": rs, "best": best, "clm": base_arm, "chosen": chosen,
-                    "rows": [rows[a] for a in sorted(rows, key=order)],
+                    "rows": [rows[a] for a in sorted(rows, key=order)], "shared": len({r["test"] for r in rs}) == 1,
                     "seeds": sorted({r["seed"] for r in rs}), "dirs": sorted({r["pipe"]["dir"] for r in rs})})
     return out
 
 
 def med(xs, f="{:.4f}"):
-    """median [min, max] of the finite values (one value: itself)."""
-    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    """median [min, max] of the finite values (one value: itself); how many there are, where some are missing."""
+    n, xs = len(xs), [x for x in xs if x is not None and np.isfinite(x)]
     if not xs:
         return "-"
-    return f.format(xs[0]) if len(xs) == 1 else \
+    out = f.format(xs[0]) if len(xs) == 1 else \
         f"{f.format(float(np.median(xs)))} [{f.format(min(xs))}, {f.format(max(xs))}]"
+    return out + (f" ({len(xs)} of {n})" if len(xs) < n else "")
 
 
 def fmt_x(x):
-    """One "x fewer" (x, bound): 2.31x, >=5.00x (bound), never, at start."""
+    """One "x fewer" (x, bound): 2.31x, >=5.00x (bound), never, at start, - (no such measure)."""
     v, bound = x
-    return "never" if v is None else "at start" if v == math.inf else f"{'>=' if bound else ''}{v:.2f}x"
+    return "never" if v is None else "-" if math.isnan(v) else "at start" if v == math.inf else \
+        f"{'>=' if bound else ''}{v:.2f}x"
 
 
 def med_x(xs):
-    """median [min, max] of several "x fewer", never counting as below every value; a bound marks its cell."""
+    """median [min, max] of several "x fewer" ("never" below every value, "at start" above): the lower median of
+    an even count; the median and the maximum marked >= where a bound could raise them."""
     if not xs:
         return ""
-    order = sorted(xs, key=lambda x: -1 if x[0] is None else x[0])
-    mid = order[len(order) // 2] if len(order) % 2 else None
-    if len(order) == 1:
-        return fmt_x(order[0])
-    if mid is None:  # even count: the mean of the middle two, where both are numbers
-        a, b = order[len(order) // 2 - 1], order[len(order) // 2]
-        mid = ((a[0] + b[0]) / 2, a[1] or b[1]) if None not in (a[0], b[0]) else (None, False)
-    return f"{fmt_x(mid)} [{fmt_x(order[0])}, {fmt_x(order[-1])}]"
+    xs = [x for x in xs if x[0] is None or not math.isnan(x[0])]
+    if not xs:
+        return "-"
+    order = sorted(xs, key=lambda x: (-1 if x[0] is None else x[0], not x[1]))
+    i = (len(order) - 1) // 2
+    mid = (order[i][0], any(b for _, b in order[:i + 1]) and order[i][0] is not None)
+    top = (order[-1][0], any(b for _, b in order) and order[-1][0] is not None)
+    return fmt_x(mid) if len(order) == 1 else f"{fmt_x(mid)} [{fmt_x(order[0])}, {fmt_x(top)}]"
 
 
 def pct(d):
@@ -269,8 +313,8 @@ def tables(res):
     return "\n".join(headline_table(res) + paired_table(res) + rates_table(res) + seeds_table(res))
 
 
-def paired_cell(pairs):
-    t = paired(pairs)
+def paired_cell(pairs, shared):
+    t = paired(pairs, shared)
     return f"{pct(t['diff'])} pts [{pct(t['ci'][0])}, {pct(t['ci'][1])}], p={t['p']:.2g}", t
 
 
@@ -278,16 +322,16 @@ def headline_table(res):
     lines = [("fine-tuning on answer tokens (train_slm.py --sft), " if res["sft"] else "") +
              f"pipelines: {', '.join(res['dirs'])} (seeds {', '.join(map(str, res['seeds']))}); each arm at its best "
              "learning rate on the validation problems; median [min, max] over seeds", "",
-             "| arm | lr (of swept) | test answer loss | test accuracy | x fewer tokens to CLM's answer loss | "
-             "x fewer tokens to CLM's accuracy | x less compute to CLM's answer loss | accuracy vs CLM, paired | "
-             "whole-text validation loss |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| arm | lr (of swept) | test answer loss | test accuracy | x fewer tokens to {res['clm']}'s answer loss | "
+             f"x fewer tokens to {res['clm']}'s accuracy | x less compute to {res['clm']}'s answer loss | accuracy vs "
+             f"{res['clm']}, paired | whole-text validation loss |", "|---|---|---|---|---|---|---|---|---|"]
     for row in res["rows"]:
         rs = row["runs"]
         n_lr = len({r["lr"] for r in res["runs"] if r["arm"] == row["arm"]})
-        vs = paired_cell(row["pairs"])[0] if row["pairs"] else ""
+        vs = paired_cell(row["pairs"], res["shared"])[0] if row["pairs"] else ""
         lines.append(f"| {row['arm']} | {row['lr']:g} (of {n_lr}) | {med([r['answer'][-1] for r in rs])} | "
                      f"{med([r['acc'][-1] for r in rs], '{:.1%}')} | {med_x(row['x_answer'])} | "
-                     f"{med_x(row['x_acc'])} | {med_x([(x, False) for x in row['x_flops']])} | {vs} | "
+                     f"{med_x(row['x_acc'])} | {med_x(row['x_flops'])} | {vs} | "
                      f"{med([r['val'][-1] for r in rs])} |")
     return lines
 
@@ -296,8 +340,11 @@ def paired_table(res):
     """Every SLM arm against every other arm (base aside), each pair once, on the same test problems."""
     slm = [row for row in res["rows"] if row["arm"].startswith(("SLM", "SFT SLM"))]
     lines = ["", "paired accuracy tests on the same test problems, SLM against each arm (difference in points, "
-             "exact McNemar p per seed; pooled: mean difference, 95% paired bootstrap interval, McNemar p of all "
-             "seeds):", "", "| comparison | per seed: difference (p) | pooled |", "|---|---|---|"]
+             "exact McNemar p per seed; pooled: mean difference, its 95% bootstrap interval over the test problems "
+             "(not over training seeds), and " + ("a sign-flip test of each problem's mean difference, the seeds "
+                                                  "sharing their test problems):" if res["shared"] else
+                                                  "the McNemar p of all seeds' pairs together):"),
+             "", "| comparison | per seed: difference (p) | pooled |", "|---|---|---|"]
     done = set()
     for s in slm:
         mine = {r["seed"]: r["correct"] for r in s["runs"] if r["correct"] is not None}
@@ -308,7 +355,7 @@ def paired_table(res):
             pairs = [(mine[r["seed"]], r["correct"]) for r in other["runs"] if r["seed"] in mine and
                      r["correct"] is not None]
             if pairs:
-                cell, t = paired_cell(pairs)
+                cell, t = paired_cell(pairs, res["shared"])
                 lines.append(f"| {s['arm']} vs {other['arm']} | " + ", ".join(
                     f"{pct(d)} ({p:.2g})" for d, p in t["per_seed"]) + f" | {cell} |")
     return lines if len(lines) > 5 else []
@@ -320,8 +367,10 @@ def rates_table(res):
              "validation loss |", "|---|---|---|---|---|---|---|"]
     by, order = defaultdict(list), [row["arm"] for row in res["rows"]]
     for r in res["runs"]:
-        by[(r["arm"], r["lr"])].append(r)
-    for (arm, lr), rs in sorted(by.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        if r["done"]:  # (unfinished runs are listed below the tables)
+            by[(r["arm"], r["lr"])].append(r)
+    for (arm, lr), rs in sorted(by.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else
+                                                           len(order), kv[0])):
         star = "*" if res["best"].get(arm) == lr else ""
         lines.append(f"| {arm} | {lr:g}{star} | {len(rs)} | {med([r['val_answer'][-1] for r in rs])} | "
                      f"{med([r['answer'][-1] for r in rs])} | {med([r['acc'][-1] for r in rs], '{:.1%}')} | "

@@ -99,6 +99,11 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            torch.nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg
@@ -115,11 +120,6 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():  # scaled init of the residual projections (GPT-2)
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            torch.nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
     @classmethod
     def from_checkpoint(cls, ckpt):

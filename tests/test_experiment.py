@@ -92,15 +92,35 @@ def test_tokens_to_reach(ys, target, higher, expected):
 
 def test_x_fewer_and_compute_on_known_curves():
     c = {"tokens": np.array([0., 100, 200, 400]), "answer": np.array([1.0, 0.8, 0.6, 0.5]),
-         "acc": np.array([0.1, 0.2, 0.3, 0.4]), "flops": 800.0, "cfg": {"split": "web", "ratio": 1.0}}
+         "acc": np.array([0.1, 0.4, 0.3, 0.4]), "flops": 800.0, "cfg": {"split": "web", "ratio": 1.0}}
     r = {"tokens": np.array([0., 100, 200, 400]), "answer": np.array([1.0, 0.7, 0.5, 0.4]),
-         "acc": np.array([0.1, 0.3, 0.4, 0.5]), "flops": 800.0, "cfg": {"split": "web", "ratio": 1.0}}
+         "acc": np.array([0.1, 0.2, 0.4, 0.5]), "flops": 800.0, "cfg": {"split": "web", "ratio": 1.0}}
     assert plot.x_fewer(r, c, "answer") == (2.0, False)          # reaches 0.5 at 200 of CLM's 400 tokens
-    assert plot.x_fewer(r, c, "acc") == (2.0, False)             # reaches 40% at 200
+    # CLM's accuracy reached its final 40% at its first evaluation (a bound) and dipped: CLM's own tokens to get
+    # there (100), not its budget, are what r is compared with: r needs 200, so 0.5x
+    assert plot.x_fewer(r, c, "acc") == (0.5, False)
     assert plot.x_fewer(c, r, "answer") == (None, False)
-    assert plot.x_less_compute(r, c) == pytest.approx(2.0)       # no overhead: the same ratio
+    assert plot.x_less_compute(r, c) == (pytest.approx(2.0), False)  # no overhead: the same ratio
+    # a measure a run does not have is no measure, not "never"
+    nan = {**c, "answer": np.full(4, np.nan)}
+    assert np.isnan(plot.x_fewer(r, nan, "answer")[0]) and plot.fmt_x(plot.x_fewer(r, nan, "answer")) == "-"
+    assert np.isnan(plot.x_fewer(r, {**c, "tokens": c["tokens"][:1], "answer": c["answer"][:1]}, "answer")[0])
     assert plot.fmt_x((math.inf, False)) == "at start" and plot.fmt_x((3.0, True)) == ">=3.00x"
+    # medians: the lower one of an even count, never below every value, a bound marking what it could raise
     assert plot.med_x([(None, False), (2.0, False), (3.0, True)]) == "2.00x [never, >=3.00x]"
+    assert plot.med_x([(1.0, True), (2.0, False), (3.0, False)]) == ">=2.00x [>=1.00x, >=3.00x]"
+    assert plot.med_x([(None, False), (3.0, False)]) == "never [never, 3.00x]"
+    assert plot.med_x([(4.0, False), (4.0, True)]) == plot.med_x([(4.0, True), (4.0, False)])
+    assert plot.med_x([(math.nan, False)]) == "-" and plot.med_x([]) == ""
+    assert plot.med([0.5, np.nan, 0.7]) == "0.6000 [0.5000, 0.7000] (2 of 3)"
+
+
+def test_answers_are_read_back_at_their_length_and_runs_of_other_lengths_pair_on_the_common_problems():
+    right = [True, False, True, True, False, True, False]  # 7 problems: the hex pads an eighth bit
+    rec = {"acc": 4 / 7, "correct": infra.pack_bits(right)}
+    assert plot.answers(rec).tolist() == right
+    a, b = np.array(right + [True] * 3), np.array(right)  # 10 problems against the first 7 of them
+    assert plot.paired([(a, b)])["diff"] == 0.0
 
 
 def test_paired_tests_on_known_answers():
@@ -110,10 +130,14 @@ def test_paired_tests_on_known_answers():
     assert (n10, n01) == (10, 0) and p == pytest.approx(2 / 2 ** 10)
     assert plot.mcnemar(b, b)[2] == 1.0
     assert plot.mcnemar(np.array([1, 1, 0, 0], bool), np.array([0, 1, 1, 0], bool))[2] == 1.0
-    t = plot.paired([(a, b), (a, b)])
+    t = plot.paired([(a, b), (a, b)])  # seeds with test problems of their own: the pooled McNemar test
     assert t["diff"] == pytest.approx(0.1) and t["p"] == pytest.approx(2 / 2 ** 20)
     assert 0.03 < t["ci"][0] < 0.1 < t["ci"][1] < 0.17
     assert [p for _, p in t["per_seed"]] == [pytest.approx(2 / 2 ** 10)] * 2
+    # seeds sharing their test problems: the same 10 problems twice are not 20 independent ones
+    shared = plot.paired([(a, b), (a, b)], shared=True)
+    assert shared["diff"] == pytest.approx(0.1) and 2 / 2 ** 10 * 0.5 < shared["p"] < 2 / 2 ** 10 * 2
+    assert shared["ci"][1] - shared["ci"][0] > t["ci"][1] - t["ci"][0]
 
 
 def test_eval_schedule_and_answer_bits():
