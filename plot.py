@@ -210,7 +210,8 @@ def paired(pairs, shared=False, n_boot=2000, seed=0):
     if shared:
         d = np.mean([a.astype(float) - b for a, b in pairs], axis=0)  # each problem's mean difference over seeds
         flips = rng.choice([-1.0, 1.0], (n_boot * 5, n))
-        p = float((np.abs(flips @ d) >= abs(d.sum()) - 1e-12).mean()) if d.any() else 1.0
+        hits = int((np.abs(flips @ d) >= abs(d.sum()) - 1e-12).sum())  # the observed signs count as one draw:
+        p = (hits + 1) / (len(flips) + 1) if d.any() else 1.0  # a permutation p is never 0
     else:
         n10, n01 = (sum(mcnemar(a, b)[i] for a, b in pairs) for i in (0, 1))
         k = min(n10, n01)
@@ -310,7 +311,8 @@ def pct(d):
 
 def tables(res):
     """The markdown tables of one group: the headline table, paired tests, every learning rate, per seed."""
-    return "\n".join(headline_table(res) + paired_table(res) + rates_table(res) + seeds_table(res))
+    return "\n".join(headline_table(res) + paired_table(res) + rates_table(res) + seeds_table(res) +
+                     selection_table(res))
 
 
 def paired_cell(pairs, shared):
@@ -387,6 +389,36 @@ def seeds_table(res):
             r = [r for r in row["runs"] if r["seed"] == seed]
             cells.append(f"{r[0]['answer'][-1]:.4f} / {r[0]['acc'][-1]:.1%}" if r else "-")
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def kept_over_run(r):
+    """{kind: share of its tokens kept over the whole run, 'precision': share of math among the kept}: each
+    evaluation's record covers the tokens since the one before, weighted by them; None without token kinds."""
+    steps = [(t1 - t0, s) for t0, t1, s in zip(r["tokens"], r["tokens"][1:], r["selected"][1:]) if s]
+    if not steps:
+        return None
+    w = np.array([d for d, _ in steps])
+    out = {k: float(np.dot(w, [s.get(k, np.nan) for _, s in steps]) / w.sum()) for k in steps[-1][1]}
+    comp = [c.get("math", np.nan) for c in r["composition"][1:] if c]
+    out["precision"] = float(np.dot(w, comp) / w.sum()) if len(comp) == len(w) else np.nan
+    return out
+
+
+def selection_table(res):
+    """What each arm that drops tokens keeps of each token kind over its run, at its chosen rate."""
+    rows = [(row["arm"], [kept_over_run(r) for r in row["runs"]]) for row in res["rows"]]
+    drops = lambda k: min(v for kind, v in k.items() if kind != "precision") < 0.999  # noqa: E731
+    rows = [(arm, ks) for arm, ks in rows if ks and all(ks) and drops(ks[0])]
+    if not rows:
+        return []
+    kinds = list(rows[0][1][0])
+    lines = ["", "share of each kind's tokens kept over the run (each arm at its chosen rate; median over seeds; "
+             "precision: the share of target math among the kept tokens):", "",
+             "| arm | " + " | ".join(kinds) + " |", "|---" * (1 + len(kinds)) + "|"]
+    for arm, ks in rows:
+        lines.append(f"| {arm} | " + " | ".join(f"{np.median([k.get(kind, np.nan) for k in ks]):.1%}"
+                                              for kind in kinds) + " |")
     return lines
 
 

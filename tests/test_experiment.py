@@ -115,6 +115,15 @@ def test_x_fewer_and_compute_on_known_curves():
     assert plot.med([0.5, np.nan, 0.7]) == "0.6000 [0.5000, 0.7000] (2 of 3)"
 
 
+
+def test_what_a_run_keeps_is_weighted_by_the_tokens_each_record_covers():
+    # the records since the previous evaluation: 100 tokens at 50% of math kept, then 300 tokens at 90%
+    r = {"tokens": np.array([0., 100, 400]), "selected": [{}, {"math": 0.5, "prose": 0.0}, {"math": 0.9, "prose": 0.2}],
+         "composition": [{}, {"math": 1.0}, {"math": 0.8}]}
+    kept = plot.kept_over_run(r)
+    assert kept == {"math": pytest.approx(0.8), "prose": pytest.approx(0.15), "precision": pytest.approx(0.85)}
+    assert plot.kept_over_run({**r, "selected": [{}, {}, {}]}) is None  # real data: no token kinds
+
 def test_answers_are_read_back_at_their_length_and_runs_of_other_lengths_pair_on_the_common_problems():
     right = [True, False, True, True, False, True, False]  # 7 problems: the hex pads an eighth bit
     rec = {"acc": 4 / 7, "correct": infra.pack_bits(right)}
@@ -138,6 +147,8 @@ def test_paired_tests_on_known_answers():
     shared = plot.paired([(a, b), (a, b)], shared=True)
     assert shared["diff"] == pytest.approx(0.1) and 2 / 2 ** 10 * 0.5 < shared["p"] < 2 / 2 ** 10 * 2
     assert shared["ci"][1] - shared["ci"][0] > t["ci"][1] - t["ci"][0]
+    far = plot.paired([(np.ones(200, bool), np.zeros(200, bool))], shared=True)  # beyond every random sign flip
+    assert far["p"] == pytest.approx(1 / 10001)
 
 
 def test_eval_schedule_and_answer_bits():
