@@ -395,13 +395,13 @@ def seeds_table(res):
 def kept_over_run(r):
     """{kind: share of its tokens kept over the whole run, 'precision': share of math among the kept}: each
     evaluation's record covers the tokens since the one before, weighted by them; None without token kinds."""
-    steps = [(t1 - t0, s) for t0, t1, s in zip(r["tokens"], r["tokens"][1:], r["selected"][1:]) if s]
-    if not steps:
+    recs = [(t1 - t0, s, c) for t0, t1, s, c in zip(r["tokens"], r["tokens"][1:], r["selected"][1:],
+                                                    r["composition"][1:]) if s]
+    if not recs:
         return None
-    w = np.array([d for d, _ in steps])
-    out = {k: float(np.dot(w, [s.get(k, np.nan) for _, s in steps]) / w.sum()) for k in steps[-1][1]}
-    comp = [c.get("math", np.nan) for c in r["composition"][1:] if c]
-    out["precision"] = float(np.dot(w, comp) / w.sum()) if len(comp) == len(w) else np.nan
+    w = np.array([d for d, _, _ in recs]) / sum(d for d, _, _ in recs)
+    out = {k: float(np.dot(w, [s.get(k, np.nan) for _, s, _ in recs])) for k in recs[-1][1]}
+    out["precision"] = float(np.dot(w, [c.get("math", np.nan) for _, _, c in recs]))
     return out
 
 

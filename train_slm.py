@@ -132,10 +132,10 @@ def main(r):
     if r.bench:
         return bench(r, pipe)
     for ratio, lr in itertools.product(r.ratio, r.lr or [None]):
-        s = rho.train(student_config(r, pipe, ratio, lr))
+        cfg = student_config(r, pipe, ratio, lr)
+        s = rho.train(cfg)
         if dist_setup()[0] == 0:
-            print(f"{os.path.join(r.out_dir, names(r, ratio, lr)[1])}: val loss {s['val_loss']:.4f}, "
-                  f"accuracy {s.get('acc', 0):.1%}")
+            print(f"{cfg.out_dir}: val loss {s['val_loss']:.4f}, accuracy {s.get('acc', 0):.1%}")
 
 
 def student_config(r, pipe, ratio, lr, **kw):

@@ -115,7 +115,6 @@ def test_x_fewer_and_compute_on_known_curves():
     assert plot.med([0.5, np.nan, 0.7]) == "0.6000 [0.5000, 0.7000] (2 of 3)"
 
 
-
 def test_what_a_run_keeps_is_weighted_by_the_tokens_each_record_covers():
     # the records since the previous evaluation: 100 tokens at 50% of math kept, then 300 tokens at 90%
     r = {"tokens": np.array([0., 100, 400]), "selected": [{}, {"math": 0.5, "prose": 0.0}, {"math": 0.9, "prose": 0.2}],
@@ -123,6 +122,7 @@ def test_what_a_run_keeps_is_weighted_by_the_tokens_each_record_covers():
     kept = plot.kept_over_run(r)
     assert kept == {"math": pytest.approx(0.8), "prose": pytest.approx(0.15), "precision": pytest.approx(0.85)}
     assert plot.kept_over_run({**r, "selected": [{}, {}, {}]}) is None  # real data: no token kinds
+
 
 def test_answers_are_read_back_at_their_length_and_runs_of_other_lengths_pair_on_the_common_problems():
     right = [True, False, True, True, False, True, False]  # 7 problems: the hex pads an eighth bit
