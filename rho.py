@@ -3,18 +3,17 @@ rho.py -- Selective Language Modeling (RHO-1: Lin et al. 2024, "Not All Tokens A
 
 Read top to bottom:
   1. the model: a small GPT (nanoGPT-style: causal SDPA attention, tied embeddings, scaled residual init)
-  2. the method: per-token losses, the excess loss against a reference, top-k selection over the batch, and
-     the SLM loss -- the mean over the selected tokens only (the paper's Eq. 4). Unselected tokens stay in the
-     context (attention is never masked); only their loss is dropped. ratio 1.0 is plain next-token training.
-     Beyond the paper: soft weights instead of top-k, and several references' losses combined into one.
+  2. the method: per-token losses, the excess loss against a reference, a top-k over the batch, and the SLM loss:
+     the mean over the kept tokens only (the paper's Eq. 4). Dropped tokens stay in the context (attention is
+     never masked); only their loss goes. ratio 1.0 is plain next-token training (CLM).
   3. data: a token file cut into fixed, aligned blocks; the reference scores every token once, into a float16
      file aligned with the tokens, and SLM batches read their reference losses from it
   4. evaluation: held-out loss, the loss of worked solutions given their questions, greedy answer accuracy
-  5. training: the config, a Trainer (one optimizer step with the selection) and the loop that train_ref.py
-     and train_slm.py both call
+  5. training: the config, a Trainer (one optimizer step with the selection) and the one loop that
+     train_ref.py and train_slm.py both call
 
-The machinery (checkpoints, run folders, locks, processes, presets, the command line) is in infra.py. This file
-is a library; run train_ref.py, train_slm.py and plot.py.
+The machinery (checkpoints, run folders, locks, processes, the command line, the log's meter) is in infra.py.
+A library: run train_ref.py, train_slm.py and plot.py.
 """
 import contextlib
 import json
@@ -30,11 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from infra import (Meter, append_log, atomic_write, autocast, barrier, batch_plan, check_config, check_vocab,
-                   checkpoint, dist_setup, eval_steps, fail, gather, last_record, load_checkpoint, load_scores,
-                   log_line, pack_bits, peak_flops, read_json, run_folder, start_line, this_process,
-                   training_module)
-
+from infra import (Meter, append_log, atomic_write, autocast, barrier, check_vocab, dist_setup, eval_steps,
+                   fail, gather, last_record, load_checkpoint, load_scores, log_line, peak_flops, read_json, run_folder,
+                   save_checkpoint, this_process, training_module)
 
 # ==========================================================================================================
 # 1. The model
@@ -57,7 +54,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, mask=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)                         # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -67,8 +64,8 @@ class CausalSelfAttention(nn.Module):
             if cache:
                 k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)  # (B, nh, T_past+T, hs)
             cache[:] = [k, v]
-        # causal within the new positions; one new position may see every cached one
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+        # causal within the new positions, one new position sees every cached one; or a mask (left padding)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                  # (B, T, C)
         return self.c_proj(y)
@@ -93,8 +90,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=False)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache=None, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -135,15 +132,21 @@ class GPT(nn.Module):
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
-    def forward(self, idx, caches=None, start=0):
-        """Logits (B, T, V) of every position. For decoding, caches holds one [k, v] per layer and start is
-        the position of idx[:, 0]."""
+    def forward(self, idx, caches=None, start=0, pad=None):
+        """Logits (B, T, V) of every position. For decoding, caches holds one [k, v] per layer, start is the
+        position of idx[:, 0], and pad (B,) how many tokens each row is padded by on the left: a row's positions
+        start after its padding, which no real token attends to."""
         B, T = idx.size()
         assert start + T <= self.config.block_size, f"sequence of {start + T} > block_size {self.config.block_size}"
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        pos, mask = torch.arange(start, start + T, dtype=torch.long, device=idx.device), None  # (T,)
+        if pad is not None:
+            keys = torch.arange(start + T, device=idx.device)                        # (S,) every key so far
+            mask = (keys <= pos[:, None]) & (keys >= pad[:, None, None])             # (B, T, S): causal, unpadded
+            mask = (mask | (keys == pos[:, None]))[:, None]  # (B, 1, T, S); a pad sees itself: finite, unused
+            pos = (pos - pad[:, None]).clamp(min=0)                                  # (B, T)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, caches[i] if caches is not None else None)
+            x = block(x, caches[i] if caches is not None else None, mask)
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
 
     def configure_optimizer(self, lr, weight_decay, betas, device):
@@ -153,35 +156,43 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=str(device).startswith("cuda"))
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, stop=None):
-        """Greedy decoding of a (B, T) batch of equal-length prompts, with a key/value cache, until every
-        row satisfies stop(row) or the block is full."""
+    def generate(self, idx, max_new_tokens, stop=None, pad=None):
+        """Greedy decoding of a (B, T) batch of prompts (pad: each row's left padding, or None), with a key/value
+        cache, until every row satisfies stop(row) or the block is full."""
         caches = [[] for _ in self.transformer.h]
-        logits = self(idx, caches)                                       # (B, T, V)
+        logits = self(idx, caches, pad=pad)                              # (B, T, V)
         for i in range(min(max_new_tokens, self.config.block_size - idx.size(1) + 1)):
             nxt = logits[:, -1].argmax(-1, keepdim=True)                 # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)                           # (B, T+1)
             if stop is not None and i % 4 == 3 and all(stop(row) for row in idx.tolist()):
                 break
             if idx.size(1) < self.config.block_size:
-                logits = self(nxt, caches, start=idx.size(1) - 1)        # (B, 1, V)
+                logits = self(nxt, caches, start=idx.size(1) - 1, pad=pad)  # (B, 1, V)
         return idx
 
-
 # ==========================================================================================================
-# 2. The method: per-token loss, excess loss, selection, SLM loss
+# 2. The method: per-token losses, a score per token, the top-k of the batch, the mean loss over the kept
 
 def token_losses(logits, targets):
-    """Cross-entropy of every token, (B, T), in float32. targets are the inputs shifted by one
-    (y[t] = x[t+1]), so losses[b, t] = -log P(x[t+1] | x[<=t])."""
+    """Cross-entropy of every token, (B, T), in float32. targets are the inputs shifted by one (y[t] = x[t+1]),
+    so losses[b, t] = -log P(x[t+1] | x[<=t])."""
     B, T, V = logits.shape
     return F.cross_entropy(logits.float().view(B * T, V), targets.reshape(B * T), reduction="none").view(B, T)
 
 
 def excess_loss(student_losses, ref_losses):
-    """The paper's L_delta(x_i) = L_student(x_i) - L_ref(x_i): high where the student still has to learn what
-    the reference already knows. Detached: the selection carries no gradient."""
+    """The paper's L_delta(x_i) = L_student(x_i) - L_ref(x_i): high where the student still has to learn what the
+    reference already knows. Detached: the selection carries no gradient."""
     return student_losses.detach() - ref_losses
+
+
+# --select: the score by which the top `ratio` of the batch get a loss. SLM ranks tokens by excess loss; the
+# controls by the reference's loss alone (the tokens it finds easiest), by chance, or whole blocks by their mean
+# excess loss. (The oracle is no score: it keeps the tokens labelled target math, whatever the ratio.)
+SCORES = {"excess": lambda losses, ref, draw: excess_loss(losses, ref),     # (B, T)
+          "ref_loss": lambda losses, ref, draw: -ref,                       # (B, T)
+          "random": lambda losses, ref, draw: draw(),                       # (B, T)
+          "block": lambda losses, ref, draw: excess_loss(losses, ref).mean(1)}  # (B,): one score a block
 
 
 def n_selected(ratio, n):
@@ -190,8 +201,8 @@ def n_selected(ratio, n):
 
 
 def select_topk(scores, ratio, valid=None):
-    """Boolean mask, shape of scores, keeping exactly n_selected(ratio, N) of the N tokens: those with the
-    highest score (over the whole batch, not per row). With a `valid` mask, only among the valid tokens."""
+    """Boolean mask, shape of scores, keeping exactly n_selected(ratio, N) of the N entries: those with the highest
+    score, over the whole batch (not per row). With a `valid` mask, only among the valid entries."""
     if valid is not None:
         if not valid.any():
             return valid
@@ -204,24 +215,24 @@ def select_topk(scores, ratio, valid=None):
 
 
 def slm_loss(losses, weights, n=None):
-    """Eq. 4: the mean loss over the selected tokens only (weights: the selection mask, or soft weights).
-    Unselected tokens get exactly zero gradient. n: the count to divide by when the selection spans several
-    processes. Nothing selected gives 0, not 0/0."""
-    kept = torch.where(weights > 0, losses * weights, 0.0)  # an unselected inf loss stays out (inf * 0 = nan)
-    count = weights.sum() if n is None else n
-    return kept.sum() / (torch.where(count > 0, count, 1) if n is None else count)
+    """Eq. 4: sum_i w_i L(x_i) / sum_i w_i, w the selection mask (or soft weights): the mean loss over the kept
+    tokens, so a dropped token gets exactly zero gradient. n: the count to divide by when the selection spans
+    several processes. Nothing kept gives 0, not 0/0."""
+    kept = torch.where(weights > 0, losses * weights, 0.0)  # a dropped inf loss stays out (inf * 0 = nan)
+    n = weights.sum() if n is None else n
+    return kept.sum() / (torch.where(n > 0, n, 1) if torch.is_tensor(n) else n)
 
 
 def select_topk_global(scores, ratio, rank):
     """Exact top-k over the global batch of all data-parallel processes: each gathers every process's scores
-    (the excess losses, never the tokens), makes the same selection and keeps its own part (rank)."""
+    (never the tokens), makes the same selection and keeps its own part."""
     return select_topk(gather(scores), ratio)[rank]  # (W, B, T) -> this process's (B, T)
 
 
 def soft_weights(scores, ratio, temperature):
-    """Soft selection (--weighting soft, the paper's "reweighting" future work): weights sigmoid((score - threshold)
-    / temperature), the threshold halfway between the k-th and (k+1)-th highest scores (k = n_selected(ratio, N)),
-    so ratio sets where they cross 1/2; as the temperature (nats) goes to 0 they become select_topk's mask."""
+    """Beyond the paper (--weighting soft): weights sigmoid((score - threshold) / temperature), the threshold
+    halfway between the k-th and (k+1)-th highest scores (k = n_selected(ratio, N)), so ratio sets where they
+    cross 1/2; as the temperature (nats) goes to 0 they become select_topk's mask."""
     flat = scores.reshape(-1).float()
     k = n_selected(ratio, flat.numel())
     if k == flat.numel():
@@ -231,8 +242,8 @@ def soft_weights(scores, ratio, temperature):
 
 
 def combine_refs(ref_losses, how):
-    """One reference loss per token from several references' (the paper's "multiple reference models"):
-    their mean, or their min (a token counts as learnable if any reference finds it easy). One: itself."""
+    """Beyond the paper: one reference loss per token from several references' (--refs): their mean, or their min
+    (a token counts as learnable if any reference finds it easy). One reference: itself."""
     if len(ref_losses) == 1:
         return ref_losses[0]
     stacked = torch.stack(ref_losses)                       # (R, B, T)
@@ -299,15 +310,15 @@ def score_corpus(model, tokens, block_size, path, device, batch_size=None, log=p
     batch_size = batch_size or (512 if str(device).startswith("cuda") else 32)
     blocks = Blocks(tokens, block_size, batch_size, seed=0)
     scores = np.full(len(tokens), np.nan, dtype=np.float16)
-    t0, done = time.time(), 0
+    t0, shown, done, total = time.time(), 0.0, 0, blocks.n * block_size
     for ids, losses in block_losses(model, blocks, device, batch_size):
         scores[ids[0] * block_size + 1: (ids[-1] + 1) * block_size + 1] = losses.half().cpu().numpy().reshape(-1)
-        done += losses.numel()
-        if ids[0] // batch_size % 200 == 0 or ids[-1] + 1 == blocks.n:
-            log(f"scoring {done:,}/{blocks.n * block_size:,} tokens | {done / (time.time() - t0):,.0f} tok/s")
+        done, now = done + losses.numel(), time.time()
+        if now - shown >= 10 or done == total:  # a line every 10 s, with an ETA
+            rate, shown = done / (now - t0), now
+            log(f"scoring {done:,}/{total:,} tokens | {rate:,.0f} tok/s | eta {(total - done) / rate:.0f}s")
     atomic_write(path, scores.tobytes())
     return done / (time.time() - t0)
-
 
 # ==========================================================================================================
 # 4. Evaluation: held-out loss, answer loss, greedy answer accuracy
@@ -344,43 +355,48 @@ def eval_answer_loss(model, problems, device, batch_size=64):
 
 
 @torch.no_grad()
-def eval_accuracy(model, tok, problems, device, max_new_tokens=64):
+def eval_accuracy(model, tok, problems, device, max_new_tokens=64, batch_size=64):
     """Whether each problem's greedy continuation ends in the right final number (exact match), as a list of
-    bools in the problems' order. Prompts of equal length are decoded together, so no padding is needed."""
+    bools in the problems' order. Prompts of equal length are decoded together; the rest (questions of varied
+    length, as in GSM8K) in batches of similar length, padded on the left."""
     model.eval()
     groups, room = {}, model.config.block_size - max_new_tokens
     for i, (q, _, answer) in enumerate(problems):
         q = q[-room:]  # a question too long to leave room for the answer loses its beginning
         groups.setdefault(len(q), []).append((i, q, answer))
+    rest = sorted((p for g in groups.values() if len(g) < 8 for p in g), key=lambda p: len(p[1]))
+    batches = [g for g in groups.values() if len(g) >= 8] + [rest[j:j + batch_size] for j in range(0, len(rest),
+                                                                                                  batch_size)]
     correct = [False] * len(problems)
-    for n, group in groups.items():
-        idx = torch.tensor([q for _, q, _ in group], device=device)
-        with autocast(device):
-            out = model.generate(idx, max_new_tokens, stop=lambda row: tok.eot in row[n:] or  # the answer line ends
-                                 data.FINAL_LINE_RE.search(tok.decode(row[n:])) is not None)
+    for group in batches:
+        n = max(len(q) for _, q, _ in group)
+        pad = torch.tensor([n - len(q) for _, q, _ in group], device=device)
+        idx = torch.tensor([[tok.eot] * (n - len(q)) + q for _, q, _ in group], device=device)  # (b, n)
+        with autocast(device):  # until the answer line ends
+            out = model.generate(idx, max_new_tokens, pad=pad if pad.any() else None, stop=lambda row: tok.eot in
+                                 row[n:] or data.FINAL_LINE_RE.search(tok.decode(row[n:])) is not None)
         for row, (i, _, answer) in zip(out[:, n:].tolist(), group):
             row = row[:row.index(tok.eot)] if tok.eot in row else row
             correct[i] = data.extract_answer(tok.decode(row)) == answer
     model.train()
     return correct
 
-
 # ==========================================================================================================
 # 5. Training: the config, one optimizer step with the selection, and the loop
 
-SELECTS = ("excess", "random", "ref_loss", "block", "oracle")  # SLM, then the controls (TrainConfig.select)
-CHOICES = dict(select=SELECTS, ref_mode=("cached", "online"), scope=("local", "global"), weighting=("topk", "soft"),
-               combine=("mean", "min"), eval_schedule=("log", "even"))  # the values TrainConfig's choices take
+CHOICES = dict(select=("excess", "random", "ref_loss", "block", "oracle"), ref_mode=("cached", "online"),
+               scope=("local", "global"), weighting=("topk", "soft"), combine=("mean", "min"),
+               eval_schedule=("log", "even"))  # the values TrainConfig's choice fields take
 
 
 @dataclass
 class TrainConfig:
     arm: str = ""                 # what the run is, in words (plot.py's name for it); set by the scripts
     # what to train on
-    data_dir: str = "data"        # corpus built by data.py
+    data_dir: str = "data"        # corpus built by data.py (embedded) or data_real.py
     split: str = "web"            # training split: web (student), web_base (base model), ref_train (reference)
     part: str = ""                # "i/n": train on the i-th of n equal parts of the split only (0-based)
-    answer_only: bool = False     # fine-tuning: a loss on answer tokens only (after "Answer:"), selection among them
+    sft: bool = False             # fine-tuning: a loss on answer tokens only (after "Answer:"), selection among them
     out_dir: str = "out/clm"      # log.jsonl, config.json, ckpt.pt go here
     init: str = ""                # checkpoint to start from ('' = from scratch)
     # model, when starting from scratch
@@ -390,7 +406,7 @@ class TrainConfig:
     block_size: int = 128
     # selective language modeling
     ratio: float = 1.0            # share of tokens that get a loss; 1.0 = uniform next-token training (CLM)
-    select: str = "excess"        # excess (SLM), or a control: random, ref_loss, block, oracle (Trainer.select_tokens)
+    select: str = "excess"        # excess (SLM), or a control: random, ref_loss, block (SCORES), oracle
     mix_hq: float = 0.0           # CLM on the split mixed with this many epochs of the high-quality subset
     ref_ckpts: str = ""           # reference checkpoint(s), comma-separated (selections by the reference)
     ref_mode: str = "cached"      # cached: read the reference's losses from score files; online: run it each step
@@ -413,6 +429,7 @@ class TrainConfig:
     eval_schedule: str = "log"    # log: evaluations log-spaced from 0.5% of the run (dense early); even: evenly
     n_evals: int = 10
     eval_problems: int = 1000     # test problems decoded for accuracy at each eval (0: skip)
+    val_problems: int = 0         # validation problems for the validation answer loss (0: all)
     eval_max_new: int = 64        # tokens decoded per problem
     log_every: int = 10
     seed: int = 0
@@ -427,24 +444,39 @@ class TrainConfig:
         return self.ratio < 1.0 and self.select in ("excess", "ref_loss", "block")
 
 
-def load_reference(cfg, meta, tokens, T, device):
-    """The references of a selection by reference losses: (score files if cached, models if online), or ([], [])."""
-    if not cfg.uses_reference:
-        return [], []
-    refs, files = cfg.ref_ckpts.split(","), cfg.score_files.split(",")
-    if cfg.ref_mode == "cached" and len(files) != len(refs):
-        fail(f"{len(refs)} reference(s) but {len(files)} score file(s)", "give one score file per reference")
-    scores, models = [], []
-    for ref, path in zip(refs, files if cfg.ref_mode == "cached" else refs):
-        ckpt = load_checkpoint(ref, "reference model")
-        check_vocab(ckpt, meta, ref)
-        if cfg.ref_mode == "cached":
-            scores.append(load_scores(path, ref, tokens, T, meta, cfg.split))
-        elif ckpt["model_args"]["block_size"] != T:
-            fail("the reference and the student have different block sizes", "train both with one preset")
-        else:
-            models.append(GPT.from_checkpoint(ckpt).to(device).eval())
-    return scores, models
+def check_config(cfg):
+    """The mistakes a TrainConfig can hold, each refused with one line before anything is loaded or written."""
+    if not 0.0 < cfg.ratio <= 1.0:
+        fail(f"--ratio {cfg.ratio} is outside (0, 1]", "pass a share of tokens to keep, e.g. --ratio 0.6")
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            fail(f"unknown --{name} {getattr(cfg, name)}", f"use --{name} {'|'.join(allowed)}")
+    if cfg.weighting == "soft" and (cfg.scope == "global" or cfg.temperature <= 0 or cfg.sft):
+        fail("--weighting soft needs --scope local, a --temperature above 0 and no --sft", "change one of them")
+    if cfg.sft and cfg.scope == "global":
+        fail("--sft selects within each process's batch", "drop --scope global")
+    if cfg.select in ("block", "oracle") and (cfg.scope == "global" or cfg.weighting == "soft" or cfg.sft):
+        fail(f"--select {cfg.select} is a top-k of this process's batch", "drop --scope global, --weighting "
+             "soft and --sft")
+    if cfg.mix_hq and (cfg.ratio < 1 or cfg.select == "oracle"):
+        fail("--mix_hq trains on every token (CLM)", "use --ratio 1.0 with --mix_hq")
+    if not cfg.init and cfg.n_embd % cfg.n_head:
+        fail(f"a width of {cfg.n_embd} does not split into {cfg.n_head} attention heads",
+             "use an --n_embd that is a multiple of --n_head")
+
+
+def batch_plan(cfg, n_tokens, n_val, T, world):
+    """(micro-batches per optimizer step, tokens per step): --tokens_per_step must be a multiple of one
+    micro-batch on every process; the data must hold one global batch (the validation split one block)."""
+    B = cfg.batch_size
+    if (n_tokens - 1) // T < B * world or (n_val - 1) // T < 1:
+        fail(f"split '{cfg.split}' has {n_tokens:,} tokens, fewer than one batch of {B * world}x{T}",
+             "build a larger corpus, or lower --batch_size or the block size")
+    accum = max(1, cfg.tokens_per_step // (B * T * world))
+    if cfg.tokens_per_step and cfg.tokens_per_step != accum * B * T * world:
+        fail(f"tokens_per_step {cfg.tokens_per_step:,} is not a multiple of batch {B} x block {T} x {world} "
+             "process(es)", f"use a multiple of {B * T * world:,}")
+    return accum, accum * B * T * world
 
 
 class Trainer:
@@ -452,37 +484,56 @@ class Trainer:
     evaluate() measures the model. Under torchrun every process builds one and reads its share of every batch."""
 
     def __init__(self, cfg, log=print):
-        check_config(cfg, CHOICES)
+        check_config(cfg)
         self.cfg = cfg
         self.rank, self.world, self.device = this_process(cfg.device)  # its place under torchrun, its device
         self.start, self.resumed = 0, False  # the first step to train (a resumed run: its checkpoint's)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.meta, self.tok, tokens, self.labels, self.answers, self.val_tokens = data.training_data(cfg)
+        self.meta, self.tok, tokens, self.labels, self.answers, val_tokens = data.training_data(cfg)
         if cfg.init:  # the model: a checkpoint's (the base model), or a new one
-            ckpt = load_checkpoint(cfg.init, "initial model")
-            check_vocab(ckpt, self.meta, cfg.init)
-            self.model = GPT.from_checkpoint(ckpt).to(self.device)
+            self.model = GPT.from_checkpoint(self.checked(cfg.init, "initial model")).to(self.device)
         else:
             self.model = GPT(GPTConfig(vocab_size=self.meta["vocab_size"], block_size=cfg.block_size,
                                        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)).to(self.device)
         self.T = self.model.config.block_size
-        self.accum, self.tokens_per_step = batch_plan(cfg, len(tokens), len(self.val_tokens), self.T, self.world)
-        self.val_blocks = Blocks(self.val_tokens, self.T, cfg.batch_size, 0)
-        self.problems, self.val_problems = data.eval_problems(cfg, self.T, log if self.rank == 0 else None)
-        score_files, self.ref_models = load_reference(cfg, self.meta, tokens, self.T, self.device)
+        self.accum, self.tokens_per_step = batch_plan(cfg, len(tokens), len(val_tokens), self.T, self.world)
+        self.val_blocks = Blocks(val_tokens, self.T, cfg.batch_size, 0)
+        self.problems, val = data.eval_problems(cfg, self.T, log if self.rank == 0 else None)
+        self.val_problems = val[:cfg.val_problems or None]
+        score_files, self.ref_models = self.load_references()
         self.blocks = Blocks(tokens, self.T, cfg.batch_size, cfg.seed, labels=self.labels, ref_losses=score_files,
                              rank=self.rank, world=self.world, combine=cfg.combine)
         self.max_iters = max(1, cfg.max_tokens // self.tokens_per_step)
         self.warmup = max(1, int(cfg.warmup_frac * self.max_iters))
         self.optimizer = self.model.configure_optimizer(cfg.lr, cfg.weight_decay, (0.9, cfg.beta2), self.device)
-        # the step's forward runs train_model (compiled on CUDA, under DDP with torchrun); self.model stays the
-        # plain module that checkpoints save and evaluation decodes with
+        # the step's forward runs train_model (compiled on CUDA, DDP under torchrun); self.model stays the plain
+        # module that checkpoints save and evaluation decodes with
         self.train_model = training_module(self.model, cfg.compile, self.device, self.world)
         self.sel_gen = torch.Generator().manual_seed(cfg.seed + 1)  # for --select random; the same on every rank
         # an online reference adds one forward pass per token, and a forward pass is a third of a training step
         self.flops_per_token = self.model.flops_per_token() + self.model.flops_per_token() // 3 * len(self.ref_models)
         self.peak = peak_flops(self.device)
+
+    def checked(self, path, what):
+        ckpt = load_checkpoint(path, what)
+        check_vocab(ckpt, self.meta, path)
+        return ckpt
+
+    def load_references(self):
+        """A selection by reference losses: the references' score files (cached) or models (online)."""
+        c = self.cfg
+        if not c.uses_reference:
+            return [], []
+        refs, files = c.ref_ckpts.split(","), c.score_files.split(",")
+        if c.ref_mode == "cached" and len(files) != len(refs):
+            fail(f"{len(refs)} reference(s) but {len(files)} score file(s)", "give one score file per reference")
+        ckpts = [self.checked(ref, "reference model") for ref in refs]
+        if c.ref_mode == "cached":
+            return [load_scores(f, r, ck, self.meta, c.split, self.T) for f, r, ck in zip(files, refs, ckpts)], []
+        if any(ck["model_args"]["block_size"] != self.T for ck in ckpts):
+            fail("the reference and the student have different block sizes", "train both with one preset")
+        return [], [GPT.from_checkpoint(ck).to(self.device).eval() for ck in ckpts]
 
     def lr_at(self, it):
         """Linear warmup, then cosine decay to lr * min_lr_frac."""
@@ -493,28 +544,23 @@ class Trainer:
         return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def select_tokens(self, losses, x, y, ref_losses, valid=None, labels=None):
-        """Which tokens of the batch get a loss: all (ratio 1); SLM: the top `ratio` by excess loss; or a control:
-        random (a random share), ref_loss (the top by -reference loss: no student term), block (the top blocks by
-        mean excess loss, every token of a kept block), oracle (the tokens labelled target math). --scope global:
-        chosen over every process's batch; --weighting soft: weights instead of a mask."""
+        """Which tokens of the batch get a loss (a mask, or soft weights): all at ratio 1; else the top `ratio` by
+        the --select score (SCORES), whole blocks for `block`; the oracle keeps the tokens labelled target math."""
         c, B = self.cfg, losses.size(0)
         if c.select == "oracle":  # the ground truth, whatever the ratio
             return labels.to(losses.device) == data.MATH
         if c.ratio >= 1.0:
             return torch.ones_like(losses, dtype=torch.bool) if valid is None else valid
-        if c.select == "random":  # one draw for the global batch, so every scope sees the same numbers
+        if self.ref_models:  # online: rounded through float16 like the score files, so both select alike
+            with torch.no_grad(), autocast(self.device):
+                ref_losses = combine_refs([token_losses(m(x), y).half().float() for m in self.ref_models], c.combine)
+
+        def draw():  # --select random: one draw for the global batch, so every scope sees the same numbers
             scores = torch.rand((B * self.world, losses.size(1)), generator=self.sel_gen)
-            scores = scores[self.rank * B:(self.rank + 1) * B].to(losses.device)
-        else:
-            if self.ref_models:  # online: rounded through float16 like the score files, so both select alike
-                with torch.no_grad(), autocast(self.device):
-                    ref_losses = combine_refs([token_losses(m(x), y).half().float() for m in self.ref_models],
-                                              c.combine)
-            ref_losses = ref_losses.to(losses.device)
-            # ref_loss: the tokens the reference finds easiest, whatever the student knows
-            scores = -ref_losses if c.select == "ref_loss" else excess_loss(losses, ref_losses)
-        if c.select == "block":  # whole blocks: the top ratio of rows by their mean excess loss
-            return select_topk(scores.mean(1), c.ratio)[:, None].expand_as(losses)
+            return scores[self.rank * B:(self.rank + 1) * B].to(losses.device)
+        scores = SCORES[c.select](losses, None if ref_losses is None else ref_losses.to(losses.device), draw)
+        if c.select == "block":
+            return select_topk(scores, c.ratio)[:, None].expand_as(losses)
         if c.scope == "global" and self.world > 1:
             return select_topk_global(scores, c.ratio, self.rank)
         if c.weighting == "soft":
@@ -556,45 +602,55 @@ class Trainer:
     def evaluate(self):
         """val_loss: whole-text loss on the validation split; val_answer_loss and answer_loss: the loss of the
         worked solutions given the questions, on the validation and the test problems; acc: test accuracy, and
-        correct: which test problems were right (hex bits, for paired tests between runs)."""
+        correct: which test problems were right ('0'/'1' each, for paired tests between runs)."""
         out = {"val_loss": eval_loss(self.model, self.val_blocks, self.device)}
         for key, problems in (("val_answer_loss", self.val_problems), ("answer_loss", self.problems)):
             if problems and problems[0][1] is not None:
                 out[key] = eval_answer_loss(self.model, problems, self.device)
         if self.problems:
             correct = eval_accuracy(self.model, self.tok, self.problems, self.device, self.cfg.eval_max_new)
-            out.update(acc=sum(correct) / len(correct), correct=pack_bits(correct))
+            out.update(acc=sum(correct) / len(correct), correct="".join("01"[c] for c in correct))
         return out
+
+    def start_line(self):
+        c, sel = self.cfg, "" if self.cfg.ratio >= 1 and self.cfg.select != "oracle" else f" ({self.cfg.select})"
+        return (f"training {c.out_dir}: {self.model.num_params() / 1e6:.2f}M params, {self.max_iters} steps of "
+                f"{self.tokens_per_step:,} tokens ({self.world} process(es) x {self.accum} micro-batch(es) of "
+                f"{c.batch_size}x{self.T}), ratio {c.ratio}{sel}, lr {c.lr:g}, on {self.device}"
+                + ("\nnote: this corpus has no ground-truth token kinds: selection statistics are skipped"
+                   if self.labels is None and c.split.startswith("web") else ""))
 
 
 def train(cfg, log=print):
-    """Train one model (ratio < 1: with SLM) and return its summary, the final log record. Under torchrun,
-    rank 0 evaluates, logs and checkpoints; every rank trains."""
-    log = log if dist_setup()[0] == 0 else (lambda *a: None)
-    with run_folder(cfg, log, Trainer) as tr:
-        if tr is None:  # a finished run of this configuration: reused
-            return read_json(os.path.join(cfg.out_dir, "done.json"))
-        log(start_line(tr))
-        evals, master = eval_steps(tr.max_iters, cfg.n_evals, cfg.eval_schedule), tr.rank == 0
-        meter = Meter(tr, tr.meta["kinds"] or data.KINDS, data.MATH)
+    """Train one model (ratio < 1: with SLM) and return its summary, the final log record. Under torchrun every
+    rank trains; rank 0 evaluates, logs and checkpoints."""
+    check_config(cfg)
+    log, done = log if dist_setup()[0] == 0 else (lambda *a: None), os.path.join(cfg.out_dir, "done.json")
+    with run_folder(cfg, log, Trainer) as tr:  # one writer a folder; tr None: a finished run, reused
+        if tr is None:
+            return read_json(done)
+        log(tr.start_line())
+        evals, master, meter = eval_steps(tr.max_iters, cfg.n_evals, cfg.eval_schedule), tr.rank == 0, \
+            Meter(tr, tr.meta["kinds"] or data.KINDS, data.MATH)
         for step in range(tr.start, tr.max_iters + 1):
-            evaluating = step in evals
-            if (evaluating or step % cfg.log_every == 0) and not (tr.resumed and step == tr.start):  # logged
-                record = meter.record(step)  # the training loss (refused if not finite), tokens/s, lr, FLOPs
-                if evaluating:  # rank 0 measures the model; every rank sums its selection counts
+            if (step in evals or step % cfg.log_every == 0) and not (tr.resumed and step == tr.start):
+                record = meter.record(step)  # the mean training loss since the last record, tokens/s, lr, FLOPs
+                if step in evals:  # rank 0 measures the model; every rank counts what it selected
                     record.update(**(meter.timed(tr.evaluate) if master else {}), **meter.selection())
                 if master:
                     append_log(cfg.out_dir, record)
-                    if evaluating:  # only a finite model gets here: the last good checkpoint survives a blow-up
-                        checkpoint(tr, step)
+                if master and step in evals:  # only a finite model gets here: a blow-up keeps the last good one
+                    save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), tr, step)
+                    if cfg.keep_ckpts:  # every evaluation's model, for plot.py --categories
+                        save_checkpoint(os.path.join(cfg.out_dir, f"ckpt_{step:06d}.pt"), tr, step)
                 log(log_line(record, tr.max_iters, meter.eta(step, sum(s > step for s in evals))))
                 barrier()
                 meter.reset()
             if step == tr.max_iters:
                 break
-            meter.add(*tr.step(step))
-        if master:  # the final record (a run resumed at its last step logged it before)
-            atomic_write(os.path.join(cfg.out_dir, "done.json"), json.dumps(
-                {**last_record(cfg.out_dir), "params": tr.model.num_params(), "max_iters": tr.max_iters}, indent=1))
+            meter.add(*tr.step(step))  # one optimizer step: forward, selection, SLM loss, backward, update
+        if master:  # the summary: the final record (a run resumed at its last step logged it before)
+            atomic_write(done, json.dumps({**last_record(cfg.out_dir), "params": tr.model.num_params(),
+                                           "max_iters": tr.max_iters}, indent=1))
         barrier()
-        return read_json(os.path.join(cfg.out_dir, "done.json"))  # every rank returns rank 0's summary
+        return read_json(done)  # every rank returns rank 0's summary

@@ -7,8 +7,8 @@ train_ref.py -- step 1 of rho: data, base model, reference model, reference scor
      reference and the student start from the same base)
   4. scores every token of the student's part of the web corpus with the reference, once (float16 file)
 
-  python train_ref.py                                       # data/, out/base, out/ref, out/ref/scores.bin
-  python train_ref.py --seed 1 --data_dir data/seed1 --out_dir out/seed1
+  python train_ref.py                                       # the demo: data/, out/base, out/ref, out/ref/scores.bin
+  python train_ref.py --preset cpu --seed 1 --data_dir data/seed1 --out_dir out/seed1   # the experiment's size
   python train_ref.py --init scratch --out_dir out/scratch  # ablation: no base, reference from scratch
   python train_ref.py --refs 3 --ref_data disjoint          # + 3 references on thirds of the subset, for
                                                             #   train_slm.py --refs 3 --combine mean|min
@@ -21,14 +21,42 @@ from dataclasses import asdict, dataclass
 
 import data
 import rho
-from infra import FolderLock, arg, atomic_write, barrier, cli, dist_setup, load_checkpoint, pick_device, preset, \
-    read_json, score_stamp, TRAIN_KEYS
+from infra import FolderLock, arg, atomic_write, barrier, cli, dist_setup, fail, load_checkpoint, pick_device, \
+    read_json, score_stamp
+
+# Presets: model sizes and budgets (data.py has the embedded corpus sizes of the same names)
+PRESETS = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=64, batch_size=8, base_tokens=20_000, base_lr=3e-3,
+                 ref_epochs=2, ref_lr=1e-3, student_tokens=20_000, lr=3e-3, lr_clm=3e-3, n_evals=2,
+                 eval_problems=8, eval_max_new=32, log_every=5),
+    # the demo (the default): the cpu preset's model on a corpus and budgets of half its size
+    "demo": dict(n_layer=4, n_head=4, n_embd=64, block_size=128, batch_size=8, base_tokens=1_250_000,
+                 base_lr=6e-3, ref_epochs=4, ref_lr=2e-3, student_tokens=1_500_000, lr=3e-3, lr_clm=3e-3,
+                 n_evals=6, eval_problems=400, log_every=100),
+    "cpu": dict(n_layer=4, n_head=4, n_embd=64, block_size=128, batch_size=8, base_tokens=2_500_000,
+                base_lr=6e-3, ref_epochs=4, ref_lr=2e-3, student_tokens=3_000_000, lr=3e-3, lr_clm=3e-3,
+                n_evals=8, eval_problems=400, log_every=100),  # the experiment: --n_evals 16 --eval_problems 1000
+    # GSM8K-length text on a CPU (data_real.py): a 512-token block, answers of up to 256 tokens
+    "cpu512": dict(n_layer=4, n_head=4, n_embd=128, block_size=512, batch_size=4, base_tokens=1_000_000,
+                   base_lr=3e-3, ref_epochs=2, ref_lr=1e-3, student_tokens=1_000_000, lr=2e-3, lr_clm=2e-3,
+                   n_evals=6, eval_problems=100, val_problems=100, eval_max_new=256, log_every=25),
+    "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, base_tokens=100_000_000,
+                base_lr=3e-3, ref_epochs=3, ref_lr=1e-3, student_tokens=200_000_000, lr=2e-3, lr_clm=2e-3,
+                n_evals=20, eval_problems=1000, log_every=100),
+    # GPT-2 small (124M) for real corpora (data_real.py --source owm-gsm8k): 0.5M tokens per optimizer step
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, tokens_per_step=524_288,
+                 base_tokens=1_000_000_000, base_lr=6e-4, ref_epochs=3, ref_lr=1e-4, student_tokens=2_000_000_000,
+                 lr=6e-4, lr_clm=6e-4, n_evals=20, eval_problems=500, eval_max_new=256, log_every=20),
+}
+TRAIN_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "tokens_per_step", "n_evals",
+              "eval_problems", "val_problems", "eval_max_new", "log_every")  # preset keys that are TrainConfig fields
 
 
 @dataclass
 class RefRun:
-    preset: str = arg("cpu", "sizes of corpus, model and budgets: tiny, cpu, gpu (embedded corpus), cpu512 "
-                             "(GSM8K-length text on a CPU), gpt2 (124M, for a real corpus built with data.py --source)")
+    preset: str = arg("demo", "sizes of corpus, model and budgets: tiny (tests), demo, cpu (the experiment), gpu "
+                             "(embedded corpus), cpu512 (GSM8K-length text on a CPU), gpt2 (124M, for a real "
+                             "corpus built with data_real.py)")
     seed: int = arg(0, "seed of the whole pipeline: corpus, base model, reference")
     data_dir: str = arg("data", "corpus folder (built here if missing)")
     out_dir: str = arg("out", "pipeline folder: base/, ref/, ref/scores.bin and pipeline.json go here")
@@ -38,9 +66,12 @@ class RefRun:
                             "scratch: no base, the reference is trained from scratch", choices=["base", "scratch"])
     base_tokens: int = arg(None, "tokens the base model is pre-trained on (default: the preset's)", type=int)
     base_lr: float = arg(None, "peak learning rate of the base model (default: the preset's)", type=float)
-    ref_epochs: float = arg(None, "epochs over the high-quality subset for the reference (default: the preset's)",
-                            type=float)
-    ref_lr: float = arg(None, "peak learning rate of the reference (default: the preset's)", type=float)
+    base: str = arg("", "use this base model (e.g. another pipeline's out/base/ckpt.pt on the same web corpus) "
+                        "instead of training one")
+    ref_epochs: list = arg(None, "epochs over the high-quality subset for the reference (default: the preset's); "
+                                 "several values, or several --ref_lr, sweep every pair and keep the reference "
+                                 "with the lowest validation answer loss", type=float, nargs="+")
+    ref_lr: list = arg(None, "peak learning rate(s) of the reference (default: the preset's)", type=float, nargs="+")
     block_size: int = arg(None, "context length of the models (default: the preset's)", type=int)
     n_layer: int = arg(None, "transformer blocks (default: the preset's)", type=int)
     n_head: int = arg(None, "attention heads (default: the preset's)", type=int)
@@ -51,77 +82,104 @@ class RefRun:
                        type=int)
     eval_problems: int = arg(None, "test problems decoded at each evaluation, the students' too (default: the "
                                    "preset's)", type=int)
+    val_problems: int = arg(None, "validation problems for the validation answer loss, the students' too (0: all; "
+                                  "default: the preset's)", type=int)
     device: str = arg("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     compile: str = arg("auto", "torch.compile: auto (on for cuda), on, off", choices=["auto", "on", "off"])
     overwrite: bool = arg(False, "replace runs in out_dir that were made with another configuration")
-    resume: bool = arg(False, "continue an unfinished (killed) base or reference run from its last checkpoint")
+    resume: bool = arg(False, "continue an unfinished (killed) base or reference run from its last checkpoint; a run "
+                              "not started yet (or killed before its first checkpoint) starts")
     refs: int = arg(0, "also train this many extra references (out_dir/refs/r1, ...) and score the corpus with "
                        "each, for train_slm.py --refs", type=int)
     ref_data: str = arg("seeds", "what the extra references train on: seeds (the whole subset, other seeds) or "
                                  "disjoint (each its own equal part of the subset)", choices=["seeds", "disjoint"])
 
 
-def main(r):
-    p = preset(r.preset)  # the preset's sizes and budgets, with the ones given as flags
-    p.update({k: v for k, v in asdict(r).items() if v is not None and (k in p or k in TRAIN_KEYS)})
+def main(args):
+    if args.preset not in PRESETS:
+        fail(f"unknown preset '{args.preset}'", f"use one of: {', '.join(PRESETS)}")
+    settings = dict(PRESETS[args.preset])  # the preset's sizes and budgets, with the ones given as flags
+    settings.update({k: v for k, v in asdict(args).items() if v is not None and (k in settings or k in TRAIN_KEYS)
+                     and k not in ("ref_epochs", "ref_lr")})
     rank, _, _ = dist_setup()  # under torchrun, rank 0 writes and every rank trains
     if rank == 0:
-        if "source" in read_json(os.path.join(r.data_dir, "meta.json")):  # built by data.py --source ...
-            print(f"data: using the real corpus in {r.data_dir}")
+        if "source" in read_json(os.path.join(args.data_dir, "meta.json")):  # a real corpus, built by data_real.py
+            print(f"data: using the real corpus in {args.data_dir}")
         else:
-            data.ensure(data.data_config(r.preset, r.corpus, seed=r.seed), r.data_dir, r.overwrite)
+            data.ensure(data.data_config(args.preset, args.corpus, seed=args.seed), args.data_dir, args.overwrite)
     barrier()
-    meta = data.read_meta(r.data_dir)
-    common = dict(data_dir=r.data_dir, seed=r.seed, device=r.device, compile=r.compile, overwrite=r.overwrite,
-                  resume=r.resume, **{k: p[k] for k in TRAIN_KEYS if k in p})
-    base_ckpt = os.path.join(r.out_dir, "base", "ckpt.pt")
-    cost = {}
-    if r.init == "base":
-        s = rho.train(rho.TrainConfig(arm="base", split="web_base", out_dir=os.path.join(r.out_dir, "base"),
-                                      max_tokens=p["base_tokens"], lr=p["base_lr"], **common))
+    meta = data.read_meta(args.data_dir)
+    common = dict(data_dir=args.data_dir, seed=args.seed, device=args.device, compile=args.compile,
+                  overwrite=args.overwrite, resume=args.resume, **{k: settings[k] for k in TRAIN_KEYS if k in settings})
+    base_ckpt = (args.base or os.path.join(args.out_dir, "base", "ckpt.pt")) if args.init == "base" else ""
+    cost = {"base": read_json(os.path.join(os.path.dirname(args.base), "done.json")).get("flops")} if args.base else {}
+    if args.init == "base" and not args.base:
+        s = rho.train(rho.TrainConfig(arm="base", split="web_base", out_dir=os.path.join(args.out_dir, "base"),
+                                      max_tokens=settings["base_tokens"], lr=settings["base_lr"], **common))
         cost["base"] = s["flops"]
-    ref_tokens = int(p["ref_epochs"] * meta["splits"]["ref_train"]["tokens"])
+    sweep = reference_sweep(args, settings, common, meta, base_ckpt)
+    ref_tokens = int(settings["ref_epochs"] * meta["splits"]["ref_train"]["tokens"])
     # the high-quality subset is small: a reference takes one micro-batch per step, whatever the preset's;
-    # the main one (ref/) trains on all of it, extra ones (refs/r<i>) on other seeds or their own part of it
-    refs = {"ref": dict(out_dir=os.path.join(r.out_dir, "ref"))}
-    for i in range(1, r.refs + 1):
-        part = f"{i - 1}/{r.refs}" if r.ref_data == "disjoint" else ""
-        refs[f"r{i}"] = dict(out_dir=os.path.join(r.out_dir, "refs", f"r{i}"), part=part,
-                             seed=r.seed + (0 if part else i))
+    # the main one trains on all of it, extra ones (refs/r<i>) on other seeds or their own part of it
+    refs = {"ref": dict(out_dir=settings["ref_dir"])}
+    for i in range(1, args.refs + 1):
+        part = f"{i - 1}/{args.refs}" if args.ref_data == "disjoint" else ""
+        refs[f"r{i}"] = dict(out_dir=os.path.join(args.out_dir, "refs", f"r{i}"), part=part,
+                             seed=args.seed + (0 if part else i))
     for name, kw in refs.items():
-        share = 1 / r.refs if kw.get("part") else 1
+        share = 1 / args.refs if kw.get("part") else 1
         s = rho.train(rho.TrainConfig(arm="reference", split="ref_train", max_tokens=int(ref_tokens * share),
-                                      lr=p["ref_lr"], init=base_ckpt if r.init == "base" else "",
-                                      **{**common, "tokens_per_step": 0, **kw}))
+                                      lr=settings["ref_lr"], init=base_ckpt, **{**common, "tokens_per_step": 0, **kw}))
         kw.update(ckpt=os.path.join(kw["out_dir"], "ckpt.pt"), scores=os.path.join(kw["out_dir"], "scores.bin"),
                   flops=s["flops"])
-        kw["flops_scoring"] = score(kw["ckpt"], kw["scores"], r, meta) if rank == 0 else 0
+        kw["flops_scoring"] = score(kw["ckpt"], kw["scores"], args, meta) if rank == 0 else 0
     cost.update(ref=refs["ref"]["flops"], scoring=refs["ref"]["flops_scoring"])
-    pipeline = {"preset": r.preset, "seed": r.seed, "data_dir": r.data_dir, "init": r.init, "settings": p,
-                "base": base_ckpt if r.init == "base" else "", "ref": refs["ref"]["ckpt"],
-                "scores": refs["ref"]["scores"], "flops": cost,
+    pipeline = {"preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "init": args.init,
+                "settings": settings, "base": base_ckpt, "ref": refs["ref"]["ckpt"], "scores": refs["ref"]["scores"],
+                "flops": cost, "ref_sweep": sweep,
                 "refs": {name: {k: kw[k] for k in ("ckpt", "scores", "flops", "flops_scoring")}
-                         for name, kw in refs.items() if name != "ref"}, "ref_data": r.ref_data}
+                         for name, kw in refs.items() if name != "ref"}, "ref_data": args.ref_data}
     if rank == 0:
-        atomic_write(os.path.join(r.out_dir, "pipeline.json"), json.dumps(pipeline, indent=1))
-        print(f"reference ready: {pipeline['ref']}; next: python train_slm.py --out_dir {r.out_dir} --ratio 0.6"
-              + (" --init scratch" if r.init == "scratch" else ""))
+        atomic_write(os.path.join(args.out_dir, "pipeline.json"), json.dumps(pipeline, indent=1))
+        print(f"reference ready: {pipeline['ref']}; next: python train_slm.py --out_dir {args.out_dir} --ratio 0.6"
+              + (" --init scratch" if args.init == "scratch" else ""))
     barrier()
 
 
-def score(ref_path, scores, r, meta):
+def reference_sweep(args, settings, common, meta, base_ckpt):
+    """Train the reference at every (epochs, lr) pair asked for; keep the one with the lowest final validation
+    answer loss (the students' rates are chosen alike), in settings (ref_epochs, ref_lr, ref_dir). One pair (the
+    default) is trained in out_dir/ref; a sweep in out_dir/ref-e<epochs>-lr<lr>. Returns what each pair reached."""
+    grid = [(e, lr) for e in args.ref_epochs or [settings["ref_epochs"]] for lr in args.ref_lr or [settings["ref_lr"]]]
+    runs = {}
+    for epochs, lr in grid:
+        out = os.path.join(args.out_dir, "ref" if len(grid) == 1 else f"ref-e{epochs:g}-lr{lr:g}")
+        s = rho.train(rho.TrainConfig(arm="reference", split="ref_train", out_dir=out, lr=lr, init=base_ckpt,
+                                      max_tokens=int(epochs * meta["splits"]["ref_train"]["tokens"]),
+                                      **{**common, "tokens_per_step": 0}))
+        runs[out] = {"ref_epochs": epochs, "ref_lr": lr, "val_answer_loss": s.get("val_answer_loss"),
+                     "val_loss": s["val_loss"], "acc": s.get("acc")}
+    best = min(runs, key=lambda d: (runs[d]["val_answer_loss"] or runs[d]["val_loss"], d))
+    settings.update(ref_epochs=runs[best]["ref_epochs"], ref_lr=runs[best]["ref_lr"], ref_dir=best)
+    if len(grid) > 1:
+        print("reference sweep (validation answer loss):\n" + "\n".join(
+            f"  {d}: {r['val_answer_loss']}" + ("  <- chosen" if d == best else "") for d, r in runs.items()))
+    return runs
+
+
+def score(ref_path, scores, args, meta):
     """Score the student's corpus with a reference, once (reused while reference and corpus are the same), the
     reference's folder locked meanwhile; returns the FLOPs of the pass."""
     ckpt = load_checkpoint(ref_path, "reference model")
     stamp = score_stamp(ref_path, ckpt, meta)
-    tokens, _ = data.load_tokens(r.data_dir, "web")
+    tokens, _ = data.load_tokens(args.data_dir, "web")
     model = rho.GPT.from_checkpoint(ckpt)
     with FolderLock(os.path.dirname(scores)):
         old = read_json(scores + ".json")
         if os.path.exists(scores) and {k: old.get(k) for k in stamp} == stamp:
             print(f"{scores}: scores of this reference found, reusing them")
         else:
-            device = pick_device(r.device)
+            device = pick_device(args.device)
             stamp["tok_s"] = rho.score_corpus(model.to(device), tokens, stamp["block_size"], scores, device)
             atomic_write(scores + ".json", json.dumps(stamp, indent=1))
     return len(tokens) * model.flops_per_token() // 3  # a forward pass is a third of a training step

@@ -32,7 +32,8 @@ import torch
 
 import data
 import rho
-from infra import TRAIN_KEYS, arg, cli, dist_setup, fail, load_checkpoint, read_json, sync
+from infra import arg, cli, dist_setup, fail, load_checkpoint, read_json, sync
+from train_ref import TRAIN_KEYS
 
 
 @dataclass
@@ -53,7 +54,7 @@ class SlmRun:
                                 "reference) for the reference's tokens plus SLM's extra compute (its student "
                                 "tokens and one scoring pass of the web split); the run folder is reflong")
     ref_mode: str = arg("cached", "cached: reference losses from the score file; online: run the reference "
-                                  "every step", choices=rho.CHOICES["ref_mode"], aliases=["--ref_scores"])
+                                  "every step", choices=rho.CHOICES["ref_mode"])
     scope: str = arg("local", "under torchrun: top-k within each process's batch (local, what public "
                               "reimplementations do) or exact top-k over the global batch (global)",
                      choices=rho.CHOICES["scope"])
@@ -82,7 +83,8 @@ class SlmRun:
     device: str = arg("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     compile: str = arg("auto", "torch.compile: auto (on for cuda), on, off", choices=["auto", "on", "off"])
     overwrite: bool = arg(False, "replace a run of the same name made with another configuration")
-    resume: bool = arg(False, "continue an unfinished (killed) run from its last checkpoint")
+    resume: bool = arg(False, "continue an unfinished (killed) run from its last checkpoint; a run "
+                              "not started yet (or killed before its first checkpoint) starts")
     keep_ckpts: bool = arg(False, "also keep the checkpoint of every evaluation (ckpt_<step>.pt), for "
                                   "plot.py --categories; the run folder gets -ckpts")
     bench: bool = arg(False, "measure training tokens/s of CLM, SLM with cached scores and SLM with an online "
@@ -93,86 +95,89 @@ SELECT_NAMES = {"excess": ("SLM", "slm"), "random": ("random", "random"), "ref_l
                 "block": ("block", "block")}  # --select: (the arm's word, the folder's)
 
 
-def names(r, ratio, lr):
+def names(args, ratio, lr):
     """(arm, run folder) of one student run, from one list of what sets it apart: the arm is what the run is in
     words (plot.py's name for it, kept in its config), the folder where it goes (plus -lr<lr> with --lr)."""
-    if r.ref_long:
+    if args.ref_long:
         arm, folder = "reference, longer", "reflong"
-    elif r.select == "oracle":
+    elif args.select == "oracle":
         arm, folder = "oracle (math tokens)", "oracle"
     elif ratio >= 1:
         arm, folder = "CLM", "clm"
     else:
-        word, short = SELECT_NAMES[r.select]
+        word, short = SELECT_NAMES[args.select]
         arm, folder = f"{word} {ratio:g}", f"{short}{ratio:g}"
-    selective = ratio < 1 and r.select != "oracle" and not r.ref_long
-    by_ref = selective and r.select != "random"
-    for on, a, f in ((r.mix_hq, f" + HQ x{r.mix_hq:g}", f"-mixhq{r.mix_hq:g}"),
-                     (by_ref and r.ref_mode == "online" and not r.sft, " (online ref)", "-online"),
-                     (selective and r.scope == "global", " (global)", "-global"),
-                     (selective and r.weighting == "soft", f" (soft {r.temperature:g})", f"-soft{r.temperature:g}"),
-                     (by_ref and r.refs, f" ({r.refs} refs, {r.combine})", f"-refs{r.refs}{r.combine}"),
-                     (r.init == "scratch", " (from scratch)", "-scratch"),
-                     (r.keep_ckpts, "", "-ckpts")):
+    selective = ratio < 1 and args.select != "oracle" and not args.ref_long
+    by_ref = selective and args.select != "random"
+    for on, a, f in ((args.mix_hq, f" + HQ x{args.mix_hq:g}", f"-mixhq{args.mix_hq:g}"),
+                     (by_ref and args.ref_mode == "online" and not args.sft, " (online ref)", "-online"),
+                     (selective and args.scope == "global", " (global)", "-global"),
+                     (selective and args.weighting == "soft", f" (soft {args.temperature:g})",
+                      f"-soft{args.temperature:g}"),
+                     (by_ref and args.refs, f" ({args.refs} refs, {args.combine})",
+                      f"-refs{args.refs}{args.combine}"),
+                     (args.init == "scratch", " (from scratch)", "-scratch"),
+                     (args.keep_ckpts, "", "-ckpts")):
         if on:
             arm, folder = arm + a, folder + f
-    folder = r.name or ("sft-" if r.sft else "") + folder + (f"-lr{lr:g}" if r.lr else "")
-    return ("SFT " if r.sft else "") + arm, folder
+    folder = args.name or ("sft-" if args.sft else "") + folder + (f"-lr{lr:g}" if args.lr else "")
+    return ("SFT " if args.sft else "") + arm, folder
 
 
-def main(r):
-    pipe = read_json(os.path.join(r.out_dir, "pipeline.json"))
+def main(args):
+    pipe = read_json(os.path.join(args.out_dir, "pipeline.json"))
     if not pipe:
-        fail(f"no reference pipeline in {r.out_dir}", f"run `python train_ref.py --out_dir {r.out_dir}` first")
-    if r.init == "base" and not pipe["base"]:
-        fail(f"the pipeline in {r.out_dir} has no base model (made with --init scratch)",
+        fail(f"no reference pipeline in {args.out_dir}",
+             f"run `python train_ref.py --out_dir {args.out_dir}` first")
+    if args.init == "base" and not pipe["base"]:
+        fail(f"the pipeline in {args.out_dir} has no base model (made with --init scratch)",
              "pass --init scratch, or run train_ref.py with --init base")
-    if len(set(r.ratio)) * len(set(r.lr or [0])) > 1 and r.name:
+    if len(set(args.ratio)) * len(set(args.lr or [0])) > 1 and args.name:
         fail("--name with several ratios or learning rates would put every run in one folder", "drop --name")
-    if r.bench:
-        return bench(r, pipe)
-    for ratio, lr in itertools.product(r.ratio, r.lr or [None]):
-        cfg = student_config(r, pipe, ratio, lr)
+    if args.bench:
+        return bench(args, pipe)
+    for ratio, lr in itertools.product(args.ratio, args.lr or [None]):
+        cfg = student_config(args, pipe, ratio, lr)
         s = rho.train(cfg)
         if dist_setup()[0] == 0:
             print(f"{cfg.out_dir}: val loss {s['val_loss']:.4f}, accuracy {s.get('acc', 0):.1%}")
 
 
-def student_config(r, pipe, ratio, lr, **kw):
+def student_config(args, pipe, ratio, lr, **kw):
     """The TrainConfig of one student run: the pipeline's settings, this run's ratio and learning rate."""
-    p = pipe["settings"]
-    lr = lr or (p["lr_clm"] if ratio >= 1 else p["lr"])
+    settings = pipe["settings"]
+    lr = lr or (settings["lr_clm"] if ratio >= 1 else settings["lr"])
     refs = [{"ckpt": pipe["ref"], "scores": pipe["scores"]}]
-    if r.refs:
-        if len(pipe.get("refs", {})) < r.refs:
-            fail(f"the pipeline in {r.out_dir} has {len(pipe.get('refs', {}))} extra reference(s), not {r.refs}",
-                 f"train them with `python train_ref.py --out_dir {r.out_dir} --refs {r.refs}` (same settings)")
-        refs = [pipe["refs"][f"r{i}"] for i in range(1, r.refs + 1)]
-    arm, folder = names(r, ratio, lr)
-    cfg = dict(arm=arm, data_dir=pipe["data_dir"], split="web", out_dir=os.path.join(r.out_dir, folder),
-               init=pipe["base"] if r.init == "base" else "", ratio=ratio, select=r.select,
+    if args.refs:
+        if len(pipe.get("refs", {})) < args.refs:
+            fail(f"the pipeline in {args.out_dir} has {len(pipe.get('refs', {}))} extra reference(s), "
+                 f"not {args.refs}",
+                 f"train them with `python train_ref.py --out_dir {args.out_dir} --refs {args.refs}` (same settings)")
+        refs = [pipe["refs"][f"r{i}"] for i in range(1, args.refs + 1)]
+    arm, folder = names(args, ratio, lr)
+    cfg = dict(arm=arm, data_dir=pipe["data_dir"], split="web", out_dir=os.path.join(args.out_dir, folder),
+               init=pipe["base"] if args.init == "base" else "", ratio=ratio, select=args.select,
                ref_ckpts=",".join(x["ckpt"] for x in refs), score_files=",".join(x["scores"] for x in refs),
-               mix_hq=r.mix_hq, combine=r.combine if r.refs else "mean", ref_mode=r.ref_mode, scope=r.scope,
-               weighting=r.weighting,
-               temperature=r.temperature,
-               max_tokens=r.max_tokens or p["student_tokens"],
-               lr=lr, seed=pipe["seed"] if r.seed is None else r.seed, device=r.device, compile=r.compile,
-               overwrite=r.overwrite, resume=r.resume, keep_ckpts=r.keep_ckpts,
-               **{k: p[k] for k in TRAIN_KEYS if k in p})
+               mix_hq=args.mix_hq, combine=args.combine if args.refs else "mean", ref_mode=args.ref_mode,
+               scope=args.scope, weighting=args.weighting, temperature=args.temperature,
+               max_tokens=args.max_tokens or settings["student_tokens"], lr=lr,
+               seed=pipe["seed"] if args.seed is None else args.seed, device=args.device, compile=args.compile,
+               overwrite=args.overwrite, resume=args.resume, keep_ckpts=args.keep_ckpts,
+               **{k: settings[k] for k in TRAIN_KEYS if k in settings})
     splits = data.read_meta(pipe["data_dir"])["splits"]
-    ref_tokens = int(p["ref_epochs"] * splits["ref_train"]["tokens"])
-    if r.sft:  # the reference's data and budget; a score file exists only for the web split
-        cfg.update(split="ref_train", answer_only=True, ref_mode="online", tokens_per_step=0,
-                   max_tokens=r.max_tokens or ref_tokens)
-    if r.select == "oracle":  # the labels decide, not a ratio
+    ref_tokens = int(settings["ref_epochs"] * splits["ref_train"]["tokens"])
+    if args.sft:  # the reference's data and budget; a score file exists only for the web split
+        cfg.update(split="ref_train", sft=True, ref_mode="online", tokens_per_step=0,
+                   max_tokens=args.max_tokens or ref_tokens)
+    if args.select == "oracle":  # the labels decide, not a ratio
         cfg.update(ratio=1.0)
-    if r.ref_long:  # the reference's budget + SLM's extra: its student tokens and a scoring pass (a forward
+    if args.ref_long:  # the reference's budget + SLM's extra: its student tokens and a scoring pass (a forward
         # pass costs a third of a training step)
         cfg.update(split="ref_train", ratio=1.0, tokens_per_step=0,
-                   max_tokens=r.max_tokens or ref_tokens + cfg["max_tokens"] + splits["web"]["tokens"] // 3)
+                   max_tokens=args.max_tokens or ref_tokens + cfg["max_tokens"] + splits["web"]["tokens"] // 3)
     for k in ("batch_size", "n_evals", "tokens_per_step"):
-        if getattr(r, k) is not None:
-            cfg[k] = getattr(r, k)
+        if getattr(args, k) is not None:
+            cfg[k] = getattr(args, k)
     return rho.TrainConfig(**{**cfg, **kw})
 
 
@@ -186,12 +191,12 @@ def benchmark(cfgs, steps=10, rounds=20):
     for tr in trainers.values():  # warm up (and compile)
         for i in range(3):
             tr.step(i)
-    for r in range(rounds):
+    for rnd in range(rounds):
         for name, tr in trainers.items():
             sync(tr.device)
             t0 = time.perf_counter()
             for i in range(steps):
-                tr.step(3 + r * steps + i)
+                tr.step(3 + rnd * steps + i)
             sync(tr.device)
             times[name].append((time.perf_counter() - t0) / steps)
     first = np.array(next(iter(times.values())))
@@ -199,11 +204,11 @@ def benchmark(cfgs, steps=10, rounds=20):
                    float(np.median(np.array(times[name]) / first))) for name, tr in trainers.items()}
 
 
-def bench(r, pipe):
-    ratio = r.ratio[0] if r.ratio[0] < 1 else 0.6
-    cfgs = {"CLM": student_config(r, pipe, 1.0, None),
-            f"SLM {ratio:g}, cached scores": student_config(r, pipe, ratio, None),
-            f"SLM {ratio:g}, online reference": student_config(r, pipe, ratio, None, ref_mode="online")}
+def bench(args, pipe):
+    ratio = args.ratio[0] if args.ratio[0] < 1 else 0.6
+    cfgs = {"CLM": student_config(args, pipe, 1.0, None),
+            f"SLM {ratio:g}, cached scores": student_config(args, pipe, ratio, None),
+            f"SLM {ratio:g}, online reference": student_config(args, pipe, ratio, None, ref_mode="online")}
     result = benchmark(cfgs)
     tr = rho.Trainer(cfgs["CLM"])
     ref = rho.GPT.from_checkpoint(load_checkpoint(pipe["ref"])).to(tr.device)

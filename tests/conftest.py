@@ -1,6 +1,10 @@
-"""Shared fixtures: a tiny pipeline built once per test session, in a temporary folder."""
+"""Shared fixtures: a tiny pipeline and a few real-data files built once per test session, in temporary folders;
+`run` runs a script as a user would, `call` runs it in this process, `user_error` expects its one-line error."""
+import contextlib
 import importlib
+import json
 import os
+import random
 import subprocess
 import sys
 
@@ -25,14 +29,46 @@ def call(script, *args):
     an interpreter start-up per call (for the slower tests); a user error raises SystemExit."""
     import infra
     mod = importlib.import_module(script.removesuffix(".py"))
-    cls = {"train_ref": "RefRun", "train_slm": "SlmRun", "plot": "PlotRun", "data": "DataRun"}[mod.__name__]
+    cls = {"train_ref": "RefRun", "train_slm": "SlmRun", "plot": "PlotRun", "data": "DataRun",
+           "data_real": "RealRun"}[mod.__name__]
     return mod.main(infra.cli(getattr(mod, cls), "", list(args)))
+
+
+def user_error(script, *args):
+    """Run a script in this process, expecting a mistake of the user's: returns its message, checked to be one
+    line `error: <what>; fix: <how>` (what a user sees, as the last line of stderr, with a non-zero exit)."""
+    with pytest.raises(SystemExit) as e:
+        call(script, *args)
+    msg = e.value.code
+    assert isinstance(msg, str) and msg.startswith("error: ") and "; fix: " in msg and "\n" not in msg, msg
+    return msg
 
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
     """data -> base -> reference -> scores -> SLM 0.6 and CLM students, with the tiny preset."""
     d = tmp_path_factory.mktemp("pipe")
-    run("train_ref.py", "--preset", "tiny", cwd=d)
-    run("train_slm.py", "--ratio", "0.6", "1.0", cwd=d)
+    with contextlib.chdir(d):  # in this process: test_robust.py runs train_ref.py as a user would
+        call("train_ref.py", "--preset", "tiny")
+        call("train_slm.py", "--ratio", "0.6", "1.0")
+    return d
+
+
+@pytest.fixture(scope="session")
+def real_files(tmp_path_factory):
+    """Local files shaped like real corpora: web.jsonl (text plus metadata), train.parquet and test.parquet
+    (GSM8K's question/answer fields), for data_real.py (the same code path as a hub name)."""
+    import datasets
+    d = tmp_path_factory.mktemp("files")
+    rng = random.Random(0)
+    words = "the sum of two numbers is we use cookies subscribe proof lemma let x be real".split()
+    with open(d / "web.jsonl", "w") as f:
+        for i in range(300):
+            text = f"Page {i}. {rng.randint(1, 9)} + {rng.randint(1, 9)} = ? " + " ".join(rng.choices(words, k=60))
+            f.write(json.dumps({"text": text, "url": f"https://example.org/{i}"}) + "\n")
+    gsm = [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+            "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"}
+           for a in range(1, 15) for b in range(1, 15)]
+    datasets.Dataset.from_list(gsm[:150]).to_parquet(str(d / "train.parquet"))
+    datasets.Dataset.from_list(gsm[150:]).to_parquet(str(d / "test.parquet"))
     return d

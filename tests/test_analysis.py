@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
+import analysis
 import plot
-import rho
 from conftest import call, run
 
 
@@ -23,12 +23,12 @@ def test_categorize_sorts_known_trajectories():
         0.5 - 0.15 * x,                        # falls, but by less than 0.2, low: L->L
         1.0 + 0.25 * x,                        # rises by 0.25: L->H
     ], axis=1)                                  # (K=5 checkpoints, N=7 tokens)
-    cat, delta = plot.categorize(losses, steps)
-    assert [plot.CATEGORIES[c] for c in cat] == ["H->L", "L->H", "H->H", "L->L", "H->H", "L->L", "L->H"]
+    cat, delta = analysis.categorize(losses, steps)
+    assert [analysis.CATEGORIES[c] for c in cat] == ["H->L", "L->H", "H->H", "L->L", "H->H", "L->L", "L->H"]
     np.testing.assert_allclose(delta[[0, 1, 2, 5, 6]], [-2.5, 1.3, 0.0, -0.15, 0.25], atol=1e-9)
     # uneven checkpoint spacing is respected: a fall that happens late in steps is still a straight line in steps
-    cat2, d2 = plot.categorize(np.array([[2.0], [1.9], [0.0]]), [0, 10, 100])
-    assert plot.CATEGORIES[cat2[0]] == "H->L" and -2.1 < d2[0] < -1.9
+    cat2, d2 = analysis.categorize(np.array([[2.0], [1.9], [0.0]]), [0, 10, 100])
+    assert analysis.CATEGORIES[cat2[0]] == "H->L" and -2.1 < d2[0] < -1.9
 
 
 def test_token_picture_keeps_the_top_share_and_writes_a_png(pipeline, tmp_path, monkeypatch, capsys):
@@ -48,8 +48,6 @@ def test_token_picture_keeps_the_top_share_and_writes_a_png(pipeline, tmp_path, 
     f.write_text("Question: Ann has 3 cats and buys 4 more.\nAnswer: 3 + 4 = 7\n#### 7\nSubscribe to our newsletter!")
     pages = call("plot.py", "--tokens", "out/slm0.6", "--text", str(f), "--ratio", "0.5")
     assert pages[0]["kinds"] is None and pages[0]["keep"].sum() == round(0.5 * (len(pages[0]["keep"]) - 1) + 1e-9)
-    with pytest.raises(SystemExit, match="^error: no text file"):
-        call("plot.py", "--tokens", "out/slm0.6", "--text", str(tmp_path / "missing.txt"))
 
 
 def test_categories_over_kept_checkpoints(pipeline, monkeypatch, capsys):
@@ -63,8 +61,6 @@ def test_categories_over_kept_checkpoints(pipeline, monkeypatch, capsys):
     shares = [float(m) / 100 for m in re.findall(r"\| [HL]->[HL] \| (\d+)% \|", capsys.readouterr().out)]
     assert len(shares) == 4 and abs(sum(shares) - 1) <= 0.02
     assert (run_dir / "categories.png").exists()
-    few = run("plot.py", "--categories", "out/clm", cwd=pipeline, check=False)
-    assert few.returncode != 0 and "--keep_ckpts" in few.stderr.strip().splitlines()[-1]
 
 
 def fake_pipeline(root, seed, runs, n=100):
@@ -80,15 +76,14 @@ def fake_pipeline(root, seed, runs, n=100):
                                                  "flops": flops}))
     for name, (arm, ratio, lr, curve) in runs.items():
         (d / name).mkdir()
-        # written with the config keys of older versions (ref, ref_scores): plot.py still reads them
-        cfg = {"arm": arm, "split": "web", "ratio": ratio, "select": "excess", "ref_scores": "cached", "init": "b",
-               "lr": lr, "ref": "r", "data_dir": str(d / "data")}
+        cfg = {"arm": arm, "split": "web", "ratio": ratio, "select": "excess", "ref_mode": "cached", "init": "b",
+               "lr": lr, "ref_ckpts": "r", "data_dir": str(d / "data")}
         (d / name / "config.json").write_text(json.dumps(cfg))
         with open(d / name / "log.jsonl", "w") as f:
             for t, v, a, acc in curve:
-                right = [i < round(acc * n) for i in range(n)]
+                right = "".join("1" if i < round(acc * n) else "0" for i in range(n))
                 f.write(json.dumps({"step": t, "tokens": t, "flops": 2.0 * t, "val_loss": v + 0.3, "val_answer_loss": v,
-                                    "answer_loss": a, "acc": acc, "correct": rho.pack_bits(right)}) + "\n")
+                                    "answer_loss": a, "acc": acc, "correct": right}) + "\n")
         (d / name / "done.json").write_text("{}")
 
 
@@ -125,6 +120,7 @@ def test_plot_aggregates_seeds_and_picks_each_arms_best_lr_on_validation(tmp_pat
     assert (tmp_path / "compare.png").exists() and (tmp_path / "compare-ratios.png").exists()
     summary = (tmp_path / "compare.md").read_text()
     # 80 right of 100 against 40 in each seed, on the same problems: +40 points, every discordant pair one way
+    assert list(plot.panels(res)) == ["answer", "acc", "val", "lr"]  # no token kinds: no panel of what SLM keeps
     assert "| SLM 0.6 | 0.002 (of 1) | 0.2000 [0.2000, 0.2000] | 80.0% [80.0%, 80.0%] | >=4.00x [>=4.00x, >=4.00x] | " \
         ">=3.00x [>=3.00x, >=3.00x] | >=3.88x [>=3.88x, >=3.88x] |" in summary
     assert "| +40.0 pts [" in summary and f"p={2 / 2 ** 80:.2g} |" in summary
@@ -133,20 +129,46 @@ def test_plot_aggregates_seeds_and_picks_each_arms_best_lr_on_validation(tmp_pat
     assert "| CLM | 0.002* | 2 |" in summary and "| CLM | 0.001 | 2 |" in summary
 
 
-@pytest.mark.parametrize("flag", ["--tokens", "--categories"])
-def test_analysis_of_a_folder_that_is_no_run_is_one_clear_error(tmp_path, flag):
-    p = run("plot.py", flag, str(tmp_path), cwd=tmp_path, check=False)
-    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path} is not a student run")
-
-
 def test_plot_compares_only_the_arms_asked_for(tmp_path):
     t = [0, 500, 1000]
-    fake_pipeline(tmp_path, 0, {"clm": ("CLM", 1.0, 1e-3, list(zip(t, [1.0, .8, .6], [1.0, .8, .6], [.1, .2, .3]))),
-                                "slm0.6": ("SLM 0.6", 0.6, 1e-3, list(zip(t, [1.0, .5, .4], [1.0, .5, .4], [.1, .3, .4]))),
-                                "slm0.8": ("SLM 0.8", 0.8, 1e-3, list(zip(t, [1.0, .6, .5], [1.0, .6, .5], [.1, .3, .4])))})
+    fake_pipeline(tmp_path, 0, {
+        "clm": ("CLM", 1.0, 1e-3, list(zip(t, [1.0, .8, .6], [1.0, .8, .6], [.1, .2, .3]))),
+        "slm0.6": ("SLM 0.6", 0.6, 1e-3, list(zip(t, [1.0, .5, .4], [1.0, .5, .4], [.1, .3, .4]))),
+        "slm0.8": ("SLM 0.8", 0.8, 1e-3, list(zip(t, [1.0, .6, .5], [1.0, .6, .5], [.1, .3, .4])))})
     run("plot.py", "--out_dir", str(tmp_path), "--arms", "CLM", "SLM 0.6", "--png", str(tmp_path / "two.png"),
         cwd=tmp_path)
     table = (tmp_path / "two.md").read_text()
     assert "| SLM 0.6 |" in table and "SLM 0.8" not in table and not (tmp_path / "two-ratios.png").exists()
+    # real data, one rate each: only the three curves are drawn, no empty panels (5.6 inches at 100 dpi each)
+    assert int.from_bytes((tmp_path / "two.png").read_bytes()[16:20], "big") == 3 * 560
     with pytest.raises(SystemExit, match="no runs of arm"):
         plot.main(plot.PlotRun(out_dir=str(tmp_path), arms=["SLM 0.7"]))
+
+
+def test_auroc_counts_ties_half():
+    assert analysis.auroc([3.0, 4.0], [1.0, 2.0]) == 1.0 and analysis.auroc([1.0], [2.0, 3.0]) == 0.0
+    # pairs (pos, neg): 2>1, 2=2, 2<3, 5>1, 5>2, 5>3: (4 + 0.5) / 6
+    assert analysis.auroc([2.0, 5.0], [1.0, 2.0, 3.0]) == pytest.approx(4.5 / 6)
+    assert np.isnan(analysis.auroc([], [1.0]))
+
+
+def test_explain_tables_kinds_roles_and_slipped_results(pipeline, monkeypatch):
+    monkeypatch.chdir(pipeline)
+    t = call("plot.py", "--explain", "out/slm0.6", "--pages", "40")
+    text = (pipeline / "out" / "slm0.6" / "explain.md").read_text()
+    num = lambda cell: [float(x.rstrip("%")) for x in cell.split(" / ")]  # noqa: E731
+    # the first table: {row: [[share %], [student 0, end], [reference], [excess 0, end], [kept % 0, end]]}
+    rows = {cells[0]: [num(c) for c in cells[1:]] for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in text.splitlines())
+            if len(cells) == 6 and cells[1].endswith("%")}
+    kinds = analysis.data.KINDS
+    assert {kinds[k] for k in np.unique(t["kind"])} | {"all"} | {f"math: {r}" for r in analysis.ROLES} == set(rows)
+    assert not ((t["kind"] == analysis.data.MATH) & (t["role"] < 0)).any()  # every math token has a role
+    assert sum(rows[f"math: {r}"][0][0] for r in analysis.ROLES) == pytest.approx(rows["math"][0][0], abs=0.3)
+    assert rows["all"][0] == [100.0] and rows["all"][4] == pytest.approx([60.0, 60.0], abs=0.1)
+    for share, student, (ref,), excess, kept in rows.values():
+        assert all(0 <= k <= 100 for k in kept)
+        assert excess == pytest.approx([s - ref for s in student], abs=0.002)
+    # the second table: slipped results against correct ones, each score's mean on both and its AUROC
+    aurocs = [float(a) for a in re.findall(r"^\| [a-z ,0-9]+ \| -?[\d.]+ \| -?[\d.]+ \| ([\d.]+) \|$", text, re.M)]
+    assert len(aurocs) == 5 and all(0 <= a <= 1 for a in aurocs)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import rho
-from conftest import ROOT, run
+from conftest import ROOT, call
 
 
 def _global_selection_worker(rank, world, init_file, scores, ratio, out):
@@ -36,14 +36,16 @@ def test_global_selection_over_two_ranks_equals_one_process_on_the_concatenated_
     assert not torch.equal(torch.cat([p["local"] for p in parts]), together)  # local really is different
 
 
-def test_torchrun_two_processes_equal_one_process_with_the_global_batch(pipeline):
+def test_torchrun_two_processes_equal_one_process_with_the_global_batch(pipeline, tmp_path, monkeypatch):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     args = ["--ratio", "0.6", "--max_tokens", "8192", "--n_evals", "2"]
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-                        os.path.join(ROOT, "train_slm.py"), *args, "--scope", "global", "--name", "ddp2"],
-                       cwd=pipeline, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    run("train_slm.py", *args, "--batch_size", "16", "--name", "single16", cwd=pipeline)
+    with open(tmp_path / "ddp2.txt", "w") as output:
+        p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                              "--master_port=29533", os.path.join(ROOT, "train_slm.py"), *args, "--scope", "global",
+                              "--name", "ddp2"], cwd=pipeline, env=env, stdout=output, stderr=subprocess.STDOUT)
+    monkeypatch.chdir(pipeline)  # meanwhile, in this process: one process with the global batch
+    call("train_slm.py", *args, "--batch_size", "16", "--name", "single16")
+    assert p.wait(timeout=600) == 0, (tmp_path / "ddp2.txt").read_text()[-5000:]
 
     def evals(name):
         recs = [json.loads(x) for x in (pipeline / "out" / name / "log.jsonl").read_text().splitlines()]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+import analysis
 import data
-import infra
 import plot
 import rho
 from test_method import tiny_model
@@ -50,8 +50,6 @@ def test_the_default_corpus_holds_out_at_least_1000_test_problems_of_every_famil
     _, evals, vals = data.documents(cfg)
     assert len(evals) == cfg.n_eval >= 1000 and len(vals) == cfg.n_ref_val
     assert {e["solution"].strip().splitlines()[-1] for e in evals} == {f"#### {e['answer']}" for e in evals}
-    with pytest.raises(SystemExit, match="fewer than the 5000 asked for"):
-        data.documents(data.data_config("cpu", n_eval=5000))
 
 
 def test_answer_loss_scores_the_solution_given_the_question_only():
@@ -59,8 +57,8 @@ def test_answer_loss_scores_the_solution_given_the_question_only():
     model = tiny_model(3, vocab=50, block=32).eval()
     problems = [{"prompt": "Q: 3+4?\nA:", "solution": " 7\n#### 7\n", "answer": 7},
                 {"prompt": "Q: a longer one, 12+30?\nA:", "solution": " 42\n#### 42\n", "answer": 42},
-                {"prompt": "Q: a question longer than the whole block of 32 tokens, 1+1?\nA:", "solution": " 2\n#### 2\n",
-                 "answer": 2}]
+                {"prompt": "Q: a question longer than the whole block of 32 tokens, 1+1?\nA:",
+                 "solution": " 2\n#### 2\n", "answer": 2}]
     total, count = 0.0, 0
     for p in problems:  # one at a time, unpadded: the loss of every solution token given all before it
         q, s = tok.encode(p["prompt"]), tok.encode(p["solution"])
@@ -91,20 +89,20 @@ def test_tokens_to_reach(ys, target, higher, expected):
 
 
 def test_x_fewer_and_compute_on_known_curves():
-    c = {"tokens": np.array([0., 100, 200, 400]), "answer": np.array([1.0, 0.8, 0.6, 0.5]),
+    clm = {"tokens": np.array([0., 100, 200, 400]), "answer": np.array([1.0, 0.8, 0.6, 0.5]),
          "acc": np.array([0.1, 0.4, 0.3, 0.4]), "flops": 800.0, "cfg": {"split": "web", "ratio": 1.0}}
-    r = {"tokens": np.array([0., 100, 200, 400]), "answer": np.array([1.0, 0.7, 0.5, 0.4]),
+    run = {"tokens": np.array([0., 100, 200, 400]), "answer": np.array([1.0, 0.7, 0.5, 0.4]),
          "acc": np.array([0.1, 0.2, 0.4, 0.5]), "flops": 800.0, "cfg": {"split": "web", "ratio": 1.0}}
-    assert plot.x_fewer(r, c, "answer") == (2.0, False)          # reaches 0.5 at 200 of CLM's 400 tokens
+    assert plot.x_fewer(run, clm, "answer") == (2.0, False)          # reaches 0.5 at 200 of CLM's 400 tokens
     # CLM's accuracy reached its final 40% at its first evaluation (a bound) and dipped: CLM's own tokens to get
-    # there (100), not its budget, are what r is compared with: r needs 200, so 0.5x
-    assert plot.x_fewer(r, c, "acc") == (0.5, False)
-    assert plot.x_fewer(c, r, "answer") == (None, False)
-    assert plot.x_less_compute(r, c) == (pytest.approx(2.0), False)  # no overhead: the same ratio
+    # there (100), not its budget, are what run is compared with: run needs 200, so 0.5x
+    assert plot.x_fewer(run, clm, "acc") == (0.5, False)
+    assert plot.x_fewer(clm, run, "answer") == (None, False)
+    assert plot.x_less_compute(run, clm) == (pytest.approx(2.0), False)  # no overhead: the same ratio
     # a measure a run does not have is no measure, not "never"
-    nan = {**c, "answer": np.full(4, np.nan)}
-    assert np.isnan(plot.x_fewer(r, nan, "answer")[0]) and plot.fmt_x(plot.x_fewer(r, nan, "answer")) == "-"
-    assert np.isnan(plot.x_fewer(r, {**c, "tokens": c["tokens"][:1], "answer": c["answer"][:1]}, "answer")[0])
+    nan = {**clm, "answer": np.full(4, np.nan)}
+    assert np.isnan(plot.x_fewer(run, nan, "answer")[0]) and plot.fmt_x(plot.x_fewer(run, nan, "answer")) == "-"
+    assert np.isnan(plot.x_fewer(run, {**clm, "tokens": clm["tokens"][:1], "answer": clm["answer"][:1]}, "answer")[0])
     assert plot.fmt_x((math.inf, False)) == "at start" and plot.fmt_x((3.0, True)) == ">=3.00x"
     # medians: the lower one of an even count, never below every value, a bound marking what it could raise
     assert plot.med_x([(None, False), (2.0, False), (3.0, True)]) == "2.00x [never, >=3.00x]"
@@ -117,17 +115,17 @@ def test_x_fewer_and_compute_on_known_curves():
 
 def test_what_a_run_keeps_is_weighted_by_the_tokens_each_record_covers():
     # the records since the previous evaluation: 100 tokens at 50% of math kept, then 300 tokens at 90%
-    r = {"tokens": np.array([0., 100, 400]), "selected": [{}, {"math": 0.5, "prose": 0.0}, {"math": 0.9, "prose": 0.2}],
-         "composition": [{}, {"math": 1.0}, {"math": 0.8}]}
-    kept = plot.kept_over_run(r)
+    run = {"tokens": np.array([0., 100, 400]), "composition": [{}, {"math": 1.0}, {"math": 0.8}],
+           "selected": [{}, {"math": 0.5, "prose": 0.0}, {"math": 0.9, "prose": 0.2}]}
+    kept = analysis.kept_over_run(run)
     assert kept == {"math": pytest.approx(0.8), "prose": pytest.approx(0.15), "precision": pytest.approx(0.85)}
-    assert plot.kept_over_run({**r, "selected": [{}, {}, {}]}) is None  # real data: no token kinds
+    assert analysis.kept_over_run({**run, "selected": [{}, {}, {}]}) is None  # real data: no token kinds
 
 
 def test_answers_are_read_back_at_their_length_and_runs_of_other_lengths_pair_on_the_common_problems():
-    right = [True, False, True, True, False, True, False]  # 7 problems: the hex pads an eighth bit
-    rec = {"acc": 4 / 7, "correct": infra.pack_bits(right)}
-    assert plot.answers(rec).tolist() == right
+    right = [True, False, True, True, False, True, False]  # 7 problems: one '0'/'1' each
+    rec = {"acc": 4 / 7, "correct": "1011010"}
+    assert plot.answers(rec).tolist() == right and plot.answers({"acc": 0.0}) is None
     a, b = np.array(right + [True] * 3), np.array(right)  # 10 problems against the first 7 of them
     assert plot.paired([(a, b)])["diff"] == 0.0
 
@@ -151,14 +149,12 @@ def test_paired_tests_on_known_answers():
     assert far["p"] == pytest.approx(1 / 10001)
 
 
-def test_eval_schedule_and_answer_bits():
+def test_eval_schedule():
     steps = rho.eval_steps(2929, 16, "log")
     assert steps[0] == 0 and steps[-1] == 2929 and steps == sorted(set(steps)) and len(steps) == 17
     assert steps[1] == 15 and all(b / a < 1.5 for a, b in zip(steps[1:], steps[2:]))  # dense early, 1.42x apart
     assert rho.eval_steps(100, 4, "even") == [0, 25, 50, 75, 100]
     assert rho.eval_steps(3, 16, "log") == [0, 1, 2, 3]
-    bools = [bool(b) for b in np.random.default_rng(0).integers(0, 2, 1001)]
-    assert infra.unpack_bits(infra.pack_bits(bools), len(bools)) == bools and len(infra.pack_bits(bools)) == 251
 
 
 def trainer(pipeline, **kw):
@@ -202,8 +198,6 @@ def test_mixing_the_high_quality_subset_into_the_web_split(pipeline):
     tr = trainer(pipeline, ratio=1.0, mix_hq=2.5)
     assert len(tr.blocks.tokens) == web + int(2.5 * hq)
     assert np.all(tr.blocks.labels[web:] == data.MATH)
-    with pytest.raises(SystemExit, match="--mix_hq trains on every token"):
-        trainer(pipeline, ratio=0.6, mix_hq=1)
 
 
 def test_control_runs_get_their_names_and_budgets(pipeline, monkeypatch):

@@ -189,3 +189,16 @@ def test_kv_cache_generation_equals_full_recompute():
         for _ in range(12):
             full = torch.cat([full, model(full)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, full)
+
+
+def test_left_padded_batch_decodes_like_each_prompt_alone():
+    """Questions of different lengths (GSM8K) are decoded in one batch, padded on the left: every row must decode
+    exactly as it does alone (the padding is never attended and positions start after it)."""
+    model = tiny_model(3, vocab=50, block=32).eval()
+    prompts = [batch(s, B=1, T=n)[0][0].tolist() for s, n in ((1, 3), (2, 7), (3, 5))]
+    n = max(map(len, prompts))
+    pad = torch.tensor([n - len(p) for p in prompts])
+    out = model.generate(torch.tensor([[0] * (n - len(p)) + p for p in prompts]), 10, pad=pad)
+    for row, p in zip(out, prompts):
+        alone = model.generate(torch.tensor([p]), 10)[0]
+        assert row[n:].tolist() == alone[len(p):].tolist()

@@ -1,0 +1,391 @@
+"""
+analysis.py -- inside one run: which tokens SLM keeps (--tokens), the paper's token-loss categories over a run's
+kept checkpoints (--categories), the selection explained kind by kind (--explain), what each arm keeps of each
+token kind, and the ratio sweep. plot.py runs it:
+
+  python plot.py --tokens out/slm0.6 [--text a.txt] [--ratio 0.6]   # out/slm0.6/tokens.png
+  python plot.py --categories out/clm-ckpts [--pages 200]           # out/clm-ckpts/categories.png
+  python plot.py --explain out/slm0.6 [--pages 300]                 # out/slm0.6/explain.md
+"""
+import glob
+import math
+import os
+import re
+
+import numpy as np
+import torch
+
+import data
+import rho
+from infra import atomic_write, check_vocab, fail, load_checkpoint, read_json
+
+# ==========================================================================================================
+# Shared: a run's context, its models, the pages to look at
+
+
+def run_context(run_dir):
+    """(config, pipeline, tokenizer, meta) of a run folder made by train_slm.py."""
+    cfg = read_json(os.path.join(run_dir, "config.json"))
+    pipe = read_json(os.path.join(os.path.dirname(os.path.normpath(run_dir)), "pipeline.json"))
+    if not cfg or not pipe:
+        fail(f"{run_dir} is not a student run of a pipeline", "pass a folder made by train_slm.py, e.g. out/slm0.6")
+    meta = data.read_meta(cfg["data_dir"])
+    return cfg, pipe, data.Tokenizer(meta["vocab"]), meta
+
+
+def load_model(path, meta):
+    """(model in eval mode, its step), its vocabulary checked against the corpus's."""
+    ckpt = load_checkpoint(path)
+    check_vocab(ckpt, meta, path)
+    return rho.GPT.from_checkpoint(ckpt).eval(), ckpt["step"]
+
+
+@torch.no_grad()
+def page_losses(model, ids):
+    """The loss of every token of a page but the first, block by block, with the context training gives it."""
+    T, out = model.config.block_size, []
+    for i in range(0, len(ids) - 1, T):
+        x = torch.tensor(ids[i:i + T + 1])[None]                     # (1, t + 1)
+        out.append(rho.token_losses(model(x[:, :-1]), x[:, 1:])[0])  # (t,)
+    return torch.cat(out).numpy()
+
+
+def pages_to_use(args, cfg, tok, n):
+    """(ids, kind labels or None) per page: the --text files, else --pages (default n) held-out pages."""
+    if not args.text:
+        return data.held_out_pages(cfg["data_dir"], args.pages or n)
+    pages = []
+    for path in args.text.split(","):
+        if not os.path.isfile(path):
+            fail(f"no text file at {path}", "pass existing text files to --text (comma-separated)")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            ids = tok.encode(f.read())
+        if len(ids) < 2:
+            fail(f"{path} holds fewer than two tokens", "pass a text file with some text in it")
+        pages.append((ids, None))
+    return pages
+
+
+# ==========================================================================================================
+# --tokens: every token of a few pages, coloured by its excess loss, kept or dropped
+
+KIND_COLORS = ["#2ca02c", "#17becf", "#d62728", "#9467bd", "#8c564b", "#7f7f7f", "#e377c2", "#000000"]
+
+
+def token_picture(args):
+    """Every token of a few pages coloured by its excess loss (student minus reference) and marked kept or dropped
+    at --ratio over all shown tokens; with the embedded corpus, a strip under each token gives its true kind."""
+    cfg, pipe, tok, meta = run_context(args.tokens)
+    student, step = load_model(os.path.join(args.tokens, "ckpt.pt"), meta)
+    ref, _ = load_model(pipe["ref"], meta)
+    pages = []
+    for ids, labels in pages_to_use(args, cfg, tok, 4):  # the first token of a page has no loss
+        pages.append({"pieces": tok.pieces(ids), "kinds": labels,
+                      "excess": np.r_[np.nan, page_losses(student, ids) - page_losses(ref, ids)]})
+    excess = np.concatenate([p["excess"] for p in pages])
+    scored = ~np.isnan(excess)
+    keep = np.zeros(len(excess), bool)
+    keep[scored] = rho.select_topk(torch.tensor(excess[scored]), args.ratio).numpy()
+    for p, kept in zip(pages, np.split(keep, np.cumsum([len(p["pieces"]) for p in pages])[:-1])):
+        p["keep"] = kept
+    title = (f"{args.tokens} (step {step}) against its reference: {args.ratio:.0%} of the shown tokens kept, those "
+             f"with the highest excess loss")
+    lim = float(np.nanpercentile(np.abs(excess), 90)) or 1.0  # the colour scale saturates beyond it
+    kinds, png = meta.get("kinds") or [], os.path.join(args.tokens, "tokens.png")
+    draw_tokens(pages, title, lim, kinds, png)
+    if kinds and pages[0]["kinds"] is not None:
+        lab = np.concatenate([p["kinds"] for p in pages])
+        print("share of each kind kept: " + ", ".join(f"{k} {keep[scored & (lab == i)].mean():.0%}"
+                                                      for i, k in enumerate(kinds) if (scored & (lab == i)).any()))
+    print(f"kept {keep.sum():,} of {scored.sum():,} scored tokens; wrote {png}")
+    return pages
+
+
+def excess_color(v, lim):
+    """RGB of an excess loss: blue (the student knows it better than the reference) to red (worse)."""
+    import matplotlib
+    return matplotlib.colormaps["coolwarm"](0.5 + 0.5 * float(np.clip(v / lim, -1, 1)))[:3]
+
+
+def layout(pieces, width):
+    """([(line, column, shown text) per token], lines) in a monospace grid width columns wide; a newline inside a
+    token is shown as a return sign and starts a new line."""
+    line, col, out = 0, 0, []
+    for p in pieces:
+        shown = p.replace("\t", "    ").replace("\n", "\u21b5").replace("\r", "")
+        if col and col + len(shown) > width:
+            line, col = line + 1, 0
+        out.append((line, col, shown))
+        col += len(shown)
+        if "\n" in p:
+            line, col = line + 1, 0
+    return out, line + 1
+
+
+def draw_tokens(pages, title, lim, kinds, path, width=110):
+    """The pages one under the other, each token a cell: its excess-loss colour (pale if dropped) and its kind."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Patch, Rectangle
+    y0, cell, rects, faces = 3.0, 12.0 / width, [], []  # cell: inches per character
+    fig = plt.figure()
+    ax = fig.add_axes([0.02, 0.0, 0.96, 1.0])
+    fs = cell * 72 / 0.62
+    ax.text(0, 0.5, title, fontsize=fs * 1.05, va="center")
+    for i, p in enumerate(pages):
+        cells, n_lines = layout(p["pieces"], width)
+        ax.text(0, y0 - 0.75, f"page {i + 1}", fontsize=fs, color="0.4", va="center")
+        strip = p["kinds"] if p["kinds"] is not None else [None] * len(cells)
+        for (line, col, shown), kept, v, kind in zip(cells, p["keep"], p["excess"], strip):
+            y, w = y0 + line, max(len(shown), 1)
+            rects.append(Rectangle((col, y - 0.45), w, 0.9))
+            faces.append((0.9, 0.9, 0.9, 1) if np.isnan(v) else (*excess_color(v, lim), 0.85 if kept else 0.18))
+            if kind is not None:
+                rects.append(Rectangle((col, y + 0.32), w, 0.13))
+                faces.append(KIND_COLORS[kind % len(KIND_COLORS)])
+            ax.text(col, y, shown, fontsize=fs, family="monospace", va="center", color="black" if kept else "0.55")
+        y0 += n_lines + 1.5
+    y_end = y0 + 6  # room for the legend
+    fig.set_size_inches(12.6, y_end * cell * 1.9)
+    ax.set(xlim=(0, width), ylim=(y_end, 0))
+    ax.axis("off")
+    ax.add_collection(PatchCollection(rects, facecolors=faces, edgecolors="none"))
+    handles = [Patch(color=excess_color(lim, lim), label=f"excess loss +{lim:.2f} (student worse than reference)"),
+               Patch(color=excess_color(-lim, lim), label=f"excess loss -{lim:.2f}"),
+               Patch(color="0.85", label="pale, grey text: dropped; dark: kept")]
+    if pages[0]["kinds"] is not None:
+        handles += [Patch(color=KIND_COLORS[i], label=f"strip: {k}") for i, k in enumerate(kinds)]
+    ax.legend(handles=handles, loc="lower center", ncol=4, fontsize=fs * 0.9, frameon=False)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ==========================================================================================================
+# --categories: the paper's token-loss categories over a run's kept checkpoints
+
+CATEGORIES = ("H->H", "L->H", "H->L", "L->L")
+PAPER_SHARES = (0.11, 0.12, 0.26, 0.51)  # RHO-1 §2.1, TinyLlama-1B on OpenWebMath
+
+
+def categorize(losses, x=None, change=0.2, high=1.0):
+    """The paper's token-loss categories. losses: (K, N), N tokens' losses at K checkpoints taken at x (e.g.
+    steps). A line is fitted to each token's losses over x scaled to [0, 1]; its fitted change from the first
+    checkpoint to the last decides: below -change H->L, above +change L->H; in between H->H if the token's mean
+    loss is at least `high` (nats), else L->L. Returns (category index per token into CATEGORIES, change)."""
+    K = losses.shape[0]
+    x = np.linspace(0, 1, K) if x is None else (np.asarray(x, float) - x[0]) / (x[-1] - x[0])
+    xc = x - x.mean()
+    delta = xc @ (losses - losses.mean(0)) / (xc @ xc)  # (N,): the slope, i.e. the change over the unit span
+    return np.select([delta < -change, delta > change, losses.mean(0) >= high], [2, 1, 0], 3), delta
+
+
+def loss_categories(args):
+    """Sort held-out tokens into the paper's four categories by their loss over a run's kept checkpoints."""
+    cfg, _, tok, meta = run_context(args.categories)
+    paths = sorted(glob.glob(os.path.join(args.categories, "ckpt_*.pt")))  # ckpt_<step>.pt: in step order
+    if len(paths) < 3:
+        fail(f"{args.categories} kept {len(paths)} checkpoint(s); the categories need 3 or more",
+             "train the run with `python train_slm.py --ratio 1.0 --keep_ckpts`")
+    pages = pages_to_use(args, cfg, tok, 200)
+    models = [load_model(path, meta) for path in paths]
+    steps = [step for _, step in models]
+    losses = np.stack([np.concatenate([page_losses(m, ids) for ids, _ in pages]) for m, _ in models])  # (K, N)
+    cat, _ = categorize(losses, steps)
+    shares = np.bincount(cat, minlength=4) / len(cat)
+    lines = [f"token-loss categories of {losses.shape[1]:,} held-out tokens over {len(paths)} checkpoints of "
+             f"{args.categories} (fitted change beyond +-0.2 nats: rising or falling; else high if mean loss >= 1 "
+             "nat)", "", "| category | this run | RHO-1 (1B, OpenWebMath) |", "|---|---|---|"]
+    lines += [f"| {c} | {s:.0%} | {p:.0%} |" for c, s, p in zip(CATEGORIES, shares, PAPER_SHARES)]
+    if pages[0][1] is not None and meta.get("kinds"):
+        lab = np.concatenate([labels[1:] for _, labels in pages])
+        lines += ["", "| kind | tokens | " + " | ".join(CATEGORIES) + " |", "|---" * 6 + "|"]
+        lines += [f"| {k} | {(lab == i).sum():,} | " + " | ".join(
+            f"{s:.0%}" for s in np.bincount(cat[lab == i], minlength=4) / (lab == i).sum()) + " |"
+            for i, k in enumerate(meta["kinds"]) if (lab == i).any()]
+    png = os.path.join(args.categories, "categories.png")
+    draw_categories(steps, losses, cat, shares, png)
+    print("\n".join(lines) + f"\n\nwrote {png}")
+    return shares
+
+
+def draw_categories(steps, losses, cat, shares, path):
+    """The shares beside the paper's, and 20 example tokens' losses over training per category."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4))
+    xs, rng = np.arange(4), np.random.default_rng(0)
+    axes[0].bar(xs - 0.2, shares, 0.4, label="this run")
+    axes[0].bar(xs + 0.2, PAPER_SHARES, 0.4, label="RHO-1, 1B")
+    axes[0].set(xticks=xs, xticklabels=CATEGORIES, ylabel="share of held-out tokens", title="token-loss categories")
+    axes[0].legend()
+    for k, ax in enumerate(axes[1:]):
+        idx = np.flatnonzero(cat == k)
+        for j in rng.choice(idx, min(20, len(idx)), replace=False):
+            ax.plot(steps, losses[:, j], color="0.6", lw=0.7)
+        if len(idx):
+            ax.plot(steps, losses[:, idx].mean(1), color="C3", lw=2, label="mean of the category")
+            ax.legend(fontsize=8)
+        ax.set(title=f"{CATEGORIES[k]}: {shares[k]:.0%} of tokens", xlabel="step", ylabel="token loss (nats)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ==========================================================================================================
+# --explain: the mechanism in numbers, kind by kind and, in target-format math, role by role
+
+ROLES = ["question", "solution text", "operands", "results", "final answer"]
+PROBLEM_RE = re.compile(r"Question: [^\n]*\n(Answer: (?:[^\n]*\n)*?)#### (-?\d+)\n")
+
+
+def token_roles(pieces, kinds):
+    """(role per token, slipped per token) of a page: the role (index into ROLES, -1 outside target-format
+    problems) is that of the token's first non-space character: the 'Question:' line, the solution, in its lines
+    the operands (left of '=') and the results (right of '=') of each calculation, the number after '####';
+    slipped: the token belongs to a problem holding a math_wrong token."""
+    text = "".join(pieces)
+    first = np.cumsum([0] + [len(p) for p in pieces[:-1]]) + [len(p) - len(p.lstrip()) if p.strip() else 0
+                                                             for p in pieces]
+    role, problem = np.full(len(text), -1), np.full(len(text), -1)
+    for i, p in enumerate(PROBLEM_RE.finditer(text)):
+        problem[p.start():p.end()] = i
+        role[p.start():p.start(1)], role[p.start(1):p.end()] = 0, 1
+        for c in data.CALC_RE.finditer(text, p.start(1), p.end(1)):
+            role[c.start(1):c.end(1)] = role[c.start(3):c.end(3)] = 2
+            role[c.start(4):c.end(4)] = 3
+        role[p.start(2):p.end(2)] = 4
+    role, problem = role[first], problem[first]
+    return role, (problem >= 0) & np.isin(problem, problem[(kinds == data.WRONG) & (problem >= 0)])
+
+
+def auroc(pos, neg):
+    """How well a score tells positives from negatives: P(score(positive) > score(negative)), ties counted half
+    (the Mann-Whitney U from each positive's rank among the negatives, over n_pos * n_neg); NaN without both."""
+    if not len(pos) or not len(neg):
+        return math.nan
+    neg = np.sort(neg)
+    lo, hi = np.searchsorted(neg, pos, "left"), np.searchsorted(neg, pos, "right")  # negatives below, not above
+    return float((lo + hi).sum() / 2 / (len(pos) * len(neg)))
+
+
+def explain_scores(args):
+    """Every scored token of --pages held-out pages (all but each page's first): its kind, role, slipped flag and
+    losses under the reference and the student at step 0 (the model it started from) and at the end."""
+    cfg, pipe, tok, meta = run_context(args.explain)
+    if "data_config" not in meta:
+        fail(f"{cfg['data_dir']} holds a real corpus: its tokens have no kinds to explain the selection by",
+             "explain a run on the embedded corpus (python train_ref.py; python train_slm.py --ratio 0.6)")
+    if not cfg["init"]:
+        fail(f"{args.explain} starts from scratch: there is no trained model at its step 0 to explain",
+             "explain a student of a pipeline with a base (python train_ref.py without --init scratch, then "
+             "python train_slm.py --ratio 0.6)")
+    pages = data.held_out_pages(cfg["data_dir"], args.pages or 300)
+    tokens = {"kind": [], "role": [], "slipped": []}
+    for ids, kinds in pages:
+        role, slipped = token_roles(tok.pieces(ids), np.array(kinds))
+        for key, v in zip(tokens, (kinds, role, slipped)):
+            tokens[key].append(np.asarray(v)[1:])
+    tokens = {key: np.concatenate(v) for key, v in tokens.items()}
+    for name, path in (("ref", pipe["ref"]), ("start", cfg["init"]), ("end", os.path.join(args.explain, "ckpt.pt"))):
+        model, tokens[f"step_{name}"] = load_model(path, meta)
+        tokens[name] = np.concatenate([page_losses(model, ids) for ids, _ in pages])
+    for when in ("start", "end"):
+        tokens[f"excess_{when}"] = tokens[when] - tokens["ref"]
+        tokens[f"keep_{when}"] = rho.select_topk(torch.tensor(tokens[f"excess_{when}"]), cfg["ratio"]).numpy()
+    return cfg, tokens
+
+
+def explain(args):
+    """What the run's selection keeps of each kind and of each role in target-format math, and why (the losses
+    behind the excess), at step 0 and at the end; and how well each score tells slipped results from right ones."""
+    cfg, t = explain_scores(args)
+    rows = [("all", np.ones(len(t["ref"]), bool))]
+    for i, k in enumerate(data.KINDS):
+        rows += [(k, t["kind"] == i)] + [(f"math: {r}", (t["kind"] == i) & (t["role"] == j))
+                                         for j, r in enumerate(ROLES) if i == data.MATH]
+    rows = [(name, mask) for name, mask in rows if mask.any()]
+    lines = [f"# {args.explain}: SLM {cfg['ratio']:g} explained on {len(t['ref']):,} tokens of {args.pages or 300} "
+             f"held-out pages", "", f"step 0 (step {t['step_start']}, {cfg['init']}) and end (step {t['step_end']}) "
+             f"of the student against the reference ({t['step_ref']} steps); excess = student - reference; kept: "
+             f"the top {cfg['ratio']:.0%} by excess over all these tokens", "",
+             "| tokens | share | student loss (0 / end) | reference loss | excess (0 / end) | kept (0 / end) |",
+             "|---|---|---|---|---|---|"]
+    for name, m in rows:
+        s, e, r = (t[k][m].mean() for k in ("start", "end", "ref"))
+        lines.append(f"| {name} | {m.mean():.1%} | {s:.3f} / {e:.3f} | {r:.3f} | {s - r:+.3f} / {e - r:+.3f} | "
+                     f"{t['keep_start'][m].mean():.1%} / {t['keep_end'][m].mean():.1%} |")
+    wrong = t["kind"] == data.WRONG
+    right = (t["kind"] == data.MATH) & (t["role"] == 3) & ~t["slipped"]
+    if not wrong.any() or not right.any():
+        return finish_explain(args, lines + ["", "(no slipped or no correct results among these pages: show more)"], t)
+    lines += ["", f"slipped results (math_wrong, {wrong.sum()} tokens) against the results of correct solutions "
+              f"({right.sum()} tokens): mean of each score and its AUROC at telling them apart (slipped = positive)",
+              "", "| score | slipped | correct | AUROC |", "|---|---|---|---|"]
+    for name, key in (("reference loss", "ref"), ("student loss, step 0", "start"), ("student loss, end", "end"),
+                      ("excess, step 0", "excess_start"), ("excess, end", "excess_end")):
+        lines.append(f"| {name} | {t[key][wrong].mean():.3f} | {t[key][right].mean():.3f} | "
+                     f"{auroc(t[key][wrong], t[key][right]):.3f} |")
+    return finish_explain(args, lines, t)
+
+
+def finish_explain(args, lines, t):
+    path = os.path.join(args.explain, "explain.md")
+    atomic_write(path, "\n".join(lines) + "\n")
+    print("\n".join(lines) + f"\n\nwrote {path}")
+    return t
+
+
+# ==========================================================================================================
+# Across runs: what each arm keeps of each token kind, the ratio sweep
+
+
+def kept_over_run(run):
+    """{kind: share of its tokens kept over the whole run, 'precision': share of math among the kept}: each
+    evaluation's record covers the tokens since the one before, weighted by them; None without token kinds."""
+    recs = [(t1 - t0, s, c) for t0, t1, s, c in zip(run["tokens"], run["tokens"][1:], run["selected"][1:],
+                                                    run["composition"][1:]) if s]
+    if not recs:
+        return None
+    w = np.array([d for d, _, _ in recs]) / sum(d for d, _, _ in recs)
+    out = {k: float(np.dot(w, [s.get(k, np.nan) for _, s, _ in recs])) for k in recs[-1][1]}
+    out["precision"] = float(np.dot(w, [c.get("math", np.nan) for _, _, c in recs]))
+    return out
+
+
+def selection_table(res):
+    """What each arm that drops tokens keeps of each token kind over its run, at its chosen rate (markdown lines)."""
+    rows = [(row["arm"], [kept_over_run(run) for run in row["runs"]]) for row in res["rows"]]
+    drops = lambda k: min(v for kind, v in k.items() if kind != "precision") < 0.999  # noqa: E731
+    rows = [(arm, ks) for arm, ks in rows if ks and all(ks) and drops(ks[0])]
+    if not rows:
+        return []
+    kinds = list(rows[0][1][0])
+    return ["", "share of each kind's tokens kept over the run (each arm at its chosen rate; median over seeds; "
+            "precision: the share of target math among the kept tokens):", "",
+            "| arm | " + " | ".join(kinds) + " |", "|---" * (1 + len(kinds)) + "|"] + \
+        [f"| {arm} | " + " | ".join(f"{np.median([k.get(kind, np.nan) for k in ks]):.1%}" for kind in kinds) + " |"
+         for arm, ks in rows]
+
+
+def plot_ratios(sweeps, path):
+    """Final test answer loss and accuracy (those the runs have) against the ratio (1.0 = CLM), median and [min,
+    max] over seeds. sweeps: per group, [(ratio, its row of the headline table at its best learning rate)]."""
+    import matplotlib.pyplot as plt
+    finals = {key: [[np.array([run[key][-1] for run in row["runs"]]) for _, row in rows] for rows in sweeps]
+              for key in ("answer", "acc")}
+    finals = {key: ys for key, ys in finals.items() if any(np.isfinite(y).any() for group in ys for y in group)}
+    fig, axes = plt.subplots(1, len(finals), figsize=(5.5 * len(finals), 4), squeeze=False)
+    for ax, (key, per_group) in zip(axes[0], finals.items()):
+        for rows, ys in zip(sweeps, per_group):
+            mid = np.array([np.median(y) for y in ys])
+            ax.errorbar([ratio for ratio, _ in rows], mid, yerr=[mid - [y.min() for y in ys],
+                                                               [y.max() for y in ys] - mid],
+                        fmt="o-", capsize=3, label=f"{len(rows[0][1]['runs'])} seed(s)")
+        what = "final test answer loss" if key == "answer" else "final test accuracy"
+        ax.set(xlabel="ratio (share of tokens with a loss; 1.0 = CLM)", ylabel=what, title=f"{what} against the ratio")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

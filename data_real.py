@@ -1,0 +1,361 @@
+"""
+data_real.py -- real corpora for rho through Hugging Face `datasets`, a hub name or local files for each role,
+written as the same files as the embedded corpus of data.py, without token kinds:
+  --web   the noisy corpus, streamed a document at a time into web_base and web, up to --max_tokens
+  --hq    the high-quality subset (question/answer records): ref_val (the first --hq_val) and ref_train
+  --eval  the test problems (eval.jsonl); ref_val's records are the validation problems (val.jsonl)
+Noisy documents and high-quality records that share word 13-grams with a test or validation problem are dropped.
+
+Run:  python data_real.py --web web.jsonl --hq train.jsonl --eval test.jsonl --data_dir data/mine
+      python data_real.py --source owm-gsm8k --data_dir data/owm        # with the network
+      python data_real.py --write_example corpora/example   # a GSM8K-shaped local corpus, offline
+"""
+import glob
+import json
+import os
+import random
+import re
+import sys
+from dataclasses import asdict, dataclass, fields
+
+from tqdm import tqdm
+
+from data import (CONTAINERS, DAYS, ITEMS, MATH, NAMES, NUMBER, PLACES, SplitWriter, cl100k, ensure, extract_answer,
+                  finish, seg_boilerplate, seg_gibberish, seg_other_math, seg_prose, seg_structured)
+from infra import arg, atomic_write, cli, fail
+
+REAL_PRESETS = {  # --source NAME; every field can be changed with the flags of the same name
+    "owm-gsm8k": dict(web="open-web-math/open-web-math", hq="openai/gsm8k:main:train",
+                      eval="openai/gsm8k:main:test", max_tokens=10_000_000),
+    "finemath-gsm8k": dict(web="HuggingFaceTB/finemath:finemath-4plus", hq="openai/gsm8k:main:train",
+                           eval="openai/gsm8k:main:test", max_tokens=10_000_000),
+}
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}  # `datasets` loaders
+
+
+@dataclass
+class RealConfig:
+    web: str = arg("", "noisy corpus: a hub name org/name[:config[:split]] or local files (.jsonl .json .parquet "
+                       ".txt; a glob or comma-separated)")
+    hq: str = arg("", "high-quality subset (question/answer records): a hub name or files")
+    eval: str = arg("", "evaluation problems: a hub name or files")
+    web_field: str = arg("text", "the text field of the noisy corpus")
+    hq_template: str = arg("Question: {question}\nAnswer: {answer}\n", "a high-quality record's text (\\n escapes)")
+    eval_prompt: str = arg("Question: {question}\nAnswer:", "an evaluation record's prompt (\\n escapes)")
+    eval_answer: str = arg("answer", "the field holding the answer: a number, or a solution whose final number "
+                                     "follows #### or 'The answer is'")
+    max_tokens: int = arg(0, "noisy-corpus tokens to take (0: all of local files; a hub dataset needs a budget)")
+    base_share: float = arg(0.4, "share of the noisy documents (and, with a budget, tokens) for the base model")
+    hq_val: int = arg(500, "high-quality records held out as ref_val")
+    max_eval: int = arg(1319, "evaluation problems kept")
+    ngram: int = arg(13, "drop documents overlapping a held-out problem in word n-grams (0: off)")
+    ngram_share: float = arg(0.0, "...in more than this share of the problem's n-grams (0: any one; templated "
+                                  "text, where problems share phrases, wants e.g. 0.5)")
+    num_proc: int = arg(8, "tokenizer threads")
+
+
+def local_files(spec):
+    """The local files a source names (a path, a glob or comma-separated paths); [] for a hub name."""
+    return [p for item in spec.split(",") for p in sorted(glob.glob(os.path.expanduser(item)))]
+
+
+def looks_local(item):
+    """Whether a source names files rather than a hub dataset "org/name[:config[:split]]": a path that starts
+    with . / or ~, has a file type rho reads, holds a glob, or has no org/ part."""
+    return (item.startswith((".", "/", "~")) or "/" not in item or any(c in item for c in "*?[")
+            or os.path.splitext(item)[1].lower() in FILE_TYPES)
+
+
+def real_config(args):
+    """The RealConfig of --source (custom, or a preset whose settings the flags change), checked before any
+    work: every role given, every local file there, a token budget for a hub dataset. Local paths are kept
+    relative to the current folder (where the command runs, the project root as a rule), as meta.json stores
+    them: a corpus folder names no machine's absolute paths, and a moved project rebuilds the same config."""
+    if args.source not in REAL_PRESETS and args.source != "custom":
+        fail(f"unknown --source '{args.source}'", f"use custom or one of {', '.join(REAL_PRESETS)}")
+    default = RealConfig()  # a flag left at its default leaves the preset's setting
+    given = {f.name: getattr(args, f.name) for f in fields(RealConfig)
+             if getattr(args, f.name) != getattr(default, f.name)}
+    rc = RealConfig(**{**REAL_PRESETS.get(args.source, {}), **given})
+    for role in ("web", "hq", "eval"):
+        if not getattr(rc, role):
+            fail(f"no --{role} given for --source custom", "pass a hub name or local files")
+        for item in getattr(rc, role).split(","):
+            if looks_local(item) and not glob.glob(os.path.expanduser(item)):
+                fail(f"no such file: {item}", f"pass existing files to --{role} (.jsonl .json .parquet .txt) or a "
+                     "hub name like openai/gsm8k:main:train")
+        setattr(rc, role, ",".join(os.path.relpath(os.path.expanduser(item)) if local_files(item) else item
+                                   for item in getattr(rc, role).split(",")))
+    if not rc.max_tokens and not local_files(rc.web):
+        fail(f"--max_tokens 0 would stream all of the hub dataset {rc.web}", "pass a token budget, e.g. "
+             "--max_tokens 10000000")
+    return rc
+
+
+def open_source(spec):
+    """An iterable of records (dicts) of a hub name or local files, read with `datasets` in streaming mode:
+    nothing is held in memory."""
+    import datasets
+    parts = local_files(spec)
+    kinds = {FILE_TYPES.get(os.path.splitext(p)[1].lower()) for p in parts}
+    if parts and (len(kinds) != 1 or None in kinds):
+        fail(f"cannot read {spec} (one kind of .jsonl, .json, .parquet or .txt files expected)",
+             "pass files of one of those kinds")
+    if parts and all(os.path.getsize(p) == 0 for p in parts):
+        fail(f"{spec} is empty", "pass a dataset or files with records in them")
+    name, config, split = (spec.split(":") + [None, None])[:3]
+    try:
+        if parts:
+            return datasets.load_dataset(kinds.pop(), data_files=parts, split="train", streaming=True)
+        return datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
+    except Exception as e:
+        if parts:
+            fail(f"cannot read {spec} ({type(e).__name__}: {first_line(e)})", "check that the files are well-formed")
+        fail(f"cannot load '{spec}' from the Hugging Face hub ({type(e).__name__}: {first_line(e)})",
+             "check the name and the network, or work offline with the embedded default (python data.py) or "
+             "local files (--web/--hq/--eval FILES)")
+
+
+def first_line(e):
+    return (str(e).strip().splitlines() or [""])[0][:160]
+
+
+def records(spec, what):
+    """Records of a source, with a clear error if it is malformed or empty."""
+    n = 0
+    try:
+        for rec in open_source(spec):
+            n += 1
+            yield rec
+    except SystemExit:
+        raise
+    except Exception as e:
+        fail(f"cannot read {what} {spec} ({type(e).__name__}: {first_line(e)})", "check that the files are well-formed")
+    if n == 0:
+        fail(f"{what} {spec} is empty", "pass a dataset or files with records in them")
+
+
+def field_of(rec, name, spec):
+    if name not in rec:
+        fail(f"{spec} has no field '{name}' (fields: {', '.join(rec)})", "name the text field with --web_field, or "
+             "the fields of --hq_template / --eval_prompt / --eval_answer")
+    return rec[name]
+
+
+def formatted(template, rec, spec):
+    try:
+        return template.format(**rec)
+    except KeyError as e:
+        field_of(rec, e.args[0], spec)
+
+
+def final_number(value):
+    """The answer of an eval record: a number, the final number of a solution, or a number written alone."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    answer = extract_answer(str(value))
+    m = re.fullmatch(r"\s*" + NUMBER + r"\s*", str(value)) if answer is None else None
+    return int(m.group(1).replace(",", "")) if m else answer
+
+
+def held_out_record(rec, rc, spec):
+    """[{"prompt", "answer", "solution"}] of a question/answer record (the solution: what --hq_template adds
+    after the --eval_prompt text, where it starts with it), or [] if the record has no final number."""
+    answer = final_number(field_of(rec, rc.eval_answer, spec))
+    if answer is None:
+        return []
+    prompt, full = formatted(rc.eval_prompt, rec, spec), formatted(rc.hq_template, rec, spec)
+    return [{"prompt": prompt, "answer": answer,
+             **({"solution": full[len(prompt):]} if full.startswith(prompt) else {})}]
+
+
+def words(text):
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def ngrams(text, n):
+    """The set of word n-grams of a text (a text shorter than n words: itself, whole)."""
+    w = words(text)
+    return {" ".join(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
+
+
+class Decontaminator:
+    """Drops documents that overlap a held-out problem in word n-grams (GPT-3 and OpenWebMath used 13): a
+    document overlaps a problem when it holds more than `share` of the problem's n-grams (0: any one of them,
+    the usual check; templated text, where problems share phrases, wants more); a problem shorter than n words,
+    when it holds all of it. Counts what it dropped, per source."""
+
+    def __init__(self, problems, n, share=0.0):
+        self.n, self.share, self.dropped, self.index, self.sizes, self.lengths = n, share, {}, {}, [], {n}
+        for i, p in enumerate(problems if n else []):
+            text = p["prompt"] + " " + p.get("solution", "")
+            self.lengths.add(min(n, len(words(text))))
+            grams = ngrams(text, n)
+            self.sizes.append(len(grams))
+            for g in grams:
+                self.index.setdefault(g, []).append(i)
+
+    def clean(self, text, split):
+        hits = {}
+        for g in set().union(*(ngrams(text, k) for k in self.lengths)) if self.index else ():
+            for i in self.index.get(g, ()):
+                hits[i] = hits.get(i, 0) + 1
+        if any(k > self.share * self.sizes[i] for i, k in hits.items()):
+            self.dropped[split] = self.dropped.get(split, 0) + 1
+            return False
+        return True
+
+
+def build_real(rc, data_dir, log=print):
+    """Tokenize real corpora into data_dir (no labels: real data has no ground-truth kinds). The held-out
+    problems come first, so that every document sharing n-grams with one is dropped; files are written a chunk
+    at a time, and nothing is left behind if a source fails."""
+    enc = cl100k()
+    os.makedirs(data_dir, exist_ok=True)
+    base_budget = int(rc.max_tokens * rc.base_share)
+    budgets = {"web_base": base_budget, "web": rc.max_tokens - base_budget, "ref_val": 0, "ref_train": 0}
+    writers = {split: SplitWriter(enc, os.path.join(data_dir, split), 256 if split.startswith("web") else 2000,
+                                  budget, rc.num_proc) for split, budget in budgets.items()}  # web pages are longer
+    if log and any(p.endswith(".txt") for p in local_files(rc.web)):
+        log(f"note: {rc.web} is read as one document per line (.txt); use .jsonl for multi-line documents")
+    try:
+        evals = []
+        for rec in records(rc.eval, "evaluation set"):
+            if len(evals) < rc.max_eval:
+                evals += held_out_record(rec, rc, rc.eval)
+        if not evals:
+            fail(f"no record of {rc.eval} has a final number in '{rc.eval_answer}'", "name the answer field with "
+                 "--eval_answer")
+        hq = [rec for rec in records(rc.hq, "high-quality subset")]
+        vals = [v for rec in hq[:rc.hq_val] for v in held_out_record(rec, rc, rc.hq)]
+        clean = Decontaminator(evals + vals, rc.ngram, rc.ngram_share)
+        for i, rec in enumerate(hq):
+            text = formatted(rc.hq_template, rec, rc.hq)
+            if i < rc.hq_val or clean.clean(text, "high-quality"):
+                writers["ref_val" if i < rc.hq_val else "ref_train"].add([(text, MATH)])
+        stream_web(rc, writers, clean, log)
+        for w in writers.values():
+            w.close()
+        if not writers["ref_train"].tokens:
+            fail(f"{rc.hq} has no records left for ref_train after holding out --hq_val {rc.hq_val}", "lower --hq_val")
+        if clean.dropped and log:
+            log(f"decontamination: dropped {', '.join(f'{n:,} {s} document(s)' for s, n in clean.dropped.items())} "
+                f"overlapping a test or validation problem in {rc.ngram}-grams of words")
+    except BaseException:
+        for w in writers.values():
+            w.discard()
+        raise
+    return finish(data_dir, enc, writers, evals, vals, (), {"source": asdict(rc), "decontamination": {
+        "ngram": rc.ngram, "share": rc.ngram_share, "dropped_documents": clean.dropped}})
+
+
+def stream_web(rc, writers, clean, log):
+    """The noisy corpus, a document at a time: a document goes to web_base while the share of documents there
+    is below base_share, else to web; one that a full split cannot take goes to the other. The progress bar is
+    redrawn every 0.5 s on a terminal, every 15 s in a log file (one line there, not one per chunk)."""
+    base, web = writers["web_base"], writers["web"]
+    n_docs = n_base = 0
+    with tqdm(desc=f"tokenizing {rc.web}", total=rc.max_tokens or None, unit="tok", unit_scale=True,
+              disable=not log, mininterval=0.5 if sys.stderr.isatty() else 15) as bar:
+        for rec in records(rc.web, "noisy corpus"):
+            text = str(field_of(rec, rc.web_field, rc.web))
+            if not clean.clean(text, "noisy corpus"):
+                continue
+            first, other = (base, web) if n_base < rc.base_share * (n_docs + 1) else (web, base)
+            n_docs, n_base = n_docs + 1, n_base + (first is base)
+            for doc in (first.add([(text, MATH)]) if not first.full else [[(text, MATH)]]):
+                if not other.full:
+                    other.add(doc)
+            bar.update(base.tokens + web.tokens - bar.n)
+            if base.full and web.full:
+                break
+        for doc in base.flush():  # what the base's last chunk had no room for
+            web.add(doc)
+        for w in (base, web):
+            w.flush()
+        bar.update(base.tokens + web.tokens - bar.n)
+    got = base.tokens + web.tokens
+    if rc.max_tokens and got < rc.max_tokens:
+        fail(f"{rc.web} holds {got:,} tokens, fewer than --max_tokens {rc.max_tokens:,}",
+             f"pass --max_tokens {got} or less, or 0 to take all of it")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A local GSM8K-shaped corpus, offline: long multi-step word problems and web pages, as files to build from
+
+def long_problem(rng, steps):
+    """A GSM8K-shaped problem: a question of several sentences and a worked answer with one line per step,
+    each calculation annotated <<a+b=c>>, ending in '#### answer'."""
+    n, it = rng.choice(NAMES), rng.choice(ITEMS)
+    total = rng.randint(5, 40)
+    q, a = [f"{n} collects {it} for a school project and starts the week with {total} {it}."], []
+    for _ in range(steps):
+        kind = rng.choice("+-*")
+        if kind == "*" or total > 150:
+            k, each, c, day = rng.randint(2, 5), rng.randint(2, 9), rng.choice(CONTAINERS), rng.choice(DAYS)
+            q.append(f"On {day}, {n} buys {k} {c} of {it}, and each of the {c} holds {each} {it}.")
+            a.append(f"On {day} {n} gets {k} * {each} = <<{k}*{each}={k * each}>>{k * each} {it}, so now {n} has "
+                     f"{total} + {k * each} = <<{total}+{k * each}={total + k * each}>>{total + k * each}.")
+            total += k * each
+        elif kind == "+":
+            b = rng.randint(2, 30)
+            q.append(f"A friend from the {rng.choice(PLACES)} brings {b} more {it} as a present.")
+            a.append(f"With the present {n} has {total} + {b} = <<{total}+{b}={total + b}>>{total + b} {it}.")
+            total += b
+        else:
+            b = rng.randint(1, max(1, total // 2))
+            q.append(f"{n} gives {b} of the {it} away to a younger cousin.")
+            a.append(f"After giving some away {n} has {total} - {b} = <<{total}-{b}={total - b}>>{total - b} {it}.")
+            total -= b
+    q.append(f"How many {it} does {n} have at the end of the week?")
+    return {"question": " ".join(q), "answer": "\n".join(a) + f"\n#### {total}"}
+
+
+def write_example(out_dir, n_web=6000, n_train=2500, n_test=300, seed=0):
+    """web.jsonl (pages: boilerplate, prose, math in other notations, GSM8K-shaped problems, and now and then a
+    copy of a test problem, for the decontamination to find), train.jsonl and test.jsonl (GSM8K's fields);
+    returns how many pages quote a test problem."""
+    rng = random.Random(f"rho-example-{seed}")
+    os.makedirs(out_dir, exist_ok=True)
+    test = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_test)]
+    train = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_train)]
+    pages, quoting = [], 0
+    for i in range(n_web):
+        segs, quotes = [seg_boilerplate(rng, "header")], False
+        for _ in range(rng.randint(1, 4)):
+            r = rng.random()
+            quotes |= r < 0.01
+            p = rng.choice(test) if r < 0.01 else long_problem(rng, rng.randint(2, 6)) if r < 0.45 else None
+            segs.append(f"Question: {p['question']}\nAnswer: {p['answer']}\n" if p else
+                        seg_prose(rng) if r < 0.7 else seg_other_math(rng) if r < 0.85 else seg_structured(rng))
+        segs += [seg_gibberish(rng)] if rng.random() < 0.2 else []
+        segs.append(seg_boilerplate(rng, "footer"))
+        pages.append({"text": "".join(segs), "url": f"https://example.org/page/{i}"})
+        quoting += quotes
+    for name, recs in (("web", pages), ("train", train), ("test", test)):
+        atomic_write(os.path.join(out_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in recs))
+    return quoting
+
+
+@dataclass
+class RealRun(RealConfig):
+    data_dir: str = arg("data", "where to write the corpus")
+    source: str = arg("custom", f"custom (give --web, --hq, --eval) or a preset: {', '.join(REAL_PRESETS)}")
+    write_example: str = arg("", "write a GSM8K-shaped local corpus (web.jsonl, train.jsonl, test.jsonl) to this "
+                                 "folder, offline, and stop")
+    overwrite: bool = arg(False, "rebuild even if data_dir holds another corpus")
+
+
+def main(args):
+    if args.write_example:
+        n = write_example(args.write_example)
+        print(f"wrote {args.write_example}: web.jsonl ({n} of its pages quote a test problem), train.jsonl, "
+              "test.jsonl")
+        return
+    for name in ("hq_template", "eval_prompt"):  # \n escapes typed on the command line
+        setattr(args, name, getattr(args, name).encode("latin-1", "backslashreplace").decode("unicode_escape"))
+    ensure(real_config(args), args.data_dir, args.overwrite, build_real, "source")
+
+
+if __name__ == "__main__":
+    main(cli(RealRun, "Build a corpus from real data (Hugging Face hub names or local files) through `datasets`."))
