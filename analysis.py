@@ -1,7 +1,7 @@
 """
 analysis.py -- inside one run: which tokens SLM keeps (--tokens), the paper's token-loss categories over a run's
-kept checkpoints (--categories), the selection explained kind by kind (--explain), what each arm keeps of each
-token kind, and the ratio sweep. plot.py runs it:
+kept checkpoints (--categories), the selection explained kind by kind (--explain); across runs, what each arm keeps
+of each token kind, and the ratio sweep. plot.py runs it:
 
   python plot.py --tokens out/slm0.6 [--text a.txt] [--ratio 0.6]   # out/slm0.6/tokens.png
   python plot.py --categories out/clm-ckpts [--pages 200]           # out/clm-ckpts/categories.png
@@ -19,8 +19,12 @@ import data
 import rho
 from infra import atomic_write, check_vocab, fail, load_checkpoint, read_json
 
-# ==========================================================================================================
-# Shared: a run's context, its models, the pages to look at
+
+# ==== Shared: markdown tables, a run's context and models, the pages to look at =============================
+def md_table(head, rows, caption=""):
+    """Markdown lines: the caption and a blank line (if any), the header, its rule, a line per row of cells."""
+    return ([caption, ""] if caption else []) + ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"] + \
+        ["| " + " | ".join(map(str, row)) + " |" for row in rows]
 
 
 def run_context(run_dir):
@@ -66,9 +70,7 @@ def pages_to_use(args, cfg, tok, n):
     return pages
 
 
-# ==========================================================================================================
-# --tokens: every token of a few pages, coloured by its excess loss, kept or dropped
-
+# ==== --tokens: every token of a few pages, coloured by its excess loss, kept or dropped ====================
 KIND_COLORS = ["#2ca02c", "#17becf", "#d62728", "#9467bd", "#8c564b", "#7f7f7f", "#e377c2", "#000000"]
 
 
@@ -78,33 +80,25 @@ def token_picture(args):
     cfg, pipe, tok, meta = run_context(args.tokens)
     student, step = load_model(os.path.join(args.tokens, "ckpt.pt"), meta)
     ref, _ = load_model(pipe["ref"], meta)
-    pages = []
-    for ids, labels in pages_to_use(args, cfg, tok, 4):  # the first token of a page has no loss
-        pages.append({"pieces": tok.pieces(ids), "kinds": labels,
-                      "excess": np.r_[np.nan, page_losses(student, ids) - page_losses(ref, ids)]})
+    pages = [{"pieces": tok.pieces(ids), "kinds": labels,  # the first token of a page has no loss
+              "excess": np.r_[np.nan, page_losses(student, ids) - page_losses(ref, ids)]}
+             for ids, labels in pages_to_use(args, cfg, tok, 4)]
     excess = np.concatenate([p["excess"] for p in pages])
     scored = ~np.isnan(excess)
     keep = np.zeros(len(excess), bool)
     keep[scored] = rho.select_topk(torch.tensor(excess[scored]), args.ratio).numpy()
     for p, kept in zip(pages, np.split(keep, np.cumsum([len(p["pieces"]) for p in pages])[:-1])):
         p["keep"] = kept
-    title = (f"{args.tokens} (step {step}) against its reference: {args.ratio:.0%} of the shown tokens kept, those "
-             f"with the highest excess loss")
     lim = float(np.nanpercentile(np.abs(excess), 90)) or 1.0  # the colour scale saturates beyond it
     kinds, png = meta.get("kinds") or [], os.path.join(args.tokens, "tokens.png")
-    draw_tokens(pages, title, lim, kinds, png)
+    draw_tokens(pages, f"{args.tokens} (step {step}) against its reference: {args.ratio:.0%} of the shown tokens "
+                "kept, those with the highest excess loss", lim, kinds, png)
     if kinds and pages[0]["kinds"] is not None:
         lab = np.concatenate([p["kinds"] for p in pages])
         print("share of each kind kept: " + ", ".join(f"{k} {keep[scored & (lab == i)].mean():.0%}"
                                                       for i, k in enumerate(kinds) if (scored & (lab == i)).any()))
     print(f"kept {keep.sum():,} of {scored.sum():,} scored tokens; wrote {png}")
     return pages
-
-
-def excess_color(v, lim):
-    """RGB of an excess loss: blue (the student knows it better than the reference) to red (worse)."""
-    import matplotlib
-    return matplotlib.colormaps["coolwarm"](0.5 + 0.5 * float(np.clip(v / lim, -1, 1)))[:3]
 
 
 def layout(pieces, width):
@@ -123,10 +117,13 @@ def layout(pieces, width):
 
 
 def draw_tokens(pages, title, lim, kinds, path, width=110):
-    """The pages one under the other, each token a cell: its excess-loss colour (pale if dropped) and its kind."""
+    """The pages one under the other, each token a cell coloured by its excess loss, blue (the student knows it
+    better than the reference) to red (worse), pale if dropped, over a strip of its kind's colour."""
+    import matplotlib
     import matplotlib.pyplot as plt
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Patch, Rectangle
+    color = lambda v: matplotlib.colormaps["coolwarm"](0.5 + 0.5 * float(np.clip(v / lim, -1, 1)))[:3]  # noqa: E731
     y0, cell, rects, faces = 3.0, 12.0 / width, [], []  # cell: inches per character
     fig = plt.figure()
     ax = fig.add_axes([0.02, 0.0, 0.96, 1.0])
@@ -139,7 +136,7 @@ def draw_tokens(pages, title, lim, kinds, path, width=110):
         for (line, col, shown), kept, v, kind in zip(cells, p["keep"], p["excess"], strip):
             y, w = y0 + line, max(len(shown), 1)
             rects.append(Rectangle((col, y - 0.45), w, 0.9))
-            faces.append((0.9, 0.9, 0.9, 1) if np.isnan(v) else (*excess_color(v, lim), 0.85 if kept else 0.18))
+            faces.append((0.9, 0.9, 0.9, 1) if np.isnan(v) else (*color(v), 0.85 if kept else 0.18))
             if kind is not None:
                 rects.append(Rectangle((col, y + 0.32), w, 0.13))
                 faces.append(KIND_COLORS[kind % len(KIND_COLORS)])
@@ -150,8 +147,8 @@ def draw_tokens(pages, title, lim, kinds, path, width=110):
     ax.set(xlim=(0, width), ylim=(y_end, 0))
     ax.axis("off")
     ax.add_collection(PatchCollection(rects, facecolors=faces, edgecolors="none"))
-    handles = [Patch(color=excess_color(lim, lim), label=f"excess loss +{lim:.2f} (student worse than reference)"),
-               Patch(color=excess_color(-lim, lim), label=f"excess loss -{lim:.2f}"),
+    handles = [Patch(color=color(lim), label=f"excess loss +{lim:.2f} (student worse than reference)"),
+               Patch(color=color(-lim), label=f"excess loss -{lim:.2f}"),
                Patch(color="0.85", label="pale, grey text: dropped; dark: kept")]
     if pages[0]["kinds"] is not None:
         handles += [Patch(color=KIND_COLORS[i], label=f"strip: {k}") for i, k in enumerate(kinds)]
@@ -160,9 +157,7 @@ def draw_tokens(pages, title, lim, kinds, path, width=110):
     plt.close(fig)
 
 
-# ==========================================================================================================
-# --categories: the paper's token-loss categories over a run's kept checkpoints
-
+# ==== --categories: the paper's token-loss categories over a run's kept checkpoints =========================
 CATEGORIES = ("H->H", "L->H", "H->L", "L->L")
 PAPER_SHARES = (0.11, 0.12, 0.26, 0.51)  # RHO-1 §2.1, TinyLlama-1B on OpenWebMath
 
@@ -192,16 +187,16 @@ def loss_categories(args):
     losses = np.stack([np.concatenate([page_losses(m, ids) for ids, _ in pages]) for m, _ in models])  # (K, N)
     cat, _ = categorize(losses, steps)
     shares = np.bincount(cat, minlength=4) / len(cat)
-    lines = [f"token-loss categories of {losses.shape[1]:,} held-out tokens over {len(paths)} checkpoints of "
-             f"{args.categories} (fitted change beyond +-0.2 nats: rising or falling; else high if mean loss >= 1 "
-             "nat)", "", "| category | this run | RHO-1 (1B, OpenWebMath) |", "|---|---|---|"]
-    lines += [f"| {c} | {s:.0%} | {p:.0%} |" for c, s, p in zip(CATEGORIES, shares, PAPER_SHARES)]
+    lines = md_table(["category", "this run", "RHO-1 (1B, OpenWebMath)"],
+                     [(c, f"{s:.0%}", f"{p:.0%}") for c, s, p in zip(CATEGORIES, shares, PAPER_SHARES)],
+                     f"token-loss categories of {losses.shape[1]:,} held-out tokens over {len(paths)} checkpoints of "
+                     f"{args.categories} (fitted change beyond +-0.2 nats: rising or falling; else high if mean loss "
+                     ">= 1 nat)")
     if pages[0][1] is not None and meta.get("kinds"):
         lab = np.concatenate([labels[1:] for _, labels in pages])
-        lines += ["", "| kind | tokens | " + " | ".join(CATEGORIES) + " |", "|---" * 6 + "|"]
-        lines += [f"| {k} | {(lab == i).sum():,} | " + " | ".join(
-            f"{s:.0%}" for s in np.bincount(cat[lab == i], minlength=4) / (lab == i).sum()) + " |"
-            for i, k in enumerate(meta["kinds"]) if (lab == i).any()]
+        masks = [(k, lab == i) for i, k in enumerate(meta["kinds"]) if (lab == i).any()]
+        lines += [""] + md_table(["kind", "tokens", *CATEGORIES], [[k, f"{m.sum():,}", *(
+            f"{s:.0%}" for s in np.bincount(cat[m], minlength=4) / m.sum())] for k, m in masks])
     png = os.path.join(args.categories, "categories.png")
     draw_categories(steps, losses, cat, shares, png)
     print("\n".join(lines) + f"\n\nwrote {png}")
@@ -232,9 +227,7 @@ def draw_categories(steps, losses, cat, shares, path):
     plt.close(fig)
 
 
-# ==========================================================================================================
-# --explain: the mechanism in numbers, kind by kind and, in target-format math, role by role
-
+# ==== --explain: the mechanism in numbers, kind by kind and, in target-format math, role by role ============
 ROLES = ["question", "solution text", "operands", "results", "final answer"]
 PROBLEM_RE = re.compile(r"Question: [^\n]*\n(Answer: (?:[^\n]*\n)*?)#### (-?\d+)\n")
 
@@ -281,12 +274,9 @@ def explain_scores(args):
              "explain a student of a pipeline with a base (python train_ref.py without --init scratch, then "
              "python train_slm.py --ratio 0.6)")
     pages = data.held_out_pages(cfg["data_dir"], args.pages or 300)
-    tokens = {"kind": [], "role": [], "slipped": []}
-    for ids, kinds in pages:
-        role, slipped = token_roles(tok.pieces(ids), np.array(kinds))
-        for key, v in zip(tokens, (kinds, role, slipped)):
-            tokens[key].append(np.asarray(v)[1:])
-    tokens = {key: np.concatenate(v) for key, v in tokens.items()}
+    per_page = [(np.array(kinds), *token_roles(tok.pieces(ids), np.array(kinds))) for ids, kinds in pages]
+    tokens = {key: np.concatenate([page[i][1:] for page in per_page])  # the first token of a page has no loss
+              for i, key in enumerate(("kind", "role", "slipped"))}
     for name, path in (("ref", pipe["ref"]), ("start", cfg["init"]), ("end", os.path.join(args.explain, "ckpt.pt"))):
         model, tokens[f"step_{name}"] = load_model(path, meta)
         tokens[name] = np.concatenate([page_losses(model, ids) for ids, _ in pages])
@@ -300,46 +290,40 @@ def explain(args):
     """What the run's selection keeps of each kind and of each role in target-format math, and why (the losses
     behind the excess), at step 0 and at the end; and how well each score tells slipped results from right ones."""
     cfg, t = explain_scores(args)
-    rows = [("all", np.ones(len(t["ref"]), bool))]
+    rows, cells = [("all", np.ones(len(t["ref"]), bool))], []
     for i, k in enumerate(data.KINDS):
         rows += [(k, t["kind"] == i)] + [(f"math: {r}", (t["kind"] == i) & (t["role"] == j))
                                          for j, r in enumerate(ROLES) if i == data.MATH]
-    rows = [(name, mask) for name, mask in rows if mask.any()]
-    lines = [f"# {args.explain}: SLM {cfg['ratio']:g} explained on {len(t['ref']):,} tokens of {args.pages or 300} "
-             f"held-out pages", "", f"step 0 (step {t['step_start']}, {cfg['init']}) and end (step {t['step_end']}) "
-             f"of the student against the reference ({t['step_ref']} steps); excess = student - reference; kept: "
-             f"the top {cfg['ratio']:.0%} by excess over all these tokens", "",
-             "| tokens | share | student loss (0 / end) | reference loss | excess (0 / end) | kept (0 / end) |",
-             "|---|---|---|---|---|---|"]
     for name, m in rows:
-        s, e, r = (t[k][m].mean() for k in ("start", "end", "ref"))
-        lines.append(f"| {name} | {m.mean():.1%} | {s:.3f} / {e:.3f} | {r:.3f} | {s - r:+.3f} / {e - r:+.3f} | "
-                     f"{t['keep_start'][m].mean():.1%} / {t['keep_end'][m].mean():.1%} |")
+        if m.any():
+            s, e, r = (t[k][m].mean() for k in ("start", "end", "ref"))
+            cells.append([name, f"{m.mean():.1%}", f"{s:.3f} / {e:.3f}", f"{r:.3f}", f"{s - r:+.3f} / {e - r:+.3f}",
+                          f"{t['keep_start'][m].mean():.1%} / {t['keep_end'][m].mean():.1%}"])
+    lines = [f"# {args.explain}: SLM {cfg['ratio']:g} explained on {len(t['ref']):,} tokens of {args.pages or 300} "
+             "held-out pages", ""] + md_table(
+        ["tokens", "share", "student loss (0 / end)", "reference loss", "excess (0 / end)", "kept (0 / end)"], cells,
+        f"step 0 (step {t['step_start']}, {cfg['init']}) and end (step {t['step_end']}) of the student against the "
+        f"reference ({t['step_ref']} steps); excess = student - reference; kept: the top {cfg['ratio']:.0%} by "
+        "excess over all these tokens")
     wrong = t["kind"] == data.WRONG
     right = (t["kind"] == data.MATH) & (t["role"] == 3) & ~t["slipped"]
     if not wrong.any() or not right.any():
-        return finish_explain(args, lines + ["", "(no slipped or no correct results among these pages: show more)"], t)
-    lines += ["", f"slipped results (math_wrong, {wrong.sum()} tokens) against the results of correct solutions "
-              f"({right.sum()} tokens): mean of each score and its AUROC at telling them apart (slipped = positive)",
-              "", "| score | slipped | correct | AUROC |", "|---|---|---|---|"]
-    for name, key in (("reference loss", "ref"), ("student loss, step 0", "start"), ("student loss, end", "end"),
-                      ("excess, step 0", "excess_start"), ("excess, end", "excess_end")):
-        lines.append(f"| {name} | {t[key][wrong].mean():.3f} | {t[key][right].mean():.3f} | "
-                     f"{auroc(t[key][wrong], t[key][right]):.3f} |")
-    return finish_explain(args, lines, t)
-
-
-def finish_explain(args, lines, t):
+        lines += ["", "(no slipped or no correct results among these pages: show more)"]
+    else:
+        scores = (("reference loss", "ref"), ("student loss, step 0", "start"), ("student loss, end", "end"),
+                  ("excess, step 0", "excess_start"), ("excess, end", "excess_end"))
+        lines += [""] + md_table(["score", "slipped", "correct", "AUROC"], [
+            [name, f"{t[k][wrong].mean():.3f}", f"{t[k][right].mean():.3f}", f"{auroc(t[k][wrong], t[k][right]):.3f}"]
+            for name, k in scores], f"slipped results (math_wrong, {wrong.sum()} tokens) against the results of "
+            f"correct solutions ({right.sum()} tokens): mean of each score and its AUROC at telling them apart "
+            "(slipped = positive)")
     path = os.path.join(args.explain, "explain.md")
     atomic_write(path, "\n".join(lines) + "\n")
     print("\n".join(lines) + f"\n\nwrote {path}")
     return t
 
 
-# ==========================================================================================================
-# Across runs: what each arm keeps of each token kind, the ratio sweep
-
-
+# ==== Across runs: what each arm keeps of each token kind, the ratio sweep ==================================
 def kept_over_run(run):
     """{kind: share of its tokens kept over the whole run, 'precision': share of math among the kept}: each
     evaluation's record covers the tokens since the one before, weighted by them; None without token kinds."""
@@ -361,11 +345,10 @@ def selection_table(res):
     if not rows:
         return []
     kinds = list(rows[0][1][0])
-    return ["", "share of each kind's tokens kept over the run (each arm at its chosen rate; median over seeds; "
-            "precision: the share of target math among the kept tokens):", "",
-            "| arm | " + " | ".join(kinds) + " |", "|---" * (1 + len(kinds)) + "|"] + \
-        [f"| {arm} | " + " | ".join(f"{np.median([k.get(kind, np.nan) for k in ks]):.1%}" for kind in kinds) + " |"
-         for arm, ks in rows]
+    return [""] + md_table(["arm", *kinds], [[arm] + [f"{np.median([k.get(kind, np.nan) for k in ks]):.1%}"
+                                                      for kind in kinds] for arm, ks in rows],
+                           "share of each kind's tokens kept over the run (each arm at its chosen rate; median over "
+                           "seeds; precision: the share of target math among the kept tokens):")
 
 
 def plot_ratios(sweeps, path):

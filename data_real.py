@@ -16,7 +16,8 @@ import os
 import random
 import re
 import sys
-from dataclasses import asdict, dataclass, fields
+from collections import Counter
+from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
@@ -24,12 +25,10 @@ from data import (CONTAINERS, DAYS, ITEMS, MATH, NAMES, NUMBER, PLACES, SplitWri
                   finish, seg_boilerplate, seg_gibberish, seg_other_math, seg_prose, seg_structured)
 from infra import arg, atomic_write, cli, fail
 
-REAL_PRESETS = {  # --source NAME; every field can be changed with the flags of the same name
-    "owm-gsm8k": dict(web="open-web-math/open-web-math", hq="openai/gsm8k:main:train",
-                      eval="openai/gsm8k:main:test", max_tokens=10_000_000),
-    "finemath-gsm8k": dict(web="HuggingFaceTB/finemath:finemath-4plus", hq="openai/gsm8k:main:train",
-                           eval="openai/gsm8k:main:test", max_tokens=10_000_000),
-}
+# --source NAME; every field can be changed with the flags of the same name
+GSM8K = dict(hq="openai/gsm8k:main:train", eval="openai/gsm8k:main:test", max_tokens=10_000_000)
+REAL_PRESETS = {"owm-gsm8k": dict(web="open-web-math/open-web-math", **GSM8K),
+                "finemath-gsm8k": dict(web="HuggingFaceTB/finemath:finemath-4plus", **GSM8K)}
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}  # `datasets` loaders
 
 
@@ -68,69 +67,58 @@ def looks_local(item):
 
 def real_config(args):
     """The RealConfig of --source (custom, or a preset whose settings the flags change), checked before any
-    work: every role given, every local file there, a token budget for a hub dataset. Local paths are kept
-    relative to the current folder (where the command runs, the project root as a rule), as meta.json stores
-    them: a corpus folder names no machine's absolute paths, and a moved project rebuilds the same config."""
+    work: every role given, every local file there, a token budget for a hub dataset. Local paths are stored
+    relative to the current folder (where the command runs): a corpus folder names no machine's absolute paths,
+    and a moved project rebuilds the same config."""
     if args.source not in REAL_PRESETS and args.source != "custom":
         fail(f"unknown --source '{args.source}'", f"use custom or one of {', '.join(REAL_PRESETS)}")
-    default = RealConfig()  # a flag left at its default leaves the preset's setting
-    given = {f.name: getattr(args, f.name) for f in fields(RealConfig)
-             if getattr(args, f.name) != getattr(default, f.name)}
+    # a flag left at its default leaves the preset's setting
+    given = {k: getattr(args, k) for k, default in asdict(RealConfig()).items() if getattr(args, k) != default}
     rc = RealConfig(**{**REAL_PRESETS.get(args.source, {}), **given})
     for role in ("web", "hq", "eval"):
         if not getattr(rc, role):
             fail(f"no --{role} given for --source custom", "pass a hub name or local files")
-        for item in getattr(rc, role).split(","):
+        items = getattr(rc, role).split(",")
+        for item in items:
             if looks_local(item) and not glob.glob(os.path.expanduser(item)):
                 fail(f"no such file: {item}", f"pass existing files to --{role} (.jsonl .json .parquet .txt) or a "
                      "hub name like openai/gsm8k:main:train")
         setattr(rc, role, ",".join(os.path.relpath(os.path.expanduser(item)) if local_files(item) else item
-                                   for item in getattr(rc, role).split(",")))
+                                   for item in items))
     if not rc.max_tokens and not local_files(rc.web):
         fail(f"--max_tokens 0 would stream all of the hub dataset {rc.web}", "pass a token budget, e.g. "
              "--max_tokens 10000000")
     return rc
 
 
-def open_source(spec):
-    """An iterable of records (dicts) of a hub name or local files, read with `datasets` in streaming mode:
-    nothing is held in memory."""
-    import datasets
-    parts = local_files(spec)
-    kinds = {FILE_TYPES.get(os.path.splitext(p)[1].lower()) for p in parts}
-    if parts and (len(kinds) != 1 or None in kinds):
-        fail(f"cannot read {spec} (one kind of .jsonl, .json, .parquet or .txt files expected)",
-             "pass files of one of those kinds")
-    if parts and all(os.path.getsize(p) == 0 for p in parts):
-        fail(f"{spec} is empty", "pass a dataset or files with records in them")
-    name, config, split = (spec.split(":") + [None, None])[:3]
-    try:
-        if parts:
-            return datasets.load_dataset(kinds.pop(), data_files=parts, split="train", streaming=True)
-        return datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
-    except Exception as e:
-        if parts:
-            fail(f"cannot read {spec} ({type(e).__name__}: {first_line(e)})", "check that the files are well-formed")
-        fail(f"cannot load '{spec}' from the Hugging Face hub ({type(e).__name__}: {first_line(e)})",
-             "check the name and the network, or work offline with the embedded default (python data.py) or "
-             "local files (--web/--hq/--eval FILES)")
-
-
-def first_line(e):
-    return (str(e).strip().splitlines() or [""])[0][:160]
-
-
 def records(spec, what):
-    """Records of a source, with a clear error if it is malformed or empty."""
+    """The records (dicts) of a hub name or local files, streamed with `datasets` (nothing is held in memory);
+    a source that cannot be read, or holds no record, is a one-line error."""
+    def why(e):  # an exception in one short line
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
     n = 0
     try:
-        for rec in open_source(spec):
-            n += 1
+        import datasets
+        parts = local_files(spec)
+        kinds = {FILE_TYPES.get(os.path.splitext(p)[1].lower()) for p in parts}
+        if parts and (len(kinds) != 1 or None in kinds):
+            fail(f"cannot read {spec} (one kind of .jsonl, .json, .parquet or .txt files expected)",
+                 "pass files of one of those kinds")
+        if parts and all(os.path.getsize(p) == 0 for p in parts):
+            fail(f"{spec} is empty", "pass a dataset or files with records in them")
+        name, config, split = (spec.split(":") + [None, None])[:3]
+        try:
+            stream = (datasets.load_dataset(kinds.pop(), data_files=parts, split="train", streaming=True) if parts
+                      else datasets.load_dataset(name, config or None, split=split or "train", streaming=True))
+        except Exception as e:
+            if parts:
+                fail(f"cannot read {spec} ({why(e)})", "check that the files are well-formed")
+            fail(f"cannot load '{spec}' from the Hugging Face hub ({why(e)})", "check the name and the network, or "
+                 "work offline with the embedded default (python data.py) or local files (--web/--hq/--eval FILES)")
+        for n, rec in enumerate(stream, 1):
             yield rec
-    except SystemExit:
-        raise
-    except Exception as e:
-        fail(f"cannot read {what} {spec} ({type(e).__name__}: {first_line(e)})", "check that the files are well-formed")
+    except Exception as e:  # not fail()'s SystemExit: a malformed record met while streaming
+        fail(f"cannot read {what} {spec} ({why(e)})", "check that the files are well-formed")
     if n == 0:
         fail(f"{what} {spec} is empty", "pass a dataset or files with records in them")
 
@@ -173,9 +161,8 @@ def words(text):
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
-def ngrams(text, n):
-    """The set of word n-grams of a text (a text shorter than n words: itself, whole)."""
-    w = words(text)
+def ngrams(w, n):
+    """The set of n-grams of a list of words (fewer than n words: all of them, as one)."""
     return {" ".join(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
 
 
@@ -186,20 +173,19 @@ class Decontaminator:
     when it holds all of it. Counts what it dropped, per source."""
 
     def __init__(self, problems, n, share=0.0):
-        self.n, self.share, self.dropped, self.index, self.sizes, self.lengths = n, share, {}, {}, [], {n}
+        self.share, self.dropped, self.index, self.sizes, self.lengths = share, {}, {}, [], {n}
         for i, p in enumerate(problems if n else []):
-            text = p["prompt"] + " " + p.get("solution", "")
-            self.lengths.add(min(n, len(words(text))))
-            grams = ngrams(text, n)
+            w = words(p["prompt"] + " " + p.get("solution", ""))
+            self.lengths.add(min(n, len(w)))
+            grams = ngrams(w, n)
             self.sizes.append(len(grams))
             for g in grams:
                 self.index.setdefault(g, []).append(i)
 
     def clean(self, text, split):
-        hits = {}
-        for g in set().union(*(ngrams(text, k) for k in self.lengths)) if self.index else ():
-            for i in self.index.get(g, ()):
-                hits[i] = hits.get(i, 0) + 1
+        w = words(text)
+        grams = set().union(*(ngrams(w, k) for k in self.lengths)) if self.index else ()
+        hits = Counter(i for g in grams for i in self.index.get(g, ()))
         if any(k > self.share * self.sizes[i] for i, k in hits.items()):
             self.dropped[split] = self.dropped.get(split, 0) + 1
             return False
@@ -207,9 +193,8 @@ class Decontaminator:
 
 
 def build_real(rc, data_dir, log=print):
-    """Tokenize real corpora into data_dir (no labels: real data has no ground-truth kinds). The held-out
-    problems come first, so that every document sharing n-grams with one is dropped; files are written a chunk
-    at a time, and nothing is left behind if a source fails."""
+    """Tokenize real corpora into data_dir (no labels: real data has no ground-truth kinds). The held-out problems
+    come first, so that every document sharing n-grams with one is dropped; nothing is left if a source fails."""
     enc = cl100k()
     os.makedirs(data_dir, exist_ok=True)
     base_budget = int(rc.max_tokens * rc.base_share)
@@ -226,7 +211,7 @@ def build_real(rc, data_dir, log=print):
         if not evals:
             fail(f"no record of {rc.eval} has a final number in '{rc.eval_answer}'", "name the answer field with "
                  "--eval_answer")
-        hq = [rec for rec in records(rc.hq, "high-quality subset")]
+        hq = list(records(rc.hq, "high-quality subset"))
         vals = [v for rec in hq[:rc.hq_val] for v in held_out_record(rec, rc, rc.hq)]
         clean = Decontaminator(evals + vals, rc.ngram, rc.ngram_share)
         for i, rec in enumerate(hq):
@@ -271,8 +256,7 @@ def stream_web(rc, writers, clean, log):
                 break
         for doc in base.flush():  # what the base's last chunk had no room for
             web.add(doc)
-        for w in (base, web):
-            w.flush()
+        web.flush()  # (the base's pending documents were just flushed)
         bar.update(base.tokens + web.tokens - bar.n)
     got = base.tokens + web.tokens
     if rc.max_tokens and got < rc.max_tokens:
@@ -286,8 +270,7 @@ def stream_web(rc, writers, clean, log):
 def long_problem(rng, steps):
     """A GSM8K-shaped problem: a question of several sentences and a worked answer with one line per step,
     each calculation annotated <<a+b=c>>, ending in '#### answer'."""
-    n, it = rng.choice(NAMES), rng.choice(ITEMS)
-    total = rng.randint(5, 40)
+    n, it, total = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(5, 40)
     q, a = [f"{n} collects {it} for a school project and starts the week with {total} {it}."], []
     for _ in range(steps):
         kind = rng.choice("+-*")
@@ -312,9 +295,8 @@ def long_problem(rng, steps):
 
 
 def write_example(out_dir, n_web=6000, n_train=2500, n_test=300, seed=0):
-    """web.jsonl (pages: boilerplate, prose, math in other notations, GSM8K-shaped problems, and now and then a
-    copy of a test problem, for the decontamination to find), train.jsonl and test.jsonl (GSM8K's fields);
-    returns how many pages quote a test problem."""
+    """web.jsonl (pages: boilerplate, prose, other math, GSM8K-shaped problems, now and then a test problem for
+    the decontamination to find), train.jsonl and test.jsonl (GSM8K's fields); returns how many pages quote one."""
     rng = random.Random(f"rho-example-{seed}")
     os.makedirs(out_dir, exist_ok=True)
     test = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_test)]
@@ -349,8 +331,7 @@ class RealRun(RealConfig):
 def main(args):
     if args.write_example:
         n = write_example(args.write_example)
-        print(f"wrote {args.write_example}: web.jsonl ({n} of its pages quote a test problem), train.jsonl, "
-              "test.jsonl")
+        print(f"wrote {args.write_example}: web.jsonl ({n} of its pages quote a test problem), train.jsonl, test.jsonl")
         return
     for name in ("hq_template", "eval_prompt"):  # \n escapes typed on the command line
         setattr(args, name, getattr(args, name).encode("latin-1", "backslashreplace").decode("unicode_escape"))

@@ -5,10 +5,8 @@ look inside one run (analysis.py).
   python plot.py                    # reads out/, writes out/compare.png and out/compare.md, prints the tables
   python plot.py --out_dir out/exp --arms CLM "SLM 0.6" --png out/two.png   # another folder, only these arms
   python plot.py --tokens out/slm0.6 [--text a.txt]   # which tokens a student keeps: out/slm0.6/tokens.png
-  python plot.py --categories out/clm-ckpts   # the paper's H->H, L->H, H->L, L->L over the checkpoints kept by
-                                              # train_slm.py --ratio 1.0 --keep_ckpts: categories.png
-  python plot.py --explain out/slm0.6 [--pages 300]   # the mechanism: what it keeps of each kind and role of
-                                                      # the math, and why (the losses), at step 0 and at the end
+  python plot.py --categories out/clm-ckpts   # H->H, L->H, H->L, L->L over a --keep_ckpts run: categories.png
+  python plot.py --explain out/slm0.6 [--pages 300]   # what it keeps of each kind and role, and why: explain.md
 
 Every pipeline (pipeline.json, made by train_ref.py) below --out_dir and its runs form one flat table of runs
 (arm, learning rate, seed); pipelines that differ only in their seed form a group. Each arm is shown at its best
@@ -29,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import analysis
+from analysis import md_table
 from infra import arg, atomic_write, cli, fail, read_json
 
 
@@ -47,9 +46,7 @@ class PlotRun:
                      type=int)
 
 
-# ==========================================================================================================
-# Runs: one flat table
-
+# ==== Runs: one flat table ==================================================================================
 CURVES = {"val": "val_loss", "val_answer": "val_answer_loss", "answer": "answer_loss", "acc": "acc"}
 
 
@@ -122,9 +119,7 @@ def overhead(run):
     return None if None in parts else float(sum(parts))
 
 
-# ==========================================================================================================
-# Measures: tokens to reach a target, paired tests
-
+# ==== Measures: tokens to reach a target, paired tests ======================================================
 def tokens_to_reach(tokens, ys, target, higher=False):
     """(tokens, bound) where a curve first reaches target (ys <= target; >= if higher), linear between
     evaluations: (0, False) if it starts there, (None, False) if it never does. A crossing between step 0 and the
@@ -146,8 +141,7 @@ NA = (math.nan, False)  # a measure that does not exist (no such curve, too few 
 
 
 def reach(run, clm, key):
-    """(tokens at which run first reaches clm's final value of curve `key`, bound), as tokens_to_reach; NA where
-    either curve lacks the measure or has fewer than two evaluations."""
+    """tokens_to_reach of clm's final value of curve `key`; NA where either lacks it or has under two evaluations."""
     target = clm[key][-1]
     if min(len(run["tokens"]), len(clm["tokens"])) < 2 or not np.isfinite(target) or not np.isfinite(run[key]).all():
         return NA
@@ -206,9 +200,7 @@ def paired(pairs, shared=False, n_boot=2000, seed=0):
             "ci": tuple(np.percentile(boot, [2.5, 97.5])), "p": p}
 
 
-# ==========================================================================================================
-# Summaries: each arm at its best learning rate
-
+# ==== Summaries: each arm at its best learning rate =========================================================
 def val_key(runs):
     """The curve that picks learning rates: the validation answer loss, or where a run lacks it the whole text's."""
     return "val_answer" if all(np.isfinite(run["val_answer"][-1]) for run in runs) else "val"
@@ -236,13 +228,13 @@ def summarize(runs):
     for run in runs:
         groups[run["group"]].append(run)
     out = []
-    for key, runs in groups.items():
+    for runs in groups.values():
         best, sft = best_lrs(runs), any(run["cfg"].get("sft") for run in runs)  # sft: a fine-tuning group
         base_arm = "SFT CLM" if sft else "CLM"
         chosen = [run for run in runs if run["done"] and run["lr"] == best.get(run["arm"])]
         rows = arm_rows(chosen, base_arm)
         order = lambda arm: (arm != "base", arm != "reference", arm != base_arm, arm)  # noqa: E731
-        out.append({"key": key, "sft": sft, "runs": runs, "best": best, "clm": base_arm, "chosen": chosen,
+        out.append({"sft": sft, "runs": runs, "best": best, "clm": base_arm, "chosen": chosen,
                     "rows": [rows[arm] for arm in sorted(rows, key=order)],
                     "seeds": sorted({run["seed"] for run in runs}),
                     "dirs": sorted({run["pipe"]["dir"] for run in runs}),
@@ -268,6 +260,7 @@ def arm_rows(chosen, base_arm):
     return rows
 
 
+# ==== Tables (markdown) =====================================================================================
 def med(xs, f="{:.4f}"):
     """median [min, max] of the finite values (one value: itself); how many there are, where some are missing."""
     n, xs = len(xs), [x for x in xs if x is not None and np.isfinite(x)]
@@ -305,16 +298,6 @@ def med_x(xs):
     return fmt_x(mid) if len(order) == 1 else f"{fmt_x(mid)} [{fmt_x(order[0])}, {fmt_x(top)}]"
 
 
-# ==========================================================================================================
-# Tables (markdown) and the figure
-
-def tables(res):
-    """The markdown tables of one group: the headline table, paired tests, every learning rate, per seed, and what
-    each arm keeps of each token kind."""
-    return "\n".join(headline_table(res) + paired_table(res) + rates_table(res) + seeds_table(res) +
-                     analysis.selection_table(res))
-
-
 def paired_cell(pairs, shared):
     """(the pooled paired test as a table cell, the test)."""
     t = paired(pairs, shared)
@@ -322,31 +305,24 @@ def paired_cell(pairs, shared):
 
 
 def headline_table(res):
-    clm = res["clm"]
-    lines = [("fine-tuning on answer tokens (train_slm.py --sft), " if res["sft"] else "") +
-             f"pipelines: {', '.join(res['dirs'])} (seeds {', '.join(map(str, res['seeds']))}); each arm at its best "
-             "learning rate on the validation problems; median [min, max] over seeds", "",
-             f"| arm | lr (of swept) | test answer loss | test accuracy | x fewer tokens to {clm}'s answer loss | "
-             f"x fewer tokens to {clm}'s accuracy | x less compute to {clm}'s answer loss | accuracy vs {clm}, "
-             "paired | whole-text validation loss |", "|---|---|---|---|---|---|---|---|---|"]
+    """Each arm at its best rate: its final measures, and against the baseline (CLM, or SFT CLM)."""
+    clm, rows = res["clm"], []
     for row in res["rows"]:
         n_lr = len({run["lr"] for run in res["runs"] if run["arm"] == row["arm"]})
-        vs = paired_cell(row["pairs"], res["shared"])[0] if row["pairs"] else ""
-        lines.append(f"| {row['arm']} | {row['lr']:g} (of {n_lr}) | {final(row['runs'], 'answer')} | "
-                     f"{final(row['runs'], 'acc')} | {med_x(row['x_answer'])} | {med_x(row['x_acc'])} | "
-                     f"{med_x(row['x_flops'])} | {vs} | {final(row['runs'], 'val')} |")
-    return lines
+        rows.append([row["arm"], f"{row['lr']:g} (of {n_lr})", final(row["runs"], "answer"), final(row["runs"], "acc"),
+                     med_x(row["x_answer"]), med_x(row["x_acc"]), med_x(row["x_flops"]),
+                     paired_cell(row["pairs"], res["shared"])[0] if row["pairs"] else "", final(row["runs"], "val")])
+    head = ["arm", "lr (of swept)", "test answer loss", "test accuracy", f"x fewer tokens to {clm}'s answer loss",
+            f"x fewer tokens to {clm}'s accuracy", f"x less compute to {clm}'s answer loss",
+            f"accuracy vs {clm}, paired", "whole-text validation loss"]
+    return md_table(head, rows, ("fine-tuning on answer tokens (train_slm.py --sft), " if res["sft"] else "") +
+                    f"pipelines: {', '.join(res['dirs'])} (seeds {', '.join(map(str, res['seeds']))}); each arm at "
+                    "its best learning rate on the validation problems; median [min, max] over seeds")
 
 
 def paired_table(res):
     """Every SLM arm against every other arm (base aside), each pair once, on the same test problems."""
-    lines = ["", "paired accuracy tests on the same test problems, SLM against each arm (difference in points, "
-             "exact McNemar p per seed; pooled: mean difference, its 95% bootstrap interval over the test problems "
-             "(not over training seeds), and " + ("a sign-flip test of each problem's mean difference, the seeds "
-                                                  "sharing their test problems):" if res["shared"] else
-                                                  "the McNemar p of all seeds' pairs together):"),
-             "", "| comparison | per seed: difference (p) | pooled |", "|---|---|---|"]
-    done = set()
+    rows, done = [], set()
     for slm in [row for row in res["rows"] if row["arm"].startswith(("SLM", "SFT SLM"))]:
         mine = {run["seed"]: run["correct"] for run in slm["runs"] if run["correct"] is not None}
         for other in res["rows"]:
@@ -357,34 +333,41 @@ def paired_table(res):
                      if run["seed"] in mine and run["correct"] is not None]
             if pairs:
                 cell, t = paired_cell(pairs, res["shared"])
-                lines.append(f"| {slm['arm']} vs {other['arm']} | " + ", ".join(
-                    f"{100 * d:+.1f} ({p:.2g})" for d, p in t["per_seed"]) + f" | {cell} |")
-    return lines if len(lines) > 5 else []
+                rows.append([f"{slm['arm']} vs {other['arm']}",
+                             ", ".join(f"{100 * d:+.1f} ({p:.2g})" for d, p in t["per_seed"]), cell])
+    if not rows:
+        return []
+    pooled = ("a sign-flip test of each problem's mean difference, the seeds sharing their test problems):"
+              if res["shared"] else "the McNemar p of all seeds' pairs together):")
+    return [""] + md_table(["comparison", "per seed: difference (p)", "pooled"], rows,
+                           "paired accuracy tests on the same test problems, SLM against each arm (difference in "
+                           "points, exact McNemar p per seed; pooled: mean difference, its 95% bootstrap interval "
+                           "over the test problems (not over training seeds), and " + pooled)
 
 
 def rates_table(res):
-    lines = ["", "every learning rate (median over seeds; * = the rate chosen on validation):", "",
-             "| arm | lr | seeds | validation answer loss | test answer loss | test accuracy | whole-text "
-             "validation loss |", "|---|---|---|---|---|---|---|"]
+    """Every learning rate of every arm, of finished runs (unfinished ones are listed below the tables)."""
     by, order = defaultdict(list), [row["arm"] for row in res["rows"]]
     for run in res["runs"]:
-        if run["done"]:  # (unfinished runs are listed below the tables)
+        if run["done"]:
             by[(run["arm"], run["lr"])].append(run)
-    for (arm, lr), runs in sorted(by.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else
-                                                             len(order), kv[0])):
-        lines.append(f"| {arm} | {lr:g}{'*' * (res['best'].get(arm) == lr)} | {len(runs)} | " +
-                     " | ".join(final(runs, key) for key in ("val_answer", "answer", "acc", "val")) + " |")
-    return lines
+    rank = lambda item: (order.index(item[0][0]) if item[0][0] in order else len(order), item[0])  # noqa: E731
+    rows = [[arm, f"{lr:g}{'*' * (res['best'].get(arm) == lr)}", len(runs)] +
+            [final(runs, key) for key in ("val_answer", "answer", "acc", "val")]
+            for (arm, lr), runs in sorted(by.items(), key=rank)]
+    return [""] + md_table(["arm", "lr", "seeds", "validation answer loss", "test answer loss", "test accuracy",
+                            "whole-text validation loss"], rows,
+                           "every learning rate (median over seeds; * = the rate chosen on validation):")
 
 
 def seeds_table(res):
-    lines = ["", "per seed, each arm at its chosen rate (test answer loss / test accuracy):", "",
-             "| seed | " + " | ".join(row["arm"] for row in res["rows"]) + " |", "|---" * (1 + len(res["rows"])) + "|"]
+    """Each seed's final test answer loss and accuracy, each arm at its chosen rate."""
+    rows = []
     for seed in res["seeds"]:
         runs = [next((run for run in row["runs"] if run["seed"] == seed), None) for row in res["rows"]]
-        lines.append(f"| {seed} | " + " | ".join(f"{run['answer'][-1]:.4f} / {run['acc'][-1]:.1%}" if run else "-"
-                                                 for run in runs) + " |")
-    return lines
+        rows.append([seed] + [f"{run['answer'][-1]:.4f} / {run['acc'][-1]:.1%}" if run else "-" for run in runs])
+    return [""] + md_table(["seed"] + [row["arm"] for row in res["rows"]], rows,
+                           "per seed, each arm at its chosen rate (test answer loss / test accuracy):")
 
 
 def ratio_sweeps(results):
@@ -397,10 +380,16 @@ def ratio_sweeps(results):
 
 
 def ratio_table(sweeps):
-    return ["ratio sweep (each ratio at its best learning rate; median [min, max] over seeds):", "",
-            "| ratio | lr | test answer loss | test accuracy |", "|---|---|---|---|"] + \
-        [f"| {ratio:g} | {row['lr']:g} | {final(row['runs'], 'answer')} | {final(row['runs'], 'acc')} |"
-         for rows in sweeps for ratio, row in rows]
+    return md_table(["ratio", "lr", "test answer loss", "test accuracy"],
+                    [[f"{ratio:g}", f"{row['lr']:g}", final(row["runs"], "answer"), final(row["runs"], "acc")]
+                     for rows in sweeps for ratio, row in rows],
+                    "ratio sweep (each ratio at its best learning rate; median [min, max] over seeds):")
+
+
+# ==== The figure: curves against tokens, what SLM keeps, the learning-rate sweep ============================
+CURVE_PANELS = {"answer": ("test answer loss (solution tokens given the question)", "nats/token"),
+                "acc": ("test accuracy (greedy, exact final number)", "accuracy"),
+                "val": ("validation loss, whole text", "nats/token")}
 
 
 def aggregate(runs, key):
@@ -408,11 +397,6 @@ def aggregate(runs, key):
     t = runs[0]["tokens"]
     ys = np.stack([np.interp(t, run["tokens"], run[key]) for run in runs])
     return t, ys.mean(0), ys.min(0), ys.max(0)
-
-
-CURVE_PANELS = {"answer": ("test answer loss (solution tokens given the question)", "nats/token"),
-                "acc": ("test accuracy (greedy, exact final number)", "accuracy"),
-                "val": ("validation loss, whole text", "nats/token")}
 
 
 def panels(res):
@@ -467,8 +451,7 @@ def draw_lrs(ax, sweep, colors):
 
 
 def plot(results, path):
-    """compare.png, a row per group and only the panels with data: test answer loss, test accuracy and whole-text
-    validation loss against tokens, what an SLM arm keeps of each kind, and the learning-rate sweep."""
+    """compare.png, a row per group and only the panels with data (see panels)."""
     import matplotlib.pyplot as plt
     have = [panels(res) for res in results]
     cols = [p for p in (*CURVE_PANELS, "kept", "lr") if any(p in shown for shown in have)] or ["val"]
@@ -508,7 +491,8 @@ def main(args):
         if res["clm"] not in {run["arm"] for run in res["runs"]}:
             report.append(f"missing: no CLM baseline in {res['dirs'][0]}; make it with `python train_slm.py "
                           f"--out_dir {res['dirs'][0]} --ratio 1.0{' --sft' if res['sft'] else ''}`")
-        report.append(tables(res))
+        report.append("\n".join(headline_table(res) + paired_table(res) + rates_table(res) + seeds_table(res) +
+                                analysis.selection_table(res)))
         unfinished = [run["path"] for run in res["runs"] if not run["done"]]
         if unfinished:
             report.append(f"unfinished runs (shown as far as they got): {', '.join(unfinished)}")

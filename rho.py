@@ -458,8 +458,11 @@ def check_config(cfg):
     if cfg.select in ("block", "oracle") and (cfg.scope == "global" or cfg.weighting == "soft" or cfg.sft):
         fail(f"--select {cfg.select} is a top-k of this process's batch", "drop --scope global, --weighting "
              "soft and --sft")
-    if cfg.mix_hq and (cfg.ratio < 1 or cfg.select == "oracle"):
-        fail("--mix_hq trains on every token (CLM)", "use --ratio 1.0 with --mix_hq")
+    if cfg.mix_hq and cfg.select == "oracle":
+        fail("--select oracle keeps the labelled math, --mix_hq adds the subset to it", "drop one of them")
+    if cfg.mix_hq and cfg.uses_reference and cfg.ref_mode == "cached":
+        fail("the score file covers the web split, not the high-quality subset that --mix_hq adds",
+             "run the reference online (--ref_mode online) with --mix_hq, or use --ratio 1.0")
     if not cfg.init and cfg.n_embd % cfg.n_head:
         fail(f"a width of {cfg.n_embd} does not split into {cfg.n_head} attention heads",
              "use an --n_embd that is a multiple of --n_head")

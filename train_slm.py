@@ -48,8 +48,9 @@ class SlmRun:
                                 "student term), block (the top `ratio` of blocks by mean excess loss, every "
                                 "token of a kept block), oracle (every token labelled target math; no ratio)",
                       choices=rho.CHOICES["select"])
-    mix_hq: float = arg(0.0, "control: CLM on the web split mixed with this many epochs of the high-quality "
-                             "subset (e.g. the reference's 4), same token budget; needs --ratio 1.0")
+    mix_hq: float = arg(0.0, "control: CLM (or, with --ratio < 1 and --ref_mode online, SLM: beyond the paper) on "
+                             "the web split mixed with this many epochs of the high-quality subset (e.g. the "
+                             "reference's 4), same token budget")
     ref_long: bool = arg(False, "control: no web at all; the base fine-tuned on the high-quality subset (a longer "
                                 "reference) for the reference's tokens plus SLM's extra compute (its student "
                                 "tokens and one scoring pass of the web split); the run folder is reflong")

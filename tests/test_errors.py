@@ -147,7 +147,7 @@ CASES = {
                                     ["fewer than one batch"], ["out/big"]),
     "block without room": (shared, ["train_ref.py", "--preset", "tiny", "--eval_max_new", "64", "--out_dir",
                                     "{tmp}/out"], ["leaves no room for a question", "--eval_max_new"], ["{tmp}/out/*"]),
-    "mix_hq with selection": (shared, [*SLM, "--mix_hq", "1"], ["--mix_hq trains on every token"],
+    "mix_hq with cached scores": (shared, [*SLM, "--mix_hq", "1"], ["covers the web split", "--ref_mode online"],
                               ["out/slm0.6-mixhq1"]),
     "more test problems than keys": (empty, ["data.py", "--preset", "cpu", "--corpus", "n_eval=5000"],
                                      ["fewer than the 5000 asked for"], ["data"]),

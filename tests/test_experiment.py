@@ -200,6 +200,21 @@ def test_mixing_the_high_quality_subset_into_the_web_split(pipeline):
     assert np.all(tr.blocks.labels[web:] == data.MATH)
 
 
+def test_slm_on_the_mix_selects_over_web_and_subset_alike_by_the_online_reference(pipeline, monkeypatch):
+    """Beyond the paper: SLM + HQ mix. The reference runs online (its score file covers the web split only) and the
+    top-k runs over the mixed batch, so a subset token is kept only when its excess loss ranks among the top."""
+    import train_slm
+    monkeypatch.chdir(pipeline)
+    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
+    args = train_slm.SlmRun(mix_hq=2.0, ref_mode="online")
+    cfg = train_slm.student_config(args, pipe, 0.6, None)
+    assert cfg.arm == "SLM 0.6 + HQ x2 (online ref)" and cfg.out_dir.endswith("slm0.6-mixhq2-online")
+    tr = rho.Trainer(cfg)
+    assert tr.ref_models and not tr.blocks.ref_losses  # online: no score file read
+    loss, kept, labels = tr.step(0)
+    assert kept.sum() == rho.n_selected(0.6, kept.numel()) and torch.isfinite(loss)
+
+
 def test_control_runs_get_their_names_and_budgets(pipeline, monkeypatch):
     import train_slm
     monkeypatch.chdir(pipeline)
