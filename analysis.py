@@ -269,6 +269,9 @@ def explain_scores(args):
     if "data_config" not in meta:
         fail(f"{cfg['data_dir']} holds a real corpus: its tokens have no kinds to explain the selection by",
              "explain a run on the embedded corpus (python train_ref.py; python train_slm.py --ratio 0.6)")
+    if cfg["select"] != "excess" or "," in cfg["ref_ckpts"] or cfg.get("weighting") == "soft" or cfg.get("sft"):
+        fail(f"{args.explain} is not SLM against one reference: the table ranks tokens by excess loss",
+             "explain an SLM run (python train_slm.py --ratio 0.6), or CLM (--ratio 1.0) to see what SLM would keep")
     if not cfg["init"]:
         fail(f"{args.explain} starts from scratch: there is no trained model at its step 0 to explain",
              "explain a student of a pipeline with a base (python train_ref.py without --init scratch, then "
@@ -277,7 +280,8 @@ def explain_scores(args):
     per_page = [(np.array(kinds), *token_roles(tok.pieces(ids), np.array(kinds))) for ids, kinds in pages]
     tokens = {key: np.concatenate([page[i][1:] for page in per_page])  # the first token of a page has no loss
               for i, key in enumerate(("kind", "role", "slipped"))}
-    for name, path in (("ref", pipe["ref"]), ("start", cfg["init"]), ("end", os.path.join(args.explain, "ckpt.pt"))):
+    ref = cfg["ref_ckpts"] or pipe["ref"]  # the run's own reference (CLM names none: the pipeline's)
+    for name, path in (("ref", ref), ("start", cfg["init"]), ("end", os.path.join(args.explain, "ckpt.pt"))):
         model, tokens[f"step_{name}"] = load_model(path, meta)
         tokens[name] = np.concatenate([page_losses(model, ids) for ids, _ in pages])
     for when in ("start", "end"):

@@ -103,7 +103,7 @@ class Tokenizer:
 
 def read_meta(data_dir):
     """meta.json of a corpus: the sidecar of every token file (format, dtype, length, sha256, vocabulary)."""
-    path, rebuild = os.path.join(data_dir, "meta.json"), f"`python data.py --data_dir {data_dir} --overwrite`"
+    path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
         fail(f"no {path}", f"build the data with `python data.py --data_dir {data_dir}`")
     try:
@@ -111,6 +111,8 @@ def read_meta(data_dir):
             meta = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError):
         meta = None
+    rebuild = f"`python {'data_real.py ...' if isinstance(meta, dict) and 'source' in meta else 'data.py'} " \
+              f"--data_dir {data_dir} --overwrite`"
     if not isinstance(meta, dict):
         fail(f"{path} is not valid JSON", f"rebuild the data with {rebuild}")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -430,8 +432,9 @@ def eval_prompt(q):
 
 def wrong_problem(q, steps, rng, carry=True):
     """Math with wrong arithmetic (harmful): one result is off by a small slip, and the rest of the solution
-    carries on correctly from it (carry=False: goes on as if it were right). As (text, kind) segments: only the
-    wrong result is labelled math_wrong."""
+    carries on correctly from it (carry=False: a typo -- the later steps and the final answer are the right ones, so
+    a slip in the last step contradicts the #### line). As (text, kind) segments: only the wrong result is
+    labelled math_wrong."""
     k = rng.randrange(len(steps))
     for _ in range(20):
         m = CALC_RE.search(steps[k])

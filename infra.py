@@ -243,10 +243,10 @@ class FolderLock:
         self.f.flush()
 
     def release(self):
-        self.f.close()  # closing the file drops the lock
-        if self.created and os.listdir(self.folder) == [".lock"]:
+        if self.created and os.listdir(self.folder) == [".lock"]:  # removed while still held: no one can enter
             os.remove(os.path.join(self.folder, ".lock"))
             os.rmdir(self.folder)
+        self.f.close()  # closing the file drops the lock
 
     def __enter__(self):
         return self
@@ -290,10 +290,17 @@ def run_folder(cfg, log, make_trainer):
     """Hold cfg.out_dir for one writer (rank 0 holds it for every rank) and yield None for a finished run of this
     configuration (reused), else the trainer: built and checked before anything is written, then the folder is
     started afresh (config.json) or, with --resume, the trainer restored from ckpt.pt with the log cut back to it."""
-    inputs = run_inputs(cfg)
-    lock = FolderLock(cfg.out_dir) if dist_setup()[0] == 0 else None
+    inputs, lock, state = run_inputs(cfg), None, None
+    if dist_setup()[0] == 0:
+        try:
+            lock = FolderLock(cfg.out_dir)
+            state = run_state(cfg, inputs)
+        except SystemExit as e:  # a refusal: every rank stops with rank 0's line, none waits for it
+            state = str(e.code)
+    state = from_rank0(state)
     try:
-        state = from_rank0(run_state(cfg, inputs) if lock else None)
+        if state not in ("new", "resume", "reuse"):
+            raise SystemExit(state)
         if state == "reuse":
             log(f"{cfg.out_dir}: finished run with this configuration found, reusing it")
             yield None

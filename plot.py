@@ -231,7 +231,8 @@ def summarize(runs):
     for runs in groups.values():
         best, sft = best_lrs(runs), any(run["cfg"].get("sft") for run in runs)  # sft: a fine-tuning group
         base_arm = "SFT CLM" if sft else "CLM"
-        chosen = [run for run in runs if run["done"] and run["lr"] == best.get(run["arm"])]
+        chosen = [run for run in runs if run["done"] and (run["lr"] == best.get(run["arm"]) or  # each pipeline's
+                                                          run["arm"] in ("base", "reference"))]  # own, whatever rate
         rows = arm_rows(chosen, base_arm)
         order = lambda arm: (arm != "base", arm != "reference", arm != base_arm, arm)  # noqa: E731
         out.append({"sft": sft, "runs": runs, "best": best, "clm": base_arm, "chosen": chosen,

@@ -117,26 +117,25 @@ def main(args):
         s = rho.train(rho.TrainConfig(arm="base", split="web_base", out_dir=os.path.join(args.out_dir, "base"),
                                       max_tokens=settings["base_tokens"], lr=settings["base_lr"], **common))
         cost["base"] = s["flops"]
-    sweep = reference_sweep(args, settings, common, meta, base_ckpt)
-    ref_tokens = int(settings["ref_epochs"] * meta["splits"]["ref_train"]["tokens"])
-    # the high-quality subset is small: a reference takes one micro-batch per step, whatever the preset's;
-    # the main one trains on all of it, extra ones (refs/r<i>) on other seeds or their own part of it
-    refs = {"ref": dict(out_dir=settings["ref_dir"])}
+    best, sweep = reference_sweep(args, settings, common, meta, base_ckpt)
+    chosen = {k: sweep[best][k] for k in ("ref_epochs", "ref_lr")}
+    ref_tokens = int(chosen["ref_epochs"] * meta["splits"]["ref_train"]["tokens"])
+    # the main reference trains on all of the subset; extra ones (refs/r<i>) on other seeds or their own part of it
+    refs = {"ref": dict(out_dir=best, flops=sweep[best]["flops"])}
     for i in range(1, args.refs + 1):
         part = f"{i - 1}/{args.refs}" if args.ref_data == "disjoint" else ""
-        refs[f"r{i}"] = dict(out_dir=os.path.join(args.out_dir, "refs", f"r{i}"), part=part,
-                             seed=args.seed + (0 if part else i))
-    for name, kw in refs.items():
-        share = 1 / args.refs if kw.get("part") else 1
-        s = rho.train(rho.TrainConfig(arm="reference", split="ref_train", max_tokens=int(ref_tokens * share),
-                                      lr=settings["ref_lr"], init=base_ckpt, **{**common, "tokens_per_step": 0, **kw}))
-        kw.update(ckpt=os.path.join(kw["out_dir"], "ckpt.pt"), scores=os.path.join(kw["out_dir"], "scores.bin"),
-                  flops=s["flops"])
+        refs[f"r{i}"] = kw = dict(out_dir=os.path.join(args.out_dir, "refs", f"r{i}"), part=part,
+                                  seed=args.seed + (0 if part else i))
+        kw["flops"] = rho.train(rho.TrainConfig(
+            arm="reference", split="ref_train", max_tokens=int(ref_tokens * (1 / args.refs if part else 1)),
+            lr=chosen["ref_lr"], init=base_ckpt, **{**common, "tokens_per_step": 0, **kw}))["flops"]
+    for kw in refs.values():
+        kw.update(ckpt=os.path.join(kw["out_dir"], "ckpt.pt"), scores=os.path.join(kw["out_dir"], "scores.bin"))
         kw["flops_scoring"] = score(kw["ckpt"], kw["scores"], args, meta) if rank == 0 else 0
     cost.update(ref=refs["ref"]["flops"], scoring=refs["ref"]["flops_scoring"])
     pipeline = {"preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "init": args.init,
                 "settings": settings, "base": base_ckpt, "ref": refs["ref"]["ckpt"], "scores": refs["ref"]["scores"],
-                "flops": cost, "ref_sweep": sweep,
+                "flops": cost, "ref_sweep": sweep, **chosen,
                 "refs": {name: {k: kw[k] for k in ("ckpt", "scores", "flops", "flops_scoring")}
                          for name, kw in refs.items() if name != "ref"}, "ref_data": args.ref_data}
     if rank == 0:
@@ -147,9 +146,9 @@ def main(args):
 
 
 def reference_sweep(args, settings, common, meta, base_ckpt):
-    """Train the reference at every (epochs, lr) pair asked for; keep the one with the lowest final validation
-    answer loss (the students' rates are chosen alike), in settings (ref_epochs, ref_lr, ref_dir). One pair (the
-    default) is trained in out_dir/ref; a sweep in out_dir/ref-e<epochs>-lr<lr>. Returns what each pair reached."""
+    """Train the reference at every (epochs, lr) pair asked for (the preset's by default): one pair in out_dir/ref,
+    a sweep in out_dir/ref-e<epochs>-lr<lr>. Returns (the folder with the lowest final validation answer loss: the
+    students' rates are chosen alike, {folder: what it reached})."""
     grid = [(e, lr) for e in args.ref_epochs or [settings["ref_epochs"]] for lr in args.ref_lr or [settings["ref_lr"]]]
     runs = {}
     for epochs, lr in grid:
@@ -158,13 +157,12 @@ def reference_sweep(args, settings, common, meta, base_ckpt):
                                       max_tokens=int(epochs * meta["splits"]["ref_train"]["tokens"]),
                                       **{**common, "tokens_per_step": 0}))
         runs[out] = {"ref_epochs": epochs, "ref_lr": lr, "val_answer_loss": s.get("val_answer_loss"),
-                     "val_loss": s["val_loss"], "acc": s.get("acc")}
+                     "val_loss": s["val_loss"], "acc": s.get("acc"), "flops": s["flops"]}
     best = min(runs, key=lambda d: (runs[d]["val_answer_loss"] or runs[d]["val_loss"], d))
-    settings.update(ref_epochs=runs[best]["ref_epochs"], ref_lr=runs[best]["ref_lr"], ref_dir=best)
     if len(grid) > 1:
         print("reference sweep (validation answer loss):\n" + "\n".join(
             f"  {d}: {r['val_answer_loss']}" + ("  <- chosen" if d == best else "") for d, r in runs.items()))
-    return runs
+    return best, runs
 
 
 def score(ref_path, scores, args, meta):

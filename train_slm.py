@@ -166,7 +166,7 @@ def student_config(args, pipe, ratio, lr, **kw):
                overwrite=args.overwrite, resume=args.resume, keep_ckpts=args.keep_ckpts,
                **{k: settings[k] for k in TRAIN_KEYS if k in settings})
     splits = data.read_meta(pipe["data_dir"])["splits"]
-    ref_tokens = int(settings["ref_epochs"] * splits["ref_train"]["tokens"])
+    ref_tokens = int(pipe["ref_epochs"] * splits["ref_train"]["tokens"])  # the chosen reference's
     if args.sft:  # the reference's data and budget; a score file exists only for the web split
         cfg.update(split="ref_train", sft=True, ref_mode="online", tokens_per_step=0,
                    max_tokens=args.max_tokens or ref_tokens)

@@ -63,6 +63,15 @@ def other_vocabulary(t):
     return pipeline_json(t, data_dir=str(t.tmp / "data"))
 
 
+def random_run(t):  # a --select random run: --explain ranks by excess loss, which is not what it selected by
+    folder = pipeline_json(t)
+    cfg = json.loads((t.pipeline / "out" / "slm0.6" / "config.json").read_text())
+    (folder / "out" / "random0.6").mkdir()
+    (folder / "out" / "random0.6" / "config.json").write_text(json.dumps({**cfg, "select": "random",
+                                                                                "data_dir": str(t.pipeline / "data")}))
+    return folder
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch PWNED",))
@@ -151,6 +160,8 @@ CASES = {
                               ["out/slm0.6-mixhq1"]),
     "more test problems than keys": (empty, ["data.py", "--preset", "cpu", "--corpus", "n_eval=5000"],
                                      ["fewer than the 5000 asked for"], ["data"]),
+    "explain a run that is not SLM": (random_run, ["plot.py", "--explain", "out/random0.6"],
+                                      ["not SLM against one reference"], ["out/random0.6/explain.md"]),
     "cuda without a GPU": (shared, [*SLM, "--device", "cuda", "--name", "gpu"], ["no CUDA GPU"], ["out/gpu"]),
     **{f"{flag} of no run": (empty, ["plot.py", flag, "{tmp}"], ["error: {tmp} is not a student run"], [])
        for flag in ("--tokens", "--categories")},

@@ -164,3 +164,18 @@ def test_gibberish_never_cuts_a_problem_in_two():
             if k == data.WRONG:
                 assert kinds[i - 1] == data.MATH and kinds[i + 1] == data.MATH, kinds
     assert sum(data.GIBBER in [k for _, k in segs] for segs in pages) == 300
+
+
+def test_a_slip_carried_on_changes_the_final_answer_and_one_not_carried_on_does_not():
+    import random
+    keys = data.key_splits(0)["train"]
+    q, steps, ans = data.FAMILIES[4][0](keys[4][0], random.Random(5))  # two steps: cost, then change
+    for seed in range(20):
+        for carry in (True, False):
+            segs = data.wrong_problem(q, steps, random.Random(seed), carry)
+            text, wrong = "".join(t for t, _ in segs), int(segs[1][0])
+            final = data.extract_answer(text)
+            lines = text.split("\nAnswer: ")[1].splitlines()[:-1]
+            slipped = next(i for i, line in enumerate(lines) if f"= {wrong}" in line)
+            assert data.CALC_RE.search(lines[slipped]).group(4) == str(wrong)
+            assert (final != ans) if carry else (final == ans and lines[slipped + 1:] == steps[slipped + 1:])

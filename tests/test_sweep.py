@@ -18,7 +18,7 @@ def test_reference_sweep_keeps_the_lowest_validation_answer_loss_and_a_base_is_s
     for d, run in sweep.items():  # what the pipeline records is what each run's summary says
         assert run["val_answer_loss"] == json.loads(open(os.path.join(d, "done.json")).read())["val_answer_loss"]
     assert pipe["ref"] == os.path.join(best, "ckpt.pt") and pipe["scores"] == os.path.join(best, "scores.bin")
-    assert pipe["settings"]["ref_epochs"] == sweep[best]["ref_epochs"] and os.path.exists(pipe["scores"])
+    assert pipe["ref_epochs"] == sweep[best]["ref_epochs"] and os.path.exists(pipe["scores"])
     call("train_slm.py", "--out_dir", "swept", "--ratio", "0.6", "--max_tokens", "3000")
     cfg = json.loads(open("swept/slm0.6/config.json").read())
     assert cfg["init"] == "out/base/ckpt.pt" and cfg["ref_ckpts"] == pipe["ref"]
