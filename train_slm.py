@@ -78,7 +78,8 @@ class SlmRun:
     tokens_per_step: int = arg(None, "tokens per optimizer step; a multiple of batch x block x processes, the "
                                      "rest is gradient accumulation (default: the preset's; 0: one micro-batch per "
                                      "process)", type=int)
-    seed: int = arg(None, "seed of the student: data order, init (default: the pipeline's seed)", type=int)
+    seed: int = arg(None, "seed of the student: its data order (default: the pipeline's seed); the run folder "
+                          "gets -s<seed>, the arm ' (student seed <seed>)'", type=int)
     name: str = arg("", "run folder name under out_dir (default: clm, slm0.6, random0.6, ... plus -lr<lr> "
                         "when --lr is given)")
     device: str = arg("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
@@ -118,6 +119,7 @@ def names(args, ratio, lr):
                      (by_ref and args.refs, f" ({args.refs} refs, {args.combine})",
                       f"-refs{args.refs}{args.combine}"),
                      (args.init == "scratch", " (from scratch)", "-scratch"),
+                     (args.seed is not None, f" (student seed {args.seed})", f"-s{args.seed}"),
                      (args.keep_ckpts, "", "-ckpts")):
         if on:
             arm, folder = arm + a, folder + f

@@ -22,3 +22,15 @@ def test_reference_sweep_keeps_the_lowest_validation_answer_loss_and_a_base_is_s
     call("train_slm.py", "--out_dir", "swept", "--ratio", "0.6", "--max_tokens", "3000")
     cfg = json.loads(open("swept/slm0.6/config.json").read())
     assert cfg["init"] == "out/base/ckpt.pt" and cfg["ref_ckpts"] == pipe["ref"]
+
+
+def test_a_student_seed_is_a_run_of_its_own(pipeline, monkeypatch):
+    """The noise floor needs several student seeds (data orders) per pipeline: each its own folder and arm name,
+    its own data order."""
+    import train_slm
+    monkeypatch.chdir(pipeline)
+    pipe = json.loads(open("out/pipeline.json").read())
+    cfgs = [train_slm.student_config(train_slm.SlmRun(seed=s), pipe, 0.6, None) for s in (None, 1, 2)]
+    assert [c.out_dir for c in cfgs] == ["out/slm0.6", "out/slm0.6-s1", "out/slm0.6-s2"]
+    assert [c.arm for c in cfgs] == ["SLM 0.6", "SLM 0.6 (student seed 1)", "SLM 0.6 (student seed 2)"]
+    assert [c.seed for c in cfgs] == [pipe["seed"], 1, 2]
