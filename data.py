@@ -406,14 +406,14 @@ def draw_problem(rng, keys, families=None):
 
 
 def distinct_problems(rng, keys, n):
-    """n problems with distinct keys: the families in turn, each key of a family once, until n are drawn (a
-    family whose keys run out drops out of the turn)."""
+    """n (family index, problem) pairs with distinct keys: the families in turn, each key of a family once, until n
+    are drawn (a family whose keys run out drops out of the turn)."""
     pools = [rng.sample(k, len(k)) for k in keys]
     out = []
     while len(out) < n and any(pools):
         for i, pool in enumerate(pools):
             if pool and len(out) < n:
-                out.append(FAMILIES[i][0](pool.pop(), rng))
+                out.append((i, FAMILIES[i][0](pool.pop(), rng)))
     return out
 
 
@@ -610,7 +610,7 @@ def documents(cfg):
     splits (eval, ref_val) own their (family, numbers) keys: no training split draws from them."""
     keys, problems = key_splits(cfg.seed), {}
     for split, n in (("eval", cfg.n_eval), ("ref_val", cfg.n_ref_val)):
-        problems[split] = distinct_problems(random.Random(f"rho-{cfg.seed}-{split}"), keys[split], n)
+        problems[split] = [p for _, p in distinct_problems(random.Random(f"rho-{cfg.seed}-{split}"), keys[split], n)]
         if len(problems[split]) < n:
             fail(f"{split} owns {len(problems[split])} problem keys, fewer than the {n} asked for",
                  f"ask for {len(problems[split])} or fewer")

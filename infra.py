@@ -360,16 +360,23 @@ def score_stamp(ref_path, ref_ckpt, meta, split="web"):
             "split": split}
 
 
+def scores_match(path, stamp):
+    """Whether the score file at path is the one `stamp` describes: its sidecar holds every value of the stamp and
+    the file holds `length` float16 losses."""
+    old = read_json(path + ".json")
+    return os.path.exists(path) and os.path.getsize(path) == 2 * stamp["length"] and \
+        {k: old.get(k) for k in stamp} == stamp
+
+
 def load_scores(path, ref_path, ref_ckpt, meta, split, block_size):
     """The reference's cached scores (a float16 memmap), refused if another reference, corpus or block made them."""
     if not os.path.exists(path):
         fail(f"no reference scores at {path}", "run `python train_ref.py` (it scores the corpus)")
-    stamp, want = read_json(path + ".json"), score_stamp(ref_path, ref_ckpt, meta, split)
-    scores = np.memmap(path, dtype=np.float16, mode="r")
-    if len(scores) != want["length"] or {k: stamp.get(k) for k in want} != want or block_size != want["block_size"]:
+    want = score_stamp(ref_path, ref_ckpt, meta, split)
+    if not scores_match(path, want) or block_size != want["block_size"]:
         fail(f"{path} does not belong to this reference, corpus and block size",
              "score again with `python train_ref.py` (or use --ref_mode online)")
-    return scores
+    return np.memmap(path, dtype=np.float16, mode="r")
 
 
 # ----------------------------------------------------------------------------------------------------------

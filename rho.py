@@ -439,6 +439,9 @@ class TrainConfig:
     resume: bool = False          # continue an unfinished run in out_dir from its last checkpoint
     keep_ckpts: bool = False      # also keep every evaluation's checkpoint as ckpt_<step>.pt (plot.py --categories)
 
+    def __post_init__(self):  # a config that cannot run is refused where it is made, before anything is loaded
+        check_config(self)
+
     @property
     def uses_reference(self):  # whether tokens are selected by a reference's losses
         return self.ratio < 1.0 and self.select in ("excess", "ref_loss", "block")
@@ -487,7 +490,6 @@ class Trainer:
     evaluate() measures the model. Under torchrun every process builds one and reads its share of every batch."""
 
     def __init__(self, cfg, log=print):
-        check_config(cfg)
         self.cfg = cfg
         self.rank, self.world, self.device = this_process(cfg.device)  # its place under torchrun, its device
         self.start, self.resumed = 0, False  # the first step to train (a resumed run: its checkpoint's)
@@ -627,7 +629,6 @@ class Trainer:
 def train(cfg, log=print):
     """Train one model (ratio < 1: with SLM) and return its summary, the final log record. Under torchrun every
     rank trains; rank 0 evaluates, logs and checkpoints."""
-    check_config(cfg)
     log, done = log if dist_setup()[0] == 0 else (lambda *a: None), os.path.join(cfg.out_dir, "done.json")
     with run_folder(cfg, log, Trainer) as tr:  # one writer a folder; tr None: a finished run, reused
         if tr is None:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import data
 import rho
 from infra import FolderLock, arg, atomic_write, barrier, cli, dist_setup, fail, load_checkpoint, pick_device, \
-    read_json, score_stamp
+    read_json, score_stamp, scores_match
 
 # Presets: model sizes and budgets (data.py has the embedded corpus sizes of the same names)
 PRESETS = {
@@ -173,8 +173,7 @@ def score(ref_path, scores, args, meta):
     tokens, _ = data.load_tokens(args.data_dir, "web")
     model = rho.GPT.from_checkpoint(ckpt)
     with FolderLock(os.path.dirname(scores)):
-        old = read_json(scores + ".json")
-        if os.path.exists(scores) and {k: old.get(k) for k in stamp} == stamp:
+        if scores_match(scores, stamp):
             print(f"{scores}: scores of this reference found, reusing them")
         else:
             device = pick_device(args.device)

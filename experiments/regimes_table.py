@@ -20,15 +20,9 @@ from infra import load_checkpoint, read_json  # noqa: E402
 
 
 def val_families(seed, n):
-    """The family of each validation problem, in val.jsonl's order (data.distinct_problems, recording families)."""
-    keys, rng = data.key_splits(seed)["ref_val"], random.Random(f"rho-{seed}-ref_val")
-    pools, fams = [rng.sample(k, len(k)) for k in keys], []
-    while len(fams) < n and any(pools):
-        for i, pool in enumerate(pools):
-            if pool and len(fams) < n:
-                data.FAMILIES[i][0](pool.pop(), rng)
-                fams.append(i)
-    return fams
+    """The family of each validation problem, in val.jsonl's order (drawn again as data.documents draws them)."""
+    keys = data.key_splits(seed)["ref_val"]
+    return [i for i, _ in data.distinct_problems(random.Random(f"rho-{seed}-ref_val"), keys, n)]
 
 
 def split_losses(ckpt_path, data_dir, covered):
