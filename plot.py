@@ -233,7 +233,7 @@ def summarize(runs):
         base_arm = "SFT CLM" if sft else "CLM"
         chosen = [run for run in runs if run["done"] and (run["lr"] == best.get(run["arm"]) or  # each pipeline's
                                                           run["arm"] in ("base", "reference"))]  # own, whatever rate
-        rows = arm_rows(chosen, base_arm)
+        rows = arm_rows([run for run in chosen if STUDENT_SEED not in run["arm"]], base_arm)  # noise_table's
         order = lambda arm: (arm != "base", arm != "reference", arm != base_arm, arm)  # noqa: E731
         out.append({"sft": sft, "runs": runs, "best": best, "clm": base_arm, "chosen": chosen,
                     "rows": [rows[arm] for arm in sorted(rows, key=order)],
@@ -371,6 +371,53 @@ def seeds_table(res):
                            "per seed, each arm at its chosen rate (test answer loss / test accuracy):")
 
 
+STUDENT_SEED = " (student seed "  # train_slm.py --seed: the same arm on another data order
+
+
+def noise_table(res, n_boot=2000, seed=0):
+    """The noise floor, for the arms run with several student seeds (data orders) in every pipeline, each at its
+    chosen rate: the spread of the runs, and each arm minus the baseline run of the same pipeline and data order,
+    with a 95% interval from a two-level bootstrap (pipelines, then data orders within them): run-to-run
+    variation, not only the test problems, counts; beside it, the paired test on the problems of all those pairs."""
+    runs = defaultdict(dict)  # arm: {(pipeline, student seed): run}
+    for run in res["chosen"]:
+        arm, _, student = run["arm"].partition(STUDENT_SEED)
+        runs[arm][(run["pipe"]["dir"], student.rstrip(")") or "pipeline's")] = run
+    clm, rng, rows = runs.get(res["clm"], {}), np.random.default_rng(seed), []
+    for arm, mine in runs.items():
+        if len({s for _, s in mine}) < 2:
+            continue
+        spread = [np.std([r["acc"][-1] for (d, _), r in mine.items() if d == pipe], ddof=1)
+                  for pipe in {d for d, _ in mine}]
+        row = [arm, len(mine), f"{np.mean([r['acc'][-1] for r in mine.values()]):.1%} "
+               f"(sd {np.std([r['acc'][-1] for r in mine.values()], ddof=1):.1%})", f"{np.nanmean(spread):.1%}"]
+        if arm != res["clm"]:
+            for key, f in (("acc", 100), ("answer", 1)):
+                diffs = defaultdict(list)
+                for (pipe, s), r in mine.items():
+                    if (pipe, s) in clm:
+                        diffs[pipe].append(f * (r[key][-1] - clm[(pipe, s)][key][-1]))
+                pipes = list(diffs)
+                boot = [np.mean([np.mean(rng.choice(diffs[p], len(diffs[p]))) for p in rng.choice(pipes, len(pipes))])
+                        for _ in range(n_boot)]
+                fmt = "{:+.1f}" if key == "acc" else "{:+.4f}"
+                ds = [d for v in diffs.values() for d in v]
+                lo, hi = np.percentile(boot, [2.5, 97.5])
+                row.append(f"{fmt.format(np.mean(ds))} [{fmt.format(lo)}, {fmt.format(hi)}], "
+                           f"{sum(d > 0 for d in ds)} of {len(ds)} above")
+            pairs = [(r["correct"], clm[k]["correct"]) for k, r in mine.items() if k in clm and r["correct"] is not None]
+            row.append(paired_cell(pairs, res["shared"])[0] if pairs else "")
+        rows.append(row + [""] * (7 - len(row)))
+    if not rows:
+        return []
+    return [""] + md_table(["arm", "runs", "test accuracy: mean (sd over runs)", "sd within a pipeline (data order "
+                            "alone)", f"accuracy - {res['clm']} (pts): mean [95% interval over pipelines and data "
+                            "orders], runs above", f"answer loss - {res['clm']}: same", "paired test on the problems "
+                            "(intervals over the problems only)"], rows,
+                           "the noise floor: every pipeline with several data orders (student seeds), each arm at "
+                           f"its chosen rate, paired with {res['clm']} of the same pipeline and data order:")
+
+
 def ratio_sweeps(results):
     """Per group with students at three or more ratios (CLM as 1.0): [(ratio, its row)] in ratio order."""
     ratio = lambda row: row["runs"][0]["cfg"]["ratio"]  # noqa: E731
@@ -492,7 +539,8 @@ def main(args):
         if res["clm"] not in {run["arm"] for run in res["runs"]}:
             report.append(f"missing: no CLM baseline in {res['dirs'][0]}; make it with `python train_slm.py "
                           f"--out_dir {res['dirs'][0]} --ratio 1.0{' --sft' if res['sft'] else ''}`")
-        report.append("\n".join(headline_table(res) + paired_table(res) + rates_table(res) + seeds_table(res) +
+        report.append("\n".join(headline_table(res) + paired_table(res) + noise_table(res) + rates_table(res) +
+                                seeds_table(res) +
                                 analysis.selection_table(res)))
         unfinished = [run["path"] for run in res["runs"] if not run["done"]]
         if unfinished:

@@ -4,10 +4,15 @@ students), at most --jobs at a time, each process on one thread (OMP_NUM_THREADS
 every job runs with --resume: a finished run is reused, a killed one continues from its last checkpoint, a new one
 starts, so the same command picks up where a stopped session left off.
 
-  python experiments/driver.py regimes            # the map of regimes (seed 0, validation), 2 jobs at a time
-  python experiments/driver.py regimes --dry      # print the jobs and which are done
-  python experiments/driver.py headline-noisy     # a cell in 3 pipelines, every arm at 3 rates
-Logs: experiments/logs/<plan>/<job>.log. Then: python plot.py --out_dir out/regimes
+  python experiments/driver.py regimes             # the map of regimes (seed 0, validation), 2 jobs at a time
+  python experiments/driver.py regimes --dry       # print the jobs and which are done
+  python experiments/driver.py headline-default    # a cell in 3 pipelines, every arm, rates chosen on seed 0,
+                                                   # then CLM and SLM on 2 more data orders (the noise floor)
+  python experiments/driver.py extras-default      # seed 0: the ratio sweep and soft weighting at SLM's rate
+  python experiments/driver.py noise-default       # 3 more arms on 2 more data orders
+  python experiments/driver.py edge-default        # a chosen rate at the edge of its sweep: widen it (repeat)
+  python experiments/driver.py pair-harm-nocarry   # a map cell in 3 pipelines, CLM and SLM at the map's rates
+Logs: experiments/logs/<plan>/<job>.log. Then: python plot.py --out_dir out/headline/default
 """
 import argparse
 import json
@@ -43,46 +48,128 @@ ARMS = {  # folder: train_slm flags -- every arm of the headline, each swept ove
 HEADLINE_LRS = (1.5e-3, 3e-3, 6e-3)
 
 
+STUDENT_SEEDS = (100, 101)  # other data orders for the noise floor (a student's seed defaults to its pipeline's)
+NOISE_ARMS = ("clm", "slm0.6")  # the arms run with every student seed in the headline
+MORE_NOISE_ARMS = ("refloss0.6", "clm-mixhq4", "oracle")  # and after it (plan noise-<cell>)
+HEADLINE_REF = {"default": ("40", "1.2e-2"), "harm-nocarry": ("40", "1.2e-2"), "noisy": ("40", "6e-3"),
+                "harm": ("10", "6e-3")}  # the reference each cell's sweep chose on seed 0 (out/results/regimes.md)
+MAP_LRS = {"harm-nocarry": {"clm": 3e-3, "slm0.6": 3e-3}, "noisy": {"clm": 3e-3, "slm0.6": 3e-3},
+           "harm": {"clm": 1.5e-3, "slm0.6": 1.5e-3}}  # each arm's rate the map chose on seed 0 (regimes.md)
+
+
+def out_of(cell, seed):
+    return f"out/headline/{cell}/seed{seed}"
+
+
+def pipelines(cell):
+    """The cell's 3 pipelines (seeds 0-2; cells that share a base in the map get their own per seed), 16
+    evaluations on 1,000 test problems, the reference the one the map's sweep chose on seed 0's validation."""
+    corpus, ref = CELLS[cell][0], ["--ref_epochs", HEADLINE_REF[cell][0], "--ref_lr", HEADLINE_REF[cell][1]]
+    return [(f"{cell}{seed}-pipeline", f"{out_of(cell, seed)}/pipeline.json",
+             ["train_ref.py", "--preset", "cpu", "--seed", str(seed), "--data_dir", f"data/headline/{cell}{seed}",
+              "--out_dir", out_of(cell, seed), "--n_evals", "16", "--eval_problems", "1000", *ref]
+             + (["--corpus", *corpus] if corpus else [])) for seed in (0, 1, 2)]
+
+
+def student(cell, seed, arm, lr, student_seed=0, flags=None):
+    """One student job: an arm of ARMS (or `flags`, named `arm`) at rate lr, on the pipeline's or another data order."""
+    tail = ["--seed", str(student_seed)] if student_seed else []
+    folder = f"{arm}-lr{lr:g}" + (f"-s{student_seed}" if student_seed else "")
+    return (f"{cell}{seed}-{folder}", f"{out_of(cell, seed)}/{folder}/done.json",
+            ["train_slm.py", "--out_dir", out_of(cell, seed), *(flags or ARMS[arm]), "--lr", str(lr), *tail])
+
+
+def seed0_runs(cell):
+    """Seed 0's runs of the arms of ARMS (not the other data orders), each with its folder's arm name."""
+    sys.path.insert(0, ROOT)
+    import plot
+    runs = [r for r in plot.find_runs(out_of(cell, 0)) if r["cfg"].get("arm") not in (None, "reference")]
+    for r in runs:
+        r["folder"] = os.path.basename(r["path"]).rsplit("-lr", 1)[0]
+    return plot, [r for r in runs if r["folder"] in ARMS]
+
+
+def chosen_lrs(cell):
+    """{arm folder: the rate seed 0's validation chose}, by plot's own rule (plot.best_lrs)."""
+    plot, runs = seed0_runs(cell)
+    folder = {r["arm"]: r["folder"] for r in runs}
+    return {folder[arm]: lr for arm, lr in plot.best_lrs(runs).items()}
+
+
+def edge(cell):
+    """After the headline: every arm whose chosen rate is the highest (lowest) it was run at on seed 0 runs again
+    at twice (half) that rate, then seeds 1-2 and the noise floor follow the new choice as in the headline. Run the
+    plan again until it has nothing to run: then every chosen rate has a worse rate on both sides."""
+    def widen():
+        _, runs = seed0_runs(cell)
+        chosen, jobs = chosen_lrs(cell), []
+        for arm, lr in sorted(chosen.items(), key=lambda a: a[0] not in NOISE_ARMS):  # CLM and SLM first
+            tried = sorted(r["cfg"]["lr"] for r in runs if r["folder"] == arm)
+            if len(tried) > 1 and lr in (tried[0], tried[-1]):
+                jobs.append(student(cell, 0, arm, lr * 2 if lr == tried[-1] else lr / 2))
+        return jobs
+    return [widen, *headline(cell)[2:]]
+
+
 def headline(cell):
-    """A cell in 3 pipelines (seeds 0-2; the cells that share a base get their own per seed), 16 evaluations on
-    1,000 test problems, every arm of ARMS at every rate of HEADLINE_LRS (the reference fine-tuned longer at twice
-    them, as its loss keeps falling with the rate)."""
-    corpus, extra = CELLS[cell]
-    extra = [x for i, x in enumerate(extra) if x != "--base" and (i == 0 or extra[i - 1] != "--base")]
-    jobs = []
-    for seed in (0, 1, 2):
-        out = f"out/headline/{cell}/seed{seed}"
-        jobs.append((0, f"{cell}{seed}-pipeline", f"{out}/pipeline.json",
-                     ["train_ref.py", "--preset", "cpu", "--seed", str(seed), "--data_dir",
-                      f"data/headline/{cell}{seed}", "--out_dir", out, "--n_evals", "16", "--eval_problems", "1000",
-                      *extra] + (["--corpus", *corpus] if corpus else [])))
-        for arm, flags in ARMS.items():
-            for lr in (2 * x for x in HEADLINE_LRS) if arm == "reflong" else HEADLINE_LRS:
-                jobs.append((1, f"{cell}{seed}-{arm}-lr{lr:g}", f"{out}/{arm}-lr{lr:g}/done.json",
-                             ["train_slm.py", "--out_dir", out, *flags, "--lr", str(lr)]))
-    return jobs
+    """A cell in 3 pipelines. Stage 0-1: the pipelines, and on seed 0 every arm of ARMS at every rate of
+    HEADLINE_LRS (the reference fine-tuned longer at twice them, as its loss keeps falling with the rate). Stage 2:
+    seeds 1 and 2, each arm at the rate seed 0's validation chose. Stage 3: the noise floor, the NOISE_ARMS again
+    with STUDENT_SEEDS (other data orders) in every pipeline, at the same rates."""
+    pipes = pipelines(cell)
+    rates = lambda arm: [2 * x for x in HEADLINE_LRS] if arm == "reflong" else list(HEADLINE_LRS)  # noqa: E731
+    return [pipes[:2],  # seed 2's pipeline runs beside seed 0's students
+            pipes[2:] + [student(cell, 0, arm, lr) for arm in ARMS for lr in rates(arm)],
+            lambda: [student(cell, seed, arm, lr) for seed in (1, 2) for arm, lr in chosen_lrs(cell).items()],
+            lambda: [student(cell, seed, arm, chosen_lrs(cell)[arm], s) for seed in (0, 1, 2) for arm in NOISE_ARMS
+                     for s in STUDENT_SEEDS]]
+
+
+def noise(cell):
+    """After the headline: MORE_NOISE_ARMS with STUDENT_SEEDS in every pipeline, at their chosen rates."""
+    return [lambda: [student(cell, seed, arm, chosen_lrs(cell)[arm], s) for arm in MORE_NOISE_ARMS
+                     for seed in (0, 1, 2) for s in STUDENT_SEEDS]]
+
+
+def pair(cell):
+    """A cell of the map in 3 pipelines, CLM and SLM 0.6 only, each at the rate the map chose on seed 0."""
+    pipes = pipelines(cell)
+    return [pipes[:2], pipes[2:] + [student(cell, seed, arm, lr) for seed in (0, 1, 2)
+                                    for arm, lr in MAP_LRS[cell].items()]]
+
+
+def extras(cell):
+    """Seed 0 of a headline cell, SLM's own rate (chosen in the headline): the ratio sweep (0.4-0.8 beside the
+    headline's 0.6 and CLM) and soft weighting at two temperatures, each a single run (validation first)."""
+    def jobs():
+        lr = chosen_lrs(cell)["slm0.6"]
+        return [student(cell, 0, f"slm{r:g}", lr, flags=["--ratio", str(r)]) for r in (0.4, 0.5, 0.7, 0.8)] + \
+            [student(cell, 0, f"slm0.6-soft{t:g}", lr, flags=["--ratio", "0.6", "--weighting", "soft",
+                                                               "--temperature", str(t)]) for t in (0.1, 0.5)]
+    return [jobs]
 
 
 def regimes():
     """The map: each cell a pipeline (corpus, base, reference) at the cpu preset, seed 0, and CLM and SLM 0.6 at
     two rates. The reference is tuned on validation in every cell (SWEEP_REF in the default cell, the strong
     corner of it elsewhere), but in default-cheapref: the demo's cheap one (4 epochs at 2e-3), on the same base."""
-    jobs = []
+    stages = [[], [], []]
     for name, (corpus, extra) in CELLS.items():
         out = f"out/regimes/{name}/seed0"
-        jobs.append((1 if "--base" in extra else 0, f"{name}-pipeline", f"{out}/pipeline.json",
-                     ["train_ref.py", "--preset", "cpu", "--seed", "0", "--data_dir", f"data/regimes/{name}0",
-                      "--out_dir", out, "--n_evals", "8", "--eval_problems", "1000", *extra]
-                     + (["--corpus", *corpus] if corpus else [])))
+        stages[1 if "--base" in extra else 0].append(
+            (f"{name}-pipeline", f"{out}/pipeline.json",
+             ["train_ref.py", "--preset", "cpu", "--seed", "0", "--data_dir", f"data/regimes/{name}0", "--out_dir",
+              out, "--n_evals", "8", "--eval_problems", "1000", *extra] + (["--corpus", *corpus] if corpus else [])))
         for ratio in SCREEN["ratios"] if name != "default-cheapref" else (0.6,):  # its CLM is default's
             for lr in SCREEN["lrs"]:
                 folder = f"{'clm' if ratio == 1 else f'slm{ratio:g}'}-lr{lr:g}"
-                jobs.append((2, f"{name}-{folder}", f"{out}/{folder}/done.json",
-                             ["train_slm.py", "--out_dir", out, "--ratio", str(ratio), "--lr", str(lr)]))
-    return jobs
+                stages[2].append((f"{name}-{folder}", f"{out}/{folder}/done.json",
+                                  ["train_slm.py", "--out_dir", out, "--ratio", str(ratio), "--lr", str(lr)]))
+    return stages
 
 
-PLANS = {"regimes": regimes, **{f"headline-{c}": (lambda c=c: headline(c)) for c in CELLS}}
+PLANS = {"regimes": regimes, **{f"headline-{c}": (lambda c=c: headline(c)) for c in CELLS},
+         **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for c in CELLS for kind in (extras, noise, pair, edge)}}
 
 
 def main():
@@ -92,16 +179,20 @@ def main():
     ap.add_argument("--dry", action="store_true", help="list the jobs and which are done; run nothing")
     args = ap.parse_args()
     os.chdir(ROOT)  # the jobs' paths are relative to the repository
-    jobs, logs = PLANS[args.plan](), os.path.join(ROOT, "experiments", "logs", args.plan)
+    stages, logs = PLANS[args.plan](), os.path.join(ROOT, "experiments", "logs", args.plan)
     os.makedirs(logs, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for stage in sorted({j[0] for j in jobs}):
-        todo = [j for j in jobs if j[0] == stage and not done(j)]
-        print(f"stage {stage}: {len(todo)} job(s) to run of {sum(j[0] == stage for j in jobs)}", flush=True)
+    for i, stage in enumerate(stages):  # a stage may be a function: its jobs depend on the stages before it
+        if callable(stage) and args.dry:
+            print(f"stage {i}: chosen when the stages before it are done")
+            continue
+        stage = stage() if callable(stage) else stage
+        todo = [j for j in stage if not done(j)]
+        print(f"stage {i}: {len(todo)} job(s) to run of {len(stage)}", flush=True)
         running = []
         while todo or running:
             while todo and len(running) < args.jobs and not args.dry:
-                _, name, target, argv = todo.pop(0)
+                name, target, argv = todo.pop(0)
                 cmd = [sys.executable, os.path.join(ROOT, argv[0]), *argv[1:], "--resume"]
                 log = open(os.path.join(logs, f"{name}.log"), "a")
                 log.write(f"\n$ {' '.join(cmd)}\n")
@@ -119,7 +210,7 @@ def main():
 
 
 def done(job):
-    target = job[2]
+    target = job[1]
     if target.endswith("pipeline.json"):  # a pipeline is done when its file names a reference with scores
         pipe = json.load(open(target)) if os.path.exists(target) else {}
         return bool(pipe) and os.path.exists(pipe["scores"])

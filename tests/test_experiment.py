@@ -149,6 +149,25 @@ def test_paired_tests_on_known_answers():
     assert far["p"] == pytest.approx(1 / 10001)
 
 
+def test_the_noise_floor_pairs_each_run_with_the_baseline_of_its_pipeline_and_data_order():
+    def run(arm, pipe, acc, loss, student=""):
+        right = np.arange(100) < round(100 * acc)
+        return {"arm": arm + (f" (student seed {student})" if student else ""), "pipe": {"dir": pipe},
+                "acc": np.array([acc]), "answer": np.array([loss]), "correct": right}
+    chosen = []
+    for pipe, shift in (("p0", 0.0), ("p1", 0.1), ("p2", 0.2)):  # pipelines differ; data orders differ less
+        for student, jitter in (("", 0.0), ("100", 0.02), ("101", -0.02)):
+            chosen.append(run("CLM", pipe, 0.3 + shift + jitter, 0.5 - shift, student))
+            chosen.append(run("SLM 0.6", pipe, 0.33 + shift + jitter, 0.5 - shift, student))  # +3 pts in every run
+    chosen.append(run("oracle", "p0", 0.5, 0.1))  # one data order only: not in the table
+    table = "\n".join(plot.noise_table({"chosen": chosen, "clm": "CLM", "shared": False}))
+    slm = next(line for line in table.splitlines() if line.startswith("| SLM 0.6 |"))
+    assert "| 9 |" in slm and "+3.0 [+3.0, +3.0], 9 of 9 above" in slm and "+0.0000" in slm
+    clm = next(line for line in table.splitlines() if line.startswith("| CLM |"))
+    assert "sd 8.8%" in clm and "| 2.0% |" in clm  # the spread over all runs, and over data orders alone
+    assert "oracle" not in table and plot.noise_table({"chosen": chosen[-1:], "clm": "CLM", "shared": False}) == []
+
+
 def test_eval_schedule():
     steps = rho.eval_steps(2929, 16, "log")
     assert steps[0] == 0 and steps[-1] == 2929 and steps == sorted(set(steps)) and len(steps) == 17
