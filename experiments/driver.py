@@ -11,6 +11,8 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py extras-default      # seed 0: the ratio sweep and soft weighting at SLM's rate
   python experiments/driver.py noise-default       # 3 more arms on 2 more data orders
   python experiments/driver.py edge-default        # a chosen rate at the edge of its sweep: widen it (repeat)
+  python experiments/driver.py rerun-default       # CLM and SLM of the headline again, records kept
+  python experiments/driver.py hq-default          # CLM + HQ's epochs of the subset (2, 4, 8) chosen on seed 0
   python experiments/driver.py pair-harm-nocarry   # a map cell in 3 pipelines, CLM and SLM at the map's rates
 Logs: experiments/logs/<plan>/<job>.log. Then: python plot.py --out_dir out/headline/default
 """
@@ -111,18 +113,43 @@ def edge(cell):
     return [widen, *headline(cell)[2:]]
 
 
-def headline(cell):
-    """A cell in 3 pipelines. Stage 0-1: the pipelines, and on seed 0 every arm of ARMS at every rate of
-    HEADLINE_LRS (the reference fine-tuned longer at twice them, as its loss keeps falling with the rate). Stage 2:
+def headline(cell, arms=tuple(ARMS), lrs=HEADLINE_LRS):
+    """A cell in 3 pipelines. Stage 0-1: the pipelines, and on seed 0 every arm of `arms` at every rate of
+    `lrs` (the reference fine-tuned longer at twice them, as its loss keeps falling with the rate). Stage 2:
     seeds 1 and 2, each arm at the rate seed 0's validation chose. Stage 3: the noise floor, the NOISE_ARMS again
     with STUDENT_SEEDS (other data orders) in every pipeline, at the same rates."""
     pipes = pipelines(cell)
-    rates = lambda arm: [2 * x for x in HEADLINE_LRS] if arm == "reflong" else list(HEADLINE_LRS)  # noqa: E731
+    rates = lambda arm: [2 * x for x in lrs] if arm == "reflong" else list(lrs)  # noqa: E731
     return [pipes[:2],  # seed 2's pipeline runs beside seed 0's students
-            pipes[2:] + [student(cell, 0, arm, lr) for arm in ARMS for lr in rates(arm)],
+            pipes[2:] + [student(cell, 0, arm, lr) for arm in arms for lr in rates(arm)],
             lambda: [student(cell, seed, arm, lr) for seed in (1, 2) for arm, lr in chosen_lrs(cell).items()],
             lambda: [student(cell, seed, arm, chosen_lrs(cell)[arm], s) for seed in (0, 1, 2) for arm in NOISE_ARMS
                      for s in STUDENT_SEEDS]]
+
+
+def rerun(cell):
+    """The headline's core again, its records kept this time (save_runs.py): the 3 pipelines, CLM and SLM 0.6 on
+    seed 0 at the headline's rates and at twice the highest (where the edge plan took them), then seeds 1-2 and the
+    noise floor at the rates seed 0 chose. Same commands as the headline: on the same machine, the same numbers?"""
+    return headline(cell, arms=NOISE_ARMS, lrs=(*HEADLINE_LRS, 2 * HEADLINE_LRS[-1]))
+
+
+def hq(cell):
+    """After the headline: CLM + HQ's epochs tuned like a rate. Seed 0: the subset mixed in 2, 4 and 8 times at the
+    rate x4 chose (6e-3, out/results/headline-default.md); then seeds 1-2 with the count seed 0's validation
+    prefers, beside x4 (the headline's)."""
+    lr, counts = 6e-3, (2, 4, 8)
+    job = lambda seed, n: student(cell, seed, f"clm-mixhq{n}", lr,  # noqa: E731
+                                  flags=["--ratio", "1.0", "--mix_hq", str(n)])
+
+    def best():
+        sys.path.insert(0, ROOT)
+        import plot
+        runs = {r["path"]: r for r in plot.find_runs(out_of(cell, 0))}
+        val = {n: runs[f"{out_of(cell, 0)}/clm-mixhq{n}-lr{lr:g}"]["val_answer_loss"][-1] for n in counts}
+        print("  validation answer loss by epochs of the subset:", {n: round(v, 4) for n, v in val.items()})
+        return [job(seed, n) for seed in (1, 2) for n in sorted({4, min(val, key=val.get)})]
+    return [[job(0, n) for n in counts], best]
 
 
 def noise(cell):
@@ -168,8 +195,8 @@ def regimes():
     return stages
 
 
-PLANS = {"regimes": regimes, **{f"headline-{c}": (lambda c=c: headline(c)) for c in CELLS},
-         **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for c in CELLS for kind in (extras, noise, pair, edge)}}
+PLANS = {"regimes": regimes, **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for c in CELLS
+                                 for kind in (headline, extras, noise, pair, edge, rerun, hq)}}
 
 
 def main():
