@@ -94,9 +94,14 @@ def find_runs(root):
                 refs.append((sub, "reference " + sub.removeprefix("ref-").replace("-lr", " lr")))
             else:
                 students.append((sub, "sft" if cfg.get("sft") else ""))
+        # the pipeline's settings, but the preset's defaults for what a pipeline records apart (the references it
+        # swept) or does not fix (the students' rates)
+        settings = {k: v for k, v in pipe["settings"].items() if k not in ("ref_epochs", "ref_lr", "lr", "lr_clm")}
+        swept = sorted((float(r["ref_epochs"]), float(r["ref_lr"])) for r in pipe["ref_sweep"].values()) \
+            if "ref_sweep" in pipe else [(pipe["settings"].get("ref_epochs"), pipe["settings"].get("ref_lr"))]
         for kind in sorted({k for _, k in students}) or [""]:
-            group = json.dumps([os.path.dirname(pipe["dir"]), pipe["preset"], pipe["init"], pipe["settings"],
-                                corpus, kind], sort_keys=True)
+            group = json.dumps([os.path.dirname(pipe["dir"]), pipe["preset"], pipe["init"], settings, swept, corpus,
+                                kind], sort_keys=True)
             for sub, arm in refs + [(s, None) for s, k in students if k == kind]:
                 runs.append(load_run(os.path.join(pipe["dir"], sub), pipe, group, arm))
     return [run for run in runs if run]
@@ -405,7 +410,8 @@ def noise_table(res, n_boot=2000, seed=0):
                 lo, hi = np.percentile(boot, [2.5, 97.5])
                 row.append(f"{fmt.format(np.mean(ds))} [{fmt.format(lo)}, {fmt.format(hi)}], "
                            f"{sum(d > 0 for d in ds)} of {len(ds)} above")
-            pairs = [(r["correct"], clm[k]["correct"]) for k, r in mine.items() if k in clm and r["correct"] is not None]
+            pairs = [(r["correct"], clm[k]["correct"]) for k, r in mine.items()
+                     if k in clm and r["correct"] is not None]
             row.append(paired_cell(pairs, res["shared"])[0] if pairs else "")
         rows.append(row + [""] * (7 - len(row)))
     if not rows:

@@ -11,7 +11,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py extras-default      # seed 0: the ratio sweep and soft weighting at SLM's rate
   python experiments/driver.py noise-default       # 3 more arms on 2 more data orders
   python experiments/driver.py edge-default        # a chosen rate at the edge of its sweep: widen it (repeat)
-  python experiments/driver.py rerun-default       # CLM and SLM of the headline again, records kept
+  python experiments/driver.py rerun-default       # CLM and SLM of the headline again (then save_runs.py)
   python experiments/driver.py hq-default          # CLM + HQ's epochs of the subset (2, 4, 8) chosen on seed 0
   python experiments/driver.py pair-harm-nocarry   # a map cell in 3 pipelines, CLM and SLM at the map's rates
 Logs: experiments/logs/<plan>/<job>.log. Then: python plot.py --out_dir out/headline/default
@@ -76,7 +76,7 @@ def pipelines(cell):
 def student(cell, seed, arm, lr, student_seed=0, flags=None):
     """One student job: an arm of ARMS (or `flags`, named `arm`) at rate lr, on the pipeline's or another data order."""
     tail = ["--seed", str(student_seed)] if student_seed else []
-    folder = f"{arm}-lr{lr:g}" + (f"-s{student_seed}" if student_seed else "")
+    folder = arm + (f"-s{student_seed}" if student_seed else "") + f"-lr{lr:g}"  # as train_slm.py names it
     return (f"{cell}{seed}-{folder}", f"{out_of(cell, seed)}/{folder}/done.json",
             ["train_slm.py", "--out_dir", out_of(cell, seed), *(flags or ARMS[arm]), "--lr", str(lr), *tail])
 
@@ -106,7 +106,7 @@ def edge(cell):
         _, runs = seed0_runs(cell)
         chosen, jobs = chosen_lrs(cell), []
         for arm, lr in sorted(chosen.items(), key=lambda a: a[0] not in NOISE_ARMS):  # CLM and SLM first
-            tried = sorted(r["cfg"]["lr"] for r in runs if r["folder"] == arm)
+            tried = sorted(r["cfg"]["lr"] for r in runs if r["folder"] == arm and r["done"])
             if len(tried) > 1 and lr in (tried[0], tried[-1]):
                 jobs.append(student(cell, 0, arm, lr * 2 if lr == tried[-1] else lr / 2))
         return jobs
@@ -122,13 +122,14 @@ def headline(cell, arms=tuple(ARMS), lrs=HEADLINE_LRS):
     rates = lambda arm: [2 * x for x in lrs] if arm == "reflong" else list(lrs)  # noqa: E731
     return [pipes[:2],  # seed 2's pipeline runs beside seed 0's students
             pipes[2:] + [student(cell, 0, arm, lr) for arm in arms for lr in rates(arm)],
-            lambda: [student(cell, seed, arm, lr) for seed in (1, 2) for arm, lr in chosen_lrs(cell).items()],
+            lambda: [student(cell, seed, arm, lr) for seed in (1, 2) for arm, lr in chosen_lrs(cell).items()
+                     if arm in arms],
             lambda: [student(cell, seed, arm, chosen_lrs(cell)[arm], s) for seed in (0, 1, 2) for arm in NOISE_ARMS
                      for s in STUDENT_SEEDS]]
 
 
 def rerun(cell):
-    """The headline's core again, its records kept this time (save_runs.py): the 3 pipelines, CLM and SLM 0.6 on
+    """The headline's core again, to keep its records this time (then save_runs.py): the 3 pipelines, CLM and SLM 0.6 on
     seed 0 at the headline's rates and at twice the highest (where the edge plan took them), then seeds 1-2 and the
     noise floor at the rates seed 0 chose. Same commands as the headline: on the same machine, the same numbers?"""
     return headline(cell, arms=NOISE_ARMS, lrs=(*HEADLINE_LRS, 2 * HEADLINE_LRS[-1]))
@@ -145,8 +146,8 @@ def hq(cell):
     def best():
         sys.path.insert(0, ROOT)
         import plot
-        runs = {r["path"]: r for r in plot.find_runs(out_of(cell, 0))}
-        val = {n: runs[f"{out_of(cell, 0)}/clm-mixhq{n}-lr{lr:g}"]["val_answer_loss"][-1] for n in counts}
+        runs = {r["path"]: r for r in plot.find_runs(out_of(cell, 0)) if r["done"]}
+        val = {n: runs[f"{out_of(cell, 0)}/clm-mixhq{n}-lr{lr:g}"]["val_answer"][-1] for n in counts}
         print("  validation answer loss by epochs of the subset:", {n: round(v, 4) for n, v in val.items()})
         return [job(seed, n) for seed in (1, 2) for n in sorted({4, min(val, key=val.get)})]
     return [[job(0, n) for n in counts], best]
@@ -195,8 +196,10 @@ def regimes():
     return stages
 
 
-PLANS = {"regimes": regimes, **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for c in CELLS
-                                 for kind in (headline, extras, noise, pair, edge, rerun, hq)}}
+COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
+           pair: MAP_LRS, hq: ("default",)}  # the cells each kind of plan has its settings for
+PLANS = {"regimes": regimes, **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in
+                                COVERED.items() for c in cells}}
 
 
 def main():
@@ -216,7 +219,7 @@ def main():
         stage = stage() if callable(stage) else stage
         todo = [j for j in stage if not done(j)]
         print(f"stage {i}: {len(todo)} job(s) to run of {len(stage)}", flush=True)
-        running = []
+        running, failed = [], 0
         while todo or running:
             while todo and len(running) < args.jobs and not args.dry:
                 name, target, argv = todo.pop(0)
@@ -234,6 +237,9 @@ def main():
                 running.remove(r)
                 r[3].close()
                 print(f"  {r[0]}: exit {r[1].returncode} after {time.time() - r[2]:.0f}s", flush=True)
+                failed += r[1].returncode != 0
+        if failed:  # the next stages are chosen from these runs: not from a partial set
+            sys.exit(f"stage {i}: {failed} job(s) failed (logs: {logs}); fix: see their logs, then run the plan again")
 
 
 def done(job):

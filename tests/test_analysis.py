@@ -63,17 +63,18 @@ def test_categories_over_kept_checkpoints(pipeline, monkeypatch, capsys):
     assert (run_dir / "categories.png").exists()
 
 
-def fake_pipeline(root, seed, runs, n=100):
+def fake_pipeline(root, seed, runs, n=100, settings=None, name=None, extra=None):
     """A pipeline folder with fabricated logs: runs = {name: (arm, ratio, lr, [(tokens, validation answer loss,
     test answer loss, accuracy), ...])}; the first round(acc * n) of n test problems are right."""
-    d = root / f"seed{seed}"
+    d = root / (name or f"seed{seed}")
     (d / "data").mkdir(parents=True)
     (d / "data" / "meta.json").write_text(json.dumps({"data_config": {"seed": seed, "n_web": 10},
                                                       "splits": {"eval": {"problems": n}}}))
     flops = {"base": 100.0, "ref": 10.0, "scoring": 5.0}
-    (d / "pipeline.json").write_text(json.dumps({"seed": seed, "preset": "cpu", "init": "base", "settings": {},
+    (d / "pipeline.json").write_text(json.dumps({"seed": seed, "preset": "cpu", "init": "base",
+                                                 "settings": settings or {},
                                                  "data_dir": str(d / "data"), "base": "b", "ref": "r",
-                                                 "flops": flops}))
+                                                 "flops": flops, **(extra or {})}))
     for name, (arm, ratio, lr, curve) in runs.items():
         (d / name).mkdir()
         cfg = {"arm": arm, "split": "web", "ratio": ratio, "select": "excess", "ref_mode": "cached", "init": "b",
@@ -85,6 +86,22 @@ def fake_pipeline(root, seed, runs, n=100):
                 f.write(json.dumps({"step": t, "tokens": t, "flops": 2.0 * t, "val_loss": v + 0.3, "val_answer_loss": v,
                                     "answer_loss": a, "acc": acc, "correct": right}) + "\n")
         (d / name / "done.json").write_text("{}")
+
+
+def test_pipelines_group_by_what_shapes_them_not_by_the_preset_defaults_they_override(tmp_path):
+    curve = [(0, 1.0, 1.0, 0.1), (100, 0.5, 0.5, 0.3)]
+    groups = lambda: len(plot.summarize(plot.find_runs(str(tmp_path))))  # noqa: E731
+    sweep = lambda e: {"ref_sweep": {"ref": {"ref_epochs": e, "ref_lr": 0.012}}}  # noqa: E731
+    for seed, (settings, extra) in enumerate([({"n_embd": 64, "lr": 3e-3, "ref_epochs": 4}, sweep(40)),
+                                              ({"n_embd": 64, "lr": 6e-3, "ref_epochs": 40}, sweep(40.0))]):
+        fake_pipeline(tmp_path, seed, {"clm-lr1": ("CLM", 1.0, 1e-3, curve)}, settings=settings, extra=extra)
+    assert groups() == 1  # the preset's defaults differ, the reference swept is the same (40 from a preset or a flag)
+    fake_pipeline(tmp_path, 2, {"clm-lr1": ("CLM", 1.0, 1e-3, curve)}, settings={"n_embd": 64}, name="short",
+                  extra=sweep(4))
+    assert groups() == 2  # another reference: another group
+    fake_pipeline(tmp_path, 3, {"clm-lr1": ("CLM", 1.0, 1e-3, curve)}, settings={"n_embd": 128}, name="wide",
+                  extra=sweep(40))
+    assert groups() == 3  # another model: another group
 
 
 def test_plot_aggregates_seeds_and_picks_each_arms_best_lr_on_validation(tmp_path):
