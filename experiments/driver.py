@@ -13,6 +13,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py edge-default        # a chosen rate at the edge of its sweep: widen it (repeat)
   python experiments/driver.py rerun-default       # CLM and SLM of the headline again (then save_runs.py)
   python experiments/driver.py hq-default          # CLM + HQ's epochs of the subset (2, 4, 8) chosen on seed 0
+  python experiments/driver.py reflong-default     # the reference fine-tuned longer at higher rates (its edge)
   python experiments/driver.py pair-harm-nocarry   # a map cell in 3 pipelines, CLM and SLM at the map's rates
 Logs: experiments/logs/<plan>/<job>.log. Then: python plot.py --out_dir out/headline/default
 """
@@ -148,9 +149,16 @@ def hq(cell):
         import plot
         runs = {r["path"]: r for r in plot.find_runs(out_of(cell, 0)) if r["done"]}
         val = {n: runs[f"{out_of(cell, 0)}/clm-mixhq{n}-lr{lr:g}"]["val_answer"][-1] for n in counts}
-        print("  validation answer loss by epochs of the subset:", {n: round(v, 4) for n, v in val.items()})
+        print("  validation answer loss by epochs of the subset:", {n: round(float(v), 4) for n, v in val.items()})
         return [job(seed, n) for seed in (1, 2) for n in sorted({4, min(val, key=val.get)})]
     return [[job(0, n) for n in counts], best]
+
+
+def reflong(cell):
+    """After the headline: the reference fine-tuned longer, whose chosen rate stayed the top of its sweep (edge), at
+    1.2e-2 to 9.6e-2 on seed 0, then seeds 1-2 at the rate seed 0's validation chooses."""
+    return [[student(cell, 0, "reflong", lr) for lr in (1.2e-2, 2.4e-2, 4.8e-2, 9.6e-2)],
+            lambda: [student(cell, seed, "reflong", chosen_lrs(cell)["reflong"]) for seed in (1, 2)]]
 
 
 def noise(cell):
@@ -197,7 +205,7 @@ def regimes():
 
 
 COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
-           pair: MAP_LRS, hq: ("default",)}  # the cells each kind of plan has its settings for
+           reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",)}  # the cells each kind of plan has its settings for
 PLANS = {"regimes": regimes, **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in
                                 COVERED.items() for c in cells}}
 
