@@ -14,6 +14,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py rerun-default       # CLM and SLM of the headline again (then save_runs.py)
   python experiments/driver.py hq-default          # CLM + HQ's epochs of the subset (2, 4, 8) chosen on seed 0
   python experiments/driver.py reflong-default     # the reference fine-tuned longer at higher rates (its edge)
+  python experiments/driver.py cheapref-default    # the same bases with the cheap reference: CLM and SLM
   python experiments/driver.py pair-harm-nocarry   # a map cell in 3 pipelines, CLM and SLM at the map's rates
 Logs: experiments/logs/<plan>/<job>.log. Then: python plot.py --out_dir out/headline/default
 """
@@ -161,6 +162,19 @@ def reflong(cell):
             lambda: [student(cell, seed, "reflong", chosen_lrs(cell)["reflong"]) for seed in (1, 2)]]
 
 
+def cheapref(cell):
+    """The headline's bases and corpora with the first trial's cheap reference (4 epochs at 2e-3) instead of the
+    tuned one: CLM and SLM 0.6 on seed 0 (SLM at 3e-3 and 6e-3), then seeds 1-2 at the rate chosen. What the
+    reference's tuning alone changes, in 3 pipelines (folders out/headline/<cell>-cheapref)."""
+    name = f"{cell}-cheapref"
+    pipes = [(f"{name}{seed}-pipeline", f"{out_of(name, seed)}/pipeline.json",
+              ["train_ref.py", "--preset", "cpu", "--seed", str(seed), "--data_dir", f"data/headline/{cell}{seed}",
+               "--out_dir", out_of(name, seed), "--n_evals", "16", "--eval_problems", "1000", "--base",
+               f"{out_of(cell, seed)}/base/ckpt.pt", "--ref_epochs", "4", "--ref_lr", "2e-3"]) for seed in (0, 1, 2)]
+    return [pipes, [student(name, 0, "clm", 6e-3), student(name, 0, "slm0.6", 3e-3), student(name, 0, "slm0.6", 6e-3)],
+            lambda: [student(name, seed, arm, lr) for seed in (1, 2) for arm, lr in chosen_lrs(name).items()]]
+
+
 def noise(cell):
     """After the headline: MORE_NOISE_ARMS with STUDENT_SEEDS in every pipeline, at their chosen rates."""
     return [lambda: [student(cell, seed, arm, chosen_lrs(cell)[arm], s) for arm in MORE_NOISE_ARMS
@@ -204,8 +218,9 @@ def regimes():
     return stages
 
 
+# the cells each kind of plan has its settings for
 COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
-           reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",)}  # the cells each kind of plan has its settings for
+           reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",)}
 PLANS = {"regimes": regimes, **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in
                                 COVERED.items() for c in cells}}
 
