@@ -65,14 +65,16 @@ def out_of(cell, seed):
     return f"out/headline/{cell}/seed{seed}"
 
 
-def pipelines(cell):
+def pipelines(cell, name=None, ref=None):
     """The cell's 3 pipelines (seeds 0-2; cells that share a base in the map get their own per seed), 16
-    evaluations on 1,000 test problems, the reference the one the map's sweep chose on seed 0's validation."""
-    corpus, ref = CELLS[cell][0], ["--ref_epochs", HEADLINE_REF[cell][0], "--ref_lr", HEADLINE_REF[cell][1]]
-    return [(f"{cell}{seed}-pipeline", f"{out_of(cell, seed)}/pipeline.json",
+    evaluations on 1,000 test problems, the reference the one the map's sweep chose on seed 0's validation. With a
+    `name` and a `ref` (epochs, lr): other pipelines, in out/headline/<name>, on the cell's corpora and bases."""
+    corpus, (epochs, lr) = CELLS[cell][0], ref or HEADLINE_REF[cell]
+    return [(f"{name or cell}{seed}-pipeline", f"{out_of(name or cell, seed)}/pipeline.json",
              ["train_ref.py", "--preset", "cpu", "--seed", str(seed), "--data_dir", f"data/headline/{cell}{seed}",
-              "--out_dir", out_of(cell, seed), "--n_evals", "16", "--eval_problems", "1000", *ref]
-             + (["--corpus", *corpus] if corpus else [])) for seed in (0, 1, 2)]
+              "--out_dir", out_of(name or cell, seed), "--n_evals", "16", "--eval_problems", "1000",
+              *(["--base", f"{out_of(cell, seed)}/base/ckpt.pt"] if name else []), "--ref_epochs", epochs,
+              "--ref_lr", lr] + (["--corpus", *corpus] if corpus else [])) for seed in (0, 1, 2)]
 
 
 def student(cell, seed, arm, lr, student_seed=0, flags=None):
@@ -83,10 +85,16 @@ def student(cell, seed, arm, lr, student_seed=0, flags=None):
             ["train_slm.py", "--out_dir", out_of(cell, seed), *(flags or ARMS[arm]), "--lr", str(lr), *tail])
 
 
-def seed0_runs(cell):
-    """Seed 0's runs of the arms of ARMS (not the other data orders), each with its folder's arm name."""
+def plot_module():
+    """plot.py, imported when a stage needs it (its rules choose the rates; the driver itself starts light)."""
     sys.path.insert(0, ROOT)
     import plot
+    return plot
+
+
+def seed0_runs(cell):
+    """Seed 0's runs of the arms of ARMS (not the other data orders), each with its folder's arm name."""
+    plot = plot_module()
     runs = [r for r in plot.find_runs(out_of(cell, 0)) if r["cfg"].get("arm") not in (None, "reference")]
     for r in runs:
         r["folder"] = os.path.basename(r["path"]).rsplit("-lr", 1)[0]
@@ -131,9 +139,10 @@ def headline(cell, arms=tuple(ARMS), lrs=HEADLINE_LRS):
 
 
 def rerun(cell):
-    """The headline's core again, to keep its records this time (then save_runs.py): the 3 pipelines, CLM and SLM 0.6 on
-    seed 0 at the headline's rates and at twice the highest (where the edge plan took them), then seeds 1-2 and the
-    noise floor at the rates seed 0 chose. Same commands as the headline: on the same machine, the same numbers?"""
+    """The headline's core again, to keep its records this time (then save_runs.py): the 3 pipelines, CLM and SLM
+    0.6 on seed 0 at the headline's rates and at twice the highest (where the edge plan took them), then seeds 1-2
+    and the noise floor at the rates seed 0 chose. Same commands as the headline: on the same machine, the same
+    numbers?"""
     return headline(cell, arms=NOISE_ARMS, lrs=(*HEADLINE_LRS, 2 * HEADLINE_LRS[-1]))
 
 
@@ -146,9 +155,7 @@ def hq(cell):
                                   flags=["--ratio", "1.0", "--mix_hq", str(n)])
 
     def best():
-        sys.path.insert(0, ROOT)
-        import plot
-        runs = {r["path"]: r for r in plot.find_runs(out_of(cell, 0)) if r["done"]}
+        runs = {r["path"]: r for r in plot_module().find_runs(out_of(cell, 0)) if r["done"]}
         val = {n: runs[f"{out_of(cell, 0)}/clm-mixhq{n}-lr{lr:g}"]["val_answer"][-1] for n in counts}
         print("  validation answer loss by epochs of the subset:", {n: round(float(v), 4) for n, v in val.items()})
         return [job(seed, n) for seed in (1, 2) for n in sorted({4, min(val, key=val.get)})]
@@ -167,11 +174,8 @@ def cheapref(cell):
     tuned one: CLM and SLM 0.6 on seed 0 (SLM at 3e-3 and 6e-3), then seeds 1-2 at the rate chosen. What the
     reference's tuning alone changes, in 3 pipelines (folders out/headline/<cell>-cheapref)."""
     name = f"{cell}-cheapref"
-    pipes = [(f"{name}{seed}-pipeline", f"{out_of(name, seed)}/pipeline.json",
-              ["train_ref.py", "--preset", "cpu", "--seed", str(seed), "--data_dir", f"data/headline/{cell}{seed}",
-               "--out_dir", out_of(name, seed), "--n_evals", "16", "--eval_problems", "1000", "--base",
-               f"{out_of(cell, seed)}/base/ckpt.pt", "--ref_epochs", "4", "--ref_lr", "2e-3"]) for seed in (0, 1, 2)]
-    return [pipes, [student(name, 0, "clm", 6e-3), student(name, 0, "slm0.6", 3e-3), student(name, 0, "slm0.6", 6e-3)],
+    return [pipelines(cell, name, ("4", "2e-3")),
+            [student(name, 0, "clm", 6e-3), student(name, 0, "slm0.6", 3e-3), student(name, 0, "slm0.6", 6e-3)],
             lambda: [student(name, seed, arm, lr) for seed in (1, 2) for arm, lr in chosen_lrs(name).items()]]
 
 
