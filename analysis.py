@@ -284,9 +284,11 @@ def explain_scores(args):
     for name, path in (("ref", ref), ("start", cfg["init"]), ("end", os.path.join(args.explain, "ckpt.pt"))):
         model, tokens[f"step_{name}"] = load_model(path, meta)
         tokens[name] = np.concatenate([page_losses(model, ids) for ids, _ in pages])
+    margin = cfg.get("weighting") == "margin"  # the run's rule: the top ratio, and with a margin those above it
     for when in ("start", "end"):
-        tokens[f"excess_{when}"] = tokens[when] - tokens["ref"]
-        tokens[f"keep_{when}"] = rho.select_topk(torch.tensor(tokens[f"excess_{when}"]), cfg["ratio"]).numpy()
+        tokens[f"excess_{when}"] = excess = tokens[when] - tokens["ref"]
+        keep = rho.margin_mask if margin else lambda e, r, m: rho.select_topk(e, r)
+        tokens[f"keep_{when}"] = keep(torch.tensor(excess), cfg["ratio"], cfg.get("margin")).numpy()
     return cfg, tokens
 
 
@@ -308,7 +310,8 @@ def explain(args):
         ["tokens", "share", "student loss (0 / end)", "reference loss", "excess (0 / end)", "kept (0 / end)"], cells,
         f"step 0 (step {t['step_start']}, {cfg['init']}) and end (step {t['step_end']}) of the student against the "
         f"reference ({t['step_ref']} steps); excess = student - reference; kept: the top {cfg['ratio']:.0%} by "
-        "excess over all these tokens")
+        "excess over all these tokens" + (f", and every token whose excess is above -{cfg['margin']:g}"
+                                          if cfg.get("weighting") == "margin" else ""))
     wrong = t["kind"] == data.WRONG
     right = (t["kind"] == data.MATH) & (t["role"] == 3) & ~t["slipped"]
     if not wrong.any() or not right.any():

@@ -241,6 +241,15 @@ def soft_weights(scores, ratio, temperature):
     return torch.sigmoid((scores.float() - (top[k - 1] + top[k]) / 2) / temperature)
 
 
+def margin_mask(scores, ratio, margin, valid=None):
+    """Beyond the paper (--weighting margin): select_topk's top `ratio`, plus every token whose excess loss is
+    above -margin (nats). Top-k drops a token once the student predicts it better than the reference (the answers,
+    late in a run: their excess turns negative); the margin keeps training on what the student has learned as well
+    as the reference, and still leaves out what the reference cannot predict at all (excess far below zero)."""
+    keep = scores > -margin
+    return select_topk(scores, ratio, valid) | (keep if valid is None else keep & valid)
+
+
 def combine_refs(ref_losses, how):
     """Beyond the paper: one reference loss per token from several references' (--refs): their mean, or their min
     (a token counts as learnable if any reference finds it easy). One reference: itself."""
@@ -385,7 +394,7 @@ def eval_accuracy(model, tok, problems, device, max_new_tokens=64, batch_size=64
 # 5. Training: the config, one optimizer step with the selection, and the loop
 
 CHOICES = dict(select=("excess", "random", "ref_loss", "block", "oracle"), ref_mode=("cached", "online"),
-               scope=("local", "global"), weighting=("topk", "soft"), combine=("mean", "min"),
+               scope=("local", "global"), weighting=("topk", "soft", "margin"), combine=("mean", "min"),
                eval_schedule=("log", "even"))  # the values TrainConfig's choice fields take
 
 
@@ -415,6 +424,7 @@ class TrainConfig:
     scope: str = "local"          # under DDP: top-k within each rank's batch (local) or over the global batch
     weighting: str = "topk"       # topk: keep the top ratio (the paper); soft: sigmoid weights (soft_weights)
     temperature: float = 0.1      # soft weighting: sharpness, in nats of excess loss
+    margin: float = 1.0           # margin weighting: also keep every token whose excess loss is above -margin
     # optimisation
     batch_size: int = 32          # blocks per micro-batch per process
     tokens_per_step: int = 0      # per optimizer step (0: one micro-batch per process); more: accumulation
@@ -456,6 +466,9 @@ def check_config(cfg):
             fail(f"unknown --{name} {getattr(cfg, name)}", f"use --{name} {'|'.join(allowed)}")
     if cfg.weighting == "soft" and (cfg.scope == "global" or cfg.temperature <= 0 or cfg.sft):
         fail("--weighting soft needs --scope local, a --temperature above 0 and no --sft", "change one of them")
+    if cfg.weighting == "margin" and (cfg.scope == "global" or cfg.select != "excess" or cfg.margin < 0):
+        fail("--weighting margin is a margin on the excess loss of this process's batch",
+             "use it with --select excess, --scope local and a --margin of 0 or more")
     if cfg.sft and cfg.scope == "global":
         fail("--sft selects within each process's batch", "drop --scope global")
     if cfg.select in ("block", "oracle") and (cfg.scope == "global" or cfg.weighting == "soft" or cfg.sft):
@@ -570,6 +583,8 @@ class Trainer:
             return select_topk_global(scores, c.ratio, self.rank)
         if c.weighting == "soft":
             return soft_weights(scores, c.ratio, c.temperature)
+        if c.weighting == "margin":
+            return margin_mask(scores, c.ratio, c.margin, valid)
         return select_topk(scores, c.ratio, valid)
 
     def step(self, step):

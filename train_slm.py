@@ -16,6 +16,7 @@ plain next-token training (CLM) on the same tokens, in the same order, from the 
   python train_slm.py --ratio 0.4 0.5 0.6 0.7 0.8 1.0    # a ratio sweep (plot.py draws out/compare-ratios.png)
   python train_slm.py --ratio 1.0 --keep_ckpts     # CLM keeping every eval's checkpoint (plot.py --categories)
   python train_slm.py --ratio 0.6 --weighting soft --temperature 0.5   # soft weights instead of top-k
+  python train_slm.py --ratio 0.6 --weighting margin --margin 1   # top-k plus every token with excess > -1
   python train_slm.py --ratio 0.6 --refs 3 --combine min  # 3 references (train_ref.py --refs 3), combined
   python train_slm.py --bench                      # tokens/s of CLM, SLM (cached / online) and scoring
   torchrun --nproc_per_node=8 train_slm.py --ratio 0.6 --scope global   # DDP, exact top-k over all GPUs
@@ -65,8 +66,11 @@ class SlmRun:
                        choices=rho.CHOICES["combine"])
     weighting: str = arg("topk", "topk: the loss on the top `ratio` of tokens (the paper); soft: every token "
                                  "weighted by sigmoid((excess - threshold) / temperature), the threshold where "
-                                 "top-k would cut", choices=rho.CHOICES["weighting"])
+                                 "top-k would cut; margin: the top `ratio` plus every token whose excess is "
+                                 "above -margin", choices=rho.CHOICES["weighting"])
     temperature: float = arg(0.1, "--weighting soft: sharpness in nats of excess loss (towards 0: top-k)")
+    margin: float = arg(1.0, "--weighting margin: in nats; a token the student predicts at most this much "
+                             "better than the reference keeps its loss")
     sft: bool = arg(False, "fine-tune instead: question -> worked-answer pairs of the high-quality subset, a loss "
                            "on answer tokens only, --ratio < 1 choosing among them by excess loss against the "
                            "reference (run online); the run folder gets sft-")
@@ -116,6 +120,8 @@ def names(args, ratio, lr):
                      (selective and args.scope == "global", " (global)", "-global"),
                      (selective and args.weighting == "soft", f" (soft {args.temperature:g})",
                       f"-soft{args.temperature:g}"),
+                     (selective and args.weighting == "margin", f" (margin {args.margin:g})",
+                      f"-margin{args.margin:g}"),
                      (by_ref and args.refs, f" ({args.refs} refs, {args.combine})",
                       f"-refs{args.refs}{args.combine}"),
                      (args.init == "scratch", " (from scratch)", "-scratch"),
@@ -163,6 +169,7 @@ def student_config(args, pipe, ratio, lr, **kw):
                ref_ckpts=",".join(x["ckpt"] for x in refs), score_files=",".join(x["scores"] for x in refs),
                mix_hq=args.mix_hq, combine=args.combine if args.refs else "mean", ref_mode=args.ref_mode,
                scope=args.scope, weighting=args.weighting, temperature=args.temperature,
+               margin=args.margin,
                max_tokens=args.max_tokens or settings["student_tokens"], lr=lr,
                seed=pipe["seed"] if args.seed is None else args.seed, device=args.device, compile=args.compile,
                overwrite=args.overwrite, resume=args.resume, keep_ckpts=args.keep_ckpts,

@@ -1,4 +1,4 @@
-"""Beyond the paper: soft token weighting and several reference models, through the scripts."""
+"""Beyond the paper: soft token weighting, a margin on the excess, several reference models, through the scripts."""
 import json
 
 import pytest
@@ -16,13 +16,20 @@ def test_soft_weighting_and_several_references_train_and_plot(pipeline, monkeypa
     assert parts == ["0/2", "1/2"]
     call("train_slm.py", "--ratio", "0.6", "--refs", "2", "--combine", "min")
     call("train_slm.py", "--ratio", "0.6", "--weighting", "soft", "--temperature", "0.2")
+    call("train_slm.py", "--ratio", "0.6", "--weighting", "margin", "--margin", "0.5")
     cfg = json.loads((out / "slm0.6-refs2min" / "config.json").read_text())
     assert cfg["ref_ckpts"] == "out/refs/r1/ckpt.pt,out/refs/r2/ckpt.pt" and cfg["combine"] == "min"
     assert json.loads((out / "slm0.6-soft0.2" / "done.json").read_text())["val_loss"] > 0
+    selected = [r["selected"] for r in map(json.loads, (out / "slm0.6-margin0.5" / "log.jsonl").open())
+                if "selected" in r]
+    assert selected and all(sum(s.values()) > 0 for s in selected)  # it trained, keeping tokens of some kind
     capsys.readouterr()
     call("plot.py")
     printed = capsys.readouterr().out
     assert "SLM 0.6 (2 refs, min)" in printed and "SLM 0.6 (soft 0.2)" in printed
+    assert "SLM 0.6 (margin 0.5)" in printed
+    call("plot.py", "--explain", "out/slm0.6-margin0.5")  # the mechanism table, with the run's own rule
+    assert "and every token whose excess is above -0.5" in capsys.readouterr().out
 
 
 def test_a_run_that_predates_a_setting_is_reused_at_that_settings_default(pipeline, monkeypatch, capsys):

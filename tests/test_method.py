@@ -110,6 +110,17 @@ def test_soft_weighting_at_a_very_low_temperature_is_hard_topk(ratio):
     assert not torch.allclose(rho.slm_loss(losses, w), hard)
 
 
+def test_margin_keeps_the_top_k_and_every_token_within_the_margin():
+    # the answers late in a run: the student is ahead of the reference (excess -0.3), the noise far behind (-5)
+    score = torch.tensor([[2.0, 0.5, -0.3, -0.3, -5.0, -6.0, -0.9, -1.5]])
+    top = rho.select_topk(score, 0.25)  # the 2 highest only
+    assert top.tolist() == [[True, True] + [False] * 6]
+    assert torch.equal(rho.margin_mask(score, 0.25, 0.0), top)  # no margin: top-k (no other excess above 0)
+    assert rho.margin_mask(score, 0.25, 1.0).tolist() == [[True, True, True, True, False, False, True, False]]
+    valid = torch.tensor([[True, True, True, False, True, True, False, True]])  # --sft: among the valid only
+    assert rho.margin_mask(score, 0.25, 1.0, valid).tolist() == [[True, True, True] + [False] * 5]
+
+
 def run_batch(blocks, step):
     """Batch `step` of a run: what Trainer.step reads."""
     return blocks.read(blocks.block_ids(step))
