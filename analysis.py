@@ -284,11 +284,12 @@ def explain_scores(args):
     for name, path in (("ref", ref), ("start", cfg["init"]), ("end", os.path.join(args.explain, "ckpt.pt"))):
         model, tokens[f"step_{name}"] = load_model(path, meta)
         tokens[name] = np.concatenate([page_losses(model, ids) for ids, _ in pages])
-    margin = cfg.get("weighting") == "margin"  # the run's rule: the top ratio, and with a margin those above it
-    for when in ("start", "end"):
+    for when in ("start", "end"):  # the run's rule: the top ratio, and with a margin every token above -margin
         tokens[f"excess_{when}"] = excess = tokens[when] - tokens["ref"]
-        keep = rho.margin_mask if margin else lambda e, r, m: rho.select_topk(e, r)
-        tokens[f"keep_{when}"] = keep(torch.tensor(excess), cfg["ratio"], cfg.get("margin")).numpy()
+        excess = torch.tensor(excess)
+        keep = rho.margin_mask(excess, cfg["ratio"], cfg["margin"]) if cfg.get("weighting") == "margin" \
+            else rho.select_topk(excess, cfg["ratio"])
+        tokens[f"keep_{when}"] = keep.numpy()
     return cfg, tokens
 
 

@@ -187,7 +187,7 @@ def margin(cell, ratio=0.6, margins=(0.5, 1, 2), lr=6e-3):
     """Beyond the paper, after the headline: SLM 0.6 with a margin on the excess (--weighting margin), which keeps
     the answers the student has learned. Seed 0: margins of 0.5, 1 and 2 nats at SLM's rate (6e-3); the margin seed
     0's validation chooses at half and twice that rate; then seeds 1-2 at the rate chosen, beside CLM and SLM at
-    theirs (6e-3, the headline's: reused where they exist)."""
+    theirs (chosen_lrs: 6e-3 in the headline; reused where they exist)."""
     name = lambda m: f"slm{ratio:g}-margin{m:g}"  # noqa: E731
     arm = lambda m, rate, seed=0: student(cell, seed, name(m), rate, flags=[  # noqa: E731
         "--ratio", str(ratio), "--weighting", "margin", "--margin", str(m)])
@@ -202,11 +202,16 @@ def margin(cell, ratio=0.6, margins=(0.5, 1, 2), lr=6e-3):
         rates = [x for x in (lr / 2, lr, lr * 2) if f"{out_of(cell, 0)}/{name(m)}-lr{x:g}" in runs]
         print(f"  margin {m:g}, validation answer loss by rate:", {x: round(val(runs, m, x), 4) for x in rates})
         return m, min(rates, key=lambda x: val(runs, m, x))
+    def rates():  # the chosen margin at half and twice the rate
+        m, _ = chosen()
+        return [arm(m, x) for x in (lr / 2, lr * 2)]
+
+    def seeds():  # the chosen margin and rate on seeds 1-2; CLM and SLM at the rates the headline chose
+        m, rate = chosen()
+        return [arm(m, rate, seed) for seed in (1, 2)] + [student(cell, seed, a, chosen_lrs(cell)[a])
+                                                          for seed in (0, 1, 2) for a in NOISE_ARMS]
     pipes = pipelines(cell)
-    return [pipes[:2], pipes[2:] + [arm(m, lr) for m in margins],
-            lambda: [arm(chosen()[0], x) for x in (lr / 2, lr * 2)],
-            lambda: [arm(*chosen(), seed) for seed in (1, 2)] + [student(cell, seed, a, 6e-3) for seed in (0, 1, 2)
-                                                                 for a in NOISE_ARMS]]
+    return [pipes[:2], pipes[2:] + [arm(m, lr) for m in margins], rates, seeds]
 
 
 def threshold(cell):
