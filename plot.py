@@ -21,6 +21,7 @@ import glob
 import json
 import math
 import os
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -379,24 +380,33 @@ def seeds_table(res):
 STUDENT_SEED = " (student seed "  # train_slm.py --seed: the same arm on another data order
 
 
-def noise_table(res, n_boot=2000, seed=0):
+def noise_tables(res):
+    """noise_table against the baseline (CLM), then against each SLM arm run with several data orders."""
+    slms = sorted({run["arm"].partition(STUDENT_SEED)[0] for run in res["chosen"] if STUDENT_SEED in run["arm"]
+                   and run["arm"].startswith(("SLM", "SFT SLM"))})
+    return noise_table(res, res["clm"]) + [line for slm in slms for line in noise_table(res, slm)]
+
+
+def noise_table(res, base, n_boot=2000, seed=0):
     """The noise floor, for the arms run with several student seeds (data orders) in every pipeline, each at its
-    chosen rate: the spread of the runs, and each arm minus the baseline run of the same pipeline and data order,
-    with a 95% interval from a two-level bootstrap (pipelines, then data orders within them): run-to-run
-    variation, not only the test problems, counts; beside it, the paired test on the problems of all those pairs."""
+    chosen rate: the spread of the runs, and each arm minus the `base` arm's run of the same pipeline and data
+    order, with a 95% interval from a two-level bootstrap (pipelines, then data orders within them): run-to-run
+    variation, not only the test problems, counts; beside it, the paired test on the problems of all those pairs.
+    Each row draws its own random numbers: a row reads the same whichever other arms are in the table."""
     runs = defaultdict(dict)  # arm: {(pipeline, student seed): run}
     for run in res["chosen"]:
         arm, _, student = run["arm"].partition(STUDENT_SEED)
         runs[arm][(run["pipe"]["dir"], student.rstrip(")") or "pipeline's")] = run
-    clm, rng, rows = runs.get(res["clm"], {}), np.random.default_rng(seed), []
+    clm, rows = runs.get(base, {}), []
     for arm, mine in runs.items():
+        rng = np.random.default_rng([seed, zlib.crc32(f"{arm} - {base}".encode())])  # a row's own draws
         if len({s for _, s in mine}) < 2:
             continue
         spread = [np.std([r["acc"][-1] for (d, _), r in mine.items() if d == pipe], ddof=1)
                   for pipe in {d for d, _ in mine}]
         row = [arm, len(mine), f"{np.mean([r['acc'][-1] for r in mine.values()]):.1%} "
                f"(sd {np.std([r['acc'][-1] for r in mine.values()], ddof=1):.1%})", f"{np.nanmean(spread):.1%}"]
-        if arm != res["clm"]:
+        if arm != base:
             for key, f in (("acc", 100), ("answer", 1)):
                 diffs = defaultdict(list)
                 for (pipe, s), r in mine.items():
@@ -417,11 +427,11 @@ def noise_table(res, n_boot=2000, seed=0):
     if not rows:
         return []
     return [""] + md_table(["arm", "runs", "test accuracy: mean (sd over runs)", "sd within a pipeline (data order "
-                            "alone)", f"accuracy - {res['clm']} (pts): mean [95% interval over pipelines and data "
-                            "orders], runs above", f"answer loss - {res['clm']}: same", "paired test on the problems "
+                            "alone)", f"accuracy - {base} (pts): mean [95% interval over pipelines and data "
+                            "orders], runs above", f"answer loss - {base}: same", "paired test on the problems "
                             "(intervals over the problems only)"], rows,
                            "the noise floor: every pipeline with several data orders (student seeds), each arm at "
-                           f"its chosen rate, paired with {res['clm']} of the same pipeline and data order:")
+                           f"its chosen rate, paired with {base} of the same pipeline and data order:")
 
 
 def ratio_sweeps(results):
@@ -545,7 +555,7 @@ def main(args):
         if res["clm"] not in {run["arm"] for run in res["runs"]}:
             report.append(f"missing: no CLM baseline in {res['dirs'][0]}; make it with `python train_slm.py "
                           f"--out_dir {res['dirs'][0]} --ratio 1.0{' --sft' if res['sft'] else ''}`")
-        report.append("\n".join(headline_table(res) + paired_table(res) + noise_table(res) + rates_table(res) +
+        report.append("\n".join(headline_table(res) + paired_table(res) + noise_tables(res) + rates_table(res) +
                                 seeds_table(res) +
                                 analysis.selection_table(res)))
         unfinished = [run["path"] for run in res["runs"] if not run["done"]]

@@ -12,6 +12,8 @@ train_ref.py -- step 1 of rho: data, base model, reference model, reference scor
   python train_ref.py --init scratch --out_dir out/scratch  # ablation: no base, reference from scratch
   python train_ref.py --refs 3 --ref_data disjoint          # + 3 references on thirds of the subset, for
                                                             #   train_slm.py --refs 3 --combine mean|min
+  python train_ref.py --out_dir out/webref --base out/base/ckpt.pt --ref_web 4   # beyond the paper: a reference
+                                                            #   that keeps a quarter of the base's web
   python train_ref.py --preset cpu512 --data_dir data/example --out_dir out/example   # GSM8K-length text
 Then: python train_slm.py --ratio 0.6
 """
@@ -95,11 +97,17 @@ class RefRun:
                        "each, for train_slm.py --refs", type=int)
     ref_data: str = arg("seeds", "what the extra references train on: seeds (the whole subset, other seeds) or "
                                  "disjoint (each its own equal part of the subset)", choices=["seeds", "disjoint"])
+    ref_web: int = arg(0, "beyond the paper: fine-tune the reference on the subset (its epochs) shuffled together "
+                          "with the first 1/N of the base's web (web_base, once), so that it does not forget the "
+                          "web (0: the subset only, as in the paper)", type=int)
 
 
 def main(args):
     if args.preset not in PRESETS:
         fail(f"unknown preset '{args.preset}'", f"use one of: {', '.join(PRESETS)}")
+    if args.ref_web < 0 or (args.ref_web and (args.refs or args.init == "scratch")):
+        fail(f"--ref_web {args.ref_web}: a reference keeps 1/N of the base's web, N >= 1 (0: none), for the main "
+             "reference of a base", "give --ref_web a positive N, without --refs or --init scratch")
     settings = dict(PRESETS[args.preset])  # the preset's sizes and budgets, with the ones given as flags
     settings.update({k: v for k, v in asdict(args).items() if v is not None and (k in settings or k in TRAIN_KEYS)
                      and k not in ("ref_epochs", "ref_lr")})
@@ -139,7 +147,8 @@ def main(args):
                 "settings": settings, "base": base_ckpt, "ref": refs["ref"]["ckpt"], "scores": refs["ref"]["scores"],
                 "flops": cost, "ref_sweep": sweep, **chosen,
                 "refs": {name: {k: kw[k] for k in ("ckpt", "scores", "flops", "flops_scoring")}
-                         for name, kw in refs.items() if name != "ref"}, "ref_data": args.ref_data}
+                         for name, kw in refs.items() if name != "ref"}, "ref_data": args.ref_data,
+                "ref_web": args.ref_web}
     if rank == 0:
         atomic_write(os.path.join(args.out_dir, "pipeline.json"), json.dumps(pipeline, indent=1))
         print(f"reference ready: {pipeline['ref']}; next: python train_slm.py --out_dir {args.out_dir} --ratio 0.6"
@@ -152,12 +161,15 @@ def reference_sweep(args, settings, common, meta, base_ckpt):
     a sweep in out_dir/ref-e<epochs>-lr<lr>. Returns (the folder with the lowest final validation answer loss: the
     students' rates are chosen alike, {folder: what it reached})."""
     grid = [(e, lr) for e in args.ref_epochs or [settings["ref_epochs"]] for lr in args.ref_lr or [settings["ref_lr"]]]
-    runs = {}
+    runs, hq = {}, meta["splits"]["ref_train"]["tokens"]
     for epochs, lr in grid:
         out = os.path.join(args.out_dir, "ref" if len(grid) == 1 else f"ref-e{epochs:g}-lr{lr:g}")
-        s = rho.train(rho.TrainConfig(arm="reference", split="ref_train", out_dir=out, lr=lr, init=base_ckpt,
-                                      max_tokens=int(epochs * meta["splits"]["ref_train"]["tokens"]),
-                                      **{**common, "tokens_per_step": 0}))
+        # --ref_web N: the subset `epochs` times (mix_hq) and a part of the base's web, shuffled together, once
+        web = dict(split="web_base", part=f"0/{args.ref_web}", mix_hq=epochs) if args.ref_web else {}
+        web_tokens = meta["splits"]["web_base"]["tokens"] // args.ref_web if args.ref_web else 0
+        s = rho.train(rho.TrainConfig(arm="reference", out_dir=out, lr=lr, init=base_ckpt,
+                                      max_tokens=int(epochs * hq) + web_tokens,
+                                      **{**common, "tokens_per_step": 0, "split": "ref_train", **web}))
         runs[out] = {"ref_epochs": epochs, "ref_lr": lr, "val_answer_loss": s.get("val_answer_loss"),
                      "val_loss": s["val_loss"], "acc": s.get("acc"), "flops": s["flops"]}
     best = min(runs, key=lambda d: (runs[d]["val_answer_loss"] or runs[d]["val_loss"], d))

@@ -17,6 +17,8 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py cheapref-default    # the same bases with the cheap reference: CLM and SLM
   python experiments/driver.py margin-default      # beyond the paper: SLM with a margin on the excess loss
   python experiments/driver.py threshold-default   # beyond the paper: a token kept when its excess is above -m
+  python experiments/driver.py webref-default      # beyond the paper: a reference that keeps some of the web
+  python experiments/driver.py refs_and_sft-default  # seed 0: 3 more references (mean, min); SFT and SFT-SLM
   python experiments/driver.py oracle-default      # the oracle and CLM in 3 pipelines x 3 data orders
   python experiments/driver.py categories-default  # seed 0's CLM keeping its checkpoints (plot.py --categories)
   python experiments/driver.py pair-harm-nocarry   # a map cell in 3 pipelines, CLM and SLM at the map's rates
@@ -69,16 +71,17 @@ def out_of(cell, seed):
     return f"out/headline/{cell}/seed{seed}"
 
 
-def pipelines(cell, name=None, ref=None):
+def pipelines(cell, name=None, ref=None, flags=()):
     """The cell's 3 pipelines (seeds 0-2; cells that share a base in the map get their own per seed), 16
     evaluations on 1,000 test problems, the reference the one the map's sweep chose on seed 0's validation. With a
-    `name` and a `ref` (epochs, lr): other pipelines, in out/headline/<name>, on the cell's corpora and bases."""
+    `name` and a `ref` (epochs, lr): other pipelines, in out/headline/<name>, on the cell's corpora and bases, their
+    references made with train_ref.py's `flags` too."""
     corpus, (epochs, lr) = CELLS[cell][0], ref or HEADLINE_REF[cell]
     return [(f"{name or cell}{seed}-pipeline", f"{out_of(name or cell, seed)}/pipeline.json",
              ["train_ref.py", "--preset", "cpu", "--seed", str(seed), "--data_dir", f"data/headline/{cell}{seed}",
               "--out_dir", out_of(name or cell, seed), "--n_evals", "16", "--eval_problems", "1000",
               *(["--base", f"{out_of(cell, seed)}/base/ckpt.pt"] if name else []), "--ref_epochs", epochs,
-              "--ref_lr", lr] + (["--corpus", *corpus] if corpus else [])) for seed in (0, 1, 2)]
+              "--ref_lr", lr, *flags] + (["--corpus", *corpus] if corpus else [])) for seed in (0, 1, 2)]
 
 
 def student(cell, seed, arm, lr, student_seed=0, flags=None):
@@ -153,7 +156,7 @@ def rerun(cell):
 def hq(cell):
     """After the headline: CLM + HQ's epochs tuned like a rate. Seed 0: the subset mixed in 2, 4 and 8 times at the
     rate x4 chose (6e-3, out/results/headline-default.md); then seeds 1-2 with the count seed 0's validation
-    prefers, beside x4 (the headline's)."""
+    prefers, beside x4 (the headline's); then x4's noise floor: STUDENT_SEEDS in every pipeline."""
     lr, counts = 6e-3, (2, 4, 8)
     job = lambda seed, n: student(cell, seed, f"clm-mixhq{n}", lr,  # noqa: E731
                                   flags=["--ratio", "1.0", "--mix_hq", str(n)])
@@ -163,14 +166,18 @@ def hq(cell):
         val = {n: runs[f"{out_of(cell, 0)}/clm-mixhq{n}-lr{lr:g}"]["val_answer"][-1] for n in counts}
         print("  validation answer loss by epochs of the subset:", {n: round(float(v), 4) for n, v in val.items()})
         return [job(seed, n) for seed in (1, 2) for n in sorted({4, min(val, key=val.get)})]
-    return [[job(0, n) for n in counts], best]
+    return [[job(0, n) for n in counts], best, [student(cell, seed, "clm-mixhq4", lr, s) for seed in (0, 1, 2)
+                                                for s in STUDENT_SEEDS]]
 
 
 def reflong(cell):
     """After the headline: the reference fine-tuned longer, whose chosen rate stayed the top of its sweep (edge), at
-    1.2e-2 to 9.6e-2 on seed 0, then seeds 1-2 at the rate seed 0's validation chooses."""
+    1.2e-2 to 9.6e-2 on seed 0, then seeds 1-2 at the rate seed 0's validation chooses, then its noise floor
+    (STUDENT_SEEDS in every pipeline)."""
     return [[student(cell, 0, "reflong", lr) for lr in (1.2e-2, 2.4e-2, 4.8e-2, 9.6e-2)],
-            lambda: [student(cell, seed, "reflong", chosen_lrs(cell)["reflong"]) for seed in (1, 2)]]
+            lambda: [student(cell, seed, "reflong", chosen_lrs(cell)["reflong"]) for seed in (1, 2)],
+            lambda: [student(cell, seed, "reflong", chosen_lrs(cell)["reflong"], s) for seed in (0, 1, 2)
+                     for s in STUDENT_SEEDS]]
 
 
 def cheapref(cell):
@@ -218,8 +225,53 @@ def threshold(cell):
     """The margin alone, a threshold: --ratio 0.01 leaves nearly every kept token to the margin, so a token gets a
     loss when its excess is above -margin, whatever the share. With the tuned reference the slipped results' excess
     (about -7 nats) lies between the target math's (about -1 to +0.6) and the other kinds' (below -10): margins of
-    1, 2 and 4 at 3e-3 (between SLM's rate and the oracle's) on seed 0, then as margin()."""
-    return margin(cell, ratio=0.01, margins=(1, 2, 4), lr=3e-3)
+    0.5, 1, 2 and 4 at 3e-3 (between SLM's rate and the oracle's) on seed 0, then as margin(). (0.5 was added when
+    1, the smallest of the first grid, was chosen.)"""
+    return margin(cell, ratio=0.01, margins=(0.5, 1, 2, 4), lr=3e-3)
+
+
+def webref(cell, parts=(1, 4), lr=6e-3):
+    """Beyond the paper: a reference that keeps some web (train_ref.py --ref_web N), on the headline's bases, at its
+    reference's epochs and rate: the subset 40 times shuffled with the first 1/N of the base's web (N = 1: 36% of
+    its tokens; N = 4: 12%). Seed 0: SLM 0.6 at SLM's rate with each; the N seed 0's validation prefers at half and
+    twice that rate, and CLM, and that N's pipelines on seeds 1-2; then SLM (at the rate chosen) and CLM on seeds
+    1-2. Folders out/headline/<cell>-webref<N>."""
+    name = lambda n: f"{cell}-webref{n}"  # noqa: E731
+    pipes = lambda n: pipelines(cell, name(n), HEADLINE_REF[cell], ["--ref_web", str(n)])  # noqa: E731
+
+    def val(runs, n, rate):
+        return float(runs[f"{out_of(name(n), 0)}/slm0.6-lr{rate:g}"]["val_answer"][-1])
+
+    def chosen():
+        runs = {r["path"]: r for n in parts for r in plot_module().find_runs(out_of(name(n), 0)) if r["done"]}
+        n = min(parts, key=lambda n: val(runs, n, lr))
+        print("  SLM's validation answer loss by N:", {n: round(val(runs, n, lr), 4) for n in parts})
+        rates = [x for x in (lr / 2, lr, lr * 2) if f"{out_of(name(n), 0)}/slm0.6-lr{x:g}" in runs]
+        print(f"  N = {n}, validation answer loss by rate:", {x: round(val(runs, n, x), 4) for x in rates})
+        return n, min(rates, key=lambda x: val(runs, n, x))
+
+    def rates():  # the chosen N: SLM at half and twice the rate, CLM, and the pipelines of seeds 1-2
+        n, _ = chosen()
+        return pipes(n)[1:] + [student(name(n), 0, "clm", lr)] + [student(name(n), 0, "slm0.6", x)
+                                                                   for x in (lr / 2, lr * 2)]
+
+    def seeds():
+        n, rate = chosen()
+        return [student(name(n), seed, arm, rate if arm != "clm" else lr) for seed in (1, 2) for arm in NOISE_ARMS]
+    return [[pipes(n)[0] for n in parts], [student(name(n), 0, "slm0.6", lr) for n in parts], rates, seeds]
+
+
+def refs_and_sft(cell, lrs=(6e-3, 1.2e-2)):
+    """Seed 0, beyond the paper, with the tuned reference: several references (3 more, each on the whole subset
+    with its own seed, at the reference's epochs and rate; out/headline/<cell>-refs3) combined by mean and min,
+    beside CLM and SLM 0.6 of the same pipeline, at SLM's rate; and SFT-SLM: fine-tuning on the subset's answers, CLM
+    and SLM 0.6 at the reference's rate and half of it (its budget: the reference's)."""
+    name, lr = f"{cell}-refs3", 6e-3
+    refs = lambda how: student(name, 0, f"slm0.6-refs3{how}", lr, flags=[  # noqa: E731
+        "--ratio", "0.6", "--refs", "3", "--combine", how])
+    sft = [student(cell, 0, f"sft-{arm}", x, flags=["--sft", *ARMS[arm]]) for arm in NOISE_ARMS for x in lrs]
+    return [pipelines(cell, name, HEADLINE_REF[cell], ["--refs", "3"])[:1] + sft,
+            [refs("mean"), refs("min"), *(student(name, 0, arm, lr) for arm in NOISE_ARMS)]]
 
 
 def oracle(cell, lr=1.5e-3):
@@ -282,7 +334,8 @@ def regimes():
 # the cells each kind of plan has its settings for
 COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
            reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",), margin: ("default",),
-           threshold: ("default",), oracle: ("default",), categories: ("default",)}
+           threshold: ("default",), oracle: ("default",), categories: ("default",), webref: ("default",),
+           refs_and_sft: ("default",)}
 PLANS = {"regimes": regimes, **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in
                                 COVERED.items() for c in cells}}
 

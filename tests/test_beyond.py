@@ -1,9 +1,11 @@
-"""Beyond the paper: soft token weighting, a margin on the excess, several reference models, through the scripts."""
+"""Beyond the paper: soft token weighting, a margin on the excess, several reference models, a reference that keeps
+some web, through the scripts."""
 import json
 
+import numpy as np
 import pytest
 
-from conftest import call
+from conftest import call, user_error
 
 
 def test_soft_weighting_and_several_references_train_and_plot(pipeline, monkeypatch, capsys):
@@ -83,3 +85,24 @@ def test_sft_puts_no_loss_on_question_tokens_and_selects_among_answers(pipeline,
     printed = capsys.readouterr().out
     assert "fine-tuning on answer tokens" in printed and "| SFT SLM 0.6 |" in printed
     assert json.loads((pipeline / "out" / "sft-slm0.6" / "config.json").read_text())["split"] == "ref_train"
+
+
+def test_a_reference_that_keeps_some_web_trains_on_the_subset_and_a_part_of_the_base_web(pipeline, monkeypatch):
+    import data
+    import rho
+    monkeypatch.chdir(pipeline)
+    call("train_ref.py", "--preset", "tiny", "--out_dir", "webref", "--base", "out/base/ckpt.pt", "--ref_web", "3")
+    pipe = json.loads(open("webref/pipeline.json").read())
+    cfg = json.loads(open("webref/ref/config.json").read())
+    assert pipe["ref_web"] == 3 and pipe["base"] == "out/base/ckpt.pt" and pipe["ref"] == "webref/ref/ckpt.pt"
+    assert (cfg["split"], cfg["part"], cfg["mix_hq"]) == ("web_base", "0/3", 2.0)  # the tiny preset: 2 epochs
+    # what it trains on: the first third of the base's web, then the subset twice; one pass over them
+    tokens = data.training_data(rho.TrainConfig(**{k: cfg[k] for k in ("data_dir", "split", "part", "mix_hq")}))[2]
+    web, hq = data.load_tokens("data", "web_base")[0], data.load_tokens("data", "ref_train")[0]
+    assert len(tokens) == cfg["max_tokens"] == len(web) // 3 + 2 * len(hq)
+    assert np.array_equal(tokens, np.concatenate([web[:len(web) // 3], hq, hq]))
+    assert json.loads(open("webref/ref/done.json").read())["val_answer_loss"] > 0
+    call("train_slm.py", "--out_dir", "webref", "--ratio", "0.6", "--max_tokens", "3000")  # a student uses it
+    assert json.loads(open("webref/slm0.6/config.json").read())["ref_ckpts"] == "webref/ref/ckpt.pt"
+    for bad in (["--ref_web", "-1"], ["--ref_web", "2", "--refs", "2"], ["--ref_web", "2", "--init", "scratch"]):
+        assert "--ref_web" in user_error("train_ref.py", "--preset", "tiny", "--out_dir", "bad", *bad)

@@ -160,12 +160,25 @@ def test_the_noise_floor_pairs_each_run_with_the_baseline_of_its_pipeline_and_da
             chosen.append(run("CLM", pipe, 0.3 + shift + jitter, 0.5 - shift, student))
             chosen.append(run("SLM 0.6", pipe, 0.33 + shift + jitter, 0.5 - shift, student))  # +3 pts in every run
     chosen.append(run("oracle", "p0", 0.5, 0.1))  # one data order only: not in the table
-    table = "\n".join(plot.noise_table({"chosen": chosen, "clm": "CLM", "shared": False}))
+    res = {"chosen": chosen, "clm": "CLM", "shared": False}
+    table = "\n".join(plot.noise_table(res, "CLM"))
     slm = next(line for line in table.splitlines() if line.startswith("| SLM 0.6 |"))
     assert "| 9 |" in slm and "+3.0 [+3.0, +3.0], 9 of 9 above" in slm and "+0.0000" in slm
     clm = next(line for line in table.splitlines() if line.startswith("| CLM |"))
     assert "sd 8.8%" in clm and "| 2.0% |" in clm  # the spread over all runs, and over data orders alone
-    assert "oracle" not in table and plot.noise_table({"chosen": chosen[-1:], "clm": "CLM", "shared": False}) == []
+    assert "oracle" not in table and plot.noise_table({**res, "chosen": chosen[-1:]}, "CLM") == []
+    # then every arm against SLM, paired the same way: CLM is 3 points below it in every run
+    tables = "\n".join(plot.noise_tables(res))
+    assert tables.startswith(table) and "paired with SLM 0.6 of the same pipeline" in tables
+    assert "-3.0 [-3.0, -3.0], 0 of 9 above" in next(line for line in tables.split(table)[1].splitlines()
+                                                      if line.startswith("| CLM |"))
+    # a row's interval does not depend on the other rows: an arm whose gain varies, with and without another arm
+    gains = (0.7, -1.3, 2.9, 0.1, 4.4, -2.2, 1.7, 3.3, -0.6)
+    wobbly = [run("ref-loss", r["pipe"]["dir"], float(r["acc"][0]) + gains[i] / 100, 0.4,
+                  r["arm"].partition(plot.STUDENT_SEED)[2].rstrip(")")) for i, r in enumerate(chosen[:-1:2])]
+    line = lambda rows: next(x for x in plot.noise_table({**res, "chosen": rows}, "CLM")  # noqa: E731
+                             if x.startswith("| ref-loss |"))
+    assert line(chosen + wobbly) == line(chosen[::2] + wobbly) and "+1.0 [" in line(chosen + wobbly)
 
 
 def test_eval_schedule():
