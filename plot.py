@@ -550,6 +550,11 @@ def main(args):
             fail(f"no runs of arm(s) {', '.join(sorted(set(args.arms) - names))} under {args.out_dir}",
                  f"use arm names from: {', '.join(sorted(names))}")
         runs = [run for run in runs if run["arm"] in args.arms or run["arm"] in ("base", "reference")]
+    write_report(runs, args.png or os.path.join(args.out_dir, "compare.png"))
+
+
+def write_report(runs, png):
+    """Every table of every group of runs, printed and written beside the figure png (<png stem>.md)."""
     results, report = summarize(runs), []
     for res in results:
         if res["clm"] not in {run["arm"] for run in res["runs"]}:
@@ -561,7 +566,6 @@ def main(args):
         unfinished = [run["path"] for run in res["runs"] if not run["done"]]
         if unfinished:
             report.append(f"unfinished runs (shown as far as they got): {', '.join(unfinished)}")
-    png = args.png or os.path.join(args.out_dir, "compare.png")
     stem, sweeps = os.path.splitext(png)[0], ratio_sweeps(results)
     if sweeps:
         analysis.plot_ratios(sweeps, stem + "-ratios.png")

@@ -18,6 +18,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py margin-default      # beyond the paper: SLM with a margin on the excess loss
   python experiments/driver.py threshold-default   # beyond the paper: a token kept when its excess is above -m
   python experiments/driver.py webref-default      # beyond the paper: a reference that keeps some of the web
+  python experiments/driver.py webref_edge-default # its share of the web: a smaller one on seed 0
   python experiments/driver.py refs_and_sft-default  # seed 0: 3 more references (mean, min); SFT and SFT-SLM
   python experiments/driver.py oracle-default      # the oracle and CLM in 3 pipelines x 3 data orders
   python experiments/driver.py categories-default  # seed 0's CLM keeping its checkpoints (plot.py --categories)
@@ -235,7 +236,8 @@ def webref(cell, parts=(1, 4), lr=6e-3):
     reference's epochs and rate: the subset 40 times shuffled with the first 1/N of the base's web (N = 1: 36% of
     its tokens; N = 4: 12%). Seed 0: SLM 0.6 at SLM's rate with each; the N seed 0's validation prefers at half and
     twice that rate, and CLM, and that N's pipelines on seeds 1-2; then SLM (at the rate chosen) and CLM on seeds
-    1-2. Folders out/headline/<cell>-webref<N>."""
+    1-2; then SLM's noise floor (STUDENT_SEEDS in every pipeline; CLM's are the headline's). Folders
+    out/headline/<cell>-webref<N> (experiments/merge_arms.py puts them beside the headline's arms)."""
     name = lambda n: f"{cell}-webref{n}"  # noqa: E731
     pipes = lambda n: pipelines(cell, name(n), HEADLINE_REF[cell], ["--ref_web", str(n)])  # noqa: E731
 
@@ -258,7 +260,16 @@ def webref(cell, parts=(1, 4), lr=6e-3):
     def seeds():
         n, rate = chosen()
         return [student(name(n), seed, arm, rate if arm != "clm" else lr) for seed in (1, 2) for arm in NOISE_ARMS]
-    return [[pipes(n)[0] for n in parts], [student(name(n), 0, "slm0.6", lr) for n in parts], rates, seeds]
+
+    def noise():
+        n, rate = chosen()
+        return [student(name(n), seed, "slm0.6", rate, s) for seed in (0, 1, 2) for s in STUDENT_SEEDS]
+    return [[pipes(n)[0] for n in parts], [student(name(n), 0, "slm0.6", lr) for n in parts], rates, seeds, noise]
+
+
+def webref_edge(cell):
+    """webref's N = 4, the smaller share of its grid, was chosen: seed 0 with N = 16 (3% of the reference's tokens)."""
+    return webref(cell, parts=(4, 16))[:2]
 
 
 def refs_and_sft(cell, lrs=(6e-3, 1.2e-2)):
@@ -334,7 +345,7 @@ def regimes():
 # the cells each kind of plan has its settings for
 COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
            reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",), margin: ("default",),
-           threshold: ("default",), oracle: ("default",), categories: ("default",), webref: ("default",),
+           threshold: ("default",), oracle: ("default",), categories: ("default",), webref: ("default",), webref_edge: ("default",),
            refs_and_sft: ("default",)}
 PLANS = {"regimes": regimes, **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in
                                 COVERED.items() for c in cells}}
