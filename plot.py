@@ -549,7 +549,7 @@ def main(args):
         if set(args.arms) - names:
             fail(f"no runs of arm(s) {', '.join(sorted(set(args.arms) - names))} under {args.out_dir}",
                  f"use arm names from: {', '.join(sorted(names))}")
-        runs = [run for run in runs if run["arm"] in args.arms or run["arm"] in ("base", "reference")]
+        runs = [run for run in runs if run["arm"].partition(STUDENT_SEED)[0] in (*args.arms, "base", "reference")]
     write_report(runs, args.png or os.path.join(args.out_dir, "compare.png"))
 
 

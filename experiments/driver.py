@@ -237,7 +237,7 @@ def webref(cell, parts=(1, 4), lr=6e-3):
     its tokens; N = 4: 12%). Seed 0: SLM 0.6 at SLM's rate with each; the N seed 0's validation prefers at half and
     twice that rate, and CLM, and that N's pipelines on seeds 1-2; then SLM (at the rate chosen) and CLM on seeds
     1-2; then SLM's noise floor (STUDENT_SEEDS in every pipeline; CLM's are the headline's) and ref-loss 0.6 at SLM's
-    rate in the 3 pipelines. Folders out/headline/<cell>-webref<N> (experiments/merge_arms.py puts them beside the
+    rate in the 3 pipelines, and at half and a quarter of it on seed 0 (then seeds 1-2 at its chosen rate). Folders out/headline/<cell>-webref<N> (experiments/merge_arms.py puts them beside the
     headline's arms)."""
     name = lambda n: f"{cell}-webref{n}"  # noqa: E731
     pipes = lambda n: pipelines(cell, name(n), HEADLINE_REF[cell], ["--ref_web", str(n)])  # noqa: E731
@@ -262,11 +262,17 @@ def webref(cell, parts=(1, 4), lr=6e-3):
         n, rate = chosen()
         return [student(name(n), seed, arm, rate if arm != "clm" else lr) for seed in (1, 2) for arm in NOISE_ARMS]
 
-    def noise():  # and ref-loss (no student term) with this reference, at SLM's rate
+    def noise():  # and ref-loss (no student term) with this reference: at SLM's rate, and lower on seed 0
         n, rate = chosen()
         return [student(name(n), seed, "slm0.6", rate, s) for seed in (0, 1, 2) for s in STUDENT_SEEDS] + \
-            [student(name(n), seed, "refloss0.6", rate) for seed in (0, 1, 2)]
-    return [[pipes(n)[0] for n in parts], [student(name(n), 0, "slm0.6", lr) for n in parts], rates, seeds, noise]
+            [student(name(n), seed, "refloss0.6", rate) for seed in (0, 1, 2)] + \
+            [student(name(n), 0, "refloss0.6", x) for x in (rate / 2, rate / 4)]
+
+    def refloss():  # ref-loss on seeds 1-2 at the rate seed 0's validation chose
+        n, _ = chosen()
+        return [student(name(n), seed, "refloss0.6", chosen_lrs(name(n))["refloss0.6"]) for seed in (1, 2)]
+    return [[pipes(n)[0] for n in parts], [student(name(n), 0, "slm0.6", lr) for n in parts], rates, seeds, noise,
+            refloss]
 
 
 def webref_edge(cell):

@@ -5,7 +5,7 @@ the same test problems and pipelines, with all of plot.py's tables. Their CLM ru
 (the same base, data and seed: CLM does not use the reference); they are checked, then left out.
 
   python experiments/merge_arms.py out/headline/default out/headline/default-webref4="web-keeping ref" \
-      --png out/results/headline-webref.png
+      --png out/results/headline-webref.png --arms CLM "SLM 0.6" "SLM 0.6 (web-keeping ref)" ...
 """
 import argparse
 import os
@@ -33,7 +33,8 @@ def merge(main, others):
                     fail(f"{run['path']} differs from {main}'s CLM of seed {run['seed']} at lr {run['lr']:g} (or "
                          "it has none)", "merge folders on the same bases and corpora, run at one thread")
             elif run["arm"] != "base" and run["seed"] in pipes:
-                runs.append({**run, "arm": f"{run['arm']} ({label})", "group": runs[0]["group"],
+                arm, seed, rest = run["arm"].partition(plot.STUDENT_SEED)  # the label before a student seed's
+                runs.append({**run, "arm": f"{arm} ({label}){seed}{rest}", "group": runs[0]["group"],
                              "pipe": {**run["pipe"], "dir": pipes[run["seed"]]}})
     return runs
 
@@ -43,10 +44,13 @@ def main():
     ap.add_argument("main", help="the headline's folder of pipelines (seed<N> below it)")
     ap.add_argument("others", nargs="+", help="folder=label: another folder of pipelines on the same bases")
     ap.add_argument("--png", required=True, help="where to write the figure; the tables go beside it (.md)")
+    ap.add_argument("--arms", nargs="+", help="only these arms (the merged ones by their new names), as plot.py --arms")
     args = ap.parse_args()
     import matplotlib
     matplotlib.use("Agg")
-    plot.write_report(merge(args.main, [o.split("=", 1) for o in args.others]), args.png)
+    runs = merge(args.main, [o.split("=", 1) for o in args.others])
+    keep = lambda r: r["arm"].partition(plot.STUDENT_SEED)[0] in (*args.arms, "base", "reference")  # noqa: E731
+    plot.write_report([r for r in runs if not args.arms or keep(r)], args.png)
 
 
 if __name__ == "__main__":
