@@ -20,9 +20,10 @@ from infra import fail  # noqa: E402
 
 
 def merge(main, others):
-    """main's runs, plus each other folder's runs but CLM and the base, named '<arm> (<label>)' and filed under
-    main's pipeline of the same seed (each keeps its own pipeline's costs)."""
+    """main's students on the web (its first group: not --sft's), plus each other folder's runs but CLM and the base,
+    named '<arm> (<label>)' and filed under main's pipeline of the same seed (each keeps its own pipeline's costs)."""
     runs = plot.find_runs(main)
+    runs = [r for r in runs if r["group"] == runs[0]["group"]]
     pipes, clms = {r["seed"]: r["pipe"]["dir"] for r in runs}, {(r["seed"], r["lr"]): r for r in runs
                                                                     if r["arm"] == "CLM" and r["done"]}
     for folder, label in others:
