@@ -19,6 +19,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py threshold-default   # beyond the paper: a token kept when its excess is above -m
   python experiments/driver.py webref-default      # beyond the paper: a reference that keeps some of the web
   python experiments/driver.py webref_edge-default # its share of the web: a smaller one on seed 0
+  python experiments/driver.py refedge-default     # the reference's grid beyond its chosen corner, seed 0
   python experiments/driver.py refs_and_sft-default  # seed 0: 3 more references (mean, min); SFT and SFT-SLM
   python experiments/driver.py oracle-default      # the oracle and CLM in 3 pipelines x 3 data orders
   python experiments/driver.py categories-default  # seed 0's CLM keeping its checkpoints (plot.py --categories)
@@ -293,6 +294,19 @@ def refs_and_sft(cell, lrs=(6e-3, 1.2e-2)):
             [refs("mean"), refs("min"), *(student(name, 0, arm, lr) for arm in NOISE_ARMS)]]
 
 
+def refedge(cell):
+    """The reference's grid chose its corner (40 epochs at 1.2e-2) on seed 0: the pairs beyond it, 80 epochs at 1.2e-2
+    and 2.4e-2 and 40 at 2.4e-2, on seed 0's base, each pipeline choosing among its own (folders
+    out/headline/<cell>-refedge<i>); compare their validation answer loss with the corner's (pipeline.json). Then CLM
+    and SLM 0.6 at 6e-3 with the reference the 80-epoch pipeline chose."""
+    return [[(f"{cell}-refedge{i}", f"{out_of(f'{cell}-refedge{i}', 0)}/pipeline.json",
+              ["train_ref.py", "--preset", "cpu", "--seed", "0", "--data_dir", f"data/headline/{cell}0", "--out_dir",
+               out_of(f"{cell}-refedge{i}", 0), "--n_evals", "16", "--eval_problems", "1000", "--base",
+               f"{out_of(cell, 0)}/base/ckpt.pt", "--ref_epochs", *epochs, "--ref_lr", *lrs])
+             for i, (epochs, lrs) in enumerate([(["80"], ["1.2e-2", "2.4e-2"]), (["40"], ["2.4e-2"])])],
+            [student(f"{cell}-refedge0", 0, arm, 6e-3) for arm in NOISE_ARMS]]  # with the one 80 epochs chose
+
+
 def oracle(cell, lr=1.5e-3):
     """The oracle's noise floor, whose seed-0 sweep folders were lost with a machine: in 3 pipelines, on the
     pipeline's data order and STUDENT_SEEDS, at the rate the headline chose (out/results/headline-default.md),
@@ -353,7 +367,7 @@ def regimes():
 # the cells each kind of plan has its settings for
 COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
            reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",), margin: ("default",),
-           threshold: ("default",), oracle: ("default",), categories: ("default",), webref: ("default",), webref_edge: ("default",),
+           threshold: ("default",), oracle: ("default",), categories: ("default",), webref: ("default",), webref_edge: ("default",), refedge: ("default",),
            refs_and_sft: ("default",)}
 PLANS = {"regimes": regimes, **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in
                                 COVERED.items() for c in cells}}
