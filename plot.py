@@ -399,9 +399,9 @@ def noise_table(res, base, n_boot=2000, seed=0):
         runs[arm][(run["pipe"]["dir"], student.rstrip(")") or "pipeline's")] = run
     clm, rows = runs.get(base, {}), []
     for arm, mine in runs.items():
-        rng = np.random.default_rng([seed, zlib.crc32(f"{arm} - {base}".encode())])  # a row's own draws
         if len({s for _, s in mine}) < 2:
             continue
+        rng = np.random.default_rng([seed, zlib.crc32(f"{arm} - {base}".encode())])  # a row's own draws
         spread = [np.std([r["acc"][-1] for (d, _), r in mine.items() if d == pipe], ddof=1)
                   for pipe in {d for d, _ in mine}]
         row = [arm, len(mine), f"{np.mean([r['acc'][-1] for r in mine.values()]):.1%} "
@@ -549,8 +549,13 @@ def main(args):
         if set(args.arms) - names:
             fail(f"no runs of arm(s) {', '.join(sorted(set(args.arms) - names))} under {args.out_dir}",
                  f"use arm names from: {', '.join(sorted(names))}")
-        runs = [run for run in runs if run["arm"].partition(STUDENT_SEED)[0] in (*args.arms, "base", "reference")]
+        runs = only_arms(runs, args.arms)
     write_report(runs, args.png or os.path.join(args.out_dir, "compare.png"))
+
+
+def only_arms(runs, arms):
+    """The runs of these arms (their other data orders too), with the base and the reference."""
+    return [run for run in runs if run["arm"].partition(STUDENT_SEED)[0] in (*arms, "base", "reference")]
 
 
 def write_report(runs, png):

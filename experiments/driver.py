@@ -76,14 +76,14 @@ def out_of(cell, seed):
 def pipelines(cell, name=None, ref=None, flags=()):
     """The cell's 3 pipelines (seeds 0-2; cells that share a base in the map get their own per seed), 16
     evaluations on 1,000 test problems, the reference the one the map's sweep chose on seed 0's validation. With a
-    `name` and a `ref` (epochs, lr): other pipelines, in out/headline/<name>, on the cell's corpora and bases, their
-    references made with train_ref.py's `flags` too."""
+    `name` and a `ref` (epochs, lr; several of each space-separated: a sweep): other pipelines, in
+    out/headline/<name>, on the cell's corpora and bases, their references made with train_ref.py's `flags` too."""
     corpus, (epochs, lr) = CELLS[cell][0], ref or HEADLINE_REF[cell]
     return [(f"{name or cell}{seed}-pipeline", f"{out_of(name or cell, seed)}/pipeline.json",
              ["train_ref.py", "--preset", "cpu", "--seed", str(seed), "--data_dir", f"data/headline/{cell}{seed}",
               "--out_dir", out_of(name or cell, seed), "--n_evals", "16", "--eval_problems", "1000",
-              *(["--base", f"{out_of(cell, seed)}/base/ckpt.pt"] if name else []), "--ref_epochs", epochs,
-              "--ref_lr", lr, *flags] + (["--corpus", *corpus] if corpus else [])) for seed in (0, 1, 2)]
+              *(["--base", f"{out_of(cell, seed)}/base/ckpt.pt"] if name else []), "--ref_epochs", *epochs.split(),
+              "--ref_lr", *lr.split(), *flags] + (["--corpus", *corpus] if corpus else [])) for seed in (0, 1, 2)]
 
 
 def student(cell, seed, arm, lr, student_seed=0, flags=None):
@@ -192,6 +192,19 @@ def cheapref(cell):
             lambda: [student(name, seed, arm, lr) for seed in (1, 2) for arm, lr in chosen_lrs(name).items()]]
 
 
+def choose(knobs, lr, path, what):
+    """(knob, rate) by seed 0's validation answer loss: the knob of `knobs` lowest at rate lr, then its rate of lr/2,
+    lr and 2 lr (those run); path(knob, rate) is the run's folder."""
+    runs = {r["path"]: r for d in {os.path.dirname(path(k, lr)) for k in knobs}
+            for r in plot_module().find_runs(d) if r["done"]}
+    val = lambda k, x: float(runs[path(k, x)]["val_answer"][-1])  # noqa: E731
+    k = min(knobs, key=lambda k: val(k, lr))
+    print(f"  validation answer loss by {what}:", {k: round(val(k, lr), 4) for k in knobs})
+    rates = [x for x in (lr / 2, lr, lr * 2) if path(k, x) in runs]
+    print(f"  {what} {k:g}, validation answer loss by rate:", {x: round(val(k, x), 4) for x in rates})
+    return k, min(rates, key=lambda x: val(k, x))
+
+
 def margin(cell, ratio=0.6, margins=(0.5, 1, 2), lr=6e-3):
     """Beyond the paper, after the headline: SLM 0.6 with a margin on the excess (--weighting margin), which keeps
     the answers the student has learned. Seed 0: margins of 0.5, 1 and 2 nats at SLM's rate (6e-3); the margin seed
@@ -201,16 +214,8 @@ def margin(cell, ratio=0.6, margins=(0.5, 1, 2), lr=6e-3):
     arm = lambda m, rate, seed=0: student(cell, seed, name(m), rate, flags=[  # noqa: E731
         "--ratio", str(ratio), "--weighting", "margin", "--margin", str(m)])
 
-    def val(runs, m, rate):
-        return float(runs[f"{out_of(cell, 0)}/{name(m)}-lr{rate:g}"]["val_answer"][-1])
+    chosen = lambda: choose(margins, lr, lambda m, x: f"{out_of(cell, 0)}/{name(m)}-lr{x:g}", "margin")  # noqa: E731
 
-    def chosen():
-        runs = {r["path"]: r for r in plot_module().find_runs(out_of(cell, 0)) if r["done"]}
-        m = min(margins, key=lambda m: val(runs, m, lr))
-        print("  validation answer loss by margin:", {m: round(val(runs, m, lr), 4) for m in margins})
-        rates = [x for x in (lr / 2, lr, lr * 2) if f"{out_of(cell, 0)}/{name(m)}-lr{x:g}" in runs]
-        print(f"  margin {m:g}, validation answer loss by rate:", {x: round(val(runs, m, x), 4) for x in rates})
-        return m, min(rates, key=lambda x: val(runs, m, x))
     def rates():  # the chosen margin at half and twice the rate
         m, _ = chosen()
         return [arm(m, x) for x in (lr / 2, lr * 2)]
@@ -238,21 +243,12 @@ def webref(cell, parts=(1, 4), lr=6e-3):
     its tokens; N = 4: 12%). Seed 0: SLM 0.6 at SLM's rate with each; the N seed 0's validation prefers at half and
     twice that rate, and CLM, and that N's pipelines on seeds 1-2; then SLM (at the rate chosen) and CLM on seeds
     1-2; then SLM's noise floor (STUDENT_SEEDS in every pipeline; CLM's are the headline's) and ref-loss 0.6 at SLM's
-    rate in the 3 pipelines, and at half and a quarter of it on seed 0 (then seeds 1-2 at its chosen rate). Folders out/headline/<cell>-webref<N> (experiments/merge_arms.py puts them beside the
-    headline's arms)."""
+    rate in the 3 pipelines, and at half and a quarter of it on seed 0 (then seeds 1-2 at its chosen rate). Folders
+    out/headline/<cell>-webref<N> (experiments/merge_arms.py puts them beside the headline's arms)."""
     name = lambda n: f"{cell}-webref{n}"  # noqa: E731
     pipes = lambda n: pipelines(cell, name(n), HEADLINE_REF[cell], ["--ref_web", str(n)])  # noqa: E731
 
-    def val(runs, n, rate):
-        return float(runs[f"{out_of(name(n), 0)}/slm0.6-lr{rate:g}"]["val_answer"][-1])
-
-    def chosen():
-        runs = {r["path"]: r for n in parts for r in plot_module().find_runs(out_of(name(n), 0)) if r["done"]}
-        n = min(parts, key=lambda n: val(runs, n, lr))
-        print("  SLM's validation answer loss by N:", {n: round(val(runs, n, lr), 4) for n in parts})
-        rates = [x for x in (lr / 2, lr, lr * 2) if f"{out_of(name(n), 0)}/slm0.6-lr{x:g}" in runs]
-        print(f"  N = {n}, validation answer loss by rate:", {x: round(val(runs, n, x), 4) for x in rates})
-        return n, min(rates, key=lambda x: val(runs, n, x))
+    chosen = lambda: choose(parts, lr, lambda n, x: f"{out_of(name(n), 0)}/slm0.6-lr{x:g}", "N")  # noqa: E731
 
     def rates():  # the chosen N: SLM at half and twice the rate, CLM, and the pipelines of seeds 1-2
         n, _ = chosen()
@@ -299,11 +295,8 @@ def refedge(cell):
     and 2.4e-2 and 40 at 2.4e-2, on seed 0's base, each pipeline choosing among its own (folders
     out/headline/<cell>-refedge<i>); compare their validation answer loss with the corner's (pipeline.json). Then CLM
     and SLM 0.6 at 6e-3 with the reference the 80-epoch pipeline chose."""
-    return [[(f"{cell}-refedge{i}", f"{out_of(f'{cell}-refedge{i}', 0)}/pipeline.json",
-              ["train_ref.py", "--preset", "cpu", "--seed", "0", "--data_dir", f"data/headline/{cell}0", "--out_dir",
-               out_of(f"{cell}-refedge{i}", 0), "--n_evals", "16", "--eval_problems", "1000", "--base",
-               f"{out_of(cell, 0)}/base/ckpt.pt", "--ref_epochs", *epochs, "--ref_lr", *lrs])
-             for i, (epochs, lrs) in enumerate([(["80"], ["1.2e-2", "2.4e-2"]), (["40"], ["2.4e-2"])])],
+    return [[pipelines(cell, f"{cell}-refedge{i}", ref)[0] for i, ref in enumerate([("80", "1.2e-2 2.4e-2"),
+                                                                                     ("40", "2.4e-2")])],
             [student(f"{cell}-refedge0", 0, arm, 6e-3) for arm in NOISE_ARMS]]  # with the one 80 epochs chose
 
 
@@ -367,8 +360,8 @@ def regimes():
 # the cells each kind of plan has its settings for
 COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
            reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",), margin: ("default",),
-           threshold: ("default",), oracle: ("default",), categories: ("default",), webref: ("default",), webref_edge: ("default",), refedge: ("default",),
-           refs_and_sft: ("default",)}
+           threshold: ("default",), oracle: ("default",), categories: ("default",), webref: ("default",),
+           webref_edge: ("default",), refedge: ("default",), refs_and_sft: ("default",)}
 PLANS = {"regimes": regimes, **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in
                                 COVERED.items() for c in cells}}
 

@@ -50,8 +50,7 @@ def main():
     import matplotlib
     matplotlib.use("Agg")
     runs = merge(args.main, [o.split("=", 1) for o in args.others])
-    keep = lambda r: r["arm"].partition(plot.STUDENT_SEED)[0] in (*args.arms, "base", "reference")  # noqa: E731
-    plot.write_report([r for r in runs if not args.arms or keep(r)], args.png)
+    plot.write_report(plot.only_arms(runs, args.arms) if args.arms else runs, args.png)
 
 
 if __name__ == "__main__":
