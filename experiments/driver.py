@@ -22,8 +22,11 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py refedge-default     # the reference's grid beyond its chosen corner, seed 0
   python experiments/driver.py refs_and_sft-default  # seed 0: 3 more references (mean, min); SFT and SFT-SLM
   python experiments/driver.py oracle-default      # the oracle and CLM in 3 pipelines x 3 data orders
+  python experiments/driver.py lost-default        # as oracle: random 0.6 and SLM 0.6 + HQ x4 (online)
   python experiments/driver.py categories-default  # seed 0's CLM keeping its checkpoints (plot.py --categories)
   python experiments/driver.py pair-harm-nocarry   # a map cell in 3 pipelines, CLM and SLM at the map's rates
+  python experiments/driver.py demo                # the demo preset in 3 pipelines: cheap vs web-keeping reference
+  python experiments/driver.py demo_strong         # the same, web-keeping references of 10 and 40 epochs at 1.2e-2
 Logs: experiments/logs/<plan>/<job>.log. Then: python plot.py --out_dir out/headline/default
 """
 import argparse
@@ -300,12 +303,18 @@ def refedge(cell):
             [student(f"{cell}-refedge0", 0, arm, 6e-3) for arm in NOISE_ARMS]]  # with the one 80 epochs chose
 
 
-def oracle(cell, lr=1.5e-3):
+def oracle(cell, rates=(("oracle", 1.5e-3),)):
     """The oracle's noise floor, whose seed-0 sweep folders were lost with a machine: in 3 pipelines, on the
     pipeline's data order and STUDENT_SEEDS, at the rate the headline chose (out/results/headline-default.md),
     with CLM (6e-3) on the same data orders to be paired with."""
     return [[student(cell, seed, arm, rate, s) for seed in (0, 1, 2) for s in (0, *STUDENT_SEEDS)
-             for arm, rate in (("oracle", lr), ("clm", 6e-3))]]
+             for arm, rate in (*rates, ("clm", 6e-3))]]
+
+
+def lost(cell):
+    """The noise floor of the other two arms whose seed-0 sweeps were lost with a machine, as oracle(): random 0.6
+    and SLM 0.6 + HQ x4 (online reference), at the rates the headline chose (3e-3, 1.5e-3), after the pipelines."""
+    return [pipelines(cell), *oracle(cell, (("slm0.6-mixhq4-online", 1.5e-3),)), *oracle(cell, (("random0.6", 3e-3),))]
 
 
 def categories(cell, lr=6e-3):
@@ -338,6 +347,40 @@ def extras(cell):
     return [jobs]
 
 
+CHEAP = ["--ref_epochs", "4", "--ref_lr", "2e-3"]  # the first trial's reference, the demo's until this plan
+DEMO_REFS = {"cheap": CHEAP, "webref4": ["--ref_web", "4", *CHEAP],  # the demo's references: train_ref.py flags
+             **{f"webref4-{e}ep": ["--ref_web", "4", "--ref_epochs", e, "--ref_lr", "1.2e-2"] for e in ("10", "40")}}
+
+
+def demo(refs=("cheap", "webref4"), lrs=(3e-3, 6e-3)):
+    """The demo preset (train_ref.py's default: half the cpu preset's corpus and budgets, 400 test problems) in 3
+    pipelines (seeds 0-2, folders out/demo/<ref>/seed<s>): the cheap reference (4 epochs at 2e-3, the demo's when
+    this ran), and on the same base the other DEMO_REFS (by default the same reference keeping a quarter of the base's
+    web, --ref_web 4). Seed 0: CLM and SLM 0.6 at the demo's rate then (3e-3) and twice it, SLM beside each reference
+    (CLM does not use one: experiments/merge_arms.py pairs them); then seeds 1-2 at the rates seed 0's validation
+    chose. Does the demo, at its budget, show what the headline shows? (demo_strong: the web-keeping reference at the
+    headline's 1.2e-2 for 10 and 40 epochs, SLM at 6e-3, the rate validation chose for CLM and SLM above.)"""
+    out = lambda ref, seed: f"out/demo/{ref}/seed{seed}"  # noqa: E731
+    pipe = lambda ref, seed: (f"demo-{ref}{seed}-pipeline", f"{out(ref, seed)}/pipeline.json", [  # noqa: E731
+        "train_ref.py", "--seed", str(seed), "--data_dir", f"data/demo{seed}", "--out_dir", out(ref, seed),
+        *DEMO_REFS[ref]] + (["--base", f"{out('cheap', seed)}/base/ckpt.pt"] if ref != "cheap" else []))
+    job = lambda ref, seed, arm, lr: (f"demo-{ref}{seed}-{arm}-lr{lr:g}",  # noqa: E731
+                                      f"{out(ref, seed)}/{arm}-lr{lr:g}/done.json",
+                                      ["train_slm.py", "--out_dir", out(ref, seed), *ARMS[arm], "--lr", str(lr)])
+
+    def seeds():
+        plot, jobs = plot_module(), []
+        for ref in refs:
+            runs = [r for r in plot.find_runs(out(ref, 0)) if os.path.basename(r["path"]).rsplit("-lr", 1)[0] in ARMS]
+            folder = {r["arm"]: os.path.basename(r["path"]).rsplit("-lr", 1)[0] for r in runs}
+            jobs += [job(ref, seed, folder[arm], lr) for arm, lr in plot.best_lrs(runs).items() for seed in (1, 2)]
+        return jobs
+    return [[pipe("cheap", s) for s in (0, 1, 2)],
+            [pipe(ref, 0) for ref in refs[1:]] + [job("cheap", 0, arm, lr) for arm in NOISE_ARMS for lr in lrs],
+            [job(ref, 0, "slm0.6", lr) for ref in refs[1:] for lr in lrs] + [pipe(ref, s) for ref in refs[1:]
+                                                                                for s in (1, 2)], seeds]
+
+
 def regimes():
     """The map: each cell a pipeline (corpus, base, reference) at the cpu preset, seed 0, and CLM and SLM 0.6 at
     two rates. The reference is tuned on validation in every cell (SWEEP_REF in the default cell, the strong
@@ -360,9 +403,9 @@ def regimes():
 # the cells each kind of plan has its settings for
 COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
            reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",), margin: ("default",),
-           threshold: ("default",), oracle: ("default",), categories: ("default",), webref: ("default",),
+           threshold: ("default",), oracle: ("default",), lost: ("default",), categories: ("default",), webref: ("default",),
            webref_edge: ("default",), refedge: ("default",), refs_and_sft: ("default",)}
-PLANS = {"regimes": regimes, **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in
+PLANS = {"regimes": regimes, "demo": demo, "demo_strong": lambda: demo(("cheap", *list(DEMO_REFS)[2:]), (6e-3,)), **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in
                                 COVERED.items() for c in cells}}
 
 
