@@ -20,6 +20,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py webref-default      # beyond the paper: a reference that keeps some of the web
   python experiments/driver.py webref_edge-default # its share of the web: a smaller one on seed 0
   python experiments/driver.py refedge-default     # the reference's grid beyond its chosen corner, seed 0
+  python experiments/driver.py webref_grid-default # the same for the web-keeping reference (--ref_web 4)
   python experiments/driver.py refs_and_sft-default  # seed 0: 3 more references (mean, min); SFT and SFT-SLM
   python experiments/driver.py oracle-default      # the oracle and CLM in 3 pipelines x 3 data orders
   python experiments/driver.py lost-default        # as oracle: random 0.6 and SLM 0.6 + HQ x4 (online)
@@ -303,18 +304,37 @@ def refedge(cell):
             [student(f"{cell}-refedge0", 0, arm, 6e-3) for arm in NOISE_ARMS]]  # with the one 80 epochs chose
 
 
-def oracle(cell, rates=(("oracle", 1.5e-3),)):
+def webref_grid(cell, grid=(("80", "1.2e-2"), ("40", "2.4e-2"), ("80", "2.4e-2"))):
+    """The web-keeping reference (--ref_web 4) kept the tuned reference's epochs and rate (40 at 1.2e-2), the
+    corner of the first grid: the pairs beyond it on seed 0's base, one pipeline each (folders
+    out/headline/<cell>-webref4-<epochs>ep<rate>); the reference with the lowest validation answer loss of these and
+    the corner's (the rule train_ref.py's sweep uses), then SLM 0.6 at 6e-3 with it, if it is not the corner's."""
+    name = lambda e, lr: f"{cell}-webref4-{e}ep{lr}"  # noqa: E731
+
+    def slm():
+        val = {(e, lr): json.load(open(f"{out_of(name(e, lr), 0)}/pipeline.json"))["ref_sweep"] for e, lr in grid}
+        val = {k: next(iter(v.values()))["val_answer_loss"] for k, v in val.items()}
+        corner = json.load(open(f"{out_of(f'{cell}-webref4', 0)}/pipeline.json"))["ref_sweep"]
+        val[("40", "1.2e-2")] = next(iter(corner.values()))["val_answer_loss"]
+        print("  the references' validation answer loss by (epochs, rate):", {k: round(v, 4) for k, v in val.items()})
+        best = min(val, key=val.get)
+        return [student(name(*best), 0, "slm0.6", 6e-3)] if best != ("40", "1.2e-2") else []
+    return [[pipelines(cell, name(e, lr), (e, lr), ["--ref_web", "4"])[0] for e, lr in grid], slm]
+
+
+def oracle(cell, rates=(("oracle", 1.5e-3), ("clm", 6e-3))):
     """The oracle's noise floor, whose seed-0 sweep folders were lost with a machine: in 3 pipelines, on the
     pipeline's data order and STUDENT_SEEDS, at the rate the headline chose (out/results/headline-default.md),
     with CLM (6e-3) on the same data orders to be paired with."""
     return [[student(cell, seed, arm, rate, s) for seed in (0, 1, 2) for s in (0, *STUDENT_SEEDS)
-             for arm, rate in (*rates, ("clm", 6e-3))]]
+             for arm, rate in rates]]
 
 
 def lost(cell):
     """The noise floor of the other two arms whose seed-0 sweeps were lost with a machine, as oracle(): random 0.6
     and SLM 0.6 + HQ x4 (online reference), at the rates the headline chose (3e-3, 1.5e-3), after the pipelines."""
-    return [pipelines(cell), *oracle(cell, (("slm0.6-mixhq4-online", 1.5e-3),)), *oracle(cell, (("random0.6", 3e-3),))]
+    return [pipelines(cell), *oracle(cell, (("slm0.6-mixhq4-online", 1.5e-3), ("clm", 6e-3))),
+            *oracle(cell, (("random0.6", 3e-3),))]
 
 
 def categories(cell, lr=6e-3):
@@ -403,7 +423,7 @@ def regimes():
 # the cells each kind of plan has its settings for
 COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
            reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",), margin: ("default",),
-           threshold: ("default",), oracle: ("default",), lost: ("default",), categories: ("default",), webref: ("default",),
+           threshold: ("default",), oracle: ("default",), lost: ("default",), webref_grid: ("default",), categories: ("default",), webref: ("default",),
            webref_edge: ("default",), refedge: ("default",), refs_and_sft: ("default",)}
 PLANS = {"regimes": regimes, "demo": demo, "demo_strong": lambda: demo(("cheap", *list(DEMO_REFS)[2:]), (6e-3,)), **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in
                                 COVERED.items() for c in cells}}

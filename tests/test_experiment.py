@@ -264,3 +264,28 @@ def test_control_runs_get_their_names_and_budgets(pipeline, monkeypatch):
                                                "CLM + HQ x4"]
     assert [c.out_dir.split("/")[-1] for c in names.values()] == ["random0.6", "refloss0.6", "block0.6", "oracle",
                                                                   "clm-mixhq4"]
+
+
+def test_every_driver_job_known_before_it_runs_parses_with_its_scripts_flags():
+    """experiments/driver.py: each plan's stages that are fixed in advance (the others are chosen from runs) hold
+    jobs with unique names and targets, each a train_ref.py or train_slm.py command whose flags that script accepts."""
+    import importlib.util
+    import os
+
+    import train_ref
+    import train_slm
+    from infra import cli
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "driver.py")
+    spec = importlib.util.spec_from_file_location("driver", path)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    configs, checked = {"train_ref.py": train_ref.RefRun, "train_slm.py": train_slm.SlmRun}, 0
+    for plan, stages in driver.PLANS.items():
+        jobs = [job for stage in stages() if not callable(stage) for job in stage]
+        assert len({j[0] for j in jobs}) == len(jobs) and len({j[1] for j in jobs}) == len(jobs), plan
+        for name, target, argv in jobs:
+            cli(configs[argv[0]], "", [*argv[1:], "--resume"])  # an unknown flag or bad value exits here
+            checked += 1
+    assert checked > 100
+    with pytest.raises(SystemExit):  # and the check can fail
+        cli(train_slm.SlmRun, "", ["--ratio", "0.6", "--no_such_flag"])
