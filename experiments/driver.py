@@ -308,19 +308,19 @@ def webref_grid(cell, grid=(("40", "1.2e-2"), ("80", "1.2e-2"), ("40", "2.4e-2")
     """The web-keeping reference (--ref_web 4) kept the tuned reference's epochs and rate (40 at 1.2e-2), the
     corner of the first grid: that pair and the pairs beyond it on seed 0's base, one pipeline each (folders
     out/headline/<cell>-webref4-<epochs>ep<rate>); the reference with the lowest validation answer loss (the rule
-    train_ref.py's sweep uses), then SLM 0.6 at 6e-3 with it and with the corner's, and CLM, on seed 0. All on one
-    machine: the corner is built again, beside the others, because another machine's floating point gives another
-    base (the pipelines of webref-default were built on one)."""
+    train_ref.py's sweep uses), then SLM 0.6 at 6e-3 with it and with the corner's, and CLM, on seed 0 (then on
+    another data order too). All on one machine: the corner is built again, beside the others, because another
+    machine's floating point gives another base (the pipelines of webref-default were built on one)."""
     name = lambda e, lr: f"{cell}-webref4-{e}ep{lr}"  # noqa: E731
 
-    def slm():
+    def slm(seeds=(0,)):
         val = {(e, lr): json.load(open(f"{out_of(name(e, lr), 0)}/pipeline.json"))["ref_sweep"] for e, lr in grid}
         val = {k: next(iter(v.values()))["val_answer_loss"] for k, v in val.items()}
         print("  the references' validation answer loss by (epochs, rate):", {k: round(v, 4) for k, v in val.items()})
-        return [student(name(*k), 0, "slm0.6", 6e-3) for k in dict.fromkeys([min(val, key=val.get), grid[0]])] + \
-            [student(cell, 0, "clm", 6e-3)]
+        return [student(name(*k), 0, "slm0.6", 6e-3, s) for k in dict.fromkeys([min(val, key=val.get), grid[0]])
+                for s in seeds] + [student(cell, 0, "clm", 6e-3, s) for s in seeds]
     return [[pipelines(cell)[0]], [pipelines(cell, name(e, lr), (e, lr), ["--ref_web", "4"])[0] for e, lr in grid],
-            slm]
+            slm, lambda: slm((0, STUDENT_SEEDS[0]))]  # then the same runs on another data order
 
 
 def oracle(cell, rates=(("oracle", 1.5e-3), ("clm", 6e-3))):
