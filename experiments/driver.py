@@ -105,18 +105,19 @@ def plot_module():
     return plot
 
 
-def seed0_runs(cell):
-    """Seed 0's runs of the arms of ARMS (not the other data orders), each with its folder's arm name."""
+def seed0_runs(cell, root=None):
+    """Seed 0's runs of the arms of ARMS (not the other data orders), each with its folder's arm name (in `root`, a
+    pipeline's folder, if given)."""
     plot = plot_module()
-    runs = [r for r in plot.find_runs(out_of(cell, 0)) if r["cfg"].get("arm") not in (None, "reference")]
+    runs = [r for r in plot.find_runs(root or out_of(cell, 0)) if r["cfg"].get("arm") not in (None, "reference")]
     for r in runs:
         r["folder"] = os.path.basename(r["path"]).rsplit("-lr", 1)[0]
     return plot, [r for r in runs if r["folder"] in ARMS]
 
 
-def chosen_lrs(cell):
+def chosen_lrs(cell, root=None):
     """{arm folder: the rate seed 0's validation chose}, by plot's own rule (plot.best_lrs)."""
-    plot, runs = seed0_runs(cell)
+    plot, runs = seed0_runs(cell, root)
     folder = {r["arm"]: r["folder"] for r in runs}
     return {folder[arm]: lr for arm, lr in plot.best_lrs(runs).items()}
 
@@ -390,12 +391,8 @@ def demo(refs=("cheap", "webref4"), lrs=(3e-3, 6e-3)):
                                       ["train_slm.py", "--out_dir", out(ref, seed), *ARMS[arm], "--lr", str(lr)])
 
     def seeds():
-        plot, jobs = plot_module(), []
-        for ref in refs:
-            runs = [r for r in plot.find_runs(out(ref, 0)) if os.path.basename(r["path"]).rsplit("-lr", 1)[0] in ARMS]
-            folder = {r["arm"]: os.path.basename(r["path"]).rsplit("-lr", 1)[0] for r in runs}
-            jobs += [job(ref, seed, folder[arm], lr) for arm, lr in plot.best_lrs(runs).items() for seed in (1, 2)]
-        return jobs
+        return [job(ref, seed, arm, lr) for ref in refs for arm, lr in chosen_lrs(None, out(ref, 0)).items()
+                for seed in (1, 2)]
     return [[pipe("cheap", s) for s in (0, 1, 2)],
             [pipe(ref, 0) for ref in refs[1:]] + [job("cheap", 0, arm, lr) for arm in NOISE_ARMS for lr in lrs],
             [job(ref, 0, "slm0.6", lr) for ref in refs[1:] for lr in lrs] + [pipe(ref, s) for ref in refs[1:]
@@ -424,10 +421,11 @@ def regimes():
 # the cells each kind of plan has its settings for
 COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
            reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",), margin: ("default",),
-           threshold: ("default",), oracle: ("default",), lost: ("default",), webref_grid: ("default",), categories: ("default",), webref: ("default",),
-           webref_edge: ("default",), refedge: ("default",), refs_and_sft: ("default",)}
-PLANS = {"regimes": regimes, "demo": demo, "demo_strong": lambda: demo(("cheap", *list(DEMO_REFS)[2:]), (6e-3,)), **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in
-                                COVERED.items() for c in cells}}
+           threshold: ("default",), oracle: ("default",), lost: ("default",), webref_grid: ("default",),
+           categories: ("default",), webref: ("default",), webref_edge: ("default",), refedge: ("default",),
+           refs_and_sft: ("default",)}
+PLANS = {"regimes": regimes, "demo": demo, "demo_strong": lambda: demo(("cheap", *list(DEMO_REFS)[2:]), (6e-3,)),
+         **{f"{kind.__name__}-{c}": (lambda c=c, kind=kind: kind(c)) for kind, cells in COVERED.items() for c in cells}}
 
 
 def main():
