@@ -269,9 +269,11 @@ def explain_scores(args):
     if "data_config" not in meta:
         fail(f"{cfg['data_dir']} holds a real corpus: its tokens have no kinds to explain the selection by",
              "explain a run on the embedded corpus (python train_ref.py; python train_slm.py --ratio 0.6)")
-    if cfg["select"] != "excess" or "," in cfg["ref_ckpts"] or cfg.get("weighting") == "soft" or cfg.get("sft"):
-        fail(f"{args.explain} is not SLM against one reference: the table ranks tokens by excess loss",
-             "explain an SLM run (python train_slm.py --ratio 0.6), or CLM (--ratio 1.0) to see what SLM would keep")
+    if cfg["select"] not in ("excess", "ref_loss") or "," in cfg["ref_ckpts"] or cfg.get("weighting") == "soft" \
+            or cfg.get("sft"):
+        fail(f"{args.explain} is not SLM or ref-loss against one reference: the table ranks tokens by their score",
+             "explain an SLM run (python train_slm.py --ratio 0.6), ref-loss (--select ref_loss), or CLM (--ratio "
+             "1.0) to see what SLM would keep")
     if not cfg["init"]:
         fail(f"{args.explain} starts from scratch: there is no trained model at its step 0 to explain",
              "explain a student of a pipeline with a base (python train_ref.py without --init scratch, then "
@@ -284,11 +286,11 @@ def explain_scores(args):
     for name, path in (("ref", ref), ("start", cfg["init"]), ("end", os.path.join(args.explain, "ckpt.pt"))):
         model, tokens[f"step_{name}"] = load_model(path, meta)
         tokens[name] = np.concatenate([page_losses(model, ids) for ids, _ in pages])
-    for when in ("start", "end"):  # the run's rule: the top ratio, and with a margin every token above -margin
-        tokens[f"excess_{when}"] = excess = tokens[when] - tokens["ref"]
-        excess = torch.tensor(excess)
-        keep = rho.margin_mask(excess, cfg["ratio"], cfg["margin"]) if cfg.get("weighting") == "margin" \
-            else rho.select_topk(excess, cfg["ratio"])
+    for when in ("start", "end"):  # the run's rule: the top ratio by its score, with a margin every token above it
+        tokens[f"excess_{when}"] = tokens[when] - tokens["ref"]
+        score = rho.SCORES[cfg["select"]](torch.tensor(tokens[when]), torch.tensor(tokens["ref"]), None)
+        keep = rho.margin_mask(score, cfg["ratio"], cfg["margin"]) if cfg.get("weighting") == "margin" \
+            else rho.select_topk(score, cfg["ratio"])
         tokens[f"keep_{when}"] = keep.numpy()
     return cfg, tokens
 
@@ -306,12 +308,13 @@ def explain(args):
             s, e, r = (t[k][m].mean() for k in ("start", "end", "ref"))
             cells.append([name, f"{m.mean():.1%}", f"{s:.3f} / {e:.3f}", f"{r:.3f}", f"{s - r:+.3f} / {e - r:+.3f}",
                           f"{t['keep_start'][m].mean():.1%} / {t['keep_end'][m].mean():.1%}"])
-    lines = [f"# {args.explain}: SLM {cfg['ratio']:g} explained on {len(t['ref']):,} tokens of {args.pages or 300} "
+    arm, by = ("SLM", "excess") if cfg["select"] == "excess" else ("ref-loss", "the reference's loss, lowest first")
+    lines = [f"# {args.explain}: {arm} {cfg['ratio']:g} explained on {len(t['ref']):,} tokens of {args.pages or 300} "
              "held-out pages", ""] + md_table(
         ["tokens", "share", "student loss (0 / end)", "reference loss", "excess (0 / end)", "kept (0 / end)"], cells,
         f"step 0 (step {t['step_start']}, {cfg['init']}) and end (step {t['step_end']}) of the student against the "
         f"reference ({t['step_ref']} steps); excess = student - reference; kept: the top {cfg['ratio']:.0%} by "
-        "excess over all these tokens" + (f", and every token whose excess is above -{cfg['margin']:g}"
+        f"{by} over all these tokens" + (f", and every token whose excess is above -{cfg['margin']:g}"
                                           if cfg.get("weighting") == "margin" else ""))
     wrong = t["kind"] == data.WRONG
     right = (t["kind"] == data.MATH) & (t["role"] == 3) & ~t["slipped"]

@@ -39,8 +39,8 @@ class PlotRun:
     arms: list = arg(None, "compare only these arms, named as in the table (e.g. CLM 'SLM 0.6')", nargs="+", type=str)
     tokens: str = arg("", "a student run folder (e.g. out/slm0.6): draw which tokens it keeps (its tokens.png)")
     categories: str = arg("", "a run folder with kept checkpoints (--keep_ckpts): the paper's token-loss categories")
-    explain: str = arg("", "a student run folder (e.g. out/slm0.6): its selection explained kind by kind, at step 0 "
-                           "and at the end, and slipped results against right ones (its explain.md)")
+    explain: str = arg("", "an SLM or ref-loss run folder (e.g. out/slm0.6): its selection explained kind by kind, "
+                           "at step 0 and at the end, and slipped results against right ones (its explain.md)")
     text: str = arg("", "--tokens/--categories: text file(s) to use (comma-separated) instead of held-out pages")
     ratio: float = arg(0.6, "--tokens: the share of the shown tokens to keep")
     pages: int = arg(0, "held-out pages to use (default: 4 for --tokens, 200 for --categories, 300 for --explain)",

@@ -23,7 +23,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py webref_grid-default # the same for the web-keeping reference (--ref_web 4)
   python experiments/driver.py refs_and_sft-default  # seed 0: 3 more references (mean, min); SFT and SFT-SLM
   python experiments/driver.py oracle-default      # the oracle and CLM in 3 pipelines x 3 data orders
-  python experiments/driver.py lost-default        # as oracle: random 0.6 and SLM 0.6 + HQ x4 (online)
+  python experiments/driver.py lost-default        # as oracle: SLM 0.6 + HQ x4 (online), random and ref-loss 0.6
   python experiments/driver.py categories-default  # seed 0's CLM keeping its checkpoints (plot.py --categories)
   python experiments/driver.py pair-harm-nocarry   # a map cell in 3 pipelines, CLM and SLM at the map's rates
   python experiments/driver.py demo                # the demo preset in 3 pipelines: cheap vs web-keeping reference
@@ -333,10 +333,14 @@ def oracle(cell, rates=(("oracle", 1.5e-3), ("clm", 6e-3))):
 
 
 def lost(cell):
-    """The noise floor of the other two arms whose seed-0 sweeps were lost with a machine, as oracle(): random 0.6
-    and SLM 0.6 + HQ x4 (online reference), at the rates the headline chose (3e-3, 1.5e-3), after the pipelines."""
-    return [pipelines(cell), *oracle(cell, (("slm0.6-mixhq4-online", 1.5e-3), ("clm", 6e-3))),
-            *oracle(cell, (("random0.6", 3e-3),))]
+    """The noise floor of the arms whose seed-0 sweeps or logs were lost with a machine, as oracle(): SLM 0.6 + HQ
+    x4 (online reference), random 0.6 and ref-loss 0.6, at the rates the headline chose (1.5e-3, 3e-3, 6e-3), with
+    CLM. Seeds 0-1's students run beside seed 2's pipeline, so that no core waits for it."""
+    pipes, jobs = pipelines(cell), oracle(cell, (("slm0.6-mixhq4-online", 1.5e-3), ("clm", 6e-3)))[0]
+    jobs += oracle(cell, (("random0.6", 3e-3),))[0]
+    first = [j for j in jobs if not j[0].startswith(f"{cell}2-")]
+    last = [j for j in jobs if j not in first] + oracle(cell, (("refloss0.6", 6e-3),))[0]
+    return [pipes[:2], [pipes[2], *first], last]
 
 
 def categories(cell, lr=6e-3):

@@ -2,9 +2,11 @@
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
+import torch
 
 import analysis
 import plot
@@ -189,3 +191,19 @@ def test_explain_tables_kinds_roles_and_slipped_results(pipeline, monkeypatch):
     # the second table: slipped results against correct ones, each score's mean on both and its AUROC
     aurocs = [float(a) for a in re.findall(r"^\| [a-z ,0-9]+ \| -?[\d.]+ \| -?[\d.]+ \| ([\d.]+) \|$", text, re.M)]
     assert len(aurocs) == 5 and all(0 <= a <= 1 for a in aurocs)
+
+
+def test_explain_ranks_a_ref_loss_run_by_the_reference_loss(pipeline, tmp_path, monkeypatch):
+    monkeypatch.chdir(pipeline)  # the SLM run's folder as a ref-loss run (its paths are relative to the pipeline)
+    run_dir = tmp_path / "out" / "refloss0.6"
+    shutil.copytree(pipeline / "out" / "slm0.6", run_dir)
+    shutil.copy(pipeline / "out" / "pipeline.json", tmp_path / "out")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**cfg, "select": "ref_loss"}))
+    t = call("plot.py", "--explain", str(run_dir), "--pages", "40")
+    keep = analysis.rho.select_topk(torch.tensor(-t["ref"]), 0.6).numpy()  # the lowest reference losses
+    assert (t["keep_start"] == keep).all() and (t["keep_end"] == keep).all()
+    assert keep.mean() == pytest.approx(0.6, abs=1e-3) and t["ref"][keep].max() <= t["ref"][~keep].min()
+    assert not (t["keep_start"] == (t["excess_start"] >= np.quantile(t["excess_start"], 0.4))).all()  # not excess
+    text = (run_dir / "explain.md").read_text()
+    assert "ref-loss 0.6 explained" in text and "by the reference's loss, lowest first" in text

@@ -63,7 +63,7 @@ def other_vocabulary(t):
     return pipeline_json(t, data_dir=str(t.tmp / "data"))
 
 
-def random_run(t):  # a --select random run: --explain ranks by excess loss, which is not what it selected by
+def random_run(t):  # a --select random run: --explain ranks by excess or reference loss, not by chance
     folder = pipeline_json(t)
     cfg = json.loads((t.pipeline / "out" / "slm0.6" / "config.json").read_text())
     (folder / "out" / "random0.6").mkdir()
@@ -161,7 +161,7 @@ CASES = {
     "more test problems than keys": (empty, ["data.py", "--preset", "cpu", "--corpus", "n_eval=5000"],
                                      ["fewer than the 5000 asked for"], ["data"]),
     "explain a run that is not SLM": (random_run, ["plot.py", "--explain", "out/random0.6"],
-                                      ["not SLM against one reference"], ["out/random0.6/explain.md"]),
+                                      ["not SLM or ref-loss against one reference"], ["out/random0.6/explain.md"]),
     "cuda without a GPU": (shared, [*SLM, "--device", "cuda", "--name", "gpu"], ["no CUDA GPU"], ["out/gpu"]),
     **{f"{flag} of no run": (empty, ["plot.py", flag, "{tmp}"], ["error: {tmp} is not a student run"], [])
        for flag in ("--tokens", "--categories")},
