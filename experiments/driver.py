@@ -21,9 +21,11 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py webref_edge-default # its share of the web: a smaller one on seed 0
   python experiments/driver.py refedge-default     # the reference's grid beyond its chosen corner, seed 0
   python experiments/driver.py webref_grid-default # the same for the web-keeping reference (--ref_web 4)
+  python experiments/driver.py webref_tuned-default  # its chosen pair (80 epochs) in 3 pipelines x 3 data orders
   python experiments/driver.py refs_and_sft-default  # seed 0: 3 more references (mean, min); SFT and SFT-SLM
   python experiments/driver.py oracle-default      # the oracle and CLM in 3 pipelines x 3 data orders
-  python experiments/driver.py lost-default        # as oracle: SLM 0.6 + HQ x4 (online), random and ref-loss 0.6
+  python experiments/driver.py lost-default        # as oracle: SLM 0.6 + HQ x4 (online) and random 0.6
+  python experiments/driver.py refloss_floor-default  # and ref-loss 0.6 (its first runs' logs were lost)
   python experiments/driver.py categories-default  # seed 0's CLM keeping its checkpoints (plot.py --categories)
   python experiments/driver.py pair-harm-nocarry   # a map cell in 3 pipelines, CLM and SLM at the map's rates
   python experiments/driver.py demo                # the demo preset in 3 pipelines: cheap vs web-keeping reference
@@ -324,6 +326,18 @@ def webref_grid(cell, grid=(("40", "1.2e-2"), ("80", "1.2e-2"), ("40", "2.4e-2")
             slm, lambda: slm((0, STUDENT_SEEDS[0]))]  # then the same runs on another data order
 
 
+def webref_tuned(cell, ref=("80", "1.2e-2"), lrs=(3e-3, 6e-3, 1.2e-2)):
+    """The web-keeping reference at the pair webref_grid's validation chose (80 epochs at 1.2e-2; that grid ran on
+    another machine's base) in the cell's 3 pipelines (folders out/headline/<cell>-webref4-tuned, on the headline's
+    bases): SLM 0.6 at 3e-3, 6e-3 and 1.2e-2 on seed 0, then, at the rate its validation chose, on seeds 1-2 and
+    on STUDENT_SEEDS in every pipeline. CLM's runs are the headline's (the same bases and data orders)."""
+    name = f"{cell}-webref4-tuned"
+    pipes = pipelines(cell, name, ref, ["--ref_web", "4"])
+    return [pipes[:2], [pipes[2]] + [student(name, 0, "slm0.6", x) for x in lrs],
+            lambda: [student(name, seed, "slm0.6", chosen_lrs(name)["slm0.6"], s) for seed in (0, 1, 2)
+                     for s in (0, *STUDENT_SEEDS)]]
+
+
 def oracle(cell, rates=(("oracle", 1.5e-3), ("clm", 6e-3))):
     """The oracle's noise floor, whose seed-0 sweep folders were lost with a machine: in 3 pipelines, on the
     pipeline's data order and STUDENT_SEEDS, at the rate the headline chose (out/results/headline-default.md),
@@ -333,14 +347,19 @@ def oracle(cell, rates=(("oracle", 1.5e-3), ("clm", 6e-3))):
 
 
 def lost(cell):
-    """The noise floor of the arms whose seed-0 sweeps or logs were lost with a machine, as oracle(): SLM 0.6 + HQ
-    x4 (online reference), random 0.6 and ref-loss 0.6, at the rates the headline chose (1.5e-3, 3e-3, 6e-3), with
-    CLM. Seeds 0-1's students run beside seed 2's pipeline, so that no core waits for it."""
+    """The noise floor of the two arms whose seed-0 sweeps were lost with a machine, as oracle(): SLM 0.6 + HQ x4
+    (online reference) and random 0.6, at the rates the headline chose (1.5e-3, 3e-3), with CLM. Seeds 0-1's
+    students run beside seed 2's pipeline, so that no core waits for it."""
     pipes, jobs = pipelines(cell), oracle(cell, (("slm0.6-mixhq4-online", 1.5e-3), ("clm", 6e-3)))[0]
     jobs += oracle(cell, (("random0.6", 3e-3),))[0]
     first = [j for j in jobs if not j[0].startswith(f"{cell}2-")]
-    last = [j for j in jobs if j not in first] + oracle(cell, (("refloss0.6", 6e-3),))[0]
-    return [pipes[:2], [pipes[2], *first], last]
+    return [pipes[:2], [pipes[2], *first], [j for j in jobs if j not in first]]
+
+
+def refloss_floor(cell):
+    """Ref-loss 0.6's noise floor again, at the rate the headline chose (6e-3): its first runs' folders were lost
+    before their logs were saved (after lost(), whose pipelines it uses)."""
+    return oracle(cell, (("refloss0.6", 6e-3),))
 
 
 def categories(cell, lr=6e-3):
@@ -426,6 +445,7 @@ def regimes():
 COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
            reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",), margin: ("default",),
            threshold: ("default",), oracle: ("default",), lost: ("default",), webref_grid: ("default",),
+           webref_tuned: ("default",), refloss_floor: ("default",),
            categories: ("default",), webref: ("default",), webref_edge: ("default",), refedge: ("default",),
            refs_and_sft: ("default",)}
 PLANS = {"regimes": regimes, "demo": demo, "demo_strong": lambda: demo(("cheap", *list(DEMO_REFS)[2:]), (6e-3,)),
