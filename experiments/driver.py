@@ -22,6 +22,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py refedge-default     # the reference's grid beyond its chosen corner, seed 0
   python experiments/driver.py webref_grid-default # the same for the web-keeping reference (--ref_web 4)
   python experiments/driver.py webref_tuned-default  # its chosen pair (80 epochs) in 3 pipelines x 3 data orders
+  python experiments/driver.py webref_more-default   # seed 0: that grid's edge; webref's ref-loss again (--explain)
   python experiments/driver.py refs_and_sft-default  # seed 0: 3 more references (mean, min); SFT and SFT-SLM
   python experiments/driver.py oracle-default      # the oracle and CLM in 3 pipelines x 3 data orders
   python experiments/driver.py lost-default        # as oracle: SLM 0.6 + HQ x4 (online) and random 0.6
@@ -338,6 +339,18 @@ def webref_tuned(cell, ref=("80", "1.2e-2"), lrs=(3e-3, 6e-3, 1.2e-2)):
                      for s in (0, *STUDENT_SEEDS)]]
 
 
+def webref_more(cell):
+    """Seed 0, after webref_tuned (whose seed 0 is the 80 epochs at 1.2e-2 on this cell's base): the web-keeping
+    reference's grid beyond that pair, which is at its edge on both axes (160 epochs at 1.2e-2, 80 at 6e-3; folders
+    out/headline/<cell>-webref4-<epochs>ep<rate>), compared on validation; and webref's 40-epoch pipeline again with
+    its ref-loss 0.6 at the rate validation chose there (3e-3), whose folders were lost, for plot.py --explain."""
+    name = lambda e, lr: f"{cell}-webref4-{e}ep{lr}"  # noqa: E731
+    edge = [pipelines(cell, name(e, lr), (e, lr), ["--ref_web", "4"])[0] for e, lr in (("160", "1.2e-2"),
+                                                                                       ("80", "6e-3"))]
+    forty = pipelines(cell, f"{cell}-webref4", HEADLINE_REF[cell], ["--ref_web", "4"])[0]
+    return [[edge[0], forty, edge[1]], [student(f"{cell}-webref4", 0, "refloss0.6", 3e-3)]]
+
+
 def oracle(cell, rates=(("oracle", 1.5e-3), ("clm", 6e-3))):
     """The oracle's noise floor, whose seed-0 sweep folders were lost with a machine: in 3 pipelines, on the
     pipeline's data order and STUDENT_SEEDS, at the rate the headline chose (out/results/headline-default.md),
@@ -445,7 +458,7 @@ def regimes():
 COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, edge: HEADLINE_REF, rerun: HEADLINE_REF,
            reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",), margin: ("default",),
            threshold: ("default",), oracle: ("default",), lost: ("default",), webref_grid: ("default",),
-           webref_tuned: ("default",), refloss_floor: ("default",),
+           webref_tuned: ("default",), refloss_floor: ("default",), webref_more: ("default",),
            categories: ("default",), webref: ("default",), webref_edge: ("default",), refedge: ("default",),
            refs_and_sft: ("default",)}
 PLANS = {"regimes": regimes, "demo": demo, "demo_strong": lambda: demo(("cheap", *list(DEMO_REFS)[2:]), (6e-3,)),
