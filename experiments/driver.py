@@ -20,6 +20,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py webref-default      # beyond the paper: a reference that keeps some of the web
   python experiments/driver.py webref_edge-default # its share of the web: a smaller one on seed 0
   python experiments/driver.py refedge-default     # the reference's grid beyond its chosen corner, seed 0
+  python experiments/driver.py refedge_more-default  # seed 0: the pairs beyond refedge's best (80 at 2.4e-2)
   python experiments/driver.py webref_grid-default # the same for the web-keeping reference (--ref_web 4)
   python experiments/driver.py webref_tuned-default  # its chosen pair (80 epochs) in 3 pipelines x 3 data orders
   python experiments/driver.py webref_more-default   # seed 0: pairs around webref's 40 at 1.2e-2; its ref-loss again
@@ -308,6 +309,14 @@ def refedge(cell):
             [student(f"{cell}-refedge0", 0, arm, 6e-3) for arm in NOISE_ARMS]]  # with the one 80 epochs chose
 
 
+def refedge_more(cell):
+    """After refedge: its best pair, 80 epochs at 2.4e-2, is again the grid's corner; the pairs beyond it on seed 0's
+    base, 160 epochs at 2.4e-2 and 80 at 4.8e-2 (folders out/headline/<cell>-refedge2 and -refedge3), compared on
+    validation with it (its pipeline.json under experiments/runs/)."""
+    pairs = ((2, ("160", "2.4e-2")), (3, ("80", "4.8e-2")))
+    return [[pipelines(cell, f"{cell}-refedge{i}", ref)[0] for i, ref in pairs]]
+
+
 def webref_grid(cell, grid=(("40", "1.2e-2"), ("80", "1.2e-2"), ("40", "2.4e-2"), ("80", "2.4e-2"))):
     """The web-keeping reference (--ref_web 4) kept the tuned reference's epochs and rate (40 at 1.2e-2), the
     corner of the first grid: that pair and the pairs beyond it on seed 0's base, one pipeline each (folders
@@ -461,6 +470,7 @@ COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, ed
            reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",), margin: ("default",),
            threshold: ("default",), oracle: ("default",), lost: ("default",), webref_grid: ("default",),
            webref_tuned: ("default",), refloss_floor: ("default",), webref_more: ("default",),
+           refedge_more: ("default",),
            categories: ("default",), webref: ("default",), webref_edge: ("default",), refedge: ("default",),
            refs_and_sft: ("default",)}
 PLANS = {"regimes": regimes, "demo": demo, "demo_strong": lambda: demo(("cheap", *list(DEMO_REFS)[2:]), (6e-3,)),
