@@ -317,6 +317,17 @@ def refedge_more(cell):
     return [[pipelines(cell, f"{cell}-refedge{i}", ref)[0] for i, ref in pairs]]
 
 
+def webref4_name(cell, epochs, lr):
+    """The folder name (under out/headline/) of a web-keeping reference's pipeline of `epochs` at `lr`."""
+    return f"{cell}-webref4-{epochs}ep{lr}"
+
+
+def webref4(cell, epochs, lr, name=None):
+    """Seed 0's pipeline with a web-keeping reference (--ref_web 4) of `epochs` at `lr` on the cell's base, in
+    out/headline/<name> (default: webref4_name)."""
+    return pipelines(cell, name or webref4_name(cell, epochs, lr), (epochs, lr), ["--ref_web", "4"])[0]
+
+
 def webref_grid(cell, grid=(("40", "1.2e-2"), ("80", "1.2e-2"), ("40", "2.4e-2"), ("80", "2.4e-2"))):
     """The web-keeping reference (--ref_web 4) kept the tuned reference's epochs and rate (40 at 1.2e-2), the
     corner of the first grid: that pair and the pairs beyond it on seed 0's base, one pipeline each (folders
@@ -324,15 +335,14 @@ def webref_grid(cell, grid=(("40", "1.2e-2"), ("80", "1.2e-2"), ("40", "2.4e-2")
     train_ref.py's sweep uses), then SLM 0.6 at 6e-3 with it and with the corner's, and CLM, on seed 0 (then on
     another data order too). All on one machine: the corner is built again, beside the others, because another
     machine's floating point gives another base (the pipelines of webref-default were built on one)."""
-    name = lambda e, lr: f"{cell}-webref4-{e}ep{lr}"  # noqa: E731
-
     def slm(seeds=(0,)):
-        val = {(e, lr): json.load(open(f"{out_of(name(e, lr), 0)}/pipeline.json"))["ref_sweep"] for e, lr in grid}
+        val = {(e, lr): json.load(open(webref4(cell, e, lr)[1]))["ref_sweep"] for e, lr in grid}
         val = {k: next(iter(v.values()))["val_answer_loss"] for k, v in val.items()}
         print("  the references' validation answer loss by (epochs, rate):", {k: round(v, 4) for k, v in val.items()})
-        return [student(name(*k), 0, "slm0.6", 6e-3, s) for k in dict.fromkeys([min(val, key=val.get), grid[0]])
-                for s in seeds] + [student(cell, 0, "clm", 6e-3, s) for s in seeds]
-    return [[pipelines(cell)[0]], [pipelines(cell, name(e, lr), (e, lr), ["--ref_web", "4"])[0] for e, lr in grid],
+        return [student(webref4_name(cell, *k), 0, "slm0.6", 6e-3, s)
+                for k in dict.fromkeys([min(val, key=val.get), grid[0]]) for s in seeds] + \
+            [student(cell, 0, "clm", 6e-3, s) for s in seeds]
+    return [[pipelines(cell)[0]], [webref4(cell, e, lr) for e, lr in grid],
             slm, lambda: slm((0, STUDENT_SEEDS[0]))]  # then the same runs on another data order
 
 
@@ -355,10 +365,8 @@ def webref_more(cell):
     out/headline/<cell>-webref4-<epochs>ep<rate>), compared on validation; and webref's 40-epoch pipeline again
     (its logs must equal the committed ones) with its ref-loss 0.6 at the rate validation chose there (3e-3), whose
     folders were lost, for plot.py --explain."""
-    name = lambda e, lr: f"{cell}-webref4-{e}ep{lr}"  # noqa: E731
-    forty = pipelines(cell, f"{cell}-webref4", HEADLINE_REF[cell], ["--ref_web", "4"])[0]
-    grid = [pipelines(cell, name(e, lr), (e, lr), ["--ref_web", "4"])[0]
-            for e, lr in (("80", "6e-3"), ("40", "6e-3"), ("40", "2.4e-2"), ("20", "1.2e-2"))]
+    grid = [webref4(cell, e, lr) for e, lr in (("80", "6e-3"), ("40", "6e-3"), ("40", "2.4e-2"), ("20", "1.2e-2"))]
+    forty = webref4(cell, *HEADLINE_REF[cell], f"{cell}-webref4")
     return [[forty, *grid], [student(f"{cell}-webref4", 0, "refloss0.6", 3e-3)]]
 
 
