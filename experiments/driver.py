@@ -9,6 +9,8 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py headline-default    # a cell in 3 pipelines, every arm, rates chosen on seed 0,
                                                    # then CLM and SLM on 2 more data orders (the noise floor)
   python experiments/driver.py extras-default      # seed 0: the ratio sweep and soft weighting at SLM's rate
+  python experiments/driver.py ratios-default      # the same ratios on seeds 1-2, and with the web-keeping reference
+  python experiments/driver.py ratios_webref-default  # and with it on seeds 1-2 (its pipelines built again)
   python experiments/driver.py noise-default       # 3 more arms on 2 more data orders
   python experiments/driver.py edge-default        # a chosen rate at the edge of its sweep: widen it (repeat)
   python experiments/driver.py rerun-default       # CLM and SLM of the headline again (then save_runs.py)
@@ -21,6 +23,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py webref_edge-default # its share of the web: a smaller one on seed 0
   python experiments/driver.py refedge-default     # the reference's grid beyond its chosen corner, seed 0
   python experiments/driver.py refedge_more-default  # seed 0: the pairs beyond refedge's best (80 at 2.4e-2)
+  python experiments/driver.py refedge_tuned-default  # its choice in 3 pipelines x 3 data orders: SLM, ref-loss
   python experiments/driver.py webref_grid-default # the same for the web-keeping reference (--ref_web 4)
   python experiments/driver.py webref_tuned-default  # its chosen pair (80 epochs) in 3 pipelines x 3 data orders
   python experiments/driver.py webref_more-default   # seed 0: pairs around webref's 40 at 1.2e-2; its ref-loss again
@@ -126,19 +129,23 @@ def chosen_lrs(cell, root=None):
     return {folder[arm]: lr for arm, lr in plot.best_lrs(runs).items()}
 
 
+def widen(cell, arms=None):
+    """Every arm (of `arms`; default: all) whose rate chosen on seed 0 is the highest (lowest) it was run at there, at
+    twice (half) that rate, CLM and SLM first."""
+    _, runs = seed0_runs(cell)
+    jobs = []
+    for arm, lr in sorted(chosen_lrs(cell).items(), key=lambda a: a[0] not in NOISE_ARMS):
+        tried = sorted(r["cfg"]["lr"] for r in runs if r["folder"] == arm and r["done"])
+        if (arms is None or arm in arms) and len(tried) > 1 and lr in (tried[0], tried[-1]):
+            jobs.append(student(cell, 0, arm, lr * 2 if lr == tried[-1] else lr / 2))
+    return jobs
+
+
 def edge(cell):
-    """After the headline: every arm whose chosen rate is the highest (lowest) it was run at on seed 0 runs again
-    at twice (half) that rate, then seeds 1-2 and the noise floor follow the new choice as in the headline. Run the
-    plan again until it has nothing to run: then every chosen rate has a worse rate on both sides."""
-    def widen():
-        _, runs = seed0_runs(cell)
-        chosen, jobs = chosen_lrs(cell), []
-        for arm, lr in sorted(chosen.items(), key=lambda a: a[0] not in NOISE_ARMS):  # CLM and SLM first
-            tried = sorted(r["cfg"]["lr"] for r in runs if r["folder"] == arm and r["done"])
-            if len(tried) > 1 and lr in (tried[0], tried[-1]):
-                jobs.append(student(cell, 0, arm, lr * 2 if lr == tried[-1] else lr / 2))
-        return jobs
-    return [widen, *headline(cell)[2:]]
+    """After the headline: every arm whose chosen rate is at the edge of its sweep on seed 0 runs again beyond it
+    (widen), then seeds 1-2 and the noise floor follow the new choice as in the headline. Run the plan again until
+    it has nothing to run: then every chosen rate has a worse rate on both sides."""
+    return [lambda: widen(cell), *headline(cell)[2:]]
 
 
 def headline(cell, arms=tuple(ARMS), lrs=HEADLINE_LRS):
@@ -346,16 +353,29 @@ def webref_grid(cell, grid=(("40", "1.2e-2"), ("80", "1.2e-2"), ("40", "2.4e-2")
             slm, lambda: slm((0, STUDENT_SEEDS[0]))]  # then the same runs on another data order
 
 
-def webref_tuned(cell, ref=("80", "1.2e-2"), lrs=(3e-3, 6e-3, 1.2e-2)):
-    """The web-keeping reference at the pair webref_grid's validation chose (80 epochs at 1.2e-2; that grid ran on
-    another machine's base) in the cell's 3 pipelines (folders out/headline/<cell>-webref4-tuned, on the headline's
-    bases): SLM 0.6 at 3e-3, 6e-3 and 1.2e-2 on seed 0, then, at the rate its validation chose, on seeds 1-2 and
-    on STUDENT_SEEDS in every pipeline. CLM's runs are the headline's (the same bases and data orders)."""
-    name = f"{cell}-webref4-tuned"
-    pipes = pipelines(cell, name, ref, ["--ref_web", "4"])
-    return [pipes[:2], [pipes[2]] + [student(name, 0, "slm0.6", x) for x in lrs],
-            lambda: [student(name, seed, "slm0.6", chosen_lrs(name)["slm0.6"], s) for seed in (0, 1, 2)
+def three(cell, name, ref, flags=(), arms=("slm0.6",), lrs=(3e-3, 6e-3, 1.2e-2)):
+    """A reference of `ref` (epochs, lr), made with train_ref.py's `flags` too, in the cell's 3 pipelines on the
+    headline's bases (folders out/headline/<name>): each of `arms` at every rate of `lrs` on seed 0, then, at the
+    rate its validation chose (beyond `lrs` if it is at their edge: widen), on seeds 1-2 and on STUDENT_SEEDS in every
+    pipeline. CLM's runs are the headline's (the same bases and data orders): experiments/merge_arms.py pairs them."""
+    pipes = pipelines(cell, name, ref, flags)
+    return [pipes[:2], [pipes[2]] + [student(name, 0, arm, x) for arm in arms for x in lrs], lambda: widen(name, arms),
+            lambda: [student(name, seed, arm, chosen_lrs(name)[arm], s) for arm in arms for seed in (0, 1, 2)
                      for s in (0, *STUDENT_SEEDS)]]
+
+
+def webref_tuned(cell):
+    """The web-keeping reference at the pair webref_grid's validation chose (80 epochs at 1.2e-2; that grid ran on
+    another machine's base) in 3 pipelines x 3 data orders (folders out/headline/<cell>-webref4-tuned), SLM 0.6 at
+    3e-3, 6e-3 and 1.2e-2 on seed 0 (three())."""
+    return three(cell, f"{cell}-webref4-tuned", ("80", "1.2e-2"), ["--ref_web", "4"])
+
+
+def refedge_tuned(cell):
+    """The subset-only reference at the pair refedge's validation chose, and refedge_more's confirmed (80 epochs at
+    2.4e-2, beyond the headline's 9-pair grid), in 3 pipelines x 3 data orders (folders
+    out/headline/<cell>-refedge-tuned): SLM 0.6 and ref-loss 0.6, each at 3e-3, 6e-3 and 1.2e-2 on seed 0 (three())."""
+    return three(cell, f"{cell}-refedge-tuned", ("80", "2.4e-2"), arms=("slm0.6", "refloss0.6"))
 
 
 def webref_more(cell):
@@ -418,10 +438,30 @@ def extras(cell):
     headline's 0.6 and CLM) and soft weighting at two temperatures, each a single run (validation first)."""
     def jobs():
         lr = chosen_lrs(cell)["slm0.6"]
-        return [student(cell, 0, f"slm{r:g}", lr, flags=["--ratio", str(r)]) for r in (0.4, 0.5, 0.7, 0.8)] + \
+        return ratio_sweep(cell, 0, lr) + \
             [student(cell, 0, f"slm0.6-soft{t:g}", lr, flags=["--ratio", "0.6", "--weighting", "soft",
                                                                "--temperature", str(t)]) for t in (0.1, 0.5)]
     return [jobs]
+
+
+def ratio_sweep(cell, seed, lr, ratios=(0.4, 0.5, 0.7, 0.8)):
+    """SLM at the ratios beside the headline's 0.6 (and CLM's 1.0), one run each at rate lr."""
+    return [student(cell, seed, f"slm{r:g}", lr, flags=["--ratio", str(r)]) for r in ratios]
+
+
+def ratios(cell):
+    """After extras, whose single runs on seed 0 could not rank the ratios: the same sweep on seeds 1-2 (3 pipelines a
+    ratio, at SLM's rate chosen in the headline), and on seed 0 with the web-keeping reference (webref_more's
+    pipeline, equal to the committed one; at its SLM's rate, 6e-3)."""
+    return [lambda: [j for seed in (1, 2) for j in ratio_sweep(cell, seed, chosen_lrs(cell)["slm0.6"])] +
+            ratio_sweep(f"{cell}-webref4", 0, 6e-3)]
+
+
+def ratios_webref(cell):
+    """The ratio sweep with the web-keeping reference on seeds 1-2 too: webref's pipelines of those seeds built again
+    (their logs must equal the committed ones), then the ratios at its SLM's rate (6e-3)."""
+    pipes = pipelines(cell, f"{cell}-webref4", HEADLINE_REF[cell], ["--ref_web", "4"])[1:]
+    return [pipes, [j for seed in (1, 2) for j in ratio_sweep(f"{cell}-webref4", seed, 6e-3)]]
 
 
 CHEAP = ["--ref_epochs", "4", "--ref_lr", "2e-3"]  # the first trial's reference, the demo's until this plan
@@ -478,7 +518,8 @@ COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, ed
            reflong: HEADLINE_REF, pair: MAP_LRS, hq: ("default",), cheapref: ("default",), margin: ("default",),
            threshold: ("default",), oracle: ("default",), lost: ("default",), webref_grid: ("default",),
            webref_tuned: ("default",), refloss_floor: ("default",), webref_more: ("default",),
-           refedge_more: ("default",),
+           refedge_more: ("default",), refedge_tuned: ("default",), ratios: ("default",),
+           ratios_webref: ("default",),
            categories: ("default",), webref: ("default",), webref_edge: ("default",), refedge: ("default",),
            refs_and_sft: ("default",)}
 PLANS = {"regimes": regimes, "demo": demo, "demo_strong": lambda: demo(("cheap", *list(DEMO_REFS)[2:]), (6e-3,)),
