@@ -23,6 +23,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py webref_edge-default # its share of the web: a smaller one on seed 0
   python experiments/driver.py refedge-default     # the reference's grid beyond its chosen corner, seed 0
   python experiments/driver.py refedge_more-default  # seed 0: the pairs beyond refedge's best (80 at 2.4e-2)
+  python experiments/driver.py refcurve-default   # seed 0: SLM with 3 more subset-only references (refedge1-3)
   python experiments/driver.py refedge_tuned-default  # its choice in 3 pipelines x 3 data orders: SLM, ref-loss
   python experiments/driver.py webref_grid-default # the same for the web-keeping reference (--ref_web 4)
   python experiments/driver.py webref_tuned-default  # its chosen pair (80 epochs) in 3 pipelines x 3 data orders
@@ -324,6 +325,14 @@ def refedge_more(cell):
     return [[pipelines(cell, f"{cell}-refedge{i}", ref)[0] for i, ref in pairs]]
 
 
+def refcurve(cell):
+    """Does the reference's own validation predict SLM's? Seed 0, SLM 0.6 at 6e-3 with the subset-only references
+    beyond the grid's corner that have no SLM run yet: refedge's 40 epochs at 2.4e-2 (its pipeline built again: it
+    must equal the committed one) and refedge_more's two (160 at 2.4e-2, 80 at 4.8e-2)."""
+    return [[pipelines(cell, f"{cell}-refedge1", ("40", "2.4e-2"))[0]],
+            [student(f"{cell}-refedge{i}", 0, "slm0.6", 6e-3) for i in (1, 2, 3)]]
+
+
 def webref4_name(cell, epochs, lr):
     """The folder name (under out/headline/) of a web-keeping reference's pipeline of `epochs` at `lr`."""
     return f"{cell}-webref4-{epochs}ep{lr}"
@@ -519,7 +528,7 @@ COVERED = {headline: HEADLINE_REF, extras: HEADLINE_REF, noise: HEADLINE_REF, ed
            threshold: ("default",), oracle: ("default",), lost: ("default",), webref_grid: ("default",),
            webref_tuned: ("default",), refloss_floor: ("default",), webref_more: ("default",),
            refedge_more: ("default",), refedge_tuned: ("default",), ratios: ("default",),
-           ratios_webref: ("default",),
+           ratios_webref: ("default",), refcurve: ("default",),
            categories: ("default",), webref: ("default",), webref_edge: ("default",), refedge: ("default",),
            refs_and_sft: ("default",)}
 PLANS = {"regimes": regimes, "demo": demo, "demo_strong": lambda: demo(("cheap", *list(DEMO_REFS)[2:]), (6e-3,)),
