@@ -9,7 +9,7 @@ starts, so the same command picks up where a stopped session left off.
   python experiments/driver.py headline-default    # a cell in 3 pipelines, every arm, rates chosen on seed 0,
                                                    # then CLM and SLM on 2 more data orders (the noise floor)
   python experiments/driver.py extras-default      # seed 0: the ratio sweep and soft weighting at SLM's rate
-  python experiments/driver.py ratios-default      # the same ratios on seeds 1-2, and with the web-keeping reference
+  python experiments/driver.py ratios-default      # the ratios on seeds 1-2, and with the web-keeping ref; soft on 1-2
   python experiments/driver.py ratios_webref-default  # and with it on seeds 1-2 (its pipelines built again)
   python experiments/driver.py noise-default       # 3 more arms on 2 more data orders
   python experiments/driver.py edge-default        # a chosen rate at the edge of its sweep: widen it (repeat)
@@ -447,10 +447,14 @@ def extras(cell):
     headline's 0.6 and CLM) and soft weighting at two temperatures, each a single run (validation first)."""
     def jobs():
         lr = chosen_lrs(cell)["slm0.6"]
-        return ratio_sweep(cell, 0, lr) + \
-            [student(cell, 0, f"slm0.6-soft{t:g}", lr, flags=["--ratio", "0.6", "--weighting", "soft",
-                                                               "--temperature", str(t)]) for t in (0.1, 0.5)]
+        return ratio_sweep(cell, 0, lr) + soft(cell, 0, lr)
     return [jobs]
+
+
+def soft(cell, seed, lr, temperatures=(0.1, 0.5)):
+    """SLM 0.6 with soft weighting (sigmoid of the excess over the top-k threshold) at each temperature, at rate lr."""
+    return [student(cell, seed, f"slm0.6-soft{t:g}", lr, flags=["--ratio", "0.6", "--weighting", "soft",
+                                                                 "--temperature", str(t)]) for t in temperatures]
 
 
 def ratio_sweep(cell, seed, lr, ratios=(0.4, 0.5, 0.7, 0.8)):
@@ -461,9 +465,11 @@ def ratio_sweep(cell, seed, lr, ratios=(0.4, 0.5, 0.7, 0.8)):
 def ratios(cell):
     """After extras, whose single runs on seed 0 could not rank the ratios: the same sweep on seeds 1-2 (3 pipelines a
     ratio, at SLM's rate chosen in the headline), and on seed 0 with the web-keeping reference (webref_more's
-    pipeline, equal to the committed one; at its SLM's rate, 6e-3)."""
+    pipeline, equal to the committed one; at its SLM's rate, 6e-3). Then soft weighting (extras' two temperatures) on
+    seeds 1-2 too."""
     return [lambda: [j for seed in (1, 2) for j in ratio_sweep(cell, seed, chosen_lrs(cell)["slm0.6"])] +
-            ratio_sweep(f"{cell}-webref4", 0, 6e-3)]
+            ratio_sweep(f"{cell}-webref4", 0, 6e-3),
+            lambda: [j for seed in (1, 2) for j in soft(cell, seed, chosen_lrs(cell)["slm0.6"])]]
 
 
 def ratios_webref(cell):
