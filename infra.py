@@ -233,8 +233,13 @@ class FolderLock:
         try:
             fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.f.seek(0)
-            holder = self.f.read().strip() or "another process"
+            for _ in range(100):  # the holder writes its pid just after it locks: give it a second to appear
+                self.f.seek(0)
+                holder = self.f.read().strip()
+                if holder:
+                    break
+                time.sleep(0.01)
+            holder = holder or "another process"
             self.f.close()
             fail(f"{folder} is being written by {holder}", "wait for it to finish, or write somewhere else "
                  "(another --out_dir or --name)")
