@@ -254,6 +254,12 @@ def threshold(cell):
     return margin(cell, ratio=0.01, margins=(0.5, 1, 2, 4), lr=3e-3)
 
 
+def webref_pipes(cell, n=4):
+    """The cell's 3 pipelines with its reference keeping the first 1/N of the base's web (--ref_web N), on its bases
+    (folders out/headline/<cell>-webref<N>)."""
+    return pipelines(cell, f"{cell}-webref{n}", HEADLINE_REF[cell], ["--ref_web", str(n)])
+
+
 def webref(cell, parts=(1, 4), lr=6e-3):
     """Beyond the paper: a reference that keeps some web (train_ref.py --ref_web N), on the headline's bases, at its
     reference's epochs and rate: the subset 40 times shuffled with the first 1/N of the base's web (N = 1: 36% of
@@ -263,13 +269,12 @@ def webref(cell, parts=(1, 4), lr=6e-3):
     rate in the 3 pipelines, and at half and a quarter of it on seed 0 (then seeds 1-2 at its chosen rate). Folders
     out/headline/<cell>-webref<N> (experiments/merge_arms.py puts them beside the headline's arms)."""
     name = lambda n: f"{cell}-webref{n}"  # noqa: E731
-    pipes = lambda n: pipelines(cell, name(n), HEADLINE_REF[cell], ["--ref_web", str(n)])  # noqa: E731
 
     chosen = lambda: choose(parts, lr, lambda n, x: f"{out_of(name(n), 0)}/slm0.6-lr{x:g}", "N")  # noqa: E731
 
     def rates():  # the chosen N: SLM at half and twice the rate, CLM, and the pipelines of seeds 1-2
         n, _ = chosen()
-        return pipes(n)[1:] + [student(name(n), 0, "clm", lr)] + [student(name(n), 0, "slm0.6", x)
+        return webref_pipes(cell, n)[1:] + [student(name(n), 0, "clm", lr)] + [student(name(n), 0, "slm0.6", x)
                                                                    for x in (lr / 2, lr * 2)]
 
     def seeds():
@@ -285,8 +290,8 @@ def webref(cell, parts=(1, 4), lr=6e-3):
     def refloss():  # ref-loss on seeds 1-2 at the rate seed 0's validation chose
         n, _ = chosen()
         return [student(name(n), seed, "refloss0.6", chosen_lrs(name(n))["refloss0.6"]) for seed in (1, 2)]
-    return [[pipes(n)[0] for n in parts], [student(name(n), 0, "slm0.6", lr) for n in parts], rates, seeds, noise,
-            refloss]
+    return [[webref_pipes(cell, n)[0] for n in parts], [student(name(n), 0, "slm0.6", lr) for n in parts], rates,
+            seeds, noise, refloss]
 
 
 def webref_edge(cell):
@@ -395,7 +400,7 @@ def webref_more(cell):
     (its logs must equal the committed ones) with its ref-loss 0.6 at the rate validation chose there (3e-3), whose
     folders were lost, for plot.py --explain."""
     grid = [webref4(cell, e, lr) for e, lr in (("80", "6e-3"), ("40", "6e-3"), ("40", "2.4e-2"), ("20", "1.2e-2"))]
-    forty = webref4(cell, *HEADLINE_REF[cell], f"{cell}-webref4")
+    forty = webref_pipes(cell)[0]
     return [[forty, *grid], [student(f"{cell}-webref4", 0, "refloss0.6", 3e-3)]]
 
 
@@ -475,8 +480,7 @@ def ratios(cell):
 def ratios_webref(cell):
     """The ratio sweep with the web-keeping reference on seeds 1-2 too: webref's pipelines of those seeds built again
     (their logs must equal the committed ones), then the ratios at its SLM's rate (6e-3)."""
-    pipes = pipelines(cell, f"{cell}-webref4", HEADLINE_REF[cell], ["--ref_web", "4"])[1:]
-    return [pipes, [j for seed in (1, 2) for j in ratio_sweep(f"{cell}-webref4", seed, 6e-3)]]
+    return [webref_pipes(cell)[1:], [j for seed in (1, 2) for j in ratio_sweep(f"{cell}-webref4", seed, 6e-3)]]
 
 
 CHEAP = ["--ref_epochs", "4", "--ref_lr", "2e-3"]  # the first trial's reference, the demo's until this plan
