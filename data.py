@@ -785,8 +785,11 @@ def data_config(preset="cpu", corpus=(), **overrides):
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = None
-        if key not in names or overrides[key] is None:
-            fail(f"bad --corpus setting '{item}'", f"use key=value (JSON) with a key of {', '.join(sorted(names))}")
+        want = type(getattr(DataConfig(), key, None))  # the setting's type (an int will do for a float)
+        if key not in names or not isinstance(overrides[key], (want, int) if want is float else want) or \
+                isinstance(overrides[key], bool) != (want is bool):
+            fail(f"bad --corpus setting '{item}'" + (f" ({key} takes a {want.__name__})" if key in names else ""),
+                 f"use key=value (JSON) with a key of {', '.join(sorted(names))}")
     return DataConfig(**{**CORPUS_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -794,13 +797,20 @@ def ensure(cfg, data_dir, overwrite=False, builder=build, key="data_config"):
     """Build data_dir with builder(cfg, data_dir) unless it already holds exactly this corpus (meta.json's `key`
     equals cfg); refuse to replace another one without overwrite. One writer at a time. The embedded corpus
     by default; data_real.py passes build_real and "source"."""
-    if os.path.exists(os.path.join(data_dir, "meta.json")) and not overwrite:
-        meta = read_meta(data_dir)
-        if meta.get(key) == asdict(cfg):
+    if os.path.exists(os.path.join(data_dir, "meta.json")):
+        try:
+            meta = read_meta(data_dir)
+        except SystemExit:  # a corpus rho cannot read: --overwrite rebuilds it
+            if not overwrite:
+                raise
+            meta = {}
+        if meta.get(key) == asdict(cfg):  # --overwrite too: it replaces only what differs
             print(f"data: {data_dir} already holds this corpus, reusing it")
             return meta
-        fail(f"{data_dir} holds a corpus built with another configuration",
-             "pass --overwrite to rebuild it, or choose another --data_dir")
+        if not overwrite:
+            fail(f"{data_dir} holds a corpus built with another configuration",
+                 "pass --overwrite to rebuild it, or choose another --data_dir")
+        print(f"data: replacing the corpus in {data_dir} (--overwrite): runs trained on it will not be reused")
     with FolderLock(data_dir):  # a failed build into a new folder leaves nothing: the lock removes the folder
         meta = builder(cfg, data_dir)
     print(describe(meta, data_dir))

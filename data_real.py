@@ -60,9 +60,11 @@ def local_files(spec):
 
 def looks_local(item):
     """Whether a source names files rather than a hub dataset "org/name[:config[:split]]": a path that starts
-    with . / or ~, has a file type rho reads, holds a glob, or has no org/ part."""
+    with . / or ~, has a file type (one rho reads, or a mistyped one: a short extension), holds a glob, or has no
+    org/ part."""
     return (item.startswith((".", "/", "~")) or "/" not in item or any(c in item for c in "*?[")
-            or os.path.splitext(item)[1].lower() in FILE_TYPES)
+            or os.path.splitext(item)[1].lower() in FILE_TYPES
+            or bool(re.fullmatch(r"\.[a-z]\w{0,6}", os.path.splitext(item.split(":")[0])[1].lower())))
 
 
 def real_config(args):

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+import zipfile
 from dataclasses import asdict, field, fields
 
 import numpy as np
@@ -43,11 +44,51 @@ def atomic_write(path, content):
 
 
 def read_json(path):
-    """The JSON in path, or {} if there is no such file."""
+    """The JSON in path, or {} if there is no such file; a file cut short (or not JSON) is refused in one line."""
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
+        fail(f"{path} is not valid JSON ({type(e).__name__}: cut short by a kill, or edited?)",
+             "delete it and run the command that writes it again (a run folder: the same command with --resume)")
+
+
+def check_ranges(obj, positive=(), nonneg=()):
+    """Refuse, in one line, a flag of obj (None: not given; a list: each value) that is not above 0 (positive) or
+    below 0 (nonneg); NaN is refused too."""
+    for name in (*positive, *nonneg):
+        for v in (lambda v: v if isinstance(v, list) else [v])(getattr(obj, name)):
+            if v is not None and not (v > 0 if name in positive else v >= 0):
+                fail(f"--{name} {v} is {'not above 0' if name in positive else 'below 0'}",
+                     f"pass --{name} {'above 0' if name in positive else '0 or more'}, or drop it for the default")
+
+
+def check_passes(flag, budget, n, split):
+    """Refuse a token budget given as a flag that passes over a split more than once (10% slack for rounding)."""
+    if budget is not None and budget > 1.1 * n:
+        fail(f"{flag} {budget:,} is {budget / n:.1f} passes over split '{split}' ({n:,} tokens)",
+             f"pass {flag} {n} or less, or build a larger corpus")
+
+
+def read_pipeline(out_dir):
+    """out_dir's pipeline.json ({} if none), its paths made to follow the folder: recorded relative to where
+    train_ref.py ran, they are re-expressed from where out_dir is named now, so that a copied or moved pipeline (or
+    one used from another folder) uses its own files; an absolute path stays, and so does one whose file is there
+    while the moved one is not (a copied pipeline on the original's corpus)."""
+    pipe = read_json(os.path.join(out_dir, "pipeline.json"))
+    was = pipe and pipe.get("out_dir", os.path.dirname(os.path.dirname(pipe.get("ref", ""))))
+    if not was or os.path.isabs(was):
+        return pipe
+
+    def move(p):
+        new = p and not os.path.isabs(p) and os.path.normpath(os.path.join(out_dir, os.path.relpath(p, was)))
+        return new if new and new != os.path.normpath(p) and (os.path.exists(new) or not os.path.exists(p)) else p
+    pipe.update({k: move(pipe[k]) for k in ("data_dir", "base", "ref", "scores") if k in pipe},
+                refs={n: {**r, "ckpt": move(r["ckpt"]), "scores": move(r["scores"])}
+                      for n, r in pipe.get("refs", {}).items()})
+    return pipe
 
 
 def file_hash(path):
@@ -89,6 +130,8 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 per 
 def pick_device(name):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        fail(f"unknown --device {name}", "use auto, cpu, cuda or cuda:<index>")
     if name.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device {name} but this machine has no CUDA GPU", "drop --device (auto picks the CPU)")
     return name
@@ -111,21 +154,37 @@ def peak_flops(device):
         return next((v for k, v in PEAK_FLOPS.items() if k in torch.cuda.get_device_name(device)), None)
 
 
-def dist_setup():
-    """(rank, world, local_rank) of this process: from torchrun's environment, (0, 1, 0) without it."""
+def dist_setup(device="auto"):
+    """(rank, world, local_rank) of this process: from torchrun's environment, (0, 1, 0) without it. The first call
+    joins the process group: NCCL when --device is CUDA, each process bound to its own GPU (cuda:local_rank) before
+    the first collective (else every process would share cuda:0), gloo on the CPU."""
     if int(os.environ.get("WORLD_SIZE", 1)) == 1:
         return 0, 1, 0
     import atexit
     import torch.distributed as dist
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if not dist.is_initialized():  # a long timeout: rank 0 alone scores a corpus while the others wait
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=6))
-        atexit.register(lambda: dist.is_initialized() and (dist.barrier(), dist.destroy_process_group()))
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+        kw = {"backend": "gloo"}
+        if pick_device(device).startswith("cuda"):
+            if device not in ("auto", "cuda"):
+                fail(f"--device {device} under torchrun would put every process on one GPU",
+                     "use --device cuda (process i takes cuda:<its local rank>)")
+            if local_rank >= torch.cuda.device_count():
+                fail(f"torchrun started more processes on this machine than its {torch.cuda.device_count()} GPU(s)",
+                     f"use --nproc_per_node={torch.cuda.device_count()} or fewer")
+            torch.cuda.set_device(local_rank)
+            kw = {"backend": "nccl", "device_id": torch.device("cuda", local_rank)}
+        dist.init_process_group(timeout=datetime.timedelta(hours=6), **kw)
+        # no collective on the way out: a rank that fails (an exception, a fail()) must exit, not wait in a barrier
+        # that the others, stuck in another collective, never join; torchrun then stops them. A run that ends
+        # well has passed its last barrier already.
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return dist.get_rank(), dist.get_world_size(), local_rank
 
 
 def this_process(device):
     """(rank, world, device) of this process: under torchrun one GPU per process (cuda:local_rank); TF32 on."""
-    rank, world, local_rank = dist_setup()
+    rank, world, local_rank = dist_setup(device)
     device = pick_device(device)
     if device == "cuda" and world > 1:
         device = f"cuda:{local_rank}"
@@ -176,13 +235,14 @@ def gather(t):
 CKPT_VERSION = 1
 
 
-def save_checkpoint(path, tr, step):
-    """A Trainer's state at `step`, written atomically."""
+def save_checkpoint(path, tr, step, meter=None):
+    """A Trainer's state at `step` (a logged step: the meter's running counts go with it), written atomically."""
     ckpt = {"version": CKPT_VERSION, "model": tr.model.state_dict(), "model_args": asdict(tr.model.config),
+            "meter": meter.state() if meter else {},
             "optimizer": tr.optimizer.state_dict(), "step": step, "config": asdict(tr.cfg),
             "vocab_hash": tr.meta["vocab_hash"],
-            "rng": {"torch": torch.get_rng_state(), "select": tr.sel_gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+            "rng": {"torch": torch.get_rng_state(), "select": tr.sel_gen.get_state(),  # cuda: this process's GPU
+                    "cuda": [torch.cuda.get_rng_state(tr.device)] if str(tr.device).startswith("cuda") else []}}
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
@@ -209,17 +269,27 @@ def check_vocab(ckpt, meta, path):
 def restore(tr, ckpt):
     """Put a checkpoint back into a Trainer; its first step is the checkpoint's (batch i is a pure function of
     the seed and i, so the step is the data position)."""
-    tr.start, tr.resumed = ckpt["step"], True
+    tr.start, tr.resumed, tr.meter_state = ckpt["step"], True, ckpt.get("meter", {})
     tr.model.load_state_dict(ckpt["model"])
     tr.optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     tr.sel_gen.set_state(ckpt["rng"]["select"])
-    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    if ckpt["rng"]["cuda"] and str(tr.device).startswith("cuda"):  # the GPU it runs on, however many there are
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"][0], tr.device)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Run folders: config.json, log.jsonl, ckpt.pt, done.json; one writer at a time
+
+def check_folder(folder):
+    """Refuse a folder to write in that is a file, or lies below one."""
+    up, path = None, folder
+    while path and path not in (os.sep, ".") and not up:
+        up = path if os.path.exists(path) and not os.path.isdir(path) else None
+        path = os.path.dirname(path.rstrip(os.sep))
+    if up:
+        fail(f"{up} is a file, not a folder", f"name a folder (not {up}) as --out_dir / --data_dir")
+
 
 class FolderLock:
     """One writer per folder: an exclusive flock on <folder>/.lock until release (the kernel drops a killed
@@ -228,6 +298,7 @@ class FolderLock:
 
     def __init__(self, folder):
         self.folder, self.created = folder, not os.path.exists(folder)
+        check_folder(folder)
         os.makedirs(folder, exist_ok=True)
         self.f = open(os.path.join(folder, ".lock"), "a+")
         try:
@@ -241,8 +312,7 @@ class FolderLock:
                 time.sleep(0.01)
             holder = holder or "another process"
             self.f.close()
-            fail(f"{folder} is being written by {holder}", "wait for it to finish, or write somewhere else "
-                 "(another --out_dir or --name)")
+            fail(f"{folder} is being written by {holder}", "wait for it to finish, or write to another folder")
         self.f.truncate(0)
         self.f.write(f"process {os.getpid()}")
         self.f.flush()
@@ -268,24 +338,39 @@ def run_inputs(cfg):
             "refs": [file_hash(r) if os.path.exists(r) else r for r in refs]}
 
 
-def run_state(cfg, inputs):
-    """'reuse' if cfg.out_dir holds a finished run of exactly this configuration and inputs, 'resume' if an
-    unfinished one with a checkpoint and --resume was given, 'new' if the run is to be made (with --resume: also
-    one that stopped before its first checkpoint); refuses anything else."""
-    old, done = read_json(os.path.join(cfg.out_dir, "config.json")), os.path.join(cfg.out_dir, "done.json")
-    if not old or cfg.overwrite:
+# not what a run *is*: how it is run, and its files' paths (compared by what they hold: run_inputs)
+NOT_THE_RUN = ("overwrite", "resume", "arm", "ckpt_every", "data_dir", "out_dir", "init", "ref_ckpts", "score_files")
+
+
+def intact(path):
+    """Whether a checkpoint is whole to its end (torch.save writes a zip, whose index is its last bytes)."""
+    return os.path.exists(path) and zipfile.is_zipfile(path)
+
+
+def run_state(cfg, inputs, log=print):
+    """'reuse' if cfg.out_dir holds a finished, intact run of exactly this configuration and inputs (with
+    --overwrite too), 'resume' if an unfinished one with a checkpoint and --resume was given, 'new' if the run is
+    to be made (with --resume: also one that stopped before its first checkpoint; with --overwrite: one that
+    differs, named in one line); refuses anything else."""
+    old, done, ckpt = (os.path.join(cfg.out_dir, f) for f in ("config.json", "done.json", "ckpt.pt"))
+    old = read_json(old)
+    if not old:
         return "new"
-    mine = {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "resume", "arm")}  # what a run *is*
+    mine = {k: v for k, v in asdict(cfg).items() if k not in NOT_THE_RUN}
     old = {**asdict(type(cfg)()), **old}  # a setting newer than the run counts as its default
-    if {k: old[k] for k in mine} != mine:
-        fail(f"{cfg.out_dir} holds a run with another configuration",
-             "pass --overwrite to replace it, or choose another --out_dir / --name")
-    if old.get("inputs") != inputs:
-        fail(f"{cfg.out_dir} holds a run made from other inputs (data, initial model or reference changed since)",
-             "pass --overwrite to train it again on these")
+    changed = [f"{k} {old[k]} -> {mine[k]}" for k in mine if old[k] != mine[k]]
+    why = f"a run with another configuration ({', '.join(changed[:4])})" if changed else \
+        "a run made from other inputs (data, initial model or reference changed since)" \
+        if old.get("inputs") != inputs else "a finished run whose ckpt.pt is damaged or missing" \
+        if os.path.exists(done) and not intact(ckpt) else ""
+    if why and not cfg.overwrite:
+        fail(f"{cfg.out_dir} holds {why}", "pass --overwrite to replace it" +
+             (", or choose another --out_dir / --name" * (cfg.arm not in ("base", "reference") and bool(changed))))
+    if why or (cfg.overwrite and not os.path.exists(done) and not cfg.resume):
+        log(f"{cfg.out_dir}: replacing {why or 'an unfinished run'} (--overwrite)")
+        return "new"
     if os.path.exists(done) or cfg.resume:
-        return "reuse" if os.path.exists(done) else "resume" if os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt")) \
-            else "new"
+        return "reuse" if os.path.exists(done) else "resume" if os.path.exists(ckpt) else "new"
     fail(f"{cfg.out_dir} holds an unfinished run of this configuration",
          "pass --resume to continue it, or --overwrite to start again")
 
@@ -296,10 +381,10 @@ def run_folder(cfg, log, make_trainer):
     configuration (reused), else the trainer: built and checked before anything is written, then the folder is
     started afresh (config.json) or, with --resume, the trainer restored from ckpt.pt with the log cut back to it."""
     inputs, lock, state = run_inputs(cfg), None, None
-    if dist_setup()[0] == 0:
+    if dist_setup(cfg.device)[0] == 0:
         try:
             lock = FolderLock(cfg.out_dir)
-            state = run_state(cfg, inputs)
+            state = run_state(cfg, inputs, log)
         except SystemExit as e:  # a refusal: every rank stops with rank 0's line, none waits for it
             state = str(e.code)
     state = from_rank0(state)
@@ -378,6 +463,9 @@ def load_scores(path, ref_path, ref_ckpt, meta, split, block_size):
     if not os.path.exists(path):
         fail(f"no reference scores at {path}", "run `python train_ref.py` (it scores the corpus)")
     want = score_stamp(ref_path, ref_ckpt, meta, split)
+    if os.path.getsize(path) != 2 * want["length"]:
+        fail(f"{path} holds {os.path.getsize(path) / 2:,.1f} scores, the split {want['length']:,} tokens (cut short?)",
+             "score again with `python train_ref.py` (same flags: it rescores a damaged file)")
     if not scores_match(path, want) or block_size != want["block_size"]:
         fail(f"{path} does not belong to this reference, corpus and block size",
              "score again with `python train_ref.py` (or use --ref_mode online)")
@@ -398,6 +486,15 @@ class Meter:
         self.steps = self.evals = 0
         self.reset()
 
+    def state(self):  # what a checkpoint between two evaluations must keep for an exact resume
+        return {"seen": self.seen.cpu(), "kept": self.kept.cpu(),
+                "t": torch.tensor([self.t_train, self.t_eval], dtype=torch.float64)}
+
+    def load(self, state):
+        if state:
+            self.seen.copy_(state["seen"]), self.kept.copy_(state["kept"])
+            self.t_train, self.t_eval = state["t"].tolist()
+
     def reset(self):  # training from now until the next record counts as training time
         self.loss, self.n, self.t_mark = torch.zeros((), device=self.tr.device), 0, time.time()
 
@@ -405,9 +502,10 @@ class Meter:
         """One optimizer step's mean loss, selection and token kinds."""
         self.loss, self.n, self.steps = self.loss + loss, self.n + 1, self.steps + 1
         if labels is not None:
-            labels = labels.to(self.tr.device).view(-1)
-            self.seen += torch.bincount(labels, minlength=len(self.kinds))
-            self.kept += torch.bincount(labels, weights=weights.view(-1).float(), minlength=len(self.kinds))
+            labels = labels.to(self.tr.device, non_blocking=True).view(-1)
+            # index_add_, not bincount: on CUDA bincount reads its input's max back to the host every step
+            self.seen.index_add_(0, labels, torch.ones_like(labels, dtype=self.seen.dtype))
+            self.kept.index_add_(0, labels, weights.reshape(-1).to(self.kept.dtype))
 
     def record(self, step):
         """A log record: tokens, lr, FLOPs and, if steps were trained since the last one, their mean loss over

@@ -23,13 +23,13 @@ import math
 import os
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 import analysis
 from analysis import md_table
-from infra import arg, atomic_write, cli, fail, read_json
+from infra import arg, atomic_write, cli, fail, read_pipeline
 
 
 @dataclass
@@ -43,6 +43,8 @@ class PlotRun:
                            "at step 0 and at the end, and slipped results against right ones (its explain.md)")
     text: str = arg("", "--tokens/--categories: text file(s) to use (comma-separated) instead of held-out pages")
     ratio: float = arg(0.6, "--tokens: the share of the shown tokens to keep")
+    full: bool = arg(False, "print every table (not only the lesson) and draw every arm, what SLM keeps and the "
+                            "learning-rate sweep in the figure")
     pages: int = arg(0, "held-out pages to use (default: 4 for --tokens, 200 for --categories, 300 for --explain)",
                      type=int)
 
@@ -51,21 +53,40 @@ class PlotRun:
 CURVES = {"val": "val_loss", "val_answer": "val_answer_loss", "answer": "answer_loss", "acc": "acc"}
 
 
+def parse(text):
+    """The JSON in text, or None where it is cut short (a killed writer) or not JSON: one bad file or line costs
+    its run (or its record), not the whole table."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def read(path):
+    """The JSON in a file, {} if there is none, None if it is not whole."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, "rb") as f:
+        return parse(f.read())
+
+
 def load_run(path, pipe, group, arm=None):
     """One row of the table: a run's config, its curves at every evaluation and its final answers; None for a
-    folder that holds no run. pipe: its pipeline.json, with the pipeline's folder as "dir"."""
-    cfg, log, evals = read_json(os.path.join(path, "config.json")), os.path.join(path, "log.jsonl"), []
+    folder that holds no run. pipe: its pipeline.json, with the pipeline's folder as "dir". A log line cut short
+    is left out; a done.json cut short leaves the run unfinished."""
+    cfg, log, evals, done = read(os.path.join(path, "config.json")), os.path.join(path, "log.jsonl"), [], \
+        os.path.join(path, "done.json")
     if os.path.exists(log):
-        with open(log) as f:
-            evals = [rec for rec in map(json.loads, filter(str.strip, f)) if "val_loss" in rec]
+        with open(log, "rb") as f:
+            evals = [rec for rec in map(parse, f) if isinstance(rec, dict) and "val_loss" in rec]
     if not cfg or not evals:
         return None
     return {"path": path, "pipe": pipe, "seed": pipe["seed"], "group": group, "cfg": cfg, "lr": cfg["lr"],
             "arm": arm or cfg.get("arm") or os.path.basename(path),
-            "done": os.path.exists(os.path.join(path, "done.json")),
+            "done": os.path.isfile(done) and read(done) is not None,
             "tokens": np.array([rec["tokens"] for rec in evals], dtype=float),
             **{k: np.array([rec.get(key, np.nan) for rec in evals], dtype=float) for k, key in CURVES.items()},
-            "correct": answers(evals[-1]), "test": os.path.abspath(os.path.join(cfg["data_dir"], "eval.jsonl")),
+            "correct": answers(evals[-1]), "test": os.path.abspath(os.path.join(pipe["data_dir"], "eval.jsonl")),
             "flops": evals[-1]["flops"], "selected": [rec.get("selected", {}) for rec in evals],
             "composition": [rec.get("composition", {}) for rec in evals]}
 
@@ -75,37 +96,84 @@ def answers(rec):
     return np.array([c == "1" for c in rec["correct"]]) if "correct" in rec else None
 
 
-def find_runs(root):
+# what shapes a student beyond its arm's name, its rate and its seed is everything else in its config: budget,
+# batch, model, evaluations, optimizer; not these (the arm's name says them, or they name files or how it ran)
+NOT_SHAPE = ("arm", "lr", "seed", "ratio", "select", "mix_hq", "ref_mode", "scope", "weighting", "temperature",
+             "margin", "combine", "sft", "init", "ref_ckpts", "score_files", "data_dir", "out_dir", "split", "part",
+             "device", "compile", "overwrite", "resume", "keep_ckpts", "ckpt_every", "log_every")
+DEFAULTS = asdict(analysis.rho.TrainConfig())  # a setting newer than a run counts as its default
+
+
+def shape(cfg):
+    """What shapes a student beyond its arm, rate and seed (the longer reference: but its budget, derived)."""
+    derived = ("max_tokens", "tokens_per_step") if cfg.get("split") == "ref_train" and not cfg.get("sft") else ()
+    return {k: cfg.get(k, v) for k, v in DEFAULTS.items() if k not in NOT_SHAPE + derived}
+
+
+def find_runs(root, notes=None):
     """Every run below root (the pipelines' base and references included: pipeline.json's "ref" is the arm
     "reference", the others of a sweep "reference e<epochs> lr<lr>"), with its group: pipelines side by side
-    in one folder with the same settings, any seed, and students of one kind (on the web corpus, or fine-tuning
-    with --sft). Students of another budget belong in a pipeline folder of their own."""
-    runs = []
+    in one folder with the same settings, corpus and reference, any seed, and their students of one kind (on the
+    web corpus, or fine-tuning with --sft) and one shape (shape()). What pooling would hide is kept apart, each with
+    a line in notes: students of another shape (their own group), a pipeline whose seed another of its group has
+    (its own group), a second run of an arm at one rate in a pipeline (left out)."""
+    runs, notes = [], [] if notes is None else notes
     for path in sorted(glob.glob(os.path.join(root, "**", "pipeline.json"), recursive=True)):
-        pipe = {**read_json(path), "dir": os.path.dirname(path)}
-        meta = read_json(os.path.join(pipe["data_dir"], "meta.json"))
+        pipe = read(path)
+        if not isinstance(pipe, dict) or "settings" not in pipe:
+            notes.append(f"{path} is not a whole pipeline.json: its runs are left out")
+            continue
+        pipe = {**read_pipeline(os.path.dirname(path)), "dir": os.path.dirname(path)}
+        meta = read(os.path.join(pipe["data_dir"], "meta.json")) or {}
         corpus = {k: v for k, v in meta.get("data_config", meta.get("source", {})).items() if k != "seed"}
         ref = os.path.basename(os.path.dirname(pipe["ref"])) or "ref"  # the chosen one, maybe of a sweep
         students, refs = [], [("base", "base"), (ref, "reference")]
         for sub in sorted(os.listdir(pipe["dir"])):
-            cfg = read_json(os.path.join(pipe["dir"], sub, "config.json"))
+            cfg = read(os.path.join(pipe["dir"], sub, "config.json"))
             if sub in ("base", ref) or not cfg or cfg.get("keep_ckpts"):  # --keep_ckpts: for --categories
                 continue
             if cfg.get("arm") == "reference":  # another of train_ref.py's sweep: ref-e<epochs>-lr<lr>
                 refs.append((sub, "reference " + sub.removeprefix("ref-").replace("-lr", " lr")))
             else:
-                students.append((sub, "sft" if cfg.get("sft") else ""))
+                students.append((sub, "sft" if cfg.get("sft") else "", shape(cfg)))
         # the pipeline's settings, but the preset's defaults for what a pipeline records apart (the references it
         # swept) or does not fix (the students' rates)
         settings = {k: v for k, v in pipe["settings"].items() if k not in ("ref_epochs", "ref_lr", "lr", "lr_clm")}
         swept = sorted((float(r["ref_epochs"]), float(r["ref_lr"])) for r in pipe["ref_sweep"].values()) \
             if "ref_sweep" in pipe else [(pipe["settings"].get("ref_epochs"), pipe["settings"].get("ref_lr"))]
-        for kind in sorted({k for _, k in students}) or [""]:
+        # a group per kind and shape; the longer reference (a shape without its derived budget) joins those it fits
+        fits = lambda k, sh, group: k == group[0] and group[1].items() >= sh.items()  # noqa: E731
+        kinds = [(k, json.loads(sh)) for k, sh in sorted({(k, json.dumps(sh, sort_keys=True)) for _, k, sh in students
+                                                          if "max_tokens" in sh})]
+        for _, k, sh in students:
+            kinds += [(k, sh)] * (not any(fits(k, sh, g) for g in kinds))
+        for kind, sh in kinds or [("", {})]:
             group = json.dumps([os.path.dirname(pipe["dir"]), pipe["preset"], pipe["init"], settings, swept, corpus,
-                                kind], sort_keys=True)
-            for sub, arm in refs + [(s, None) for s, k in students if k == kind]:
+                                pipe.get("ref_web", 0), kind, sh], sort_keys=True)
+            for sub, arm in refs + [(s, None) for s, k, h in students if fits(k, h, (kind, sh))]:
                 runs.append(load_run(os.path.join(pipe["dir"], sub), pipe, group, arm))
-    return [run for run in runs if run]
+        for kind in {k for k, _ in kinds}:
+            shapes = [sh for k, sh in kinds if k == kind]
+            if len(shapes) > 1:
+                differ = sorted({k for sh in shapes for k in sh if sh[k] != shapes[0].get(k, sh[k])})
+                notes.append(f"{pipe['dir']}: students that differ in {', '.join(differ)} are shown as separate "
+                             "groups (arms are compared at one budget, batch and model)")
+    runs, first, seen, kept = [run for run in runs if run], {}, {}, []
+    for run in runs:
+        d = run["pipe"]["dir"]
+        other = first.setdefault((run["group"], run["seed"]), d)
+        if other != d:  # pooled as seeds, two pipelines of one seed would count one pipeline twice
+            notes.append(f"{d}: shown apart from {other}, a pipeline of the same settings and seed {run['seed']} "
+                         "(a copy?): the pipelines of a group are its seeds")
+            run["group"] += "\n" + d
+        twin = seen.setdefault((run["group"], d, run["arm"], run["lr"]), run["path"])
+        if twin != run["path"]:
+            notes.append(f"{run['path']}: left out, a second run of {run['arm']} at lr {run['lr']:g} in {d} (beside "
+                         f"{twin}): one run per arm and rate in a pipeline")
+            continue
+        kept.append(run)
+    notes[:] = list(dict.fromkeys(notes))
+    return kept
 
 
 def overhead(run):
@@ -450,6 +518,57 @@ def ratio_table(sweeps):
                     "ratio sweep (each ratio at its best learning rate; median [min, max] over seeds):")
 
 
+# ==== The lesson: reference alone, CLM and SLM, the paired test in words, what SLM kept =====================
+def lesson_rows(res):
+    """(reference, CLM, SLM) rows of a group for the lesson (SLM: 'SLM 0.6' if run, else the first SLM arm), or
+    None where the group lacks CLM or SLM."""
+    rows = {row["arm"]: row for row in res["rows"]}
+    slm = rows.get("SLM 0.6") or next((row for arm, row in rows.items() if arm.startswith("SLM")), None)
+    return (rows.get("reference"), rows[res["clm"]], slm) if res["clm"] in rows and slm else None
+
+
+def verdict(t):
+    """A paired test (paired()) in words."""
+    if t["p"] >= 0.05:
+        return "a tie: the difference is within what chance gives on these problems"
+    return "SLM beats CLM on the same problems" if t["diff"] > 0 else "CLM beats SLM on the same problems"
+
+
+def lesson(res):
+    """The demo's lesson, as markdown lines: a short table, SLM minus CLM on the same problems with its verdict
+    (and, over several pipelines, how many favour SLM), and what SLM kept of three kinds of web token."""
+    ref, clm, slm = lesson_rows(res)
+    n = len(slm["runs"])
+    cells = [[name, final(row["runs"], "acc"), final(row["runs"], "answer")] for name, row in (
+        ("reference alone (the base fine-tuned on the high-quality subset)", ref),
+        ("CLM (every web token)", clm), (f"{slm['arm']} (the top {slm['runs'][0]['cfg']['ratio']:.0%} by excess "
+                                         "loss)", slm)) if row]
+    lines = md_table(["model", "test accuracy", "test answer loss"], cells,
+                     f"The lesson ({len(res['dirs'])} pipeline(s), seeds {', '.join(map(str, res['seeds']))}; "
+                     f"{len(slm['runs'][0]['correct'])} held-out test problems, greedy decoding, exact final "
+                     f"number{'; median [min, max]' if n > 1 else ''}):")
+    cell, t = paired_cell(slm["pairs"], res["shared"])
+    if n == 1:
+        lines += ["", f"{slm['arm']} vs CLM: {cell}: {verdict(t)}."]
+    else:  # the verdict from the runs: each pipeline's difference, a bootstrap over pipelines
+        d = 100 * np.array([dd for dd, _ in t["per_seed"]])
+        boot = np.random.default_rng(0).choice(d, (2000, n)).mean(1)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        word = "SLM beats CLM" if lo > 0 else "CLM beats SLM" if hi < 0 else "a tie"
+        lines += ["", f"{slm['arm']} vs CLM over {n} pipelines: {d.mean():+.1f} pts [{lo:+.1f}, {hi:+.1f}] "
+                      f"(95% bootstrap over pipelines; {', '.join(f'{x:+.1f}' for x in d)}): {word} across runs.",
+                  f"On the same problems, pooled: {cell} (the problems' noise only, not the runs')."]
+    kept = [k for k in map(analysis.kept_over_run, slm["runs"]) if k]
+    if kept:
+        share = lambda kind: f"{np.mean([k[kind] for k in kept]):.0%}"  # noqa: E731
+        lines += ["", f"What {slm['arm']} kept of the web's tokens over its run (CLM keeps all of them):",
+                  f"- target-format math: {share('math')}: the reference knows it, so the excess is high",
+                  f"- boilerplate: {share('boilerplate')}: the reference, fine-tuned on clean math only, finds it "
+                  "surprising, so the excess is low",
+                  f"- slipped results (a wrong number in a worked solution): {share('math_wrong')}"]
+    return lines
+
+
 # ==== The figure: curves against tokens, what SLM keeps, the learning-rate sweep ============================
 CURVE_PANELS = {"answer": ("test answer loss (solution tokens given the question)", "nats/token"),
                 "acc": ("test accuracy (greedy, exact final number)", "accuracy"),
@@ -534,13 +653,45 @@ def plot(results, path):
     plt.close(fig)
 
 
+def lesson_plot(results, path):
+    """The lesson at a glance: test accuracy and answer loss against tokens for CLM and SLM (marked), the
+    reference alone as a dashed line at its final value; a row per group that has the three."""
+    import matplotlib.pyplot as plt
+    groups = [(res, lesson_rows(res)) for res in results if lesson_rows(res)]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 4.2 * len(groups)), squeeze=False)
+    for (res, (ref, clm, slm)), row_axes in zip(groups, axes):
+        for ax, key in zip(row_axes, ("acc", "answer")):
+            for row, style in ((clm, dict(color="tab:gray")), (slm, dict(color="tab:red", lw=2.5, marker="o"))):
+                t, mean, lo, hi = aggregate(row["runs"], key)
+                ax.plot(t / 1e6, mean, label=f"{row['arm']} ({len(row['runs'])} run(s))", **style)
+                ax.fill_between(t / 1e6, lo, hi, color=style["color"], alpha=0.15)
+            if ref:
+                ax.axhline(np.mean([run[key][-1] for run in ref["runs"]]), color="tab:blue", ls="--",
+                           label="reference alone (end of its fine-tuning)")
+            ax.set(xlabel="web tokens the student has seen (M)", ylabel=CURVE_PANELS[key][1],
+                   title=CURVE_PANELS[key][0])
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(args):
     import matplotlib
     matplotlib.use("Agg")
     if args.tokens or args.categories or args.explain:
         return analysis.token_picture(args) if args.tokens else analysis.loss_categories(args) \
             if args.categories else analysis.explain(args)
-    runs = find_runs(args.out_dir)
+    png, notes = args.png or os.path.join(args.out_dir, "compare.png"), []
+    if args.png and not os.path.isdir(os.path.dirname(png) or "."):
+        fail(f"--png {png}: there is no folder {os.path.dirname(png)}", "create it, or name a png in a folder "
+                                                                         "that exists")
+    runs = find_runs(args.out_dir, notes)
+    print("\n".join(notes) + "\n" * bool(notes), end="")
+    if os.path.exists(os.path.join(args.out_dir, "config.json")):
+        fail(f"{args.out_dir} is a run folder, not a folder of pipelines",
+             f"pass the folder above it: --out_dir {os.path.dirname(args.out_dir.rstrip('/')) or '.'}")
     if not runs:
         fail(f"no pipelines under {args.out_dir}", "run `python train_ref.py && python train_slm.py --ratio 0.6 "
                                                    "&& python train_slm.py --ratio 1.0` first")
@@ -550,7 +701,7 @@ def main(args):
             fail(f"no runs of arm(s) {', '.join(sorted(set(args.arms) - names))} under {args.out_dir}",
                  f"use arm names from: {', '.join(sorted(names))}")
         runs = only_arms(runs, args.arms)
-    write_report(runs, args.png or os.path.join(args.out_dir, "compare.png"))
+    write_report(runs, png, args.full)
 
 
 def only_arms(runs, arms):
@@ -558,9 +709,12 @@ def only_arms(runs, arms):
     return [run for run in runs if run["arm"].partition(STUDENT_SEED)[0] in (*arms, "base", "reference")]
 
 
-def write_report(runs, png):
-    """Every table of every group of runs, printed and written beside the figure png (<png stem>.md)."""
+def write_report(runs, png, full=False):
+    """The lesson of each group that has CLM and SLM (printed; with full, or where no group has them, every table
+    too) and every table, written beside the figure png (<png stem>.md); the figure: the lesson's (full: every
+    arm, what SLM keeps, the learning-rate sweep)."""
     results, report = summarize(runs), []
+    lessons = ["\n".join(lesson(res)) for res in results if lesson_rows(res)]
     for res in results:
         if res["clm"] not in {run["arm"] for run in res["runs"]}:
             report.append(f"missing: no CLM baseline in {res['dirs'][0]}; make it with `python train_slm.py "
@@ -575,10 +729,10 @@ def write_report(runs, png):
     if sweeps:
         analysis.plot_ratios(sweeps, stem + "-ratios.png")
         report.append("\n".join(ratio_table(sweeps) + [f"wrote {stem}-ratios.png"]))
-    print("\n\n".join(report))
-    plot(results, png)
-    atomic_write(stem + ".md", "\n\n".join(report) + "\n")
-    print(f"\nwrote {png} and {stem}.md")
+    print("\n\n".join(lessons + report if full or not lessons else lessons))
+    plot(results, png) if full or not lessons else lesson_plot(results, png)
+    atomic_write(stem + ".md", "\n\n".join(lessons + report) + "\n")
+    print(f"\nwrote {png} and {stem}.md" + ("" if full or not lessons else " (every table: python plot.py --full)"))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import json
 import math
 import os
 import random
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 
@@ -29,9 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from infra import (Meter, append_log, atomic_write, autocast, barrier, check_vocab, dist_setup, eval_steps,
-                   fail, gather, last_record, load_checkpoint, load_scores, log_line, peak_flops, read_json, run_folder,
-                   save_checkpoint, this_process, training_module)
+from infra import (Meter, append_log, atomic_write, autocast, barrier, check_ranges, check_vocab, dist_setup,
+                   eval_steps, fail, gather, last_record, load_checkpoint, load_scores, log_line, peak_flops, read_json,
+                   run_folder, save_checkpoint, this_process, training_module)
 
 # ==========================================================================================================
 # 1. The model
@@ -180,6 +182,19 @@ def token_losses(logits, targets):
     return F.cross_entropy(logits.float().view(B * T, V), targets.reshape(B * T), reduction="none").view(B, T)
 
 
+class TokenLosses(nn.Module):
+    """model(x) and its token_losses against y as one module: the training step's forward, so that torch.compile
+    can fuse the float32 cross-entropy into the graph (eager makes a float32 copy of the (B, T, V) logits) and DDP
+    wraps it all."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y):
+        return token_losses(self.model(x), y)  # (B, T)
+
+
 def excess_loss(student_losses, ref_losses):
     """The paper's L_delta(x_i) = L_student(x_i) - L_ref(x_i): high where the student still has to learn what the
     reference already knows. Detached: the selection carries no gradient."""
@@ -313,10 +328,18 @@ def block_losses(model, blocks, device, batch_size):
     model.train()
 
 
+def eval_batch(device, T, V, most):
+    """Blocks a batch for a pass without gradients: at most `most`, and few enough that the (B, T, V) logits and
+    the float32 copy and log-softmax of token_losses (10 bytes a logit) fit in 4 GiB on CUDA, 1 GiB on a CPU. The
+    gpt2 preset's block of 1,024 x ~100k logits takes 1 GB: 4 blocks a batch, where 512 would take 0.5 TB."""
+    return max(1, min(most, (2 ** 32 if str(device).startswith("cuda") else 2 ** 30) // (10 * T * V)))
+
+
 def score_corpus(model, tokens, block_size, path, device, batch_size=None, log=print):
     """Reference loss of every token of a file, once: float16, aligned with the tokens (scores[j]: token j's loss in
     its block; j = 0 and a ragged tail: NaN). Returns tokens/s. 32 blocks a batch suit a CPU's caches best."""
-    batch_size = batch_size or (512 if str(device).startswith("cuda") else 32)
+    batch_size = batch_size or eval_batch(device, block_size, model.config.vocab_size,
+                                          512 if str(device).startswith("cuda") else 32)
     blocks = Blocks(tokens, block_size, batch_size, seed=0)
     scores = np.full(len(tokens), np.nan, dtype=np.float16)
     t0, shown, done, total = time.time(), 0.0, 0, blocks.n * block_size
@@ -332,20 +355,22 @@ def score_corpus(model, tokens, block_size, path, device, batch_size=None, log=p
 # ==========================================================================================================
 # 4. Evaluation: held-out loss, answer loss, greedy answer accuracy
 
-def eval_loss(model, blocks, device, batch_size=64):
+def eval_loss(model, blocks, device, batch_size=None):
     """Mean token loss over every block of a held-out file."""
     total, count = 0.0, 0
+    batch_size = batch_size or eval_batch(device, blocks.T, model.config.vocab_size, 64)
     for _, losses in block_losses(model, blocks, device, batch_size):
         total, count = total + losses.sum().item(), count + losses.numel()
     return total / count
 
 
 @torch.no_grad()
-def eval_answer_loss(model, problems, device, batch_size=64):
+def eval_answer_loss(model, problems, device, batch_size=None):
     """Mean loss of the worked-solution tokens given the question: each (prompt, solution) from position 0,
     the loss on the solution's tokens only (the question, with its random names and numbers, is unscored)."""
     model.eval()
     T, total, count = model.config.block_size, 0.0, 0
+    batch_size = batch_size or eval_batch(device, T, model.config.vocab_size, 64)
     for i in range(0, len(problems), batch_size):
         # (ids, solution length) each; a sequence longer than the block loses its beginning
         seqs = [((q + s)[-(T + 1):], min(len(s), T)) for q, s, _ in problems[i:i + batch_size]]
@@ -448,6 +473,7 @@ class TrainConfig:
     overwrite: bool = False       # replace a run in out_dir made with another configuration
     resume: bool = False          # continue an unfinished run in out_dir from its last checkpoint
     keep_ckpts: bool = False      # also keep every evaluation's checkpoint as ckpt_<step>.pt (plot.py --categories)
+    ckpt_every: float = 300.0     # seconds: a checkpoint at the first logged step after this long (and every eval)
 
     def __post_init__(self):  # a config that cannot run is refused where it is made, before anything is loaded
         check_config(self)
@@ -459,6 +485,9 @@ class TrainConfig:
 
 def check_config(cfg):
     """The mistakes a TrainConfig can hold, each refused with one line before anything is loaded or written."""
+    check_ranges(cfg, ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_tokens", "lr", "n_evals",
+                       "log_every"), ("mix_hq", "tokens_per_step", "eval_problems", "val_problems", "eval_max_new",
+                                      "seed", "min_lr_frac", "warmup_frac", "weight_decay", "grad_clip", "ckpt_every"))
     if not 0.0 < cfg.ratio <= 1.0:
         fail(f"--ratio {cfg.ratio} is outside (0, 1]", "pass a share of tokens to keep, e.g. --ratio 0.6")
     for name, allowed in CHOICES.items():
@@ -490,7 +519,8 @@ def batch_plan(cfg, n_tokens, n_val, T, world):
     B = cfg.batch_size
     if (n_tokens - 1) // T < B * world or (n_val - 1) // T < 1:
         fail(f"split '{cfg.split}' has {n_tokens:,} tokens, fewer than one batch of {B * world}x{T}",
-             "build a larger corpus, or lower --batch_size or the block size")
+             "build a larger corpus, or lower the batch (train_slm.py --batch_size) or the block (train_ref.py "
+             "--block_size)")
     accum = max(1, cfg.tokens_per_step // (B * T * world))
     if cfg.tokens_per_step and cfg.tokens_per_step != accum * B * T * world:
         fail(f"tokens_per_step {cfg.tokens_per_step:,} is not a multiple of batch {B} x block {T} x {world} "
@@ -505,7 +535,7 @@ class Trainer:
     def __init__(self, cfg, log=print):
         self.cfg = cfg
         self.rank, self.world, self.device = this_process(cfg.device)  # its place under torchrun, its device
-        self.start, self.resumed = 0, False  # the first step to train (a resumed run: its checkpoint's)
+        self.start, self.resumed, self.meter_state = 0, False, {}  # the first step to train (resumed: the checkpoint's)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.meta, self.tok, tokens, self.labels, self.answers, val_tokens = data.training_data(cfg)
@@ -527,7 +557,7 @@ class Trainer:
         self.optimizer = self.model.configure_optimizer(cfg.lr, cfg.weight_decay, (0.9, cfg.beta2), self.device)
         # the step's forward runs train_model (compiled on CUDA, DDP under torchrun); self.model stays the plain
         # module that checkpoints save and evaluation decodes with
-        self.train_model = training_module(self.model, cfg.compile, self.device, self.world)
+        self.train_model = training_module(TokenLosses(self.model), cfg.compile, self.device, self.world)
         self.sel_gen = torch.Generator().manual_seed(cfg.seed + 1)  # for --select random; the same on every rank
         # an online reference adds one forward pass per token, and a forward pass is a third of a training step
         self.flops_per_token = self.model.flops_per_token() + self.model.flops_per_token() // 3 * len(self.ref_models)
@@ -576,7 +606,8 @@ class Trainer:
         def draw():  # --select random: one draw for the global batch, so every scope sees the same numbers
             scores = torch.rand((B * self.world, losses.size(1)), generator=self.sel_gen)
             return scores[self.rank * B:(self.rank + 1) * B].to(losses.device)
-        scores = SCORES[c.select](losses, None if ref_losses is None else ref_losses.to(losses.device), draw)
+        ref_losses = None if ref_losses is None else ref_losses.to(losses.device, non_blocking=True)
+        scores = SCORES[c.select](losses, ref_losses, draw)
         if c.select == "block":
             return select_topk(scores, c.ratio)[:, None].expand_as(losses)
         if c.scope == "global" and self.world > 1:
@@ -598,17 +629,18 @@ class Trainer:
             x, y, ref_losses, lab = self.blocks.read(ids)
             valid = self.blocks.rows(self.answers, ids, 1, bool).to(self.device) if self.answers is not None else None
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with autocast(self.device):
-                logits = self.train_model(x)                             # (B, T, V)
-            losses = token_losses(logits, y)                             # (B, T)
-            weights = self.select_tokens(losses, x, y, ref_losses, valid, lab)  # (B, T): a mask, or soft weights
-            # with a global selection ranks keep different counts, and DDP averages gradients over ranks: so
-            # each rank divides by the global count / world, which makes the average the global mean
-            n = n_selected(self.cfg.ratio, weights.numel() * self.world) / self.world \
-                if self.cfg.scope == "global" and self.world > 1 else None
-            loss = slm_loss(losses, weights, n)
-            last = micro == self.accum - 1 or self.world == 1  # DDP: all-reduce gradients on the last one only
+            # DDP: all-reduce gradients after the last micro-batch only. DDP decides in the forward whether the
+            # backward will all-reduce, so no_sync must hold the forward as well as the backward
+            last = micro == self.accum - 1 or self.world == 1
             with self.train_model.no_sync() if not last else contextlib.nullcontext():
+                with autocast(self.device):
+                    losses = self.train_model(x, y)                      # (B, T): the forward and token_losses
+                weights = self.select_tokens(losses, x, y, ref_losses, valid, lab)  # (B, T): a mask, or weights
+                # with a global selection ranks keep different counts, and DDP averages gradients over ranks: so
+                # each rank divides by the global count / world, which makes the average the global mean
+                n = n_selected(self.cfg.ratio, weights.numel() * self.world) / self.world \
+                    if self.cfg.scope == "global" and self.world > 1 else None
+                loss = slm_loss(losses, weights, n)
                 (loss / self.accum).backward()
             total += loss.detach() / self.accum
             kept.append(weights)
@@ -634,40 +666,53 @@ class Trainer:
 
     def start_line(self):
         c, sel = self.cfg, "" if self.cfg.ratio >= 1 and self.cfg.select != "oracle" else f" ({self.cfg.select})"
+        passes = c.max_tokens / len(self.blocks.tokens)  # on the web: one pass meant (the subset: several)
         return (f"training {c.out_dir}: {self.model.num_params() / 1e6:.2f}M params, {self.max_iters} steps of "
                 f"{self.tokens_per_step:,} tokens ({self.world} process(es) x {self.accum} micro-batch(es) of "
                 f"{c.batch_size}x{self.T}), ratio {c.ratio}{sel}, lr {c.lr:g}, on {self.device}"
                 + ("\nnote: this corpus has no ground-truth token kinds: selection statistics are skipped"
-                   if self.labels is None and c.split.startswith("web") else ""))
+                   if self.labels is None and c.split.startswith("web") else "")
+                + (f"\nnote: {c.max_tokens:,} tokens are {passes:.1f} passes over split '{c.split}': its blocks repeat"
+                   if c.split.startswith("web") and passes > 1.1 else ""))
 
 
 def train(cfg, log=print):
     """Train one model (ratio < 1: with SLM) and return its summary, the final log record. Under torchrun every
     rank trains; rank 0 evaluates, logs and checkpoints."""
-    log, done = log if dist_setup()[0] == 0 else (lambda *a: None), os.path.join(cfg.out_dir, "done.json")
+    log, done = log if dist_setup(cfg.device)[0] == 0 else (lambda *a: None), os.path.join(cfg.out_dir, "done.json")
     with run_folder(cfg, log, Trainer) as tr:  # one writer a folder; tr None: a finished run, reused
         if tr is None:
             return read_json(done)
         log(tr.start_line())
         evals, master, meter = eval_steps(tr.max_iters, cfg.n_evals, cfg.eval_schedule), tr.rank == 0, \
             Meter(tr, tr.meta["kinds"] or data.KINDS, data.MATH)
-        for step in range(tr.start, tr.max_iters + 1):
-            if (step in evals or step % cfg.log_every == 0) and not (tr.resumed and step == tr.start):
-                record = meter.record(step)  # the mean training loss since the last record, tokens/s, lr, FLOPs
-                if step in evals:  # rank 0 measures the model; every rank counts what it selected
-                    record.update(**(meter.timed(tr.evaluate) if master else {}), **meter.selection())
-                if master:
-                    append_log(cfg.out_dir, record)
-                if master and step in evals:  # only a finite model gets here: a blow-up keeps the last good one
-                    save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), tr, step)
-                    if cfg.keep_ckpts:  # every evaluation's model, for plot.py --categories
+        meter.load(tr.meter_state if master else {})  # resumed between evaluations: what was counted since the last
+        saved, step = (time.time(), tr.start if tr.resumed else None), tr.start
+        try:
+            for step in range(tr.start, tr.max_iters + 1):
+                if (step in evals or step % cfg.log_every == 0) and not (tr.resumed and step == tr.start):
+                    record = meter.record(step)  # the mean training loss since the last record, tokens/s, lr, FLOPs
+                    if step in evals:  # rank 0 measures the model; every rank counts what it selected
+                        record.update(**(meter.timed(tr.evaluate) if master else {}), **meter.selection())
+                    if master:
+                        append_log(cfg.out_dir, record)
+                    # a checkpoint at every evaluation and, between them, every ckpt_every seconds at a logged step
+                    # (only a finite model gets here: a blow-up keeps the last good one)
+                    if master and (step in evals or time.time() - saved[0] >= cfg.ckpt_every):
+                        save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), tr, step, meter)
+                        saved = (time.time(), step)
+                    if master and cfg.keep_ckpts and step in evals:  # every evaluation's, for plot.py --categories
                         save_checkpoint(os.path.join(cfg.out_dir, f"ckpt_{step:06d}.pt"), tr, step)
-                log(log_line(record, tr.max_iters, meter.eta(step, sum(s > step for s in evals))))
-                barrier()
-                meter.reset()
-            if step == tr.max_iters:
-                break
-            meter.add(*tr.step(step))  # one optimizer step: forward, selection, SLM loss, backward, update
+                    log(log_line(record, tr.max_iters, meter.eta(step, sum(s > step for s in evals))))
+                    barrier()
+                    meter.reset()
+                if step == tr.max_iters:
+                    break
+                meter.add(*tr.step(step))  # one optimizer step: forward, selection, SLM loss, backward, update
+        except KeyboardInterrupt:
+            fail(f"interrupted at step {step}" + (f"; {cfg.out_dir}/ckpt.pt holds step {saved[1]}"
+                                                  if saved[1] is not None else ", before its first checkpoint"),
+                 f"continue with `{shlex.join(['python', *sys.argv])}{' --resume' * ('--resume' not in sys.argv)}`")
         if master:  # the summary: the final record (a run resumed at its last step logged it before)
             atomic_write(done, json.dumps({**last_record(cfg.out_dir), "params": tr.model.num_params(),
                                            "max_iters": tr.max_iters}, indent=1))

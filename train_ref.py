@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 
 import data
 import rho
-from infra import FolderLock, arg, atomic_write, barrier, cli, dist_setup, fail, load_checkpoint, pick_device, \
-    read_json, score_stamp, scores_match
+from infra import FolderLock, arg, atomic_write, barrier, check_folder, check_passes, check_ranges, cli, dist_setup, \
+    fail, load_checkpoint, pick_device, read_json, score_stamp, scores_match
 
 # Presets: model sizes and budgets (data.py has the embedded corpus sizes of the same names)
 PRESETS = {
@@ -44,14 +44,17 @@ PRESETS = {
     "cpu512": dict(n_layer=4, n_head=4, n_embd=128, block_size=512, batch_size=4, base_tokens=1_000_000,
                    base_lr=3e-3, ref_epochs=2, ref_lr=1e-3, student_tokens=1_000_000, lr=2e-3, lr_clm=2e-3,
                    n_evals=6, eval_problems=100, val_problems=100, eval_max_new=256, log_every=25),
-    "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, base_tokens=100_000_000,
-                base_lr=3e-3, ref_epochs=3, ref_lr=1e-3, student_tokens=200_000_000, lr=2e-3, lr_clm=2e-3,
-                n_evals=20, eval_problems=1000, log_every=100),
-    # GPT-2 small (124M) for real corpora (data_real.py --source owm-gsm8k): 0.5M tokens per optimizer step
+    # tokens_per_step: 131k tokens a step on 1 to 8 GPUs (1 GPU: 8 micro-batches), not a batch that grows with them
+    "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, tokens_per_step=131_072,
+                base_tokens=100_000_000, base_lr=3e-3, ref_epochs=3, ref_lr=1e-3, student_tokens=200_000_000, lr=2e-3,
+                lr_clm=2e-3, n_evals=20, eval_problems=1000, log_every=100),
+    # GPT-2 small's shape for real corpora (data_real.py --source owm-gsm8k): 85.7M parameters plus 768 per
+    # vocabulary id, 163M with all of cl100k's 100k (GPT-2's 50k would make 124M); 0.5M tokens per optimizer step
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, tokens_per_step=524_288,
                  base_tokens=1_000_000_000, base_lr=6e-4, ref_epochs=3, ref_lr=1e-4, student_tokens=2_000_000_000,
                  lr=6e-4, lr_clm=6e-4, n_evals=20, eval_problems=500, eval_max_new=256, log_every=20),
 }
+SHAPE = ("n_layer", "n_head", "n_embd", "block_size")  # a model's shape, which a checkpoint fixes
 TRAIN_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "tokens_per_step", "n_evals",
               "eval_problems", "val_problems", "eval_max_new", "log_every")  # preset keys that are TrainConfig fields
 
@@ -59,8 +62,8 @@ TRAIN_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "tokens
 @dataclass
 class RefRun:
     preset: str = arg("demo", "sizes of corpus, model and budgets: tiny (tests), demo, cpu (the experiment), gpu "
-                             "(embedded corpus), cpu512 (GSM8K-length text on a CPU), gpt2 (124M, for a real "
-                             "corpus built with data_real.py)")
+                             "(embedded corpus), cpu512 (GSM8K-length text on a CPU), gpt2 (GPT-2 small's shape: "
+                             "163M parameters with a 100k vocabulary, for a real corpus built with data_real.py)")
     seed: int = arg(0, "seed of the whole pipeline: corpus, base model, reference")
     data_dir: str = arg("data", "corpus folder (built here if missing)")
     out_dir: str = arg("out", "pipeline folder: base/, ref/, ref/scores.bin and pipeline.json go here")
@@ -93,6 +96,8 @@ class RefRun:
     overwrite: bool = arg(False, "replace runs in out_dir that were made with another configuration")
     resume: bool = arg(False, "continue an unfinished (killed) base or reference run from its last checkpoint; a run "
                               "not started yet (or killed before its first checkpoint) starts")
+    ckpt_every: float = arg(300.0, "seconds between checkpoints (at a logged step) besides every evaluation's: "
+                                   "what a killed run loses at most; 0: at every logged step")
     refs: int = arg(0, "also train this many extra references (out_dir/refs/r1, ...) and score the corpus with "
                        "each, for train_slm.py --refs", type=int)
     ref_data: str = arg("seeds", "what the extra references train on: seeds (the whole subset, other seeds) or "
@@ -108,19 +113,39 @@ def main(args):
     if args.ref_web < 0 or (args.ref_web and (args.refs or args.init == "scratch")):
         fail(f"--ref_web {args.ref_web}: a reference keeps 1/N of the base's web, N >= 1 (0: none), for the main "
              "reference of a base", "give --ref_web a positive N, without --refs or --init scratch")
+    check_folder(args.out_dir), check_folder(args.data_dir)
+    check_ranges(args, ("base_tokens", "base_lr", "ref_epochs", "ref_lr", "block_size", "n_layer", "n_head", "n_embd",
+                        "n_evals"), ("seed", "refs", "eval_max_new", "eval_problems", "val_problems"))
     settings = dict(PRESETS[args.preset])  # the preset's sizes and budgets, with the ones given as flags
     settings.update({k: v for k, v in asdict(args).items() if v is not None and (k in settings or k in TRAIN_KEYS)
                      and k not in ("ref_epochs", "ref_lr")})
-    rank, _, _ = dist_setup()  # under torchrun, rank 0 writes and every rank trains
+    if args.base:  # the reference and the students take the base's shape: a flag cannot change it
+        if os.path.isdir(args.base):
+            fail(f"--base {args.base} is a folder", f"name its checkpoint: --base {os.path.join(args.base, 'ckpt.pt')}")
+        shape = load_checkpoint(args.base, "base model")["model_args"]
+        clash = [f"--{k} {getattr(args, k)}" for k in SHAPE if getattr(args, k) not in (None, shape[k])]
+        if clash:
+            fail(f"{', '.join(clash)} cannot change the base {args.base}: "
+                 + ", ".join(f"{k} {shape[k]}" for k in SHAPE),
+                 "drop them (the pipeline takes the base's shape), or train a base of that shape (no --base)")
+        settings.update({k: shape[k] for k in SHAPE})
+    rank, _, _ = dist_setup(args.device)  # under torchrun, rank 0 writes and every rank trains
     if rank == 0:
         if "source" in read_json(os.path.join(args.data_dir, "meta.json")):  # a real corpus, built by data_real.py
             print(f"data: using the real corpus in {args.data_dir}")
+        elif args.preset not in data.CORPUS_PRESETS:
+            fail(f"--preset {args.preset} is for a real corpus, and {args.data_dir} holds none",
+                 f"build one first with `python data_real.py --source owm-gsm8k --data_dir {args.data_dir} "
+                 f"--max_tokens 3000000000`, or use a preset of the embedded corpus ({', '.join(data.CORPUS_PRESETS)})")
         else:
             data.ensure(data.data_config(args.preset, args.corpus, seed=args.seed), args.data_dir, args.overwrite)
     barrier()
     meta = data.read_meta(args.data_dir)
+    if not args.base:
+        check_passes("--base_tokens", args.base_tokens, meta["splits"]["web_base"]["tokens"], "web_base")
     common = dict(data_dir=args.data_dir, seed=args.seed, device=args.device, compile=args.compile,
-                  overwrite=args.overwrite, resume=args.resume, **{k: settings[k] for k in TRAIN_KEYS if k in settings})
+                  overwrite=args.overwrite, resume=args.resume, ckpt_every=args.ckpt_every,
+                  **{k: settings[k] for k in TRAIN_KEYS if k in settings})
     base_ckpt = (args.base or os.path.join(args.out_dir, "base", "ckpt.pt")) if args.init == "base" else ""
     cost = {"base": read_json(os.path.join(os.path.dirname(args.base), "done.json")).get("flops")} if args.base else {}
     if args.init == "base" and not args.base:
@@ -144,6 +169,7 @@ def main(args):
         kw["flops_scoring"] = score(kw["ckpt"], kw["scores"], args, meta) if rank == 0 else 0
     cost.update(ref=refs["ref"]["flops"], scoring=refs["ref"]["flops_scoring"])
     pipeline = {"preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "init": args.init,
+                "out_dir": args.out_dir,  # the folder as named here: the paths recorded are relative to the same place
                 "settings": settings, "base": base_ckpt, "ref": refs["ref"]["ckpt"], "scores": refs["ref"]["scores"],
                 "flops": cost, "ref_sweep": sweep, **chosen,
                 "refs": {name: {k: kw[k] for k in ("ckpt", "scores", "flops", "flops_scoring")}

@@ -33,7 +33,7 @@ import torch
 
 import data
 import rho
-from infra import arg, cli, dist_setup, fail, load_checkpoint, read_json, sync
+from infra import arg, check_passes, check_ranges, cli, dist_setup, fail, load_checkpoint, read_pipeline, sync
 from train_ref import TRAIN_KEYS
 
 
@@ -91,6 +91,8 @@ class SlmRun:
     overwrite: bool = arg(False, "replace a run of the same name made with another configuration")
     resume: bool = arg(False, "continue an unfinished (killed) run from its last checkpoint; a run "
                               "not started yet (or killed before its first checkpoint) starts")
+    ckpt_every: float = arg(300.0, "seconds between checkpoints (at a logged step) besides every evaluation's: "
+                                   "what a killed run loses at most; 0: at every logged step")
     keep_ckpts: bool = arg(False, "also keep the checkpoint of every evaluation (ckpt_<step>.pt), for "
                                   "plot.py --categories; the run folder gets -ckpts")
     bench: bool = arg(False, "measure training tokens/s of CLM, SLM with cached scores and SLM with an online "
@@ -134,10 +136,22 @@ def names(args, ratio, lr):
 
 
 def main(args):
-    pipe = read_json(os.path.join(args.out_dir, "pipeline.json"))
+    pipe = read_pipeline(args.out_dir)
+    if not pipe and os.path.exists(os.path.join(args.out_dir, "config.json")):
+        fail(f"{args.out_dir} is a run folder, not a pipeline's", "pass the pipeline's folder: --out_dir "
+             f"{os.path.dirname(args.out_dir.rstrip('/')) or '.'}")
     if not pipe:
         fail(f"no reference pipeline in {args.out_dir}",
              f"run `python train_ref.py --out_dir {args.out_dir}` first")
+    if not os.path.exists(os.path.join(pipe["data_dir"], "meta.json")):
+        fail(f"the pipeline in {args.out_dir} trains on {pipe['data_dir']}, which holds no corpus",
+             f"move its corpus there, or rebuild it with `python train_ref.py --preset {pipe['preset']} --seed "
+             f"{pipe['seed']} --data_dir {pipe['data_dir']} --out_dir {args.out_dir}` (and the pipeline's other flags)")
+    for flag, weighting in (("temperature", "soft"), ("margin", "margin")):  # a setting of another weighting
+        if args.weighting != weighting and getattr(args, flag) != getattr(SlmRun(), flag):
+            fail(f"--{flag} sets --weighting {weighting}, and this run weights by {args.weighting}",
+                 f"add --weighting {weighting}, or drop --{flag}")
+    check_ranges(args, (), ("refs",))
     if args.init == "base" and not pipe["base"]:
         fail(f"the pipeline in {args.out_dir} has no base model (made with --init scratch)",
              "pass --init scratch, or run train_ref.py with --init base")
@@ -155,7 +169,8 @@ def main(args):
 def student_config(args, pipe, ratio, lr, **kw):
     """The TrainConfig of one student run: the pipeline's settings, this run's ratio and learning rate."""
     settings = pipe["settings"]
-    lr = lr or (settings["lr_clm"] if ratio >= 1 else settings["lr"])
+    lr = (settings["lr_clm"] if ratio >= 1 else settings["lr"]) if lr is None else lr
+    given = lambda default: default if args.max_tokens is None else args.max_tokens  # noqa: E731
     refs = [{"ckpt": pipe["ref"], "scores": pipe["scores"]}]
     if args.refs:
         if len(pipe.get("refs", {})) < args.refs:
@@ -170,21 +185,24 @@ def student_config(args, pipe, ratio, lr, **kw):
                mix_hq=args.mix_hq, combine=args.combine if args.refs else "mean", ref_mode=args.ref_mode,
                scope=args.scope, weighting=args.weighting, temperature=args.temperature,
                margin=args.margin,
-               max_tokens=args.max_tokens or settings["student_tokens"], lr=lr,
+               max_tokens=given(settings["student_tokens"]), lr=lr,
                seed=pipe["seed"] if args.seed is None else args.seed, device=args.device, compile=args.compile,
-               overwrite=args.overwrite, resume=args.resume, keep_ckpts=args.keep_ckpts,
+               overwrite=args.overwrite, resume=args.resume, keep_ckpts=args.keep_ckpts, ckpt_every=args.ckpt_every,
                **{k: settings[k] for k in TRAIN_KEYS if k in settings})
     splits = data.read_meta(pipe["data_dir"])["splits"]
+    if not args.sft and not args.ref_long:
+        check_passes("--max_tokens", args.max_tokens, splits["web"]["tokens"] + int(args.mix_hq * splits["ref_train"][
+            "tokens"]), "web" + " with the subset mixed in" * bool(args.mix_hq))
     ref_tokens = int(pipe["ref_epochs"] * splits["ref_train"]["tokens"])  # the chosen reference's
     if args.sft:  # the reference's data and budget; a score file exists only for the web split
         cfg.update(split="ref_train", sft=True, ref_mode="online", tokens_per_step=0,
-                   max_tokens=args.max_tokens or ref_tokens)
+                   max_tokens=given(ref_tokens))
     if args.select == "oracle":  # the labels decide, not a ratio
         cfg.update(ratio=1.0)
     if args.ref_long:  # the reference's budget + SLM's extra: its student tokens and a scoring pass (a forward
         # pass costs a third of a training step)
         cfg.update(split="ref_train", ratio=1.0, tokens_per_step=0,
-                   max_tokens=args.max_tokens or ref_tokens + cfg["max_tokens"] + splits["web"]["tokens"] // 3)
+                   max_tokens=given(ref_tokens + cfg["max_tokens"] + splits["web"]["tokens"] // 3))
     for k in ("batch_size", "n_evals", "tokens_per_step"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
@@ -194,8 +212,8 @@ def student_config(args, pipe, ratio, lr, **kw):
 def benchmark(cfgs, steps=10, rounds=20):
     """Step time of several configurations (e.g. CLM, SLM with cached scores, SLM with an online reference)
     on the same model and data, measured in the same process and interleaved round by round, so that the
-    machine's drift hits every configuration alike. Returns {name: (tokens/s, step time / the first's)}:
-    medians over rounds, the ratio paired within each round."""
+    machine's drift hits every configuration alike. Returns {name: (tokens/s, step time / the first's, MFU)}:
+    medians over rounds, the ratio paired within each round; MFU None where the GPU's peak is unknown (a CPU)."""
     trainers = {name: rho.Trainer(cfg) for name, cfg in cfgs.items()}
     times = {name: [] for name in cfgs}
     for tr in trainers.values():  # warm up (and compile)
@@ -210,8 +228,12 @@ def benchmark(cfgs, steps=10, rounds=20):
             sync(tr.device)
             times[name].append((time.perf_counter() - t0) / steps)
     first = np.array(next(iter(times.values())))
-    return {name: (tr.tokens_per_step / float(np.median(times[name])),
-                   float(np.median(np.array(times[name]) / first))) for name, tr in trainers.items()}
+    out = {}
+    for name, tr in trainers.items():
+        tok_s = tr.tokens_per_step / float(np.median(times[name]))
+        out[name] = (tok_s, float(np.median(np.array(times[name]) / first)),
+                     tok_s / tr.world * tr.flops_per_token / tr.peak if tr.peak else None)
+    return out
 
 
 def bench(args, pipe):
@@ -229,8 +251,9 @@ def bench(args, pipe):
     clm = result["CLM"][0]
     print(f"benchmark on {tr.device} ({torch.get_num_threads()} threads), {tr.model.num_params() / 1e6:.2f}M params, "
           f"batch {tr.cfg.batch_size}x{tr.T}; medians of 20 interleaved rounds")
-    for name, (tok_s, rel) in result.items():
-        print(f"  {name:32s} {tok_s:>10,.0f} tok/s   step time {rel:.3f}x CLM's")
+    for name, (tok_s, rel, mfu) in result.items():
+        print(f"  {name:32s} {tok_s:>10,.0f} tok/s   step time {rel:.3f}x CLM's"
+              + (f"   mfu {mfu:.1%}" if mfu is not None else ""))
     print(f"  {'scoring pass (forward only)':32s} {scoring:>10,.0f} tok/s   {scoring / clm:.1f}x CLM training")
 
 

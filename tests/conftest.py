@@ -12,6 +12,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# The tests run on the CPU, on a GPU machine too (gloo, exact equalities, a CPU tensor fed to a model): CUDA is
+# hidden from this process and every process it starts. RHO_GPU_TESTS=1 runs the opt-in GPU test (test_gpu.py),
+# which gives its subprocess back the GPUs hidden here.
+GPUS = os.environ.get("CUDA_VISIBLE_DEVICES")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def run(*args, cwd, check=True):

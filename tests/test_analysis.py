@@ -106,6 +106,33 @@ def test_pipelines_group_by_what_shapes_them_not_by_the_preset_defaults_they_ove
     assert groups() == 3  # another model: another group
 
 
+def test_plot_keeps_apart_what_pooling_as_seeds_would_hide(tmp_path):
+    """Students of another budget, a copied pipeline and a second run of an arm at one rate are never pooled as
+    seeds of one arm: each is shown apart (or left out), with one line saying why."""
+    curve = [(0, 1.0, 1.0, 0.1), (100, 0.5, 0.5, 0.3)]
+    fake_pipeline(tmp_path, 0, {name: (arm, ratio, 1e-3, curve) for name, arm, ratio in (
+        ("clm", "CLM", 1.0), ("slm", "SLM 0.6", 0.6), ("slm-big", "SLM 0.6", 0.6), ("slm-twin", "SLM 0.6", 0.6))})
+    for name, tokens in (("clm", 20000), ("slm", 20000), ("slm-big", 200000), ("slm-twin", 20000)):
+        path = tmp_path / "seed0" / name / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "max_tokens": tokens}))
+    shutil.copytree(tmp_path / "seed0", tmp_path / "copy")  # a byte copy beside it: the same seed
+    notes = []
+    results = plot.summarize(plot.find_runs(str(tmp_path), notes))
+    assert sorted(len(row["runs"]) for res in results for row in res["rows"] if row["arm"] == "SLM 0.6") == [1] * 4
+    assert any("differ in max_tokens" in n for n in notes) and any("(a copy?)" in n for n in notes), notes
+    assert any(n.startswith(str(tmp_path / "seed0" / "slm-twin") + ": left out") for n in notes), notes
+
+
+def test_a_file_cut_short_costs_its_run_not_the_table(tmp_path):
+    curve = [(0, 1.0, 1.0, 0.1), (100, 0.5, 0.5, 0.3)]
+    fake_pipeline(tmp_path, 0, {"clm": ("CLM", 1.0, 1e-3, curve), "slm": ("SLM 0.6", 0.6, 1e-3, curve)})
+    with open(tmp_path / "seed0" / "clm" / "log.jsonl", "a") as f:
+        f.write('{"step": 200, "tok')  # a kill's last line
+    (tmp_path / "seed0" / "slm" / "done.json").write_text('{"ste')
+    runs = {run["arm"]: run for run in plot.find_runs(str(tmp_path))}
+    assert runs["CLM"]["done"] and len(runs["CLM"]["tokens"]) == 2 and not runs["SLM 0.6"]["done"]
+
+
 def test_plot_aggregates_seeds_and_picks_each_arms_best_lr_on_validation(tmp_path):
     t = [0, 250, 500, 750, 1000]
     for seed, shift in ((0, 0.0), (1, 0.1)):
@@ -155,7 +182,7 @@ def test_plot_compares_only_the_arms_asked_for(tmp_path):
         "slm0.6": ("SLM 0.6", 0.6, 1e-3, list(zip(t, [1.0, .5, .4], [1.0, .5, .4], [.1, .3, .4]))),
         "slm0.8": ("SLM 0.8", 0.8, 1e-3, list(zip(t, [1.0, .6, .5], [1.0, .6, .5], [.1, .3, .4])))})
     run("plot.py", "--out_dir", str(tmp_path), "--arms", "CLM", "SLM 0.6", "--png", str(tmp_path / "two.png"),
-        cwd=tmp_path)
+        "--full", cwd=tmp_path)
     table = (tmp_path / "two.md").read_text()
     assert "| SLM 0.6 |" in table and "SLM 0.8" not in table and not (tmp_path / "two-ratios.png").exists()
     # real data, one rate each: only the three curves are drawn, no empty panels (5.6 inches at 100 dpi each)

@@ -26,7 +26,7 @@ def test_soft_weighting_and_several_references_train_and_plot(pipeline, monkeypa
                 if "selected" in r]
     assert selected and all(sum(s.values()) > 0 for s in selected)  # it trained, keeping tokens of some kind
     capsys.readouterr()
-    call("plot.py")
+    call("plot.py", "--full")
     printed = capsys.readouterr().out
     assert "SLM 0.6 (2 refs, min)" in printed and "SLM 0.6 (soft 0.2)" in printed
     assert "SLM 0.6 (margin 0.5)" in printed
@@ -81,7 +81,7 @@ def test_sft_puts_no_loss_on_question_tokens_and_selects_among_answers(pipeline,
     monkeypatch.chdir(pipeline)
     call("train_slm.py", "--sft", "--ratio", "0.6", "1.0")
     capsys.readouterr()
-    call("plot.py")
+    call("plot.py", "--full")
     printed = capsys.readouterr().out
     assert "fine-tuning on answer tokens" in printed and "| SFT SLM 0.6 |" in printed
     assert json.loads((pipeline / "out" / "sft-slm0.6" / "config.json").read_text())["split"] == "ref_train"

@@ -1,5 +1,5 @@
-"""Data parallel training on CPU with the gloo backend: global selection is exact, and a 2-process run equals
-one process on the concatenated batch."""
+"""Data parallel training on CPU with the gloo backend: global selection is exact, a 2-process run equals one
+process on the concatenated batch, gradient accumulation all-reduces once a step, and a failing rank ends the run."""
 import json
 import os
 import subprocess
@@ -54,3 +54,68 @@ def test_torchrun_two_processes_equal_one_process_with_the_global_batch(pipeline
     assert [x[0] for x in a] == [x[0] for x in b]
     for (_, va, ta, pa), (_, vb, tb, pb) in zip(a, b):
         assert abs(va - vb) < 1e-4 and (ta is None or abs(ta - tb) < 1e-4) and pa == pb
+
+
+def _grads(tr):
+    """Make tr.optimizer.step keep the gradients it is given (after clipping) in tr.grads."""
+    step = tr.optimizer.step
+
+    def keep(*a, **kw):
+        tr.grads = [p.grad.clone() for p in tr.model.parameters()]
+        return step(*a, **kw)
+    tr.optimizer.step = keep
+
+
+def _accumulation_worker(rank, world, port, pipeline, cfg, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    os.chdir(pipeline)
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    tr = rho.Trainer(rho.TrainConfig(**cfg))
+    calls = []
+    tr.train_model.register_comm_hook(None, lambda state, bucket: calls.append(1) or allreduce_hook(None, bucket))
+    _grads(tr)
+    tr.step(0)
+    torch.save({"grads": tr.grads, "allreduces": len(calls), "accum": tr.accum}, f"{out}.{rank}")
+
+
+def test_accumulation_over_two_ranks_all_reduces_once_and_equals_one_big_batch(pipeline, tmp_path, monkeypatch):
+    """--tokens_per_step of 2 micro-batches on each of 2 processes (gloo): the gradients of the step equal one
+    process's on the 4 micro-batches as one batch, and DDP all-reduces once a step, not once a micro-batch."""
+    import socket
+    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
+    cfg = dict(data_dir=str(pipeline / "data"), init=str(pipeline / pipe["base"]), out_dir=str(tmp_path / "unused"),
+               ratio=1.0, batch_size=8, eval_problems=0, max_tokens=8192, tokens_per_step=2 * 2 * 8 * 64)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_accumulation_worker, args=(2, port, str(pipeline), cfg, str(tmp_path / "out")), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"out.{r}", weights_only=True) for r in range(2)]
+    assert [p["accum"] for p in parts] == [2, 2] and [p["allreduces"] for p in parts] == [1, 1]  # one bucket
+    monkeypatch.chdir(pipeline)
+    one = rho.Trainer(rho.TrainConfig(**{**cfg, "batch_size": 32, "tokens_per_step": 0}))
+    _grads(one)
+    one.step(0)
+    for a, b, c in zip(parts[0]["grads"], parts[1]["grads"], one.grads):
+        assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-6, rtol=1e-4)
+
+
+def test_a_rank_that_fails_while_the_others_wait_in_a_collective_ends_the_run(pipeline, tmp_path):
+    """Rank 0 raises while evaluating and the other rank waits in an all_reduce (the selection counts): rank 0 must
+    exit (torchrun then stops the rest), not wait at exit in a barrier that no other rank joins."""
+    script = tmp_path / "fail_eval.py"
+    script.write_text("import sys, infra, rho, train_slm\n"
+                      "def evaluate(self):\n    raise RuntimeError('evaluation failed on rank 0')\n"
+                      "rho.Trainer.evaluate = evaluate\n"
+                      "train_slm.main(infra.cli(train_slm.SlmRun, '', sys.argv[1:]))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534",
+                          str(script), "--ratio", "0.6", "--max_tokens", "4096", "--name", "fails"], cwd=pipeline,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = p.communicate(timeout=90)[0]
+    except subprocess.TimeoutExpired:
+        p.terminate()  # torchrun stops its ranks on SIGTERM (a SIGKILL would leave them running)
+        p.communicate(timeout=60)
+        raise AssertionError("the run hangs: rank 0 waits at exit for ranks that wait in another collective")
+    assert p.returncode != 0 and "evaluation failed on rank 0" in out

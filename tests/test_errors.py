@@ -117,6 +117,20 @@ def empty_eval(t):
     return d
 
 
+def cut(path, keep):
+    """A copy of the tiny pipeline with one file cut short, as a kill or a full disk leaves it."""
+    def setup(t):
+        d = copy_pipeline(t)
+        (d / path).write_bytes((d / path).read_bytes()[:keep])
+        return d
+    return setup
+
+
+def a_file(t):  # a file where a folder should be
+    (t.tmp / "f").write_text("not a folder")
+    return t.tmp
+
+
 def real(t):  # the session's real-data files, read only; the corpus goes to a folder of the case's own
     return t.files
 
@@ -177,6 +191,41 @@ CASES = {
     "real: missing web": (real, [*REAL, "--max_tokens", "0", "--web", "corpora/web.jsonl"],
                           ["no such file: corpora/web.jsonl"], ["{tmp}/d/*"]),
     "real: missing hq": (real, [*REAL, "--hq", "./train.jsonl"], ["no such file: ./train.jsonl"], ["{tmp}/d/*"]),
+    # numbers out of range: one table of flags (train_slm.py's in the shared pipeline, train_ref.py's before any data)
+    **{f"train_slm.py --{flag} {v}": (shared, ["train_slm.py", "--ratio", "1.0", f"--{flag}", v, "--name", "n"],
+                                      [f"--{flag} ", "; fix: pass --" + flag], ["out/n"])
+       for flag, v in (("batch_size", "0"), ("lr", "0"), ("lr", "-1"), ("seed", "-1"), ("mix_hq", "-1"),
+                       ("max_tokens", "-5"), ("max_tokens", "0"), ("n_evals", "0"), ("refs", "-1"))},
+    **{f"train_ref.py --{flag} {v}": (empty, ["train_ref.py", "--preset", "tiny", f"--{flag}", v],
+                                      [f"--{flag} ", "; fix: pass --" + flag], ["data", "out"])
+       for flag, v in (("n_head", "0"), ("n_layer", "0"), ("block_size", "0"), ("block_size", "-4"),
+                       ("seed", "-1"), ("base_lr", "0"), ("ref_epochs", "0"), ("refs", "-1"))},
+    "temperature without soft": (shared, [*SLM, "--temperature", "0.5", "--name", "t"], ["add --weighting soft"],
+                                 ["out/t"]),
+    "a budget of many passes": (shared, [*SLM, "--max_tokens", "10000000", "--name", "big"],
+                                ["passes over split 'web'", "--max_tokens 72"], ["out/big"]),
+    "unknown device": (shared, [*SLM, "--device", "gpu", "--name", "g"], ["unknown --device gpu"], ["out/g"]),
+    "out_dir a file": (a_file, ["train_ref.py", "--preset", "tiny", "--out_dir", "f"], ["f is a file"], ["data"]),
+    "data_dir a file": (a_file, ["train_ref.py", "--preset", "tiny", "--data_dir", "f"], ["f is a file"], ["out"]),
+    "base a folder": (shared, ["train_ref.py", "--preset", "tiny", "--base", "out/base", "--out_dir", "{tmp}/o"],
+                      ["is a folder", "--base out/base/ckpt.pt"], ["{tmp}/o"]),
+    "base of another shape": (shared, ["train_ref.py", "--preset", "tiny", "--base", "out/base/ckpt.pt", "--block_size",
+                                       "32", "--n_layer", "3", "--out_dir", "{tmp}/o"],
+                              ["--n_layer 3, --block_size 32 cannot change the base", "block_size 64"], ["{tmp}/o"]),
+    "corpus setting of another type": (empty, ["train_ref.py", "--preset", "tiny", "--corpus", 'n_web="many"'],
+                                       ["n_web takes a int"], ["data", "out"]),
+    "gpt2 preset on the embedded corpus": (empty, ["train_ref.py", "--preset", "gpt2"],
+                                           ["is for a real corpus", "data_real.py"], ["data", "out"]),
+    "truncated base": (cut("out/base/ckpt.pt", 5000), ["train_ref.py", "--preset", "tiny"],
+                       ["out/base holds a finished run whose ckpt.pt is damaged", "--overwrite"], ["out/slm0.6"]),
+    "truncated score file": (cut("out/ref/scores.bin", 5000), SLM, ["cut short"], ["out/slm0.6"]),
+    "done.json cut short": (cut("out/base/done.json", 20), ["train_ref.py", "--preset", "tiny"],
+                            ["out/base/done.json is not valid JSON", "--resume"], []),
+    "plot.py on a run folder": (shared, ["plot.py", "--out_dir", "out/slm0.6"], ["is a run folder", "--out_dir out"],
+                                []),
+    "plot.py --png into no folder": (shared, ["plot.py", "--png", "{tmp}/no/x.png"], ["there is no folder"], []),
+    "real: mistyped file type": (real, [*REAL, "--web", "corpora/web.jsnl"], ["no such file: corpora/web.jsnl"],
+                                 ["{tmp}/d/*"]),
     "real: missing eval": (real, [*REAL, "--eval", "~/nowhere/*.parquet"], ["no such file: ~/nowhere/*.parquet"],
                            ["{tmp}/d/*"]),
 }

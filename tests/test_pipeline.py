@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import data
+import infra
 from conftest import ROOT, call, run, user_error
 
 
@@ -77,10 +78,16 @@ def test_end_to_end_tiny_pipeline(pipeline, monkeypatch, capsys):
     scores = np.memmap(out / "ref" / "scores.bin", dtype=np.float16, mode="r")
     assert len(scores) == len(data.load_tokens(str(pipeline / "data"), "web")[0])
     monkeypatch.chdir(pipeline)
-    call("plot.py")
+    call("plot.py")  # the lesson: three rows, SLM - CLM in words, what SLM kept; every table in compare.md
     printed = capsys.readouterr().out
     assert (out / "compare.png").stat().st_size > 10_000
-    assert "| CLM |" in printed and "| SLM 0.6 |" in printed and "| reference |" in printed
+    assert "| reference alone" in printed and "| CLM (every web token) |" in printed and "| SLM 0.6 (the top" in printed
+    verdict = next(line for line in printed.splitlines() if line.startswith("SLM 0.6 vs CLM: "))
+    assert " pts [" in verdict and "p=" in verdict and verdict.endswith(("problems.", "these problems."))
+    assert "- target-format math: " in printed and "- boilerplate: " in printed and "| SLM 0.6 |" not in printed
+    assert "| SLM 0.6 |" in (out / "compare.md").read_text()  # the full table, beside the lesson
+    call("plot.py", "--full")
+    assert "| CLM |" in capsys.readouterr().out
 
 
 def test_rerun_reuses_finished_runs(pipeline, monkeypatch, capsys):
@@ -101,30 +108,42 @@ def test_cached_and_online_reference_train_the_same(pipeline, monkeypatch):
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(pipeline, tmp_path, monkeypatch):
+    """Killed (SIGKILL) between two evaluations, with a checkpoint at every logged step (--ckpt_every 0), a run
+    resumes past the last evaluation and logs what an uninterrupted one does; Ctrl-C (SIGINT) ends a run with one
+    line that says how to resume it."""
     import random
     import signal
     import subprocess
     import sys
     import time
-    args = ["--ratio", "0.6", "--max_tokens", "60000", "--n_evals", "12"]
-    log = pipeline / "out" / "killed" / "log.jsonl"
-    target = random.Random().randrange(10, 100, 5)  # a random logged step to kill after
+    args = ["--ratio", "0.6", "--max_tokens", "60000", "--n_evals", "12", "--ckpt_every", "0"]  # evals 45 and 72
+    target = random.Random().randrange(55, 70, 5)  # a random logged step to kill after, between two evaluations
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
 
-    def start(name, output):
+    def start(name, output, stderr=subprocess.STDOUT):
         return subprocess.Popen([sys.executable, os.path.join(ROOT, "train_slm.py"), *args, "--name", name],
-                                cwd=pipeline, env=env, stdout=output, stderr=subprocess.STDOUT)
+                                cwd=pipeline, env=env, stdout=output, stderr=stderr, text=True)
+
+    def stop(p, name, sig, target):
+        log = pipeline / "out" / name / "log.jsonl"
+        while p.poll() is None:
+            steps = [json.loads(x)["step"] for x in log.read_text().splitlines() if x.endswith("}")] \
+                if log.exists() else []
+            if any(step >= target for step in steps):
+                os.kill(p.pid, sig)
+                break
+            time.sleep(0.01)
+        return p.communicate()
     with open(tmp_path / "straight.txt", "w") as output:
         straight = start("straight", output)  # the uninterrupted run, trained alongside the one to kill
     p = start("killed", subprocess.DEVNULL)
-    while p.poll() is None:
-        steps = [json.loads(x)["step"] for x in log.read_text().splitlines() if x.endswith("}")] if log.exists() else []
-        if any(step >= target for step in steps):
-            os.kill(p.pid, signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    p.wait()
+    stop(p, "killed", signal.SIGKILL, target)
     assert p.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert infra.load_checkpoint(str(pipeline / "out" / "killed" / "ckpt.pt"))["step"] >= target - 5 > 45
+    q = start("stopped", subprocess.DEVNULL, subprocess.PIPE)
+    _, err = stop(q, "stopped", signal.SIGINT, 10)
+    assert q.returncode == 1 and "Traceback" not in err and "--name stopped --resume`" in err.splitlines()[-1], err
+    assert err.splitlines()[-1].startswith("error: interrupted at step "), err
     assert (pipeline / "out" / "killed" / ".lock").exists()  # the killed holder's lock file stays: it blocks nothing
     assert not (pipeline / "out" / "killed" / "done.json").exists()
     monkeypatch.chdir(pipeline)
@@ -148,7 +167,7 @@ def test_benchmark_measures_every_configuration_on_the_same_model(pipeline, monk
             "online": train_slm.student_config(r, pipe, 0.6, None, ref_mode="online")}
     result = train_slm.benchmark(cfgs, steps=2, rounds=2)
     assert list(result) == ["CLM", "SLM", "online"] and result["CLM"][1] == 1.0
-    assert all(tok_s > 0 and rel > 0 for tok_s, rel in result.values())
+    assert all(tok_s > 0 and rel > 0 and mfu is None for tok_s, rel, mfu in result.values())  # a CPU: no MFU
 
 
 def test_gibberish_never_cuts_a_problem_in_two():

@@ -53,6 +53,18 @@ def test_rerunning_a_finished_pipeline_reuses_everything(pipeline):
     assert "training" not in p.stdout
 
 
+def test_overwrite_replaces_only_what_differs_and_says_so(pipeline, tmp_path):
+    import shutil
+    for name in ("data", "out/base", "out/ref"):
+        shutil.copytree(pipeline / name, tmp_path / name)
+    assert "training" not in run("train_ref.py", "--preset", "tiny", "--overwrite", cwd=tmp_path).stdout  # all whole
+    ref = tmp_path / "out" / "ref" / "ckpt.pt"
+    ref.write_bytes(ref.read_bytes()[:5000])  # a reference cut short: only it (and its scores) are made again
+    out = run("train_ref.py", "--preset", "tiny", "--overwrite", cwd=tmp_path).stdout
+    assert "out/ref: replacing a finished run whose ckpt.pt is damaged or missing (--overwrite)" in out, out
+    assert "training out/ref" in out and "training out/base" not in out, out
+
+
 def test_slm_loss_of_an_empty_selection_is_zero_and_an_unselected_inf_stays_out():
     losses = torch.tensor([[1.0, 2.0], [3.0, float("inf")]], requires_grad=True)
     none = torch.zeros(2, 2, dtype=torch.bool)
@@ -90,7 +102,7 @@ def test_a_run_folder_has_one_writer(pipeline, monkeypatch):
     import subprocess
     import sys
     from conftest import ROOT
-    args = [sys.executable, os.path.join(ROOT, "train_slm.py"), "--ratio", "0.6", "--max_tokens", "150000",
+    args = [sys.executable, os.path.join(ROOT, "train_slm.py"), "--ratio", "0.6", "--max_tokens", "75000",
             "--name", "twin"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     procs = [subprocess.Popen(args, cwd=pipeline, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

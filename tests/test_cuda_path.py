@@ -1,0 +1,112 @@
+"""The CUDA path, checked on a CPU for what a first GPU run would otherwise meet first: a graph break in the
+compiled step, a dtype clash under bf16 autocast, batches sized for a small vocabulary, processes sharing one GPU,
+a checkpoint's RNG for GPUs that are not there. (experiments/gpu_check.py runs the real thing on a GPU.)"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import data
+import infra
+import rho
+
+
+def trainer(pipeline, **kw):
+    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
+    cfg = dict(data_dir=str(pipeline / "data"), init=str(pipeline / pipe["base"]), ratio=0.6, batch_size=8,
+               ref_ckpts=str(pipeline / pipe["ref"]), score_files=str(pipeline / pipe["scores"]),
+               out_dir=str(pipeline / "out" / "unused"), max_tokens=8192, eval_problems=8, eval_max_new=32)
+    return rho.Trainer(rho.TrainConfig(**{**cfg, **kw}))
+
+
+def bf16(device):  # what infra.autocast gives on CUDA, on the CPU
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def test_the_compiled_step_has_no_graph_break_and_trains_like_the_eager_one(pipeline, monkeypatch):
+    """--compile on under bf16 autocast, as on CUDA: the model and its token losses compile as one graph (fullgraph:
+    a graph break fails). aot_eager traces forward and backward as inductor would, without its C++ build (~40 s
+    here); RHO_TEST_INDUCTOR=1 compiles with inductor itself."""
+    backend = "inductor" if os.environ.get("RHO_TEST_INDUCTOR") == "1" else "aot_eager"
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m: compile_(m, fullgraph=True, backend=backend))
+    monkeypatch.setattr(rho, "autocast", bf16)
+    losses = {}
+    for mode in ("off", "on"):
+        tr = trainer(pipeline, compile=mode)
+        losses[mode] = [tr.step(i)[0].item() for i in range(3)]
+    assert isinstance(tr.train_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert np.all(np.isfinite(losses["on"])) and np.allclose(losses["on"], losses["off"], atol=0.02)
+
+
+def test_bf16_autocast_trains_selects_counts_and_evaluates(pipeline, monkeypatch):
+    monkeypatch.setattr(rho, "autocast", bf16)
+    for kw in ({}, {"ref_mode": "online"}, {"weighting": "soft"}, {"select": "random"}):
+        tr = trainer(pipeline, **kw)
+        loss, kept, labels = tr.step(0)
+        assert torch.isfinite(loss) and kept.dtype in (torch.bool, torch.float32), kw
+        meter = infra.Meter(tr, data.KINDS, data.MATH)  # counts without bincount, for any weights' dtype
+        meter.add(loss, kept, labels)
+        assert torch.equal(meter.seen, torch.bincount(labels.view(-1), minlength=len(data.KINDS)).float())
+        assert torch.allclose(meter.kept, torch.bincount(labels.view(-1), kept.view(-1).float(), len(data.KINDS)))
+    out = tr.evaluate()
+    assert np.isfinite(out["val_loss"]) and np.isfinite(out["answer_loss"]) and 0 <= out["acc"] <= 1
+
+
+def test_scoring_and_evaluation_batches_are_sized_by_block_and_vocabulary(monkeypatch, tmp_path):
+    assert rho.eval_batch("cuda", 1024, 100_277, 512) == 4   # gpt2: 4 x 1 GB of logits, losses; not 512
+    assert rho.eval_batch("cuda", 256, 1280, 512) == 512     # the gpu preset on the embedded corpus
+    assert rho.eval_batch("cpu", 128, 1280, 32) == 32 and rho.eval_batch("cpu", 64, 1280, 64) == 64  # as before
+    assert rho.eval_batch("cuda", 1024, 10 ** 7, 512) == 1
+    asked, sizes = [], []
+    monkeypatch.setattr(rho, "eval_batch", lambda *a: asked.append(a) or 3)
+    model = rho.GPT(rho.GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=1, n_embd=8))
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, *a, **kw: sizes.append(len(x)) or forward(x, *a, **kw))
+    tokens = np.random.default_rng(0).integers(0, 50, 10 * 16 + 1).astype(np.uint16)  # 10 blocks
+    rho.score_corpus(model, tokens, 16, str(tmp_path / "s.bin"), "cpu", log=lambda *a: None)
+    rho.eval_loss(model, rho.Blocks(tokens, 16, 1, 0), "cpu")
+    assert asked == [("cpu", 16, 50, 32), ("cpu", 16, 50, 64)] and sizes == [3, 3, 3, 1] * 2
+
+
+def test_each_process_takes_its_gpu_before_the_process_group_starts(monkeypatch):
+    """Under torchrun with NCCL, process i binds cuda:i before init_process_group (and passes it as device_id):
+    the first collective (run_folder's broadcast) then runs on it, not every process on cuda:0."""
+    import atexit
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append((kw["backend"], kw.get("device_id"))))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(atexit, "register", lambda f: f)
+    assert infra.dist_setup("auto") == (1, 2, 1)
+    assert calls == [("set_device", 1), ("nccl", torch.device("cuda", 1))]
+    calls.clear()
+    assert infra.dist_setup("cpu") == (1, 2, 1) and calls == [("gloo", None)]  # --device cpu: gloo, no GPU
+    with pytest.raises(SystemExit, match="every process on one GPU"):
+        infra.dist_setup("cuda:1")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(SystemExit, match="nproc_per_node=2"):
+        infra.dist_setup("cuda")
+
+
+def test_a_checkpoint_keeps_the_rng_of_its_own_gpu_and_resumes_on_fewer(pipeline, tmp_path, monkeypatch):
+    tr = trainer(pipeline)
+    tr.device, state, asked, restored = "cuda:1", torch.arange(4, dtype=torch.uint8), [], []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: asked.append(device) or state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((s.tolist(), device)))
+    infra.save_checkpoint(str(tmp_path / "ckpt.pt"), tr, 0)
+    ckpt = infra.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert asked == ["cuda:1"] and len(ckpt["rng"]["cuda"]) == 1
+    ckpt["rng"]["cuda"] = [state + i for i in range(8)]  # written on 8 GPUs (as get_rng_state_all did)
+    tr.device = "cuda:0"                                  # resumed on one
+    infra.restore(tr, ckpt)
+    assert restored == [([0, 1, 2, 3], "cuda:0")]
