@@ -566,7 +566,7 @@ class DataConfig:
 
 CORPUS_PRESETS = {
     "tiny": dict(n_ref_train=120, n_ref_val=40, n_eval=16, n_web_base=300, n_web=600),
-    "demo": dict(n_web_base=10000, n_web=12000),  # half of cpu's web
+    "demo": dict(),  # cpu's
     "cpu": dict(),
     "cpu512": dict(),
     "gpu": dict(n_ref_train=50000, n_web_base=800_000, n_web=1_600_000),

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 import zipfile
 from dataclasses import asdict, field, fields
@@ -26,6 +27,18 @@ import torch
 def fail(msg, fix):
     """A mistake the user can fix: one clear line, a non-zero exit, no traceback."""
     raise SystemExit(f"error: {msg}; fix: {fix}")
+
+
+def interrupted(kind, value, tb, hook=sys.excepthook):
+    """Ctrl-C outside a training loop (which names its checkpoint itself): one line instead of a traceback."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("error: interrupted; fix: run the same command again (finished runs and a built corpus are reused; "
+              "a killed run continues with --resume)", file=sys.stderr)
+    else:
+        hook(kind, value, tb)
+
+
+sys.excepthook = interrupted
 
 
 def atomic_write(path, content):
@@ -522,7 +535,7 @@ class Meter:
             rec.update(train_loss=loss, tok_s=self.n * tr.tokens_per_step / max(1e-9, window))
             if tr.peak:
                 rec["mfu"] = rec["tok_s"] / tr.world * tr.flops_per_token / tr.peak
-        rec["time"] = round(self.t_train + self.t_eval, 2)
+        rec.update(time=round(self.t_train + self.t_eval, 2), eval_time=round(self.t_eval, 2))  # seconds so far
         return rec
 
     def timed(self, evaluate):
@@ -568,5 +581,5 @@ def eval_steps(max_iters, n_evals, schedule="log", first=0.005):
     if schedule == "even":
         every = max(1, -(-max_iters // max(1, n_evals)))
         return sorted(set(range(0, max_iters, every)) | {max_iters})
-    pts = np.maximum(1, np.round(max_iters * np.geomspace(first, 1.0, max(1, n_evals)))).astype(int)
-    return sorted({0, max_iters, *pts.tolist()})
+    pts = np.maximum(1, np.round(max_iters * np.geomspace(first, 1.0, n_evals))).astype(int) if n_evals > 1 else ()
+    return sorted({0, max_iters, *map(int, pts)})

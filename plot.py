@@ -536,17 +536,18 @@ def verdict(t):
 
 def lesson(res):
     """The demo's lesson, as markdown lines: a short table, SLM minus CLM on the same problems with its verdict
-    (and, over several pipelines, how many favour SLM), and what SLM kept of three kinds of web token."""
+    (over several pipelines, the run-level one), and what SLM kept of three kinds of web token."""
     ref, clm, slm = lesson_rows(res)
-    n = len(slm["runs"])
+    n, cfg = len(slm["runs"]), slm["runs"][0]["cfg"]
+    web = slm["runs"][0]["pipe"].get("ref_web")
     cells = [[name, final(row["runs"], "acc"), final(row["runs"], "answer")] for name, row in (
-        ("reference alone (the base fine-tuned on the high-quality subset)", ref),
-        ("CLM (every web token)", clm), (f"{slm['arm']} (the top {slm['runs'][0]['cfg']['ratio']:.0%} by excess "
-                                         "loss)", slm)) if row]
+        ("reference alone (the base fine-tuned on the high-quality subset" +
+         (f" and 1/{web} of the base's web)" if web else ")"), ref), ("CLM (every web token)", clm),
+        (f"{slm['arm']} (the top {cfg['ratio']:.0%} by excess loss)", slm)) if row]
     lines = md_table(["model", "test accuracy", "test answer loss"], cells,
-                     f"The lesson ({len(res['dirs'])} pipeline(s), seeds {', '.join(map(str, res['seeds']))}; "
-                     f"{len(slm['runs'][0]['correct'])} held-out test problems, greedy decoding, exact final "
-                     f"number{'; median [min, max]' if n > 1 else ''}):")
+                     f"The lesson ({', '.join(res['dirs'])}; students of {cfg['max_tokens'] / 1e6:g}M web tokens; "
+                     f"{len(slm['runs'][0]['correct'])} held-out test problems, greedy decoding, exact final number"
+                     f"{'; median [min, max]' if n > 1 else ''}):")
     cell, t = paired_cell(slm["pairs"], res["shared"])
     if n == 1:
         lines += ["", f"{slm['arm']} vs CLM: {cell}: {verdict(t)}."]
@@ -561,11 +562,10 @@ def lesson(res):
     kept = [k for k in map(analysis.kept_over_run, slm["runs"]) if k]
     if kept:
         share = lambda kind: f"{np.mean([k[kind] for k in kept]):.0%}"  # noqa: E731
-        lines += ["", f"What {slm['arm']} kept of the web's tokens over its run (CLM keeps all of them):",
-                  f"- target-format math: {share('math')}: the reference knows it, so the excess is high",
-                  f"- boilerplate: {share('boilerplate')}: the reference, fine-tuned on clean math only, finds it "
-                  "surprising, so the excess is low",
-                  f"- slipped results (a wrong number in a worked solution): {share('math_wrong')}"]
+        lines += ["", f"What {slm['arm']} kept of the web's tokens over its run (CLM keeps them all): the tokens the "
+                      "reference predicts better than the student does",
+                  f"- target-format math: {share('math')}", f"- boilerplate: {share('boilerplate')}",
+                  f"- slipped results (the wrong number in a worked solution with a slip): {share('math_wrong')}"]
     return lines
 
 

@@ -123,3 +123,17 @@ def test_a_run_folder_has_one_writer(pipeline, monkeypatch):
     holder.release()
     call("train_slm.py", "--ratio", "0.6", "--name", "held", "--max_tokens", "5000")
     assert (pipeline / "out" / "held" / "done.json").exists()
+
+
+def test_ctrl_c_outside_a_training_loop_is_one_line_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    # what Ctrl-C raises in any script (they all import infra): during a corpus build, scoring or a plot
+    p = subprocess.run([sys.executable, "-c", "import infra; raise KeyboardInterrupt"], cwd=ROOT, text=True,
+                       capture_output=True, timeout=120)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("error: interrupted; fix: run the same command again")
+    p = subprocess.run([sys.executable, "-c", "import infra; raise ValueError('x')"], cwd=ROOT, text=True,
+                       capture_output=True, timeout=120)
+    assert "Traceback" in p.stderr  # other errors keep theirs
