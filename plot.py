@@ -545,7 +545,7 @@ def lesson(res):
          (f" and 1/{web} of the base's web)" if web else ")"), ref), ("CLM (every web token)", clm),
         (f"{slm['arm']} (the top {cfg['ratio']:.0%} by excess loss)", slm)) if row]
     lines = md_table(["model", "test accuracy", "test answer loss"], cells,
-                     f"The lesson ({', '.join(res['dirs'])}; students of {cfg['max_tokens'] / 1e6:g}M web tokens; "
+                     f"The lesson ({', '.join(res['dirs'])}; students of {slm['runs'][0]['tokens'][-1] / 1e6:.3g}M web tokens; "
                      f"{len(slm['runs'][0]['correct'])} held-out test problems, greedy decoding, exact final number"
                      f"{'; median [min, max]' if n > 1 else ''}):")
     cell, t = paired_cell(slm["pairs"], res["shared"])

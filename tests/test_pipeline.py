@@ -153,7 +153,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(pipeline, tmp_path, monke
 
     def records(name):
         recs = [json.loads(x) for x in (pipeline / "out" / name / "log.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k not in ("time", "tok_s")} for r in recs]
+        return [{k: v for k, v in r.items() if k not in ("time", "eval_time", "tok_s")} for r in recs]
     assert records("killed") == records("straight")
 
 

@@ -65,6 +65,20 @@ def test_overwrite_replaces_only_what_differs_and_says_so(pipeline, tmp_path):
     assert "training out/ref" in out and "training out/base" not in out, out
 
 
+def test_a_copied_pipeline_trains_from_its_own_base_and_scores(pipeline):
+    import shutil
+    copy = pipeline / "copied"  # beside out/, whose base and scores the recorded paths name
+    for name in ("base", "ref", "pipeline.json"):  # the pipeline without its students
+        (shutil.copytree if name != "pipeline.json" else shutil.copy)(pipeline / "out" / name, copy / name)
+    try:
+        run("train_slm.py", "--out_dir", "copied", "--ratio", "0.6", "--name", "s", cwd=pipeline)
+        cfg = json.loads((copy / "s" / "config.json").read_text())
+    finally:
+        shutil.rmtree(copy)
+    assert cfg["init"] == os.path.join("copied", "base", "ckpt.pt")
+    assert cfg["score_files"] == os.path.join("copied", "ref", "scores.bin")
+
+
 def test_slm_loss_of_an_empty_selection_is_zero_and_an_unselected_inf_stays_out():
     losses = torch.tensor([[1.0, 2.0], [3.0, float("inf")]], requires_grad=True)
     none = torch.zeros(2, 2, dtype=torch.bool)
