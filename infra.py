@@ -56,14 +56,17 @@ def atomic_write(path, content):
             os.remove(tmp)
 
 
-def read_json(path):
-    """The JSON in path, or {} if there is no such file; a file cut short (or not JSON) is refused in one line."""
+def read_json(path, cut_ok=False):
+    """The JSON in path, or {} if there is no such file; a file cut short (or not JSON) is refused in one line, or
+    with cut_ok is None (a reader of many runs, such as plot.py: one bad file costs its run, not the table)."""
     if not os.path.exists(path):
         return {}
     try:
         with open(path) as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
+        if cut_ok:
+            return None
         fail(f"{path} is not valid JSON ({type(e).__name__}: cut short by a kill, or edited?)",
              "delete it and run the command that writes it again (a run folder: the same command with --resume)")
 

@@ -29,7 +29,7 @@ import numpy as np
 
 import analysis
 from analysis import md_table
-from infra import arg, atomic_write, cli, fail, read_pipeline
+from infra import arg, atomic_write, cli, fail, read_json, read_pipeline
 
 
 @dataclass
@@ -53,21 +53,17 @@ class PlotRun:
 CURVES = {"val": "val_loss", "val_answer": "val_answer_loss", "answer": "answer_loss", "acc": "acc"}
 
 
-def parse(text):
-    """The JSON in text, or None where it is cut short (a killed writer) or not JSON: one bad file or line costs
-    its run (or its record), not the whole table."""
+def parse(line):
+    """The JSON record of a log line, or None where it is cut short (a killed writer): it costs its record only."""
     try:
-        return json.loads(text)
+        return json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
 def read(path):
-    """The JSON in a file, {} if there is none, None if it is not whole."""
-    if not os.path.isfile(path):
-        return {}
-    with open(path, "rb") as f:
-        return parse(f.read())
+    """The JSON in a file, {} if there is none, None if it is not whole (read_json's cut_ok)."""
+    return read_json(path, cut_ok=True)
 
 
 def load_run(path, pipe, group, arm=None):
@@ -545,7 +541,8 @@ def lesson(res):
          (f" and 1/{web} of the base's web)" if web else ")"), ref), ("CLM (every web token)", clm),
         (f"{slm['arm']} (the top {cfg['ratio']:.0%} by excess loss)", slm)) if row]
     lines = md_table(["model", "test accuracy", "test answer loss"], cells,
-                     f"The lesson ({', '.join(res['dirs'])}; students of {slm['runs'][0]['tokens'][-1] / 1e6:.3g}M web tokens; "
+                     f"The lesson ({', '.join(res['dirs'])}; students of {slm['runs'][0]['tokens'][-1] / 1e6:.3g}M "
+                     "web tokens; "
                      f"{len(slm['runs'][0]['correct'])} held-out test problems, greedy decoding, exact final number"
                      f"{'; median [min, max]' if n > 1 else ''}):")
     cell, t = paired_cell(slm["pairs"], res["shared"])
@@ -730,7 +727,10 @@ def write_report(runs, png, full=False):
         analysis.plot_ratios(sweeps, stem + "-ratios.png")
         report.append("\n".join(ratio_table(sweeps) + [f"wrote {stem}-ratios.png"]))
     print("\n\n".join(lessons + report if full or not lessons else lessons))
-    plot(results, png) if full or not lessons else lesson_plot(results, png)
+    if full or not lessons:
+        plot(results, png)
+    else:
+        lesson_plot(results, png)
     atomic_write(stem + ".md", "\n\n".join(lessons + report) + "\n")
     print(f"\nwrote {png} and {stem}.md" + ("" if full or not lessons else " (every table: python plot.py --full)"))
 
