@@ -1,7 +1,7 @@
 """
-analysis.py -- inside one run: which tokens SLM keeps (--tokens), the paper's token-loss categories over a run's
-kept checkpoints (--categories), the selection explained kind by kind (--explain); across runs, what each arm keeps
-of each token kind, and the ratio sweep. plot.py runs it:
+analysis.py -- inside one run: which tokens SLM keeps (--tokens), the paper's token-loss categories over kept
+checkpoints (--categories), the selection explained kind by kind (--explain); across runs, what each arm keeps of
+each kind and the ratio plot. plot.py runs it:
 
   python plot.py --tokens out/slm0.6 [--text a.txt] [--ratio 0.6]   # out/slm0.6/tokens.png
   python plot.py --categories out/clm-ckpts [--pages 200]           # out/clm-ckpts/categories.png
@@ -17,10 +17,10 @@ import torch
 
 import data
 import rho
-from infra import atomic_write, check_vocab, fail, load_checkpoint, read_json
+from infra import atomic_write, check_vocab, fail, load_checkpoint, read_pipeline, read_run
 
 
-# ==== Shared: markdown tables, a run's context and models, the pages to look at =============================
+# ==== Shared: run folders, markdown tables, a run's models, the pages to look at ============================
 def md_table(head, rows, caption=""):
     """Markdown lines: the caption and a blank line (if any), the header, its rule, a line per row of cells."""
     return ([caption, ""] if caption else []) + ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"] + \
@@ -29,8 +29,7 @@ def md_table(head, rows, caption=""):
 
 def run_context(run_dir):
     """(config, pipeline, tokenizer, meta) of a run folder made by train_slm.py."""
-    cfg = read_json(os.path.join(run_dir, "config.json"))
-    pipe = read_json(os.path.join(os.path.dirname(os.path.normpath(run_dir)), "pipeline.json"))
+    cfg, pipe = read_run(run_dir)[0], read_pipeline(os.path.dirname(os.path.normpath(run_dir)))
     if not cfg or not pipe:
         fail(f"{run_dir} is not a student run of a pipeline", "pass a folder made by train_slm.py, e.g. out/slm0.6")
     meta = data.read_meta(cfg["data_dir"])
@@ -269,29 +268,22 @@ def explain_scores(args):
     if "data_config" not in meta:
         fail(f"{cfg['data_dir']} holds a real corpus: its tokens have no kinds to explain the selection by",
              "explain a run on the embedded corpus (python train_ref.py; python train_slm.py --ratio 0.6)")
-    if cfg["select"] not in ("excess", "ref_loss") or "," in cfg["ref_ckpts"] or cfg.get("weighting") == "soft" \
-            or cfg.get("sft"):
-        fail(f"{args.explain} is not SLM or ref-loss against one reference: the table ranks tokens by their score",
-             "explain an SLM run (python train_slm.py --ratio 0.6), ref-loss (--select ref_loss), or CLM (--ratio "
-             "1.0) to see what SLM would keep")
-    if not cfg["init"]:
-        fail(f"{args.explain} starts from scratch: there is no trained model at its step 0 to explain",
-             "explain a student of a pipeline with a base (python train_ref.py without --init scratch, then "
-             "python train_slm.py --ratio 0.6)")
+    if cfg["select"] not in ("excess", "ref_loss") or cfg["weighting"] == "soft":
+        fail(f"{args.explain} is not SLM or ref-loss: the table ranks tokens by their score", "explain an SLM run "
+             "(python train_slm.py --ratio 0.6), ref-loss (--select ref_loss), or CLM (--ratio 1.0) to see what SLM "
+             "would keep")
     pages = data.held_out_pages(cfg["data_dir"], args.pages or 300)
     per_page = [(np.array(kinds), *token_roles(tok.pieces(ids), np.array(kinds))) for ids, kinds in pages]
     tokens = {key: np.concatenate([page[i][1:] for page in per_page])  # the first token of a page has no loss
               for i, key in enumerate(("kind", "role", "slipped"))}
-    ref = cfg["ref_ckpts"] or pipe["ref"]  # the run's own reference (CLM names none: the pipeline's)
+    ref = cfg["ref_ckpt"] or pipe["ref"]  # the run's own reference (CLM names none: the pipeline's)
     for name, path in (("ref", ref), ("start", cfg["init"]), ("end", os.path.join(args.explain, "ckpt.pt"))):
         model, tokens[f"step_{name}"] = load_model(path, meta)
         tokens[name] = np.concatenate([page_losses(model, ids) for ids, _ in pages])
-    for when in ("start", "end"):  # the run's rule: the top ratio by its score, with a margin every token above it
+    for when in ("start", "end"):  # the run's rule: the top ratio by its score
         tokens[f"excess_{when}"] = tokens[when] - tokens["ref"]
         score = rho.SCORES[cfg["select"]](torch.tensor(tokens[when]), torch.tensor(tokens["ref"]), None)
-        keep = rho.margin_mask(score, cfg["ratio"], cfg["margin"]) if cfg.get("weighting") == "margin" \
-            else rho.select_topk(score, cfg["ratio"])
-        tokens[f"keep_{when}"] = keep.numpy()
+        tokens[f"keep_{when}"] = rho.select_topk(score, cfg["ratio"]).numpy()
     return cfg, tokens
 
 
@@ -314,8 +306,7 @@ def explain(args):
         ["tokens", "share", "student loss (0 / end)", "reference loss", "excess (0 / end)", "kept (0 / end)"], cells,
         f"step 0 (step {t['step_start']}, {cfg['init']}) and end (step {t['step_end']}) of the student against the "
         f"reference ({t['step_ref']} steps); excess = student - reference; kept: the top {cfg['ratio']:.0%} by "
-        f"{by} over all these tokens" + (f", and every token whose excess is above -{cfg['margin']:g}"
-                                          if cfg.get("weighting") == "margin" else ""))
+        f"{by} over all these tokens")
     wrong = t["kind"] == data.WRONG
     right = (t["kind"] == data.MATH) & (t["role"] == 3) & ~t["slipped"]
     if not wrong.any() or not right.any():

@@ -1,9 +1,8 @@
 """
-data_real.py -- real corpora for rho through Hugging Face `datasets`, a hub name or local files for each role,
-written as the same files as the embedded corpus of data.py, without token kinds:
-  --web   the noisy corpus, streamed a document at a time into web_base and web, up to --max_tokens
-  --hq    the high-quality subset (question/answer records): ref_val (the first --hq_val) and ref_train
-  --eval  the test problems (eval.jsonl); ref_val's records are the validation problems (val.jsonl)
+data_real.py -- real corpora for rho through Hugging Face `datasets`: a hub name or local files for each role, written
+as the same files as data.py's embedded corpus, without token kinds. --web, the noisy corpus, is streamed a document at
+a time into web_base and web, up to --max_tokens; --hq, the high-quality subset (question/answer records), gives
+ref_val (the first --hq_val) and ref_train; --eval gives the test problems, ref_val's records the validation ones.
 Noisy documents and high-quality records that share word 13-grams with a test or validation problem are dropped.
 
 Run:  python data_real.py --web web.jsonl --hq train.jsonl --eval test.jsonl --data_dir data/mine
@@ -25,9 +24,8 @@ from data import (CONTAINERS, DAYS, ITEMS, MATH, NAMES, NUMBER, PLACES, SplitWri
                   finish, seg_boilerplate, seg_gibberish, seg_other_math, seg_prose, seg_structured)
 from infra import arg, atomic_write, cli, fail
 
-# --source NAME; every field can be changed with the flags of the same name
 GSM8K = dict(hq="openai/gsm8k:main:train", eval="openai/gsm8k:main:test", max_tokens=10_000_000)
-REAL_PRESETS = {"owm-gsm8k": dict(web="open-web-math/open-web-math", **GSM8K),
+REAL_PRESETS = {"owm-gsm8k": dict(web="open-web-math/open-web-math", **GSM8K),  # --source NAME; flags change them
                 "finemath-gsm8k": dict(web="HuggingFaceTB/finemath:finemath-4plus", **GSM8K)}
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}  # `datasets` loaders
 
@@ -59,22 +57,17 @@ def local_files(spec):
 
 
 def looks_local(item):
-    """Whether a source names files rather than a hub dataset "org/name[:config[:split]]": a path that starts
-    with . / or ~, has a file type (one rho reads, or a mistyped one: a short extension), holds a glob, or has no
-    org/ part."""
+    """Whether a source names files, not a hub dataset "org/name[:config[:split]]": it starts with . / or ~, holds a
+    glob, has no org/ part, or has a file type (one rho reads, or a mistyped one: a short extension)."""
     return (item.startswith((".", "/", "~")) or "/" not in item or any(c in item for c in "*?[")
-            or os.path.splitext(item)[1].lower() in FILE_TYPES
             or bool(re.fullmatch(r"\.[a-z]\w{0,6}", os.path.splitext(item.split(":")[0])[1].lower())))
 
 
 def real_config(args):
-    """The RealConfig of --source (custom, or a preset whose settings the flags change), checked before any
-    work: every role given, every local file there, a token budget for a hub dataset. Local paths are stored
-    relative to the current folder (where the command runs): a corpus folder names no machine's absolute paths,
-    and a moved project rebuilds the same config."""
+    """The RealConfig of --source (custom, or a preset whose settings the flags change), checked before any work.
+    Local paths are stored relative to the folder the command runs in: a moved project rebuilds the same config."""
     if args.source not in REAL_PRESETS and args.source != "custom":
         fail(f"unknown --source '{args.source}'", f"use custom or one of {', '.join(REAL_PRESETS)}")
-    # a flag left at its default leaves the preset's setting
     given = {k: getattr(args, k) for k, default in asdict(RealConfig()).items() if getattr(args, k) != default}
     rc = RealConfig(**{**REAL_PRESETS.get(args.source, {}), **given})
     for role in ("web", "hq", "eval"):
@@ -85,8 +78,7 @@ def real_config(args):
             if looks_local(item) and not glob.glob(os.path.expanduser(item)):
                 fail(f"no such file: {item}", f"pass existing files to --{role} (.jsonl .json .parquet .txt) or a "
                      "hub name like openai/gsm8k:main:train")
-        setattr(rc, role, ",".join(os.path.relpath(os.path.expanduser(item)) if local_files(item) else item
-                                   for item in items))
+        setattr(rc, role, ",".join(os.path.relpath(os.path.expanduser(i)) if local_files(i) else i for i in items))
     if not rc.max_tokens and not local_files(rc.web):
         fail(f"--max_tokens 0 would stream all of the hub dataset {rc.web}", "pass a token budget, e.g. "
              "--max_tokens 10000000")
@@ -94,67 +86,60 @@ def real_config(args):
 
 
 def records(spec, what):
-    """The records (dicts) of a hub name or local files, streamed with `datasets` (nothing is held in memory);
-    a source that cannot be read, or holds no record, is a one-line error."""
-    def why(e):  # an exception in one short line
+    """The records (dicts) of a hub name or local files, streamed with `datasets`; a source that cannot be read, or
+    holds no record, is a one-line error."""
+    def why(e):
         return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
-    n = 0
+    import datasets
+    parts, n = local_files(spec), 0
+    kinds = {FILE_TYPES.get(os.path.splitext(p)[1].lower()) for p in parts}
+    if parts and (len(kinds) != 1 or None in kinds):
+        fail(f"cannot read {spec} (one kind of .jsonl, .json, .parquet or .txt files expected)",
+             "pass files of one of those kinds")
+    if parts and all(os.path.getsize(p) == 0 for p in parts):
+        fail(f"{spec} is empty", "pass a dataset or files with records in them")
+    name, config, split = (spec.split(":") + [None, None])[:3]
     try:
-        import datasets
-        parts = local_files(spec)
-        kinds = {FILE_TYPES.get(os.path.splitext(p)[1].lower()) for p in parts}
-        if parts and (len(kinds) != 1 or None in kinds):
-            fail(f"cannot read {spec} (one kind of .jsonl, .json, .parquet or .txt files expected)",
-                 "pass files of one of those kinds")
-        if parts and all(os.path.getsize(p) == 0 for p in parts):
-            fail(f"{spec} is empty", "pass a dataset or files with records in them")
-        name, config, split = (spec.split(":") + [None, None])[:3]
-        try:
-            stream = (datasets.load_dataset(kinds.pop(), data_files=parts, split="train", streaming=True) if parts
-                      else datasets.load_dataset(name, config or None, split=split or "train", streaming=True))
-        except Exception as e:
-            if parts:
-                fail(f"cannot read {spec} ({why(e)})", "check that the files are well-formed")
-            fail(f"cannot load '{spec}' from the Hugging Face hub ({why(e)})", "check the name and the network, or "
-                 "work offline with the embedded default (python data.py) or local files (--web/--hq/--eval FILES)")
+        stream = (datasets.load_dataset(kinds.pop(), data_files=parts, split="train", streaming=True) if parts
+                  else datasets.load_dataset(name, config or None, split=split or "train", streaming=True))
+    except Exception as e:
+        if parts:
+            fail(f"cannot read {spec} ({why(e)})", "check that the files are well-formed")
+        fail(f"cannot load '{spec}' from the Hugging Face hub ({why(e)})", "check the name and the network, or work "
+             "offline with the embedded default (python data.py) or local files (--web/--hq/--eval FILES)")
+    try:
         for n, rec in enumerate(stream, 1):
             yield rec
-    except Exception as e:  # not fail()'s SystemExit: a malformed record met while streaming
+    except Exception as e:  # a malformed record met while streaming
         fail(f"cannot read {what} {spec} ({why(e)})", "check that the files are well-formed")
     if n == 0:
         fail(f"{what} {spec} is empty", "pass a dataset or files with records in them")
 
 
-def field_of(rec, name, spec):
-    if name not in rec:
-        fail(f"{spec} has no field '{name}' (fields: {', '.join(rec)})", "name the text field with --web_field, or "
-             "the fields of --hq_template / --eval_prompt / --eval_answer")
-    return rec[name]
-
-
-def formatted(template, rec, spec):
+def field(rec, spec, name=None, template=None):
+    """A record's field `name`, or `template` filled with its fields; a missing field is a one-line error."""
     try:
-        return template.format(**rec)
+        return rec[name] if template is None else template.format(**rec)
     except KeyError as e:
-        field_of(rec, e.args[0], spec)
+        fail(f"{spec} has no field '{e.args[0]}' (fields: {', '.join(rec)})", "name the text field with --web_field, "
+             "or the fields of --hq_template / --eval_prompt / --eval_answer")
 
 
 def final_number(value):
-    """The answer of an eval record: a number, the final number of a solution, or a number written alone."""
+    """The answer of an eval record: a number, a number written alone, or the final number of a solution."""
     if isinstance(value, (int, float)):
         return int(value)
-    answer = extract_answer(str(value))
-    m = re.fullmatch(r"\s*" + NUMBER + r"\s*", str(value)) if answer is None else None
-    return int(m.group(1).replace(",", "")) if m else answer
+    m = re.fullmatch(r"\s*" + NUMBER + r"\s*", str(value))
+    return int(m.group(1).replace(",", "")) if m else extract_answer(str(value))
 
 
 def held_out_record(rec, rc, spec):
-    """[{"prompt", "answer", "solution"}] of a question/answer record (the solution: what --hq_template adds
-    after the --eval_prompt text, where it starts with it), or [] if the record has no final number."""
-    answer = final_number(field_of(rec, rc.eval_answer, spec))
+    """[{"prompt", "answer", "solution"}] of a question/answer record (the solution: what --hq_template adds after
+    the --eval_prompt text, where it starts with it), or [] if the record has no final number."""
+    answer = final_number(field(rec, spec, rc.eval_answer))
     if answer is None:
         return []
-    prompt, full = formatted(rc.eval_prompt, rec, spec), formatted(rc.hq_template, rec, spec)
+    prompt, full = field(rec, spec, template=rc.eval_prompt), field(rec, spec, template=rc.hq_template)
     return [{"prompt": prompt, "answer": answer,
              **({"solution": full[len(prompt):]} if full.startswith(prompt) else {})}]
 
@@ -169,13 +154,12 @@ def ngrams(w, n):
 
 
 class Decontaminator:
-    """Drops documents that overlap a held-out problem in word n-grams (GPT-3 and OpenWebMath used 13): a
-    document overlaps a problem when it holds more than `share` of the problem's n-grams (0: any one of them,
-    the usual check; templated text, where problems share phrases, wants more); a problem shorter than n words,
-    when it holds all of it. Counts what it dropped, per source."""
+    """Drops documents that overlap a held-out problem in word n-grams (GPT-3 and OpenWebMath used 13): that hold
+    more than `share` of the problem's n-grams (0: any one, the usual check; templated text, where problems share
+    phrases, wants more), or all of a problem shorter than n words. Counts what it dropped, per source."""
 
     def __init__(self, problems, n, share=0.0):
-        self.share, self.dropped, self.index, self.sizes, self.lengths = share, {}, {}, [], {n}
+        self.share, self.dropped, self.index, self.sizes, self.lengths = share, Counter(), {}, [], {n}
         for i, p in enumerate(problems if n else []):
             w = words(p["prompt"] + " " + p.get("solution", ""))
             self.lengths.add(min(n, len(w)))
@@ -184,22 +168,21 @@ class Decontaminator:
             for g in grams:
                 self.index.setdefault(g, []).append(i)
 
-    def clean(self, text, split):
+    def clean(self, text, source):
         w = words(text)
         grams = set().union(*(ngrams(w, k) for k in self.lengths)) if self.index else ()
         hits = Counter(i for g in grams for i in self.index.get(g, ()))
         if any(k > self.share * self.sizes[i] for i, k in hits.items()):
-            self.dropped[split] = self.dropped.get(split, 0) + 1
+            self.dropped[source] += 1
             return False
         return True
 
 
 def build_real(rc, data_dir, log=print):
-    """Tokenize real corpora into data_dir (no labels: real data has no ground-truth kinds). The held-out problems
+    """Tokenize real corpora into data_dir, without labels (real data has no ground-truth kinds). The held-out problems
     come first, so that every document sharing n-grams with one is dropped; nothing is left if a source fails."""
-    enc = cl100k()
+    enc, base_budget = cl100k(), int(rc.max_tokens * rc.base_share)
     os.makedirs(data_dir, exist_ok=True)
-    base_budget = int(rc.max_tokens * rc.base_share)
     budgets = {"web_base": base_budget, "web": rc.max_tokens - base_budget, "ref_val": 0, "ref_train": 0}
     writers = {split: SplitWriter(enc, os.path.join(data_dir, split), 256 if split.startswith("web") else 2000,
                                   budget, rc.num_proc) for split, budget in budgets.items()}  # web pages are longer
@@ -208,8 +191,7 @@ def build_real(rc, data_dir, log=print):
     try:
         evals = []
         for rec in records(rc.eval, "evaluation set"):
-            if len(evals) < rc.max_eval:
-                evals += held_out_record(rec, rc, rc.eval)
+            evals += held_out_record(rec, rc, rc.eval) if len(evals) < rc.max_eval else []
         if not evals:
             fail(f"no record of {rc.eval} has a final number in '{rc.eval_answer}'", "name the answer field with "
                  "--eval_answer")
@@ -217,7 +199,7 @@ def build_real(rc, data_dir, log=print):
         vals = [v for rec in hq[:rc.hq_val] for v in held_out_record(rec, rc, rc.hq)]
         clean = Decontaminator(evals + vals, rc.ngram, rc.ngram_share)
         for i, rec in enumerate(hq):
-            text = formatted(rc.hq_template, rec, rc.hq)
+            text = field(rec, rc.hq, template=rc.hq_template)
             if i < rc.hq_val or clean.clean(text, "high-quality"):
                 writers["ref_val" if i < rc.hq_val else "ref_train"].add([(text, MATH)])
         stream_web(rc, writers, clean, log)
@@ -225,27 +207,27 @@ def build_real(rc, data_dir, log=print):
             w.close()
         if not writers["ref_train"].tokens:
             fail(f"{rc.hq} has no records left for ref_train after holding out --hq_val {rc.hq_val}", "lower --hq_val")
-        if clean.dropped and log:
-            log(f"decontamination: dropped {', '.join(f'{n:,} {s} document(s)' for s, n in clean.dropped.items())} "
-                f"overlapping a test or validation problem in {rc.ngram}-grams of words")
     except BaseException:
         for w in writers.values():
             w.discard()
         raise
+    if clean.dropped and log:
+        log(f"decontamination: dropped {', '.join(f'{n:,} {s} document(s)' for s, n in clean.dropped.items())} "
+            f"overlapping a test or validation problem in {rc.ngram}-grams of words")
     return finish(data_dir, enc, writers, evals, vals, (), {"source": asdict(rc), "decontamination": {
         "ngram": rc.ngram, "share": rc.ngram_share, "dropped_documents": clean.dropped}})
 
 
 def stream_web(rc, writers, clean, log):
-    """The noisy corpus, a document at a time: a document goes to web_base while the share of documents there
-    is below base_share, else to web; one that a full split cannot take goes to the other. The progress bar is
-    redrawn every 0.5 s on a terminal, every 15 s in a log file (one line there, not one per chunk)."""
+    """The noisy corpus, a document at a time: to web_base while its share of the documents is below base_share, else
+    to web; one that a full split cannot take goes to the other. The progress bar is redrawn every 0.5 s on a
+    terminal, every 15 s in a log file (one line there, not one per chunk)."""
     base, web = writers["web_base"], writers["web"]
     n_docs = n_base = 0
     with tqdm(desc=f"tokenizing {rc.web}", total=rc.max_tokens or None, unit="tok", unit_scale=True,
               disable=not log, mininterval=0.5 if sys.stderr.isatty() else 15) as bar:
         for rec in records(rc.web, "noisy corpus"):
-            text = str(field_of(rec, rc.web_field, rc.web))
+            text = str(field(rec, rc.web, rc.web_field))
             if not clean.clean(text, "noisy corpus"):
                 continue
             first, other = (base, web) if n_base < rc.base_share * (n_docs + 1) else (web, base)
@@ -256,9 +238,9 @@ def stream_web(rc, writers, clean, log):
             bar.update(base.tokens + web.tokens - bar.n)
             if base.full and web.full:
                 break
-        for doc in base.flush():  # what the base's last chunk had no room for
+        for doc in base.flush():  # what the base's last chunk had no room for; then web's pending documents
             web.add(doc)
-        web.flush()  # (the base's pending documents were just flushed)
+        web.flush()
         bar.update(base.tokens + web.tokens - bar.n)
     got = base.tokens + web.tokens
     if rc.max_tokens and got < rc.max_tokens:
@@ -270,8 +252,8 @@ def stream_web(rc, writers, clean, log):
 # A local GSM8K-shaped corpus, offline: long multi-step word problems and web pages, as files to build from
 
 def long_problem(rng, steps):
-    """A GSM8K-shaped problem: a question of several sentences and a worked answer with one line per step,
-    each calculation annotated <<a+b=c>>, ending in '#### answer'."""
+    """A GSM8K-shaped problem: a question of several sentences and a worked answer with one line per step, each
+    calculation annotated <<a+b=c>>, ending in '#### answer'."""
     n, it, total = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(5, 40)
     q, a = [f"{n} collects {it} for a school project and starts the week with {total} {it}."], []
     for _ in range(steps):
@@ -297,8 +279,8 @@ def long_problem(rng, steps):
 
 
 def write_example(out_dir, n_web=6000, n_train=2500, n_test=300, seed=0):
-    """web.jsonl (pages: boilerplate, prose, other math, GSM8K-shaped problems, now and then a test problem for
-    the decontamination to find), train.jsonl and test.jsonl (GSM8K's fields); returns how many pages quote one."""
+    """web.jsonl (pages: boilerplate, prose, other math, GSM8K-shaped problems, now and then a test problem for the
+    decontamination to find), train.jsonl and test.jsonl (GSM8K's fields); returns how many pages quote one."""
     rng = random.Random(f"rho-example-{seed}")
     os.makedirs(out_dir, exist_ok=True)
     test = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_test)]

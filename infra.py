@@ -1,8 +1,7 @@
 """
-infra.py -- the machinery behind rho.py, so that rho.py reads as the method and its loop: one-line errors and
-atomic files, the command line (a dataclass is the flags), devices and processes (DDP), checkpoints for an exact
-resume, run folders with one writer each, reference score files, and what the log measures. Nothing in here is the
-method. A library: run train_ref.py, train_slm.py and plot.py.
+infra.py -- the machinery behind rho.py, so that rho.py reads as the method and its loop: one-line errors and atomic
+files, the command line (a dataclass is the flags), devices and processes (DDP), checkpoints for an exact resume,
+run folders with one writer each, reference score files, and what the log measures. A library.
 """
 import argparse
 import contextlib
@@ -31,11 +30,10 @@ def fail(msg, fix):
 
 def interrupted(kind, value, tb, hook=sys.excepthook):
     """Ctrl-C outside a training loop (which names its checkpoint itself): one line instead of a traceback."""
-    if issubclass(kind, KeyboardInterrupt):
-        print("error: interrupted; fix: run the same command again (finished runs and a built corpus are reused; "
-              "a killed run continues with --resume)", file=sys.stderr)
-    else:
-        hook(kind, value, tb)
+    if not issubclass(kind, KeyboardInterrupt):
+        return hook(kind, value, tb)
+    print("error: interrupted; fix: run the same command again (finished runs and a built corpus are reused; a "
+          "killed run continues with --resume)", file=sys.stderr)
 
 
 sys.excepthook = interrupted
@@ -57,8 +55,8 @@ def atomic_write(path, content):
 
 
 def read_json(path, cut_ok=False):
-    """The JSON in path, or {} if there is no such file; a file cut short (or not JSON) is refused in one line, or
-    with cut_ok is None (a reader of many runs, such as plot.py: one bad file costs its run, not the table)."""
+    """The JSON in path, {} if there is no such file; a file cut short (or not JSON) is refused in one line, or
+    with cut_ok is None (for a reader of many runs: one bad file costs its run, not the table)."""
     if not os.path.exists(path):
         return {}
     try:
@@ -72,11 +70,10 @@ def read_json(path, cut_ok=False):
 
 
 def check_ranges(obj, positive=(), nonneg=()):
-    """Refuse, in one line, a flag of obj (None: not given; a list: each value) that is not above 0 (positive) or
-    below 0 (nonneg); NaN is refused too."""
+    """Refuse a flag of obj (None: not given; a list: each value) not above 0 (positive) or below 0 (nonneg)."""
     for name in (*positive, *nonneg):
         for v in (lambda v: v if isinstance(v, list) else [v])(getattr(obj, name)):
-            if v is not None and not (v > 0 if name in positive else v >= 0):
+            if v is not None and not (v > 0 if name in positive else v >= 0):  # NaN fails both
                 fail(f"--{name} {v} is {'not above 0' if name in positive else 'below 0'}",
                      f"pass --{name} {'above 0' if name in positive else '0 or more'}, or drop it for the default")
 
@@ -90,20 +87,15 @@ def check_passes(flag, budget, n, split):
 
 def read_pipeline(out_dir):
     """out_dir's pipeline.json ({} if none), its paths made to follow the folder: recorded relative to where
-    train_ref.py ran, they are re-expressed from where out_dir is named now, so that a copied or moved pipeline (or
-    one used from another folder) uses its own files; an absolute path stays, and so does one whose file is there
-    while the moved one is not (a copied pipeline on the original's corpus)."""
+    train_ref.py ran, they are re-expressed from out_dir, so that a copied or moved pipeline uses its own files (an
+    absolute path stays, and so does one whose file is there while the moved one is not)."""
     pipe = read_json(os.path.join(out_dir, "pipeline.json"))
-    was = pipe and pipe.get("out_dir", os.path.dirname(os.path.dirname(pipe.get("ref", ""))))
-    if not was or os.path.isabs(was):
-        return pipe
-
-    def move(p):
+    was = pipe.get("out_dir")
+    for k in ("data_dir", "base", "ref", "scores") if was and not os.path.isabs(was) else ():
+        p = pipe[k]
         new = p and not os.path.isabs(p) and os.path.normpath(os.path.join(out_dir, os.path.relpath(p, was)))
-        return new if new and new != os.path.normpath(p) and (os.path.exists(new) or not os.path.exists(p)) else p
-    pipe.update({k: move(pipe[k]) for k in ("data_dir", "base", "ref", "scores") if k in pipe},
-                refs={n: {**r, "ckpt": move(r["ckpt"]), "scores": move(r["scores"])}
-                      for n, r in pipe.get("refs", {}).items()})
+        if new and new != os.path.normpath(p) and (os.path.exists(new) or not os.path.exists(p)):
+            pipe[k] = new
     return pipe
 
 
@@ -155,9 +147,8 @@ def pick_device(name):
 
 def autocast(device):
     """bf16 autocast on CUDA; plain float32 on the CPU."""
-    if str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+    on = str(device).startswith("cuda")
+    return torch.autocast("cuda" if on else "cpu", dtype=torch.bfloat16, enabled=on)
 
 
 def sync(device):
@@ -171,9 +162,8 @@ def peak_flops(device):
 
 
 def dist_setup(device="auto"):
-    """(rank, world, local_rank) of this process: from torchrun's environment, (0, 1, 0) without it. The first call
-    joins the process group: NCCL when --device is CUDA, each process bound to its own GPU (cuda:local_rank) before
-    the first collective (else every process would share cuda:0), gloo on the CPU."""
+    """(rank, world, local_rank) from torchrun's environment, (0, 1, 0) without it. The first call joins the process
+    group: NCCL on CUDA, each process bound to cuda:local_rank before the first collective; gloo on the CPU."""
     if int(os.environ.get("WORLD_SIZE", 1)) == 1:
         return 0, 1, 0
     import atexit
@@ -191,9 +181,7 @@ def dist_setup(device="auto"):
             torch.cuda.set_device(local_rank)
             kw = {"backend": "nccl", "device_id": torch.device("cuda", local_rank)}
         dist.init_process_group(timeout=datetime.timedelta(hours=6), **kw)
-        # no collective on the way out: a rank that fails (an exception, a fail()) must exit, not wait in a barrier
-        # that the others, stuck in another collective, never join; torchrun then stops them. A run that ends
-        # well has passed its last barrier already.
+        # no collective on the way out: a rank that fails must exit, not wait in a barrier the others never join
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return dist.get_rank(), dist.get_world_size(), local_rank
 
@@ -248,17 +236,13 @@ def gather(t):
 # ----------------------------------------------------------------------------------------------------------
 # Checkpoints: the uncompiled model, optimizer, step (= data position), RNG states; loaded without pickle code
 
-CKPT_VERSION = 1
-
-
 def save_checkpoint(path, tr, step, meter=None):
     """A Trainer's state at `step` (a logged step: the meter's running counts go with it), written atomically."""
-    ckpt = {"version": CKPT_VERSION, "model": tr.model.state_dict(), "model_args": asdict(tr.model.config),
+    cuda = [torch.cuda.get_rng_state(tr.device)] if str(tr.device).startswith("cuda") else []  # this process's GPU
+    ckpt = {"model": tr.model.state_dict(), "model_args": asdict(tr.model.config), "optimizer":
+            tr.optimizer.state_dict(), "step": step, "config": asdict(tr.cfg), "vocab_hash": tr.meta["vocab_hash"],
             "meter": meter.state() if meter else {},
-            "optimizer": tr.optimizer.state_dict(), "step": step, "config": asdict(tr.cfg),
-            "vocab_hash": tr.meta["vocab_hash"],
-            "rng": {"torch": torch.get_rng_state(), "select": tr.sel_gen.get_state(),  # cuda: this process's GPU
-                    "cuda": [torch.cuda.get_rng_state(tr.device)] if str(tr.device).startswith("cuda") else []}}
+            "rng": {"torch": torch.get_rng_state(), "select": tr.sel_gen.get_state(), "cuda": cuda}}
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
@@ -268,11 +252,10 @@ def load_checkpoint(path, what="checkpoint"):
         fail(f"no {what} at {path}", "train it first with `python train_ref.py` (or pass the right path)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle that wants to run code, or a damaged file: its first line, whole
+        assert isinstance(ckpt, dict) and "model_args" in ckpt, "not a dict of rho's"
+    except Exception as e:  # a pickle that wants to run code, a damaged file, another program's: its first line
         fail(f"{path} is not a loadable rho checkpoint ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})",
              "use a checkpoint written by rho, or train it again")
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CKPT_VERSION:
-        fail(f"{path} was written by an incompatible version of rho", "train it again with this version")
     return ckpt
 
 
@@ -283,9 +266,8 @@ def check_vocab(ckpt, meta, path):
 
 
 def restore(tr, ckpt):
-    """Put a checkpoint back into a Trainer; its first step is the checkpoint's (batch i is a pure function of
-    the seed and i, so the step is the data position)."""
-    tr.start, tr.resumed, tr.meter_state = ckpt["step"], True, ckpt.get("meter", {})
+    """Put a checkpoint back into a Trainer; its first step is the checkpoint's (the step is the data position)."""
+    tr.start, tr.resumed, tr.meter_state = ckpt["step"], True, ckpt["meter"]
     tr.model.load_state_dict(ckpt["model"])
     tr.optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"]["torch"])
@@ -299,18 +281,17 @@ def restore(tr, ckpt):
 
 def check_folder(folder):
     """Refuse a folder to write in that is a file, or lies below one."""
-    up, path = None, folder
-    while path and path not in (os.sep, ".") and not up:
-        up = path if os.path.exists(path) and not os.path.isdir(path) else None
+    path = folder
+    while path and path not in (os.sep, "."):
+        if os.path.exists(path) and not os.path.isdir(path):
+            fail(f"{path} is a file, not a folder", f"name a folder (not {path}) as --out_dir / --data_dir")
         path = os.path.dirname(path.rstrip(os.sep))
-    if up:
-        fail(f"{up} is a file, not a folder", f"name a folder (not {up}) as --out_dir / --data_dir")
 
 
-class FolderLock:
+class FolderLock(contextlib.AbstractContextManager):
     """One writer per folder: an exclusive flock on <folder>/.lock until release (the kernel drops a killed
-    process's lock, so a stale file never blocks). A second writer gets one line naming the holder. A folder this
-    lock created and nothing else filled is removed on release: a refused run leaves nothing behind."""
+    process's lock). A second writer gets one line naming the holder. A folder this lock created and nothing else
+    filled is removed on release: a refused run leaves nothing behind."""
 
     def __init__(self, folder):
         self.folder, self.created = folder, not os.path.exists(folder)
@@ -320,14 +301,9 @@ class FolderLock:
         try:
             fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            for _ in range(100):  # the holder writes its pid just after it locks: give it a second to appear
-                self.f.seek(0)
-                holder = self.f.read().strip()
-                if holder:
-                    break
-                time.sleep(0.01)
-            holder = holder or "another process"
-            self.f.close()
+            time.sleep(0.1)  # the holder writes its pid just after it locks
+            self.f.seek(0)
+            holder, _ = self.f.read().strip() or "another process", self.f.close()
             fail(f"{folder} is being written by {holder}", "wait for it to finish, or write to another folder")
         self.f.truncate(0)
         self.f.write(f"process {os.getpid()}")
@@ -339,49 +315,30 @@ class FolderLock:
             os.rmdir(self.folder)
         self.f.close()  # closing the file drops the lock
 
-    def __enter__(self):
-        return self
-
     def __exit__(self, *exc):
         self.release()
 
 
-def run_inputs(cfg):
-    """What a run is made from beyond its flags, by hash: the split's data, the initial and reference models."""
-    split = read_json(os.path.join(cfg.data_dir, "meta.json")).get("splits", {}).get(cfg.split, {})
-    refs = cfg.ref_ckpts.split(",") if cfg.uses_reference and cfg.ref_ckpts else []
-    return {"data": split.get("sha256"), "init": file_hash(cfg.init) if os.path.exists(cfg.init) else cfg.init,
-            "refs": [file_hash(r) if os.path.exists(r) else r for r in refs]}
-
-
-# not what a run *is*: how it is run, and its files' paths (compared by what they hold: run_inputs)
-NOT_THE_RUN = ("overwrite", "resume", "arm", "ckpt_every", "data_dir", "out_dir", "init", "ref_ckpts", "score_files")
-
-
-def intact(path):
-    """Whether a checkpoint is whole to its end (torch.save writes a zip, whose index is its last bytes)."""
-    return os.path.exists(path) and zipfile.is_zipfile(path)
+# not what a run *is*: how it is run, and its files' paths (compared by what they hold, in "inputs")
+NOT_THE_RUN = ("overwrite", "resume", "ckpt_every", "data_dir", "out_dir", "init", "ref_ckpt", "score_file")
 
 
 def run_state(cfg, inputs, log=print):
-    """'reuse' if cfg.out_dir holds a finished, intact run of exactly this configuration and inputs (with
-    --overwrite too), 'resume' if an unfinished one with a checkpoint and --resume was given, 'new' if the run is
-    to be made (with --resume: also one that stopped before its first checkpoint; with --overwrite: one that
-    differs, named in one line); refuses anything else."""
+    """'reuse' a finished, intact run of exactly this configuration and inputs (with --overwrite too), 'resume' an
+    unfinished one with a checkpoint under --resume, 'new' a run to make (under --resume also one that stopped
+    before its first checkpoint; under --overwrite one that differs, named in one line); refuse anything else."""
     old, done, ckpt = (os.path.join(cfg.out_dir, f) for f in ("config.json", "done.json", "ckpt.pt"))
     old = read_json(old)
     if not old:
         return "new"
-    mine = {k: v for k, v in asdict(cfg).items() if k not in NOT_THE_RUN}
-    old = {**asdict(type(cfg)()), **old}  # a setting newer than the run counts as its default
-    changed = [f"{k} {old[k]} -> {mine[k]}" for k in mine if old[k] != mine[k]]
+    changed = [f"{k} {old.get(k)} -> {v}" for k, v in asdict(cfg).items() if k not in NOT_THE_RUN and old.get(k) != v]
     why = f"a run with another configuration ({', '.join(changed[:4])})" if changed else \
         "a run made from other inputs (data, initial model or reference changed since)" \
         if old.get("inputs") != inputs else "a finished run whose ckpt.pt is damaged or missing" \
-        if os.path.exists(done) and not intact(ckpt) else ""
+        if os.path.exists(done) and not zipfile.is_zipfile(ckpt) else ""  # a zip's index is its last bytes
     if why and not cfg.overwrite:
         fail(f"{cfg.out_dir} holds {why}", "pass --overwrite to replace it" +
-             (", or choose another --out_dir / --name" * (cfg.arm not in ("base", "reference") and bool(changed))))
+             (", or choose another --out_dir / --name" * (cfg.split == "web" and bool(changed))))
     if why or (cfg.overwrite and not os.path.exists(done) and not cfg.resume):
         log(f"{cfg.out_dir}: replacing {why or 'an unfinished run'} (--overwrite)")
         return "new"
@@ -393,10 +350,13 @@ def run_state(cfg, inputs, log=print):
 
 @contextlib.contextmanager
 def run_folder(cfg, log, make_trainer):
-    """Hold cfg.out_dir for one writer (rank 0 holds it for every rank) and yield None for a finished run of this
+    """Hold cfg.out_dir for one writer (rank 0 for every rank) and yield None for a finished run of this
     configuration (reused), else the trainer: built and checked before anything is written, then the folder is
-    started afresh (config.json) or, with --resume, the trainer restored from ckpt.pt with the log cut back to it."""
-    inputs, lock, state = run_inputs(cfg), None, None
+    started afresh (config.json) or, with --resume, the trainer restored from ckpt.pt and the log cut back to it."""
+    split = read_json(os.path.join(cfg.data_dir, "meta.json")).get("splits", {}).get(cfg.split, {})
+    paths = {"init": cfg.init, "ref": cfg.ref_ckpt if cfg.uses_reference else ""}  # compared by what they hold
+    inputs = {"data": split.get("sha256"), **{k: file_hash(p) if os.path.exists(p) else p for k, p in paths.items()}}
+    lock, state = None, None
     if dist_setup(cfg.device)[0] == 0:
         try:
             lock = FolderLock(cfg.out_dir)
@@ -419,8 +379,8 @@ def run_folder(cfg, log, make_trainer):
             for name in os.listdir(cfg.out_dir):
                 if name in ("log.jsonl", "done.json", "ckpt.pt") or re.fullmatch(r"ckpt_\d+\.pt", name):
                     os.remove(os.path.join(cfg.out_dir, name))
-            atomic_write(os.path.join(cfg.out_dir, "config.json"),
-                         json.dumps({**asdict(cfg), "inputs": inputs}, indent=1))
+            atomic_write(os.path.join(cfg.out_dir, "config.json"), json.dumps({**asdict(cfg), "inputs": inputs},
+                                                                              indent=1))
         elif lock:
             cut_log(cfg.out_dir, tr.start)
         barrier()
@@ -431,8 +391,8 @@ def run_folder(cfg, log, make_trainer):
 
 
 def cut_log(run_dir, step):
-    """Cut log.jsonl back to the records up to `step` (a killed run may have logged past its last checkpoint,
-    and its last line may be cut short)."""
+    """Cut log.jsonl back to the records up to `step` (a killed run may have logged past its last checkpoint, its
+    last line cut short)."""
     path, keep = os.path.join(run_dir, "log.jsonl"), []
     with open(path) as f:
         for line in f:
@@ -443,6 +403,25 @@ def cut_log(run_dir, step):
                 break
             keep.append(line if line.endswith("\n") else line + "\n")
     atomic_write(path, "".join(keep))
+
+
+def read_run(path):
+    """(config, evaluation records, finished) of a run folder ({}, [], False where there is none): a file cut short
+    by a kill costs only what it holds: a log line its record, done.json the run's finish, config.json the run."""
+    cfg, log, done = (os.path.join(path, f) for f in ("config.json", "log.jsonl", "done.json"))
+    evals = []
+    if os.path.exists(log):
+        with open(log, "rb") as f:
+            evals = [rec for rec in map(parse, f) if isinstance(rec, dict) and "val_loss" in rec]
+    return read_json(cfg, cut_ok=True), evals, os.path.isfile(done) and read_json(done, cut_ok=True) is not None
+
+
+def parse(line):
+    """A log line's JSON record, or None where it is cut short."""
+    try:
+        return json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
 
 
 def append_log(run_dir, record):
@@ -460,15 +439,13 @@ def last_record(run_dir):
 
 def score_stamp(ref_path, ref_ckpt, meta, split="web"):
     """What a score file must match to be used: the reference, the corpus, the block size."""
-    return {"format_version": 1, "dtype": "float16", "length": meta["splits"][split]["tokens"],
-            "ref_sha": file_hash(ref_path), "ref_config": ref_ckpt["config"], "vocab_hash": meta["vocab_hash"],
-            "corpus_sha256": meta["splits"][split]["sha256"], "block_size": ref_ckpt["model_args"]["block_size"],
-            "split": split}
+    return {"dtype": "float16", "length": meta["splits"][split]["tokens"], "ref_sha": file_hash(ref_path),
+            "ref_config": ref_ckpt["config"], "vocab_hash": meta["vocab_hash"], "split": split,
+            "corpus_sha256": meta["splits"][split]["sha256"], "block_size": ref_ckpt["model_args"]["block_size"]}
 
 
 def scores_match(path, stamp):
-    """Whether the score file at path is the one `stamp` describes: its sidecar holds every value of the stamp and
-    the file holds `length` float16 losses."""
+    """Whether the file at path holds `length` float16 losses and its sidecar every value of the stamp."""
     old = read_json(path + ".json")
     return os.path.exists(path) and os.path.getsize(path) == 2 * stamp["length"] and \
         {k: old.get(k) for k in stamp} == stamp
@@ -503,8 +480,8 @@ class Meter:
         self.reset()
 
     def state(self):  # what a checkpoint between two evaluations must keep for an exact resume
-        return {"seen": self.seen.cpu(), "kept": self.kept.cpu(),
-                "t": torch.tensor([self.t_train, self.t_eval], dtype=torch.float64)}
+        return {"seen": self.seen.cpu(), "kept": self.kept.cpu(), "t": torch.tensor([self.t_train, self.t_eval],
+                                                                                     dtype=torch.float64)}
 
     def load(self, state):
         if state:
@@ -525,7 +502,7 @@ class Meter:
 
     def record(self, step):
         """A log record: tokens, lr, FLOPs and, if steps were trained since the last one, their mean loss over
-        processes (one that is not finite stops the run, before any checkpoint of the broken model), tokens/s, MFU."""
+        processes (one not finite stops the run, before any checkpoint of the broken model), tokens/s, MFU."""
         tr = self.tr
         rec = {"step": step, "tokens": step * tr.tokens_per_step, "lr": tr.lr_at(min(step, tr.max_iters - 1)),
                "flops": step * tr.tokens_per_step * tr.flops_per_token}
@@ -560,8 +537,7 @@ class Meter:
         return out
 
     def eta(self, step, evals_left):
-        """Seconds left: the steps left at the mean step time plus the evaluations left at the mean evaluation
-        time; None before the first step."""
+        """Seconds left: the steps left at the mean step time, the evaluations left at the mean evaluation time."""
         if self.steps:
             per_eval = self.t_eval / self.evals if self.evals else 0.0
             return (self.tr.max_iters - step) * self.t_train / self.steps + evals_left * per_eval
@@ -578,11 +554,8 @@ def log_line(rec, max_iters, eta):
     return " | ".join(out + [f"eta {eta:.0f}s" if eta is not None else "eta -"])
 
 
-def eval_steps(max_iters, n_evals, schedule="log", first=0.005):
-    """The steps to evaluate at: 0, the last and n_evals - 1 more between, evenly or (log) log-spaced from `first`
-    of the run, so that early training, where curves move fastest, is sampled densely."""
-    if schedule == "even":
-        every = max(1, -(-max_iters // max(1, n_evals)))
-        return sorted(set(range(0, max_iters, every)) | {max_iters})
+def eval_steps(max_iters, n_evals, first=0.005):
+    """The steps to evaluate at: 0, the last and n_evals - 1 more between, log-spaced from `first` of the run, so
+    that early training, where curves move fastest, is sampled densely."""
     pts = np.maximum(1, np.round(max_iters * np.geomspace(first, 1.0, n_evals))).astype(int) if n_evals > 1 else ()
     return sorted({0, max_iters, *map(int, pts)})

@@ -1,21 +1,14 @@
 """
-plot.py -- compare every run under out/ with the uniform next-token baseline (CLM); --tokens and --categories
-look inside one run (analysis.py).
+plot.py -- every run under --out_dir against CLM, the plain next-token baseline: each arm at the learning rate the
+validation problems chose, measured on the test problems (whose family and numbers no training split holds).
 
-  python plot.py                    # reads out/, writes out/compare.png and out/compare.md, prints the tables
-  python plot.py --out_dir out/exp --arms CLM "SLM 0.6" --png out/two.png   # another folder, only these arms
-  python plot.py --tokens out/slm0.6 [--text a.txt]   # which tokens a student keeps: out/slm0.6/tokens.png
-  python plot.py --categories out/clm-ckpts   # H->H, L->H, H->L, L->L over a --keep_ckpts run: categories.png
-  python plot.py --explain out/slm0.6 [--pages 300]   # what it keeps of each kind and role, and why: explain.md
-
-Every pipeline (pipeline.json, made by train_ref.py) below --out_dir and its runs form one flat table of runs
-(arm, learning rate, seed); pipelines that differ only in their seed form a group. Each arm is shown at its best
-learning rate on the *validation* problems and measured on the *test* problems, whose (family, numbers) no
-training split holds: the answer loss (the solution's tokens given the question) and greedy accuracy. Per arm,
-median [min, max] over seeds of both, "x fewer tokens" to reach CLM's final value of each (a crossing before the
-first evaluation after step 0 is only a bound), "x less compute" (the reference and the scoring pass counted
-against SLM), and paired accuracy tests on the same problems (exact McNemar, paired bootstrap). Every learning
-rate is listed too. With students at three or more ratios it also draws <png>-ratios.png.
+  python plot.py                                  # the lesson: reference alone, CLM, SLM; out/compare.png and .md
+  python plot.py --full --arms CLM "SLM 0.6"      # every table and curve, only these arms
+  python plot.py --out_dir out/x/seed0 --rates    # each arm's chosen rate, a line "<arm><TAB><rate><TAB><folder>"
+  python plot.py --out_dir out/a --merge out/b=label   # b's students (another reference) as arms beside a's
+  python plot.py --tokens out/slm0.6              # which tokens a student keeps (analysis.py): tokens.png
+  python plot.py --categories out/clm-ckpts       # the paper's token-loss categories over kept checkpoints
+  python plot.py --explain out/slm0.6             # what SLM keeps of each kind and role, and why: explain.md
 """
 import glob
 import json
@@ -23,13 +16,13 @@ import math
 import os
 import zlib
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 import analysis
 from analysis import md_table
-from infra import arg, atomic_write, cli, fail, read_json, read_pipeline
+from infra import arg, atomic_write, cli, fail, read_json, read_pipeline, read_run
 
 
 @dataclass
@@ -37,54 +30,58 @@ class PlotRun:
     out_dir: str = arg("out", "folder holding the pipelines and runs to compare (searched recursively)")
     png: str = arg("", "where to write the figure (default: <out_dir>/compare.png); the tables go beside it (.md)")
     arms: list = arg(None, "compare only these arms, named as in the table (e.g. CLM 'SLM 0.6')", nargs="+", type=str)
+    full: bool = arg(False, "print every table (not only the lesson) and draw every arm, what SLM keeps and the "
+                            "learning-rate sweep in the figure")
+    rates: bool = arg(False, "print each arm's rate chosen on validation, a line '<arm><TAB><rate><TAB><run folder "
+                             "without -lr>', and stop")
+    merge: list = arg(None, "folder=label: a folder of pipelines on the same bases and data (another reference): its "
+                            "students join as '<arm> (<label>)', its CLM (checked equal) is left out", nargs="+",
+                     type=str)
     tokens: str = arg("", "a student run folder (e.g. out/slm0.6): draw which tokens it keeps (its tokens.png)")
     categories: str = arg("", "a run folder with kept checkpoints (--keep_ckpts): the paper's token-loss categories")
     explain: str = arg("", "an SLM or ref-loss run folder (e.g. out/slm0.6): its selection explained kind by kind, "
                            "at step 0 and at the end, and slipped results against right ones (its explain.md)")
     text: str = arg("", "--tokens/--categories: text file(s) to use (comma-separated) instead of held-out pages")
     ratio: float = arg(0.6, "--tokens: the share of the shown tokens to keep")
-    full: bool = arg(False, "print every table (not only the lesson) and draw every arm, what SLM keeps and the "
-                            "learning-rate sweep in the figure")
     pages: int = arg(0, "held-out pages to use (default: 4 for --tokens, 200 for --categories, 300 for --explain)",
                      type=int)
 
 
-# ==== Runs: one flat table ==================================================================================
+# ==== Runs: one flat table, each run's arm from its config ==================================================
 CURVES = {"val": "val_loss", "val_answer": "val_answer_loss", "answer": "answer_loss", "acc": "acc"}
+SELECT = {"excess": "SLM", "random": "random", "ref_loss": "ref-loss"}
+# what shapes a student beside its arm, rate and seed: arms are compared at one budget, batch, model and optimizer
+SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "tokens_per_step", "max_tokens", "min_lr_frac",
+         "warmup_frac", "weight_decay", "beta2", "grad_clip", "n_evals", "eval_problems", "val_problems",
+         "eval_max_new")
 
 
-def parse(line):
-    """The JSON record of a log line, or None where it is cut short (a killed writer): it costs its record only."""
-    try:
-        return json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
+def arm_name(cfg):
+    """A student's arm in words, from the settings that make it."""
+    if cfg["split"] == "ref_train":
+        return "reference, longer"
+    sel = cfg["ratio"] < 1 and cfg["select"] != "oracle"
+    name = "oracle (math tokens)" if cfg["select"] == "oracle" else f"{SELECT[cfg['select']]} {cfg['ratio']:g}" \
+        if sel else "CLM"
+    return name + f" + HQ x{cfg['mix_hq']:g}" * bool(cfg["mix_hq"]) + " (global)" * (sel and cfg["scope"] == "global") \
+        + " (online ref)" * (sel and cfg["select"] != "random" and cfg["ref_mode"] == "online") \
+        + f" (soft {cfg['temperature']:g})" * (sel and cfg["weighting"] == "soft")
 
 
-def read(path):
-    """The JSON in a file, {} if there is none, None if it is not whole (read_json's cut_ok)."""
-    return read_json(path, cut_ok=True)
+def retired(cfg):
+    """A run of a setting retired since (EXPERIMENTS.md, Retired experiments): the committed logs hold some."""
+    return cfg.get("sft") or cfg.get("weighting") == "margin" or "," in cfg["ref_ckpt"] or cfg["select"] == "block" \
+        or not cfg["init"] or (cfg["mix_hq"] and cfg["ratio"] < 1)
 
 
-def load_run(path, pipe, group, arm=None):
-    """One row of the table: a run's config, its curves at every evaluation and its final answers; None for a
-    folder that holds no run. pipe: its pipeline.json, with the pipeline's folder as "dir". A log line cut short
-    is left out; a done.json cut short leaves the run unfinished."""
-    cfg, log, evals, done = read(os.path.join(path, "config.json")), os.path.join(path, "log.jsonl"), [], \
-        os.path.join(path, "done.json")
-    if os.path.exists(log):
-        with open(log, "rb") as f:
-            evals = [rec for rec in map(parse, f) if isinstance(rec, dict) and "val_loss" in rec]
-    if not cfg or not evals:
-        return None
-    return {"path": path, "pipe": pipe, "seed": pipe["seed"], "group": group, "cfg": cfg, "lr": cfg["lr"],
-            "arm": arm or cfg.get("arm") or os.path.basename(path),
-            "done": os.path.isfile(done) and read(done) is not None,
-            "tokens": np.array([rec["tokens"] for rec in evals], dtype=float),
-            **{k: np.array([rec.get(key, np.nan) for rec in evals], dtype=float) for k, key in CURVES.items()},
-            "correct": answers(evals[-1]), "test": os.path.abspath(os.path.join(pipe["data_dir"], "eval.jsonl")),
-            "flops": evals[-1]["flops"], "selected": [rec.get("selected", {}) for rec in evals],
-            "composition": [rec.get("composition", {}) for rec in evals]}
+def is_slm(run):
+    return run["cfg"]["split"] == "web" and run["cfg"]["select"] == "excess" and run["cfg"]["ratio"] < 1
+
+
+def name_run(run, name, order=0):
+    """Name a run: its arm, and its label, the arm and the data order (a student seed other than the pipeline's)."""
+    run.update(name=name, order=order, arm=name + (f" (student seed {order})" if order else ""))
+    return run
 
 
 def answers(rec):
@@ -92,166 +89,149 @@ def answers(rec):
     return np.array([c == "1" for c in rec["correct"]]) if "correct" in rec else None
 
 
-# what shapes a student beyond its arm's name, its rate and its seed is everything else in its config: budget,
-# batch, model, evaluations, optimizer; not these (the arm's name says them, or they name files or how it ran)
-NOT_SHAPE = ("arm", "lr", "seed", "ratio", "select", "mix_hq", "ref_mode", "scope", "weighting", "temperature",
-             "margin", "combine", "sft", "init", "ref_ckpts", "score_files", "data_dir", "out_dir", "split", "part",
-             "device", "compile", "overwrite", "resume", "keep_ckpts", "ckpt_every", "log_every")
-DEFAULTS = asdict(analysis.rho.TrainConfig())  # a setting newer than a run counts as its default
+def load_run(path, pipe, group, name=None):
+    """A run's row (None without one): curves at every evaluation, final answers; name: else the arm's."""
+    cfg, evals, done = read_run(path)
+    if not cfg or not evals:
+        return None
+    run = {"path": path, "pipe": pipe, "seed": pipe["seed"], "group": group, "cfg": cfg, "lr": cfg["lr"],
+           "done": done, "tokens": np.array([rec["tokens"] for rec in evals], dtype=float),
+           **{k: np.array([rec.get(key, np.nan) for rec in evals], dtype=float) for k, key in CURVES.items()},
+           "correct": answers(evals[-1]), "test": os.path.abspath(os.path.join(pipe["data_dir"], "eval.jsonl")),
+           "flops": evals[-1]["flops"], "selected": [rec.get("selected", {}) for rec in evals],
+           "composition": [rec.get("composition", {}) for rec in evals]}
+    return name_run(run, name or arm_name(cfg), 0 if name or cfg["seed"] == pipe["seed"] else cfg["seed"])
 
 
-def shape(cfg):
-    """What shapes a student beyond its arm, rate and seed (the longer reference: but its budget, derived)."""
-    derived = ("max_tokens", "tokens_per_step") if cfg.get("split") == "ref_train" and not cfg.get("sft") else ()
-    return {k: cfg.get(k, v) for k, v in DEFAULTS.items() if k not in NOT_SHAPE + derived}
+def pipeline_runs(d, notes):
+    """A pipeline's runs, a copy in each group: the base and references in all, students by shape (the longer
+    reference, its budget derived, joins each group it fits); another shape gets a line in notes."""
+    pipe = {**read_pipeline(d), "dir": d}
+    ref = os.path.basename(os.path.dirname(pipe["ref"]))
+    names, students = {"base": "base", ref: "reference"}, {}
+    names.update({os.path.basename(k): f"reference e{r['ref_epochs']:g} lr{r['ref_lr']:g}" for k, r in sorted(
+        pipe["ref_sweep"].items()) if os.path.basename(k) != ref})
+    for sub in sorted(os.listdir(d)):
+        cfg = read_json(os.path.join(d, sub, "config.json"), cut_ok=True)
+        if sub not in names and cfg and not cfg["keep_ckpts"] and not retired(cfg):  # --keep_ckpts: --categories
+            students[sub] = {k: cfg[k] for k in SHAPE if cfg["split"] == "web" or k not in ("max_tokens",
+                                                                                          "tokens_per_step")}
+    fits = lambda sh, group: group.items() >= sh.items()  # noqa: E731
+    shapes = [json.loads(sh) for sh in sorted({json.dumps(sh, sort_keys=True) for sh in students.values()
+                                               if "max_tokens" in sh})]
+    for sh in students.values():
+        shapes += [sh] * (not any(fits(sh, group) for group in shapes))
+    if len(shapes) > 1:
+        differ = sorted({k for sh in shapes for k in sh if sh[k] != shapes[0].get(k, sh[k])})
+        notes.append(f"{d}: students that differ in {', '.join(differ)} are shown as separate groups (arms are "
+                     "compared at one budget, batch and model)")
+    meta = read_json(os.path.join(pipe["data_dir"], "meta.json"), cut_ok=True) or {}
+    same = [os.path.dirname(d), pipe["preset"], {k: v for k, v in pipe["settings"].items() if k not in (  # the
+        "ref_epochs", "ref_lr", "lr", "lr_clm")}, sorted((float(r["ref_epochs"]), float(r["ref_lr"]))  # rates apart
+                                               for r in pipe["ref_sweep"].values()), pipe.get("ref_web", 0),
+            {k: v for k, v in meta.get("data_config", meta.get("source", {})).items() if k != "seed"}]
+    return [load_run(os.path.join(d, sub), pipe, json.dumps(same + [sh], sort_keys=True), names.get(sub))
+            for sh in shapes or [{}] for sub in [*names, *(s for s, h in students.items() if fits(h, sh))]]
 
 
 def find_runs(root, notes=None):
-    """Every run below root (the pipelines' base and references included: pipeline.json's "ref" is the arm
-    "reference", the others of a sweep "reference e<epochs> lr<lr>"), with its group: pipelines side by side
-    in one folder with the same settings, corpus and reference, any seed, and their students of one kind (on the
-    web corpus, or fine-tuning with --sft) and one shape (shape()). What pooling would hide is kept apart, each with
-    a line in notes: students of another shape (their own group), a pipeline whose seed another of its group has
-    (its own group), a second run of an arm at one rate in a pipeline (left out)."""
-    runs, notes = [], [] if notes is None else notes
+    """Every run below root, with its group: pipelines side by side of the same settings, corpus and reference are
+    its seeds; a copy of a seed (its own group) and a second run of an arm at one rate (left out) get a note."""
+    runs, notes, first, seen, kept = [], [] if notes is None else notes, {}, {}, []
     for path in sorted(glob.glob(os.path.join(root, "**", "pipeline.json"), recursive=True)):
-        pipe = read(path)
-        if not isinstance(pipe, dict) or "settings" not in pipe:
+        if isinstance(pipe := read_json(path, cut_ok=True), dict) and "settings" in pipe:
+            runs += pipeline_runs(os.path.dirname(path), notes)
+        else:
             notes.append(f"{path} is not a whole pipeline.json: its runs are left out")
-            continue
-        pipe = {**read_pipeline(os.path.dirname(path)), "dir": os.path.dirname(path)}
-        meta = read(os.path.join(pipe["data_dir"], "meta.json")) or {}
-        corpus = {k: v for k, v in meta.get("data_config", meta.get("source", {})).items() if k != "seed"}
-        ref = os.path.basename(os.path.dirname(pipe["ref"])) or "ref"  # the chosen one, maybe of a sweep
-        students, refs = [], [("base", "base"), (ref, "reference")]
-        for sub in sorted(os.listdir(pipe["dir"])):
-            cfg = read(os.path.join(pipe["dir"], sub, "config.json"))
-            if sub in ("base", ref) or not cfg or cfg.get("keep_ckpts"):  # --keep_ckpts: for --categories
-                continue
-            if cfg.get("arm") == "reference":  # another of train_ref.py's sweep: ref-e<epochs>-lr<lr>
-                refs.append((sub, "reference " + sub.removeprefix("ref-").replace("-lr", " lr")))
-            else:
-                students.append((sub, "sft" if cfg.get("sft") else "", shape(cfg)))
-        # the pipeline's settings, but the preset's defaults for what a pipeline records apart (the references it
-        # swept) or does not fix (the students' rates)
-        settings = {k: v for k, v in pipe["settings"].items() if k not in ("ref_epochs", "ref_lr", "lr", "lr_clm")}
-        swept = sorted((float(r["ref_epochs"]), float(r["ref_lr"])) for r in pipe["ref_sweep"].values()) \
-            if "ref_sweep" in pipe else [(pipe["settings"].get("ref_epochs"), pipe["settings"].get("ref_lr"))]
-        # a group per kind and shape; the longer reference (a shape without its derived budget) joins those it fits
-        fits = lambda k, sh, group: k == group[0] and group[1].items() >= sh.items()  # noqa: E731
-        kinds = [(k, json.loads(sh)) for k, sh in sorted({(k, json.dumps(sh, sort_keys=True)) for _, k, sh in students
-                                                          if "max_tokens" in sh})]
-        for _, k, sh in students:
-            kinds += [(k, sh)] * (not any(fits(k, sh, g) for g in kinds))
-        for kind, sh in kinds or [("", {})]:
-            group = json.dumps([os.path.dirname(pipe["dir"]), pipe["preset"], pipe["init"], settings, swept, corpus,
-                                pipe.get("ref_web", 0), kind, sh], sort_keys=True)
-            for sub, arm in refs + [(s, None) for s, k, h in students if fits(k, h, (kind, sh))]:
-                runs.append(load_run(os.path.join(pipe["dir"], sub), pipe, group, arm))
-        for kind in {k for k, _ in kinds}:
-            shapes = [sh for k, sh in kinds if k == kind]
-            if len(shapes) > 1:
-                differ = sorted({k for sh in shapes for k in sh if sh[k] != shapes[0].get(k, sh[k])})
-                notes.append(f"{pipe['dir']}: students that differ in {', '.join(differ)} are shown as separate "
-                             "groups (arms are compared at one budget, batch and model)")
-    runs, first, seen, kept = [run for run in runs if run], {}, {}, []
-    for run in runs:
+    for run in filter(None, runs):
         d = run["pipe"]["dir"]
-        other = first.setdefault((run["group"], run["seed"]), d)
-        if other != d:  # pooled as seeds, two pipelines of one seed would count one pipeline twice
+        if (other := first.setdefault((run["group"], run["seed"]), d)) != d:
             notes.append(f"{d}: shown apart from {other}, a pipeline of the same settings and seed {run['seed']} "
                          "(a copy?): the pipelines of a group are its seeds")
             run["group"] += "\n" + d
-        twin = seen.setdefault((run["group"], d, run["arm"], run["lr"]), run["path"])
-        if twin != run["path"]:
+        if (twin := seen.setdefault((run["group"], d, run["arm"], run["lr"]), run["path"])) != run["path"]:
             notes.append(f"{run['path']}: left out, a second run of {run['arm']} at lr {run['lr']:g} in {d} (beside "
                          f"{twin}): one run per arm and rate in a pipeline")
-            continue
-        kept.append(run)
+        else:
+            kept.append(run)
     notes[:] = list(dict.fromkeys(notes))
     return kept
 
 
+def merge(root, others, notes):
+    """root's first group, with other folders' students (another reference) as '<arm> (<label>)' under root's
+    pipeline of their seed; their CLM runs must equal root's (CLM does not use the reference) and are left out."""
+    runs = find_runs(root, notes)
+    runs = [run for run in runs if run["group"] == runs[0]["group"]]
+    pipes = {run["seed"]: run["pipe"]["dir"] for run in runs}
+    clms = {(run["seed"], run["lr"]): run for run in runs if run["arm"] == "CLM" and run["done"]}
+    for folder, label in (other.split("=", 1) for other in others):
+        for run in find_runs(folder, notes):
+            if run["arm"] == "CLM":
+                mine = clms.get((run["seed"], run["lr"]))
+                if mine is None or not all(np.array_equal(run[k], mine[k]) for k in ("acc", "answer", "val")):
+                    fail(f"{run['path']} differs from {root}'s CLM of seed {run['seed']} at lr {run['lr']:g} (or it "
+                         "has none)", "merge folders on the same bases and corpora, run at one thread")
+            elif run["arm"] != "base" and run["seed"] in pipes:
+                runs.append(name_run({**run, "group": runs[0]["group"], "pipe": {**run["pipe"], "dir": pipes[
+                    run["seed"]]}}, f"{run['name']} ({label})", run["order"]))
+    return runs
+
+
 def overhead(run):
-    """FLOPs a run needs before its first step, the base model aside: a selection by a reference's losses pays the
-    reference, and with cached scores the scoring pass (an online reference is counted per step); None: unknown."""
+    """FLOPs before the first step, the base aside: selecting by the reference pays it, and cached, its scoring."""
     cfg = run["cfg"]
-    if cfg["ratio"] >= 1 or cfg["select"] not in ("excess", "ref_loss", "block") or \
-            (cfg.get("split") != "web" and not cfg.get("sft")):
+    if cfg["ratio"] >= 1 or cfg["select"] not in ("excess", "ref_loss") or cfg["split"] != "web":
         return 0.0
-    pipe = run["pipe"]
-    cost = pipe.get("flops", {})
-    refs = {pipe["ref"]: {"flops": cost.get("ref"), "flops_scoring": cost.get("scoring")},
-            **{x["ckpt"]: x for x in pipe.get("refs", {}).values()}}
-    used = [refs.get(ref) or {} for ref in cfg["ref_ckpts"].split(",")]
-    parts = [x.get("flops") for x in used] + \
-        [x.get("flops_scoring") for x in used if cfg["ref_mode"] == "cached" and not cfg.get("sft")]
-    return None if None in parts else float(sum(parts))
+    parts = [run["pipe"].get("flops", {}).get(k) for k in ("ref", "scoring")[:1 + (cfg["ref_mode"] == "cached")]]
+    return None if cfg["ref_ckpt"] != run["pipe"]["ref"] or None in parts else float(sum(parts))
 
 
 # ==== Measures: tokens to reach a target, paired tests ======================================================
 def tokens_to_reach(tokens, ys, target, higher=False):
-    """(tokens, bound) where a curve first reaches target (ys <= target; >= if higher), linear between
-    evaluations: (0, False) if it starts there, (None, False) if it never does. A crossing between step 0 and the
-    first evaluation after it is not interpolated: it gives that evaluation's tokens and bound=True."""
+    """(tokens, bound) where a curve first reaches target (<=; >= if higher), linear between evaluations: 0 at the
+    start, None never; a crossing before the first evaluation after step 0 gives its tokens as a bound."""
     s = -1.0 if higher else 1.0
     ys, target = s * np.asarray(ys, float), s * target
     if ys[0] <= target:
         return 0.0, False
-    for i in range(1, len(ys)):
-        if ys[i] <= target:  # ys[i-1] > target >= ys[i]
-            if i == 1:
-                return float(tokens[1]), True
-            f = (ys[i - 1] - target) / (ys[i - 1] - ys[i])
-            return float(tokens[i - 1] + f * (tokens[i] - tokens[i - 1])), False
-    return None, False
-
-
-NA = (math.nan, False)  # a measure that does not exist (no such curve, too few evaluations)
+    i = next((i for i in range(1, len(ys)) if ys[i] <= target), None)
+    if i is None or i == 1:
+        return (None if i is None else float(tokens[1])), i == 1
+    return float(tokens[i - 1] + (ys[i - 1] - target) / (ys[i - 1] - ys[i]) * (tokens[i] - tokens[i - 1])), False
 
 
 def reach(run, clm, key):
-    """tokens_to_reach of clm's final value of curve `key`; NA where either lacks it or has under two evaluations."""
+    """tokens_to_reach of clm's final value of curve `key`; (NaN, False) where either lacks it or has one evaluation."""
     target = clm[key][-1]
     if min(len(run["tokens"]), len(clm["tokens"])) < 2 or not np.isfinite(target) or not np.isfinite(run[key]).all():
-        return NA
+        return math.nan, False
     return tokens_to_reach(run["tokens"], run[key], target, higher=key == "acc")
 
 
-def x_fewer(run, clm, key):
-    """How many times fewer tokens run needs than the baseline run clm to reach clm's final value of curve `key`
-    (clm's tokens: those it needed itself to first reach it): (x, bound); x None if run never gets there, inf if it
-    starts there, NaN if there is no such measure; bound: x is only a lower bound."""
-    t, bound = reach(run, clm, key)
-    if t is None or not np.isfinite(t):
-        return (t, False) if t is None else NA
-    return (math.inf if t == 0 else reach(clm, clm, key)[0] / t), bound
-
-
-def x_less_compute(run, clm, key="answer"):
-    """As x_fewer, for compute: each run's overhead counted (the base model, shared, left out)."""
-    t, bound = reach(run, clm, key)
-    (t_clm, _), o_run, o_clm = reach(clm, clm, key), overhead(run), overhead(clm)
-    if t is None or not np.isfinite(t) or o_run is None or o_clm is None:
-        return (t, False) if t is None else NA
-    cost = o_run + t * run["flops"] / run["tokens"][-1]
-    return ((o_clm + t_clm * clm["flops"] / clm["tokens"][-1]) / cost if cost else math.inf), bound
+def x_fewer(run, clm, key, compute=False):
+    """(x, bound): how many times fewer tokens (compute: FLOPs, overheads counted) run needs than clm to reach clm's
+    final `key` (clm: where it first did); x None never, inf at start, NaN no such measure; bound: x at least."""
+    (t, bound), (t_clm, _) = reach(run, clm, key), reach(clm, clm, key)
+    o_run, o_clm = (overhead(run), overhead(clm)) if compute else (0.0, 0.0)
+    if t is None or not np.isfinite(t) or compute and None in (o_run, o_clm):
+        return (t, False) if t is None else (math.nan, False)
+    if compute:
+        t, t_clm = o_run + t * run["flops"] / run["tokens"][-1], o_clm + t_clm * clm["flops"] / clm["tokens"][-1]
+    return (t_clm / t if t else math.inf), bound
 
 
 def mcnemar(a, b):
-    """Exact two-sided McNemar test of paired right/wrong answers: (problems only a got right, only b got right,
-    p-value), a binomial test of the discordant pairs at 1/2."""
+    """Exact two-sided McNemar test of paired right/wrong answers: (only a right, only b right, p-value)."""
     n10, n01 = int(np.sum(a & ~b)), int(np.sum(~a & b))
     n, k = n10 + n01, min(n10, n01)
     return n10, n01, min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
 
 
 def paired(pairs, shared=False, n_boot=2000, seed=0):
-    """Accuracy of a minus accuracy of b, from per-seed pairs (a, b) of right/wrong answers on the same problems
-    (the first n of both, n the shorter): per seed (difference, McNemar p); pooled, the mean difference, its 95%
-    paired bootstrap interval (problems resampled within each seed) and a p-value: McNemar on all seeds'
-    discordant pairs, or where the seeds share their problems (shared), a sign-flip permutation test of each
-    problem's mean difference over the seeds."""
+    """Accuracy of a minus b, from per-seed pairs of right/wrong answers on the same (first n) problems: per seed
+    (difference, McNemar p); pooled, the mean difference, its 95% bootstrap interval over problems, and McNemar's p
+    of all pairs, or where seeds share their problems a sign-flip test of each problem's mean difference."""
     rng = np.random.default_rng(seed)
     n = min(min(len(a), len(b)) for a, b in pairs)
     pairs = [(a[:n], b[:n]) for a, b in pairs]
@@ -265,25 +245,25 @@ def paired(pairs, shared=False, n_boot=2000, seed=0):
         hits = int((np.abs(flips @ d) >= abs(d.sum()) - 1e-12).sum())  # the observed signs count as one draw:
         p = (hits + 1) / (len(flips) + 1) if d.any() else 1.0  # a permutation p is never 0
     else:
-        p = mcnemar(*map(np.concatenate, zip(*pairs)))[2]  # all seeds' discordant pairs together
-    return {"per_seed": per, "diff": float(np.mean([d for d, _ in per])),
-            "ci": tuple(np.percentile(boot, [2.5, 97.5])), "p": p}
+        p = mcnemar(*map(np.concatenate, zip(*pairs)))[2]
+    diff, (lo, hi) = float(np.mean([d for d, _ in per])), np.percentile(boot, [2.5, 97.5])
+    return {"per_seed": per, "diff": diff, "ci": (lo, hi), "p": p,
+            "cell": f"{100 * diff:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], p={p:.2g}"}
 
 
 # ==== Summaries: each arm at its best learning rate =========================================================
 def val_key(runs):
-    """The curve that picks learning rates: the validation answer loss, or where a run lacks it the whole text's."""
+    """The curve that picks rates: the validation answer loss, or where a run lacks it the whole text's."""
     return "val_answer" if all(np.isfinite(run["val_answer"][-1]) for run in runs) else "val"
 
 
 def best_lrs(runs):
-    """{arm: its best learning rate}, chosen on validation, never on test, from finished runs: the rates with the
-    most pipelines, by the mean final val_key on the pipelines they share; an exact tie goes to the lower rate."""
-    by = defaultdict(lambda: defaultdict(dict))
+    """{arm: its rate chosen on validation, not test}, of finished runs: of the rates with most pipelines, the lowest
+    mean final val_key on the pipelines they share (a tie: the lower rate)."""
+    by, best = defaultdict(lambda: defaultdict(dict)), {}
     for run in runs:
         if run["done"]:
             by[run["arm"]][run["lr"]][run["pipe"]["dir"]] = run
-    best = {}
     for arm, lrs in by.items():
         key, most = val_key([run for v in lrs.values() for run in v.values()]), max(len(v) for v in lrs.values())
         cands = {lr: v for lr, v in lrs.items() if len(v) == most}
@@ -292,43 +272,36 @@ def best_lrs(runs):
     return best
 
 
+def arm_order(arm):
+    return arm != "base", arm != "reference", arm != "CLM", arm
+
+
 def summarize(runs):
-    """Per group: its runs, each arm's best rate and its row of the headline table (arm_rows)."""
-    groups = defaultdict(list)
+    """Per group: its runs, each arm's chosen rate and runs there, and a row per arm (other data orders aside) with
+    its measures against the same pipeline's CLM: x fewer tokens, x less compute, the answers to pair."""
+    groups, out = defaultdict(list), []
     for run in runs:
         groups[run["group"]].append(run)
-    out = []
     for runs in groups.values():
-        best, sft = best_lrs(runs), any(run["cfg"].get("sft") for run in runs)  # sft: a fine-tuning group
-        base_arm = "SFT CLM" if sft else "CLM"
-        chosen = [run for run in runs if run["done"] and (run["lr"] == best.get(run["arm"]) or  # each pipeline's
-                                                          run["arm"] in ("base", "reference"))]  # own, whatever rate
-        rows = arm_rows([run for run in chosen if STUDENT_SEED not in run["arm"]], base_arm)  # noise_table's
-        order = lambda arm: (arm != "base", arm != "reference", arm != base_arm, arm)  # noqa: E731
-        out.append({"sft": sft, "runs": runs, "best": best, "clm": base_arm, "chosen": chosen,
-                    "rows": [rows[arm] for arm in sorted(rows, key=order)],
-                    "seeds": sorted({run["seed"] for run in runs}),
-                    "dirs": sorted({run["pipe"]["dir"] for run in runs}),
+        best = best_lrs(runs)
+        chosen = [run for run in runs if run["done"] and (run["lr"] == best.get(run["arm"]) or run["arm"] in (
+            "base", "reference"))]
+        clms, rows = {run["pipe"]["dir"]: run for run in chosen if run["arm"] == "CLM"}, {}
+        for run in sorted((run for run in chosen if not run["order"]), key=lambda r: (r["seed"], r["pipe"]["dir"])):
+            row = rows.setdefault(run["arm"], {"arm": run["arm"], "lr": run["lr"], "runs": [], "x_answer": [],
+                                               "x_acc": [], "x_flops": [], "pairs": []})
+            row["runs"].append(run)
+            if (clm := clms.get(run["pipe"]["dir"])) is not None and run is not clm and run["arm"] != "base":
+                row["x_answer"].append(x_fewer(run, clm, "answer"))
+                row["x_acc"].append(x_fewer(run, clm, "acc"))
+                row["x_flops"].append(x_fewer(run, clm, "answer", compute=True))
+                if run["correct"] is not None and clm["correct"] is not None:
+                    row["pairs"].append((run["correct"], clm["correct"]))
+        out.append({"runs": runs, "best": best, "chosen": chosen, "rows": [rows[a] for a in sorted(rows,
+                                                                                            key=arm_order)],
+                    "seeds": sorted({run["seed"] for run in runs}), "dirs": sorted({r["pipe"]["dir"] for r in runs}),
                     "shared": len({run["test"] for run in runs}) == 1})  # the seeds share their test problems
     return out
-
-
-def arm_rows(chosen, base_arm):
-    """{arm: its runs at its best rate, and the measures of each against the same pipeline's baseline run (CLM, or
-    SFT CLM for fine-tuning): x fewer tokens, x less compute, and the answers to pair}."""
-    clms, rows = {run["pipe"]["dir"]: run for run in chosen if run["arm"] == base_arm}, {}
-    for run in sorted(chosen, key=lambda run: (run["seed"], run["pipe"]["dir"])):
-        row = rows.setdefault(run["arm"], {"arm": run["arm"], "lr": run["lr"], "runs": [], "x_answer": [],
-                                           "x_acc": [], "x_flops": [], "pairs": []})
-        row["runs"].append(run)
-        clm = clms.get(run["pipe"]["dir"])
-        if clm is not None and run is not clm and run["arm"] != "base":
-            row["x_answer"].append(x_fewer(run, clm, "answer"))
-            row["x_acc"].append(x_fewer(run, clm, "acc"))
-            row["x_flops"].append(x_less_compute(run, clm))
-            if run["correct"] is not None and clm["correct"] is not None:
-                row["pairs"].append((run["correct"], clm["correct"]))
-    return rows
 
 
 # ==== Tables (markdown) =====================================================================================
@@ -343,7 +316,6 @@ def med(xs, f="{:.4f}"):
 
 
 def final(runs, key):
-    """med of the runs' final values of curve `key` (accuracy in percent)."""
     return med([run[key][-1] for run in runs], "{:.1%}" if key == "acc" else "{:.4f}")
 
 
@@ -355,209 +327,150 @@ def fmt_x(x):
 
 
 def med_x(xs):
-    """median [min, max] of several "x fewer" ("never" below every value, "at start" above): the lower median of
-    an even count; the median and the maximum marked >= where a bound could raise them."""
-    if not xs:
-        return ""
-    xs = [x for x in xs if x[0] is None or not math.isnan(x[0])]
-    if not xs:
-        return "-"
-    order = sorted(xs, key=lambda x: (-1 if x[0] is None else x[0], not x[1]))
+    """median [min, max] of "x fewer"s (lower median), marked >= where a bound could raise them."""
+    order = sorted((x for x in xs if x[0] is None or not math.isnan(x[0])), key=lambda x: (
+        -1 if x[0] is None else x[0], not x[1]))
+    if not order:
+        return "-" if xs else ""
     i = (len(order) - 1) // 2
-    mid = (order[i][0], any(b for _, b in order[:i + 1]) and order[i][0] is not None)
-    top = (order[-1][0], any(b for _, b in order) and order[-1][0] is not None)
+    mid, top = [(order[j][0], any(b for _, b in order[:j + 1]) and order[j][0] is not None)
+                for j in (i, len(order) - 1)]
     return fmt_x(mid) if len(order) == 1 else f"{fmt_x(mid)} [{fmt_x(order[0])}, {fmt_x(top)}]"
 
 
-def paired_cell(pairs, shared):
-    """(the pooled paired test as a table cell, the test)."""
-    t = paired(pairs, shared)
-    return f"{100 * t['diff']:+.1f} pts [{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}], p={t['p']:.2g}", t
-
-
 def headline_table(res):
-    """Each arm at its best rate: its final measures, and against the baseline (CLM, or SFT CLM)."""
-    clm, rows = res["clm"], []
-    for row in res["rows"]:
-        n_lr = len({run["lr"] for run in res["runs"] if run["arm"] == row["arm"]})
-        rows.append([row["arm"], f"{row['lr']:g} (of {n_lr})", final(row["runs"], "answer"), final(row["runs"], "acc"),
-                     med_x(row["x_answer"]), med_x(row["x_acc"]), med_x(row["x_flops"]),
-                     paired_cell(row["pairs"], res["shared"])[0] if row["pairs"] else "", final(row["runs"], "val")])
-    head = ["arm", "lr (of swept)", "test answer loss", "test accuracy", f"x fewer tokens to {clm}'s answer loss",
-            f"x fewer tokens to {clm}'s accuracy", f"x less compute to {clm}'s answer loss",
-            f"accuracy vs {clm}, paired", "whole-text validation loss"]
-    return md_table(head, rows, ("fine-tuning on answer tokens (train_slm.py --sft), " if res["sft"] else "") +
-                    f"pipelines: {', '.join(res['dirs'])} (seeds {', '.join(map(str, res['seeds']))}); each arm at "
-                    "its best learning rate on the validation problems; median [min, max] over seeds")
+    rows = [[row["arm"], f"{row['lr']:g} (of {len({r['lr'] for r in res['runs'] if r['arm'] == row['arm']})})",
+             final(row["runs"], "answer"), final(row["runs"], "acc"), *map(med_x, (row["x_answer"], row["x_acc"],
+             row["x_flops"])), paired(row["pairs"], res["shared"])["cell"] if row["pairs"] else "",
+             final(row["runs"], "val")] for row in res["rows"]]
+    return md_table(["arm", "lr (of swept)", "test answer loss", "test accuracy", "x fewer tokens to CLM's answer "
+                     "loss", "x fewer tokens to CLM's accuracy", "x less compute to CLM's answer loss", "accuracy vs "
+                     "CLM, paired", "whole-text validation loss"], rows, f"pipelines: {', '.join(res['dirs'])} (seeds "
+                    f"{', '.join(map(str, res['seeds']))}); each arm at its best learning rate on the validation "
+                    "problems; median [min, max] over seeds")
 
 
 def paired_table(res):
     """Every SLM arm against every other arm (base aside), each pair once, on the same test problems."""
     rows, done = [], set()
-    for slm in [row for row in res["rows"] if row["arm"].startswith(("SLM", "SFT SLM"))]:
+    for slm in [row for row in res["rows"] if is_slm(row["runs"][0])]:
         mine = {run["seed"]: run["correct"] for run in slm["runs"] if run["correct"] is not None}
         for other in res["rows"]:
             if other is slm or other["arm"] == "base" or (other["arm"], slm["arm"]) in done:
                 continue
             done.add((slm["arm"], other["arm"]))
-            pairs = [(mine[run["seed"]], run["correct"]) for run in other["runs"]
-                     if run["seed"] in mine and run["correct"] is not None]
+            pairs = [(mine[r["seed"]], r["correct"]) for r in other["runs"] if r["seed"] in mine and r["correct"]
+                     is not None]
             if pairs:
-                cell, t = paired_cell(pairs, res["shared"])
-                rows.append([f"{slm['arm']} vs {other['arm']}",
-                             ", ".join(f"{100 * d:+.1f} ({p:.2g})" for d, p in t["per_seed"]), cell])
-    if not rows:
-        return []
-    pooled = ("a sign-flip test of each problem's mean difference, the seeds sharing their test problems):"
-              if res["shared"] else "the McNemar p of all seeds' pairs together):")
-    return [""] + md_table(["comparison", "per seed: difference (p)", "pooled"], rows,
-                           "paired accuracy tests on the same test problems, SLM against each arm (difference in "
-                           "points, exact McNemar p per seed; pooled: mean difference, its 95% bootstrap interval "
-                           "over the test problems (not over training seeds), and " + pooled)
+                t = paired(pairs, res["shared"])
+                rows.append([f"{slm['arm']} vs {other['arm']}", ", ".join(f"{100 * d:+.1f} ({p:.2g})" for d, p in
+                                                                         t["per_seed"]), t["cell"]])
+    return rows and [""] + md_table(["comparison", "per seed: difference (p)", "pooled"], rows, "paired accuracy "
+                                    "tests on the same test problems, SLM against each arm (difference in points, "
+                                    "exact McNemar p per seed; pooled: mean difference, its 95% bootstrap interval "
+                                    "over the test problems (not over training seeds), and " + (
+        "a sign-flip test of each problem's mean difference, the seeds sharing their test problems):" if res["shared"]
+        else "the McNemar p of all seeds' pairs together):"))
 
 
 def rates_table(res):
-    """Every learning rate of every arm, of finished runs (unfinished ones are listed below the tables)."""
-    by, order = defaultdict(list), [row["arm"] for row in res["rows"]]
+    """Every rate of every arm, of finished runs, and each seed at the chosen rates."""
+    by, arms = defaultdict(list), [row["arm"] for row in res["rows"]]
     for run in res["runs"]:
         if run["done"]:
             by[(run["arm"], run["lr"])].append(run)
-    rank = lambda item: (order.index(item[0][0]) if item[0][0] in order else len(order), item[0])  # noqa: E731
     rows = [[arm, f"{lr:g}{'*' * (res['best'].get(arm) == lr)}", len(runs)] +
-            [final(runs, key) for key in ("val_answer", "answer", "acc", "val")]
-            for (arm, lr), runs in sorted(by.items(), key=rank)]
+            [final(runs, key) for key in ("val_answer", "answer", "acc", "val")] for (arm, lr), runs in
+            sorted(by.items(), key=lambda x: (arms.index(x[0][0]) if x[0][0] in arms else len(arms), x[0]))]
+    seeds = [[seed] + [next((f"{r['answer'][-1]:.4f} / {r['acc'][-1]:.1%}" for r in row["runs"] if r["seed"] == seed),
+                            "-") for row in res["rows"]] for seed in res["seeds"]]
     return [""] + md_table(["arm", "lr", "seeds", "validation answer loss", "test answer loss", "test accuracy",
-                            "whole-text validation loss"], rows,
-                           "every learning rate (median over seeds; * = the rate chosen on validation):")
-
-
-def seeds_table(res):
-    """Each seed's final test answer loss and accuracy, each arm at its chosen rate."""
-    rows = []
-    for seed in res["seeds"]:
-        runs = [next((run for run in row["runs"] if run["seed"] == seed), None) for row in res["rows"]]
-        rows.append([seed] + [f"{run['answer'][-1]:.4f} / {run['acc'][-1]:.1%}" if run else "-" for run in runs])
-    return [""] + md_table(["seed"] + [row["arm"] for row in res["rows"]], rows,
-                           "per seed, each arm at its chosen rate (test answer loss / test accuracy):")
-
-
-STUDENT_SEED = " (student seed "  # train_slm.py --seed: the same arm on another data order
-
-
-def noise_tables(res):
-    """noise_table against the baseline (CLM), then against each SLM arm run with several data orders."""
-    slms = sorted({run["arm"].partition(STUDENT_SEED)[0] for run in res["chosen"] if STUDENT_SEED in run["arm"]
-                   and run["arm"].startswith(("SLM", "SFT SLM"))})
-    return noise_table(res, res["clm"]) + [line for slm in slms for line in noise_table(res, slm)]
+                            "whole-text validation loss"], rows, "every learning rate (median over seeds; * = the rate "
+                           "chosen on validation):") + [""] + md_table(["seed", *arms], seeds, "per seed, each arm "
+                                                                      "at its chosen rate (test answer loss / test "
+                                                                      "accuracy):")
 
 
 def noise_table(res, base, n_boot=2000, seed=0):
-    """The noise floor, for the arms run with several student seeds (data orders) in every pipeline, each at its
-    chosen rate: the spread of the runs, and each arm minus the `base` arm's run of the same pipeline and data
-    order, with a 95% interval from a two-level bootstrap (pipelines, then data orders within them): run-to-run
-    variation, not only the test problems, counts; beside it, the paired test on the problems of all those pairs.
-    Each row draws its own random numbers: a row reads the same whichever other arms are in the table."""
-    runs = defaultdict(dict)  # arm: {(pipeline, student seed): run}
+    """The noise floor of the arms run on several data orders (student seeds): their spread, and each minus `base`'s
+    run of the same pipeline and data order, its 95% interval from a two-level bootstrap (pipelines, then data
+    orders) so that run-to-run variation counts. A row's own random draws: it reads the same whatever the others."""
+    runs = defaultdict(dict)  # arm: {(pipeline, data order): run}
     for run in res["chosen"]:
-        arm, _, student = run["arm"].partition(STUDENT_SEED)
-        runs[arm][(run["pipe"]["dir"], student.rstrip(")") or "pipeline's")] = run
+        runs[run["name"]][(run["pipe"]["dir"], run["order"])] = run
     clm, rows = runs.get(base, {}), []
-    for arm, mine in runs.items():
-        if len({s for _, s in mine}) < 2:
-            continue
-        rng = np.random.default_rng([seed, zlib.crc32(f"{arm} - {base}".encode())])  # a row's own draws
-        spread = [np.std([r["acc"][-1] for (d, _), r in mine.items() if d == pipe], ddof=1)
-                  for pipe in {d for d, _ in mine}]
-        row = [arm, len(mine), f"{np.mean([r['acc'][-1] for r in mine.values()]):.1%} "
-               f"(sd {np.std([r['acc'][-1] for r in mine.values()], ddof=1):.1%})", f"{np.nanmean(spread):.1%}"]
-        if arm != base:
-            for key, f in (("acc", 100), ("answer", 1)):
-                diffs = defaultdict(list)
-                for (pipe, s), r in mine.items():
-                    if (pipe, s) in clm:
-                        diffs[pipe].append(f * (r[key][-1] - clm[(pipe, s)][key][-1]))
-                pipes = list(diffs)
-                boot = [np.mean([np.mean(rng.choice(diffs[p], len(diffs[p]))) for p in rng.choice(pipes, len(pipes))])
-                        for _ in range(n_boot)]
-                fmt = "{:+.1f}" if key == "acc" else "{:+.4f}"
-                ds = [d for v in diffs.values() for d in v]
-                lo, hi = np.percentile(boot, [2.5, 97.5])
-                row.append(f"{fmt.format(np.mean(ds))} [{fmt.format(lo)}, {fmt.format(hi)}], "
-                           f"{sum(d > 0 for d in ds)} of {len(ds)} above")
-            pairs = [(r["correct"], clm[k]["correct"]) for k, r in mine.items()
-                     if k in clm and r["correct"] is not None]
-            row.append(paired_cell(pairs, res["shared"])[0] if pairs else "")
-        rows.append(row + [""] * (7 - len(row)))
-    if not rows:
-        return []
-    return [""] + md_table(["arm", "runs", "test accuracy: mean (sd over runs)", "sd within a pipeline (data order "
-                            "alone)", f"accuracy - {base} (pts): mean [95% interval over pipelines and data "
-                            "orders], runs above", f"answer loss - {base}: same", "paired test on the problems "
-                            "(intervals over the problems only)"], rows,
-                           "the noise floor: every pipeline with several data orders (student seeds), each arm at "
-                           f"its chosen rate, paired with {base} of the same pipeline and data order:")
+    for arm, mine in ((arm, mine) for arm, mine in runs.items() if len({s for _, s in mine}) > 1):
+        rng, accs = np.random.default_rng([seed, zlib.crc32(f"{arm} - {base}".encode())]), [r["acc"][-1] for r in
+                                                                                              mine.values()]
+        spread = [np.std([r["acc"][-1] for (d, _), r in mine.items() if d == pipe], ddof=1) for pipe in {d for d, _
+                                                                                                      in mine}]
+        row = [arm, len(mine), f"{np.mean(accs):.1%} (sd {np.std(accs, ddof=1):.1%})", f"{np.nanmean(spread):.1%}"]
+        for key, f, fmt in (("acc", 100, "{:+.1f}"), ("answer", 1, "{:+.4f}")) if arm != base else ():
+            diffs = defaultdict(list)
+            for k, r in mine.items():
+                if k in clm:
+                    diffs[k[0]].append(f * (r[key][-1] - clm[k][key][-1]))
+            boot = [np.mean([np.mean(rng.choice(diffs[p], len(diffs[p]))) for p in rng.choice(list(diffs), len(
+                diffs))]) for _ in range(n_boot)]
+            ds, (lo, hi) = [d for v in diffs.values() for d in v], np.percentile(boot, [2.5, 97.5])
+            row.append(f"{fmt.format(np.mean(ds))} [{fmt.format(lo)}, {fmt.format(hi)}], {sum(d > 0 for d in ds)} "
+                       f"of {len(ds)} above")
+        pairs = [(r["correct"], clm[k]["correct"]) for k, r in mine.items() if k in clm and r["correct"] is not None]
+        rows.append(row + ([paired(pairs, res["shared"])["cell"] if pairs else ""] if arm != base else []) + [""] * 3)
+    return rows and [""] + md_table(["arm", "runs", "test accuracy: mean (sd over runs)", "sd within a pipeline (data "
+                                     "order alone)", f"accuracy - {base} (pts): mean [95% interval over pipelines "
+                                     "and data orders], runs above", f"answer loss - {base}: same", "paired test on "
+                                     "the problems (intervals over the problems only)"], [r[:7] for r in rows],
+                                    "the noise floor: every pipeline with several data orders (student seeds), each "
+                                    f"arm at its chosen rate, paired with {base} of the same pipeline and data order:")
+
+
+def noise_tables(res):
+    """noise_table against CLM, then against each SLM arm run on several data orders."""
+    slms = sorted({run["name"] for run in res["chosen"] if run["order"] and is_slm(run)})
+    return noise_table(res, "CLM") + [line for slm in slms for line in noise_table(res, slm)]
 
 
 def ratio_sweeps(results):
     """Per group with students at three or more ratios (CLM as 1.0): [(ratio, its row)] in ratio order."""
-    ratio = lambda row: row["runs"][0]["cfg"]["ratio"]  # noqa: E731
-    sweeps = [sorted(((ratio(row), row) for row in res["rows"] if row["arm"] == res["clm"]
-                      or row["arm"].removeprefix("SFT ") == f"SLM {ratio(row):g}"), key=lambda x: x[0])
-              for res in results]
+    sweeps = [sorted(((row["runs"][0]["cfg"]["ratio"], row) for row in res["rows"] if row["arm"] in (
+        "CLM", f"SLM {row['runs'][0]['cfg']['ratio']:g}")), key=lambda x: x[0]) for res in results]
     return [rows for rows in sweeps if len(rows) >= 3]
-
-
-def ratio_table(sweeps):
-    return md_table(["ratio", "lr", "test answer loss", "test accuracy"],
-                    [[f"{ratio:g}", f"{row['lr']:g}", final(row["runs"], "answer"), final(row["runs"], "acc")]
-                     for rows in sweeps for ratio, row in rows],
-                    "ratio sweep (each ratio at its best learning rate; median [min, max] over seeds):")
 
 
 # ==== The lesson: reference alone, CLM and SLM, the paired test in words, what SLM kept =====================
 def lesson_rows(res):
-    """(reference, CLM, SLM) rows of a group for the lesson (SLM: 'SLM 0.6' if run, else the first SLM arm), or
-    None where the group lacks CLM or SLM."""
+    """(reference, CLM, SLM) rows of a group (SLM: 'SLM 0.6' if run, else the first SLM arm), or None without both."""
     rows = {row["arm"]: row for row in res["rows"]}
-    slm = rows.get("SLM 0.6") or next((row for arm, row in rows.items() if arm.startswith("SLM")), None)
-    return (rows.get("reference"), rows[res["clm"]], slm) if res["clm"] in rows and slm else None
-
-
-def verdict(t):
-    """A paired test (paired()) in words."""
-    if t["p"] >= 0.05:
-        return "a tie: the difference is within what chance gives on these problems"
-    return "SLM beats CLM on the same problems" if t["diff"] > 0 else "CLM beats SLM on the same problems"
+    slm = rows.get("SLM 0.6") or next((row for row in res["rows"] if is_slm(row["runs"][0])), None)
+    return (rows.get("reference"), rows["CLM"], slm) if "CLM" in rows and slm else None
 
 
 def lesson(res):
-    """The demo's lesson, as markdown lines: a short table, SLM minus CLM on the same problems with its verdict
-    (over several pipelines, the run-level one), and what SLM kept of three kinds of web token."""
+    """The lesson in markdown: a short table, SLM minus CLM in words (over pipelines, across runs), what SLM kept."""
     ref, clm, slm = lesson_rows(res)
-    n, cfg = len(slm["runs"]), slm["runs"][0]["cfg"]
-    web = slm["runs"][0]["pipe"].get("ref_web")
+    n, first, web = len(slm["runs"]), slm["runs"][0], slm["runs"][0]["pipe"].get("ref_web")
     cells = [[name, final(row["runs"], "acc"), final(row["runs"], "answer")] for name, row in (
-        ("reference alone (the base fine-tuned on the high-quality subset" +
-         (f" and 1/{web} of the base's web)" if web else ")"), ref), ("CLM (every web token)", clm),
-        (f"{slm['arm']} (the top {cfg['ratio']:.0%} by excess loss)", slm)) if row]
-    lines = md_table(["model", "test accuracy", "test answer loss"], cells,
-                     f"The lesson ({', '.join(res['dirs'])}; students of {slm['runs'][0]['tokens'][-1] / 1e6:.3g}M "
-                     "web tokens; "
-                     f"{len(slm['runs'][0]['correct'])} held-out test problems, greedy decoding, exact final number"
-                     f"{'; median [min, max]' if n > 1 else ''}):")
-    cell, t = paired_cell(slm["pairs"], res["shared"])
+        ("reference alone (the base fine-tuned on the high-quality subset" + (f" and 1/{web} of the base's web)" if
+                                                                              web else ")"), ref),
+        ("CLM (every web token)", clm), (f"{slm['arm']} (the top {first['cfg']['ratio']:.0%} by excess loss)", slm))
+        if row]
+    lines = md_table(["model", "test accuracy", "test answer loss"], cells, f"The lesson ({', '.join(res['dirs'])}; "
+                     f"students of {first['tokens'][-1] / 1e6:.3g}M web tokens; {len(first['correct'])} held-out test "
+                     f"problems, greedy decoding, exact final number{'; median [min, max]' if n > 1 else ''}):")
+    t = paired(slm["pairs"], res["shared"])
     if n == 1:
-        lines += ["", f"{slm['arm']} vs CLM: {cell}: {verdict(t)}."]
+        lines += ["", f"{slm['arm']} vs CLM: {t['cell']}: " + ("a tie: the difference is within what chance gives on "
+                  "these problems" if t["p"] >= 0.05 else f"{'SLM beats CLM' if t['diff'] > 0 else 'CLM beats SLM'}"
+                  " on the same problems") + "."]
     else:  # the verdict from the runs: each pipeline's difference, a bootstrap over pipelines
         d = 100 * np.array([dd for dd, _ in t["per_seed"]])
-        boot = np.random.default_rng(0).choice(d, (2000, n)).mean(1)
-        lo, hi = np.percentile(boot, [2.5, 97.5])
-        word = "SLM beats CLM" if lo > 0 else "CLM beats SLM" if hi < 0 else "a tie"
-        lines += ["", f"{slm['arm']} vs CLM over {n} pipelines: {d.mean():+.1f} pts [{lo:+.1f}, {hi:+.1f}] "
-                      f"(95% bootstrap over pipelines; {', '.join(f'{x:+.1f}' for x in d)}): {word} across runs.",
-                  f"On the same problems, pooled: {cell} (the problems' noise only, not the runs')."]
-    kept = [k for k in map(analysis.kept_over_run, slm["runs"]) if k]
-    if kept:
+        lo, hi = np.percentile(np.random.default_rng(0).choice(d, (2000, n)).mean(1), [2.5, 97.5])
+        lines += ["", f"{slm['arm']} vs CLM over {n} pipelines: {d.mean():+.1f} pts [{lo:+.1f}, {hi:+.1f}] (95% "
+                      f"bootstrap over pipelines; {', '.join(f'{x:+.1f}' for x in d)}): "
+                      f"{'SLM beats CLM' if lo > 0 else 'CLM beats SLM' if hi < 0 else 'a tie'} across runs.",
+                  f"On the same problems, pooled: {t['cell']} (the problems' noise only, not the runs')."]
+    if kept := [k for k in map(analysis.kept_over_run, slm["runs"]) if k]:
         share = lambda kind: f"{np.mean([k[kind] for k in kept]):.0%}"  # noqa: E731
         lines += ["", f"What {slm['arm']} kept of the web's tokens over its run (CLM keeps them all): the tokens the "
                       "reference predicts better than the student does",
@@ -566,7 +479,7 @@ def lesson(res):
     return lines
 
 
-# ==== The figure: curves against tokens, what SLM keeps, the learning-rate sweep ============================
+# ==== The figures: curves against tokens, what SLM keeps, the learning-rate sweep; the lesson's ==============
 CURVE_PANELS = {"answer": ("test answer loss (solution tokens given the question)", "nats/token"),
                 "acc": ("test accuracy (greedy, exact final number)", "accuracy"),
                 "val": ("validation loss, whole text", "nats/token")}
@@ -579,35 +492,22 @@ def aggregate(runs, key):
     return t, ys.mean(0), ys.min(0), ys.max(0)
 
 
-def panels(res):
-    """{panel: draw(ax, colors)} of the panels of compare.png a group has data for: each curve some run has, what
-    an SLM arm keeps of each token kind (the embedded corpus only), the learning-rate sweep (two or more rates)."""
-    runs = [run for row in res["rows"] if row["arm"] != "base" for run in row["runs"]]
-    out = {key: lambda ax, colors, key=key: draw_curves(ax, res, key, colors) for key in CURVE_PANELS
-           if any(np.isfinite(run[key]).any() for run in runs)}
-    slm = next((row for row in res["rows"] if row["arm"].startswith("SLM") and any(row["runs"][0]["selected"])), None)
-    if slm:
-        out["kept"] = lambda ax, colors: draw_kept(ax, slm)
-    by = defaultdict(lambda: defaultdict(list))
-    for run in res["runs"]:
-        by[run["arm"]][run["lr"]].append(run)
-    if any(len(lrs) > 1 for lrs in by.values()):
-        out["lr"] = lambda ax, colors: draw_lrs(ax, {arm: lrs for arm, lrs in by.items() if len(lrs) > 1}, colors)
-    return out
+def band(ax, row, key, label, **style):
+    """An arm's mean curve `key` against tokens (M) over its runs, in a min-max band; returns its colour."""
+    t, mean, lo, hi = aggregate(row["runs"], key)
+    line, = ax.plot(t / 1e6, mean, label=label, **style)
+    ax.fill_between(t / 1e6, lo, hi, color=line.get_color(), alpha=0.15)
+    return line.get_color()
 
 
 def draw_curves(ax, res, key, colors):
-    """Curve `key` against tokens, each arm (base aside) at its best rate: the mean and min-max band over seeds."""
-    for row in res["rows"]:
-        if row["arm"] != "base":
-            t, mean, lo, hi = aggregate(row["runs"], key)
-            line, = ax.plot(t / 1e6, mean, color=colors.get(row["arm"]),
-                            label=f"{row['arm']} (lr {row['lr']:g}, {len(row['runs'])} seed(s))")
-            colors[row["arm"]] = line.get_color()
-            ax.fill_between(t / 1e6, lo, hi, color=line.get_color(), alpha=0.15)
+    """Curve `key` of each arm (base aside) at its best rate, on a log scale beyond the first evaluation."""
+    for row in (row for row in res["rows"] if row["arm"] != "base"):
+        colors[row["arm"]] = band(ax, row, key, f"{row['arm']} (lr {row['lr']:g}, {len(row['runs'])} seed(s))",
+                                  color=colors.get(row["arm"]))
     first = min((run["tokens"][1] for run in res["chosen"] if len(run["tokens"]) > 1), default=1e6) / 1e6
     ax.set(xlabel="tokens seen (M; linear below the first evaluation)", ylabel=CURVE_PANELS[key][1],
-           title=CURVE_PANELS[key][0] + (", fine-tuning (--sft)" if res["sft"] else ""))
+           title=CURVE_PANELS[key][0])
     ax.set_xscale("symlog", linthresh=first)
 
 
@@ -630,61 +530,59 @@ def draw_lrs(ax, sweep, colors):
            ylabel=f"final {'validation answer' if key == 'val_answer' else 'whole-text validation'} loss (mean)")
 
 
-def plot(results, path):
-    """compare.png, a row per group and only the panels with data (see panels)."""
-    import matplotlib.pyplot as plt
-    have = [panels(res) for res in results]
-    cols = [p for p in (*CURVE_PANELS, "kept", "lr") if any(p in shown for shown in have)] or ["val"]
-    fig, axes = plt.subplots(len(results), len(cols), figsize=(5.6 * len(cols), 4.8 * len(results)), squeeze=False)
-    for shown, row_axes in zip(have, axes):
-        colors = {}  # each arm's colour, the same in every panel of the row
-        for panel, ax in zip(cols, row_axes):
-            ax.set_visible(panel in shown)
-            if panel in shown:
-                shown[panel](ax, colors)
-                ax.grid(alpha=0.3)
-                if ax.get_legend_handles_labels()[0]:
-                    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def panels(res):
+    """{panel: draw(ax)} a group has data for: curves, what SLM keeps of each kind, the learning-rate sweep."""
+    runs, colors, by = [run for row in res["rows"] if row["arm"] != "base" for run in row["runs"]], {}, defaultdict(
+        lambda: defaultdict(list))
+    out = {key: lambda ax, key=key: draw_curves(ax, res, key, colors) for key in CURVE_PANELS
+           if any(np.isfinite(run[key]).any() for run in runs)}
+    if slm := next((row for row in res["rows"] if is_slm(row["runs"][0]) and any(row["runs"][0]["selected"])), None):
+        out["kept"] = lambda ax: draw_kept(ax, slm)
+    for run in res["runs"]:
+        by[run["arm"]][run["lr"]].append(run)
+    if any(len(lrs) > 1 for lrs in by.values()):
+        out["lr"] = lambda ax: draw_lrs(ax, {arm: lrs for arm, lrs in by.items() if len(lrs) > 1}, colors)
+    return out
 
 
-def lesson_plot(results, path):
-    """The lesson at a glance: test accuracy and answer loss against tokens for CLM and SLM (marked), the
-    reference alone as a dashed line at its final value; a row per group that has the three."""
+def draw_lesson(ax, key, ref, clm, slm):
+    """Curve `key` of CLM and SLM (marked) against tokens, the reference alone dashed at its final value."""
+    band(ax, clm, key, f"{clm['arm']} ({len(clm['runs'])} run(s))", color="tab:gray")
+    band(ax, slm, key, f"{slm['arm']} ({len(slm['runs'])} run(s))", color="tab:red", lw=2.5, marker="o")
+    if ref:
+        ax.axhline(np.mean([run[key][-1] for run in ref["runs"]]), color="tab:blue", ls="--",
+                   label="reference alone (end of its fine-tuning)")
+    ax.set(xlabel="web tokens the student has seen (M)", ylabel=CURVE_PANELS[key][1], title=CURVE_PANELS[key][0])
+
+
+def figure(grid, path, width, height):
+    """A figure of panels, a row per group: draw(ax) each, or None (left blank)."""
     import matplotlib.pyplot as plt
-    groups = [(res, lesson_rows(res)) for res in results if lesson_rows(res)]
-    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 4.2 * len(groups)), squeeze=False)
-    for (res, (ref, clm, slm)), row_axes in zip(groups, axes):
-        for ax, key in zip(row_axes, ("acc", "answer")):
-            for row, style in ((clm, dict(color="tab:gray")), (slm, dict(color="tab:red", lw=2.5, marker="o"))):
-                t, mean, lo, hi = aggregate(row["runs"], key)
-                ax.plot(t / 1e6, mean, label=f"{row['arm']} ({len(row['runs'])} run(s))", **style)
-                ax.fill_between(t / 1e6, lo, hi, color=style["color"], alpha=0.15)
-            if ref:
-                ax.axhline(np.mean([run[key][-1] for run in ref["runs"]]), color="tab:blue", ls="--",
-                           label="reference alone (end of its fine-tuning)")
-            ax.set(xlabel="web tokens the student has seen (M)", ylabel=CURVE_PANELS[key][1],
-                   title=CURVE_PANELS[key][0])
+    fig, axes = plt.subplots(len(grid), len(grid[0]), figsize=(width * len(grid[0]), height * len(grid)), squeeze=False)
+    for draw, ax in zip((d for row in grid for d in row), axes.flat):
+        ax.set_visible(draw is not None)
+        if draw:
+            draw(ax)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+# ==== The command ===========================================================================================
 def main(args):
     import matplotlib
     matplotlib.use("Agg")
     if args.tokens or args.categories or args.explain:
-        return analysis.token_picture(args) if args.tokens else analysis.loss_categories(args) \
-            if args.categories else analysis.explain(args)
+        return (analysis.token_picture if args.tokens else analysis.loss_categories if args.categories else
+                analysis.explain)(args)
     png, notes = args.png or os.path.join(args.out_dir, "compare.png"), []
     if args.png and not os.path.isdir(os.path.dirname(png) or "."):
-        fail(f"--png {png}: there is no folder {os.path.dirname(png)}", "create it, or name a png in a folder "
-                                                                         "that exists")
-    runs = find_runs(args.out_dir, notes)
+        fail(f"--png {png}: there is no folder {os.path.dirname(png)}", "create it, or name a png in a folder that "
+                                                                         "exists")
+    runs = merge(args.out_dir, args.merge, notes) if args.merge else find_runs(args.out_dir, notes)
     print("\n".join(notes) + "\n" * bool(notes), end="")
     if os.path.exists(os.path.join(args.out_dir, "config.json")):
         fail(f"{args.out_dir} is a run folder, not a folder of pipelines",
@@ -692,45 +590,46 @@ def main(args):
     if not runs:
         fail(f"no pipelines under {args.out_dir}", "run `python train_ref.py && python train_slm.py --ratio 0.6 "
                                                    "&& python train_slm.py --ratio 1.0` first")
-    if args.arms:
-        names = {run["arm"] for run in runs}
-        if set(args.arms) - names:
-            fail(f"no runs of arm(s) {', '.join(sorted(set(args.arms) - names))} under {args.out_dir}",
-                 f"use arm names from: {', '.join(sorted(names))}")
-        runs = only_arms(runs, args.arms)
+    if args.arms and set(args.arms) - {run["arm"] for run in runs}:
+        fail(f"no runs of arm(s) {', '.join(sorted(set(args.arms) - {run['arm'] for run in runs}))} under "
+             f"{args.out_dir}", f"use arm names from: {', '.join(sorted({run['arm'] for run in runs}))}")
+    runs = [run for run in runs if run["name"] in (*args.arms, "base", "reference")] if args.arms else runs
+    if args.rates:
+        for res in summarize(runs):  # the arm, its rate, its run folder's name without -lr<rate>
+            folders = {run["arm"]: os.path.basename(run["path"]).rsplit("-lr", 1)[0] for run in res["chosen"]}
+            print("\n".join(f"{arm}\t{res['best'][arm]:g}\t{folders.get(arm, '')}" for arm in sorted(
+                res["best"], key=arm_order)))
+        return
     write_report(runs, png, args.full)
 
 
-def only_arms(runs, arms):
-    """The runs of these arms (their other data orders too), with the base and the reference."""
-    return [run for run in runs if run["arm"].partition(STUDENT_SEED)[0] in (*arms, "base", "reference")]
-
-
 def write_report(runs, png, full=False):
-    """The lesson of each group that has CLM and SLM (printed; with full, or where no group has them, every table
-    too) and every table, written beside the figure png (<png stem>.md); the figure: the lesson's (full: every
-    arm, what SLM keeps, the learning-rate sweep)."""
-    results, report = summarize(runs), []
+    """Print the lesson (with full, or without one, every table), write every table beside png (.md) and the
+    figure: the lesson's, or with full every arm's curves, what SLM keeps and the learning-rate sweep."""
+    results, report, stem = summarize(runs), [], os.path.splitext(png)[0]
     lessons = ["\n".join(lesson(res)) for res in results if lesson_rows(res)]
     for res in results:
-        if res["clm"] not in {run["arm"] for run in res["runs"]}:
+        if "CLM" not in {run["arm"] for run in res["runs"]}:
             report.append(f"missing: no CLM baseline in {res['dirs'][0]}; make it with `python train_slm.py "
-                          f"--out_dir {res['dirs'][0]} --ratio 1.0{' --sft' if res['sft'] else ''}`")
+                          f"--out_dir {res['dirs'][0]} --ratio 1.0`")
         report.append("\n".join(headline_table(res) + paired_table(res) + noise_tables(res) + rates_table(res) +
-                                seeds_table(res) +
                                 analysis.selection_table(res)))
-        unfinished = [run["path"] for run in res["runs"] if not run["done"]]
-        if unfinished:
+        if unfinished := [run["path"] for run in res["runs"] if not run["done"]]:
             report.append(f"unfinished runs (shown as far as they got): {', '.join(unfinished)}")
-    stem, sweeps = os.path.splitext(png)[0], ratio_sweeps(results)
-    if sweeps:
+    if sweeps := ratio_sweeps(results):
         analysis.plot_ratios(sweeps, stem + "-ratios.png")
-        report.append("\n".join(ratio_table(sweeps) + [f"wrote {stem}-ratios.png"]))
+        report.append("\n".join(md_table(["ratio", "lr", "test answer loss", "test accuracy"], [
+            [f"{ratio:g}", f"{row['lr']:g}", final(row["runs"], "answer"), final(row["runs"], "acc")] for rows in
+            sweeps for ratio, row in rows], "ratio sweep (each ratio at its best learning rate; median [min, max] "
+            "over seeds):") + [f"wrote {stem}-ratios.png"]))
     print("\n\n".join(lessons + report if full or not lessons else lessons))
     if full or not lessons:
-        plot(results, png)
+        have = [panels(res) for res in results]
+        cols = [p for p in (*CURVE_PANELS, "kept", "lr") if any(p in shown for shown in have)] or ["val"]
+        figure([[shown.get(p) for p in cols] for shown in have], png, 5.6, 4.8)
     else:
-        lesson_plot(results, png)
+        figure([[lambda ax, key=key, rows=lesson_rows(res): draw_lesson(ax, key, *rows) for key in ("acc", "answer")]
+                for res in results if lesson_rows(res)], png, 5.5, 4.2)
     atomic_write(stem + ".md", "\n\n".join(lessons + report) + "\n")
     print(f"\nwrote {png} and {stem}.md" + ("" if full or not lessons else " (every table: python plot.py --full)"))
 

@@ -1,21 +1,14 @@
 """
 rho.py -- Selective Language Modeling (RHO-1: Lin et al. 2024, "Not All Tokens Are What You Need") in one file.
 
-Read top to bottom:
-  1. the model: a small GPT (nanoGPT-style: causal SDPA attention, tied embeddings, scaled residual init)
-  2. the method: per-token losses, the excess loss against a reference, a top-k over the batch, and the SLM loss:
-     the mean over the kept tokens only (the paper's Eq. 4). Dropped tokens stay in the context (attention is
-     never masked); only their loss goes. ratio 1.0 is plain next-token training (CLM).
-  3. data: a token file cut into fixed, aligned blocks; the reference scores every token once, into a float16
-     file aligned with the tokens, and SLM batches read their reference losses from it
-  4. evaluation: held-out loss, the loss of worked solutions given their questions, greedy answer accuracy
-  5. training: the config, a Trainer (one optimizer step with the selection) and the one loop that
-     train_ref.py and train_slm.py both call
-
-The machinery (checkpoints, run folders, locks, processes, the command line, the log's meter) is in infra.py.
+Read top to bottom: 1. a small GPT (nanoGPT's); 2. the method: per-token losses, the excess loss against a
+reference, a top-k over the batch and the SLM loss, the mean over the kept tokens only (the paper's Eq. 4; dropped
+tokens stay in the context, only their loss goes; ratio 1.0 is plain next-token training, CLM); 3. data: aligned
+blocks and the reference's scores of every token, cached once; 4. evaluation; 5. the config, a Trainer (one
+optimizer step with the selection) and the one loop that train_ref.py and train_slm.py both call.
+The machinery (checkpoints, run folders, processes, the command line, the log's meter) is in infra.py.
 A library: run train_ref.py, train_slm.py and plot.py.
 """
-import contextlib
 import json
 import math
 import os
@@ -183,9 +176,8 @@ def token_losses(logits, targets):
 
 
 class TokenLosses(nn.Module):
-    """model(x) and its token_losses against y as one module: the training step's forward, so that torch.compile
-    can fuse the float32 cross-entropy into the graph (eager makes a float32 copy of the (B, T, V) logits) and DDP
-    wraps it all."""
+    """model(x) and its token_losses as one module, the training step's forward: torch.compile fuses the float32
+    cross-entropy into the graph (eager copies the (B, T, V) logits to float32) and DDP wraps it all."""
 
     def __init__(self, model):
         super().__init__()
@@ -201,13 +193,11 @@ def excess_loss(student_losses, ref_losses):
     return student_losses.detach() - ref_losses
 
 
-# --select: the score by which the top `ratio` of the batch get a loss. SLM ranks tokens by excess loss; the
-# controls by the reference's loss alone (the tokens it finds easiest), by chance, or whole blocks by their mean
-# excess loss. (The oracle is no score: it keeps the tokens labelled target math, whatever the ratio.)
-SCORES = {"excess": lambda losses, ref, draw: excess_loss(losses, ref),     # (B, T)
-          "ref_loss": lambda losses, ref, draw: -ref,                       # (B, T)
-          "random": lambda losses, ref, draw: draw(),                       # (B, T)
-          "block": lambda losses, ref, draw: excess_loss(losses, ref).mean(1)}  # (B,): one score a block
+# --select: the score whose top `ratio` of the batch get a loss: SLM's excess loss; the controls' reference loss
+# alone (the tokens it finds easiest) or chance. (The oracle is no score: it keeps the tokens labelled target math.)
+SCORES = {"excess": lambda losses, ref, draw: excess_loss(losses, ref),  # (B, T)
+          "ref_loss": lambda losses, ref, draw: -ref,                    # (B, T)
+          "random": lambda losses, ref, draw: draw()}                    # (B, T)
 
 
 def n_selected(ratio, n):
@@ -215,27 +205,12 @@ def n_selected(ratio, n):
     return max(1, min(n, int(math.floor(ratio * n + 0.5))))
 
 
-def select_topk(scores, ratio, valid=None):
-    """Boolean mask, shape of scores, keeping exactly n_selected(ratio, N) of the N entries: those with the highest
-    score, over the whole batch (not per row). With a `valid` mask, only among the valid entries."""
-    if valid is not None:
-        if not valid.any():
-            return valid
-        scores = scores.masked_fill(~valid, -math.inf)
+def select_topk(scores, ratio):
+    """Boolean mask keeping the n_selected(ratio, N) highest of the N scores, over the whole batch (not per row)."""
     flat = scores.reshape(-1)
-    k = n_selected(ratio, flat.numel() if valid is None else int(valid.sum()))
     mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask[torch.topk(flat, k, sorted=False).indices] = True
+    mask[torch.topk(flat, n_selected(ratio, flat.numel()), sorted=False).indices] = True
     return mask.view_as(scores)
-
-
-def slm_loss(losses, weights, n=None):
-    """Eq. 4: sum_i w_i L(x_i) / sum_i w_i, w the selection mask (or soft weights): the mean loss over the kept
-    tokens, so a dropped token gets exactly zero gradient. n: the count to divide by when the selection spans
-    several processes. Nothing kept gives 0, not 0/0."""
-    kept = torch.where(weights > 0, losses * weights, 0.0)  # a dropped inf loss stays out (inf * 0 = nan)
-    n = weights.sum() if n is None else n
-    return kept.sum() / (torch.where(n > 0, n, 1) if torch.is_tensor(n) else n)
 
 
 def select_topk_global(scores, ratio, rank):
@@ -246,8 +221,8 @@ def select_topk_global(scores, ratio, rank):
 
 def soft_weights(scores, ratio, temperature):
     """Beyond the paper (--weighting soft): weights sigmoid((score - threshold) / temperature), the threshold
-    halfway between the k-th and (k+1)-th highest scores (k = n_selected(ratio, N)), so ratio sets where they
-    cross 1/2; as the temperature (nats) goes to 0 they become select_topk's mask."""
+    halfway between the k-th and (k+1)-th highest scores, so ratio sets where they cross 1/2; as the temperature
+    (nats) goes to 0 they become select_topk's mask."""
     flat = scores.reshape(-1).float()
     k = n_selected(ratio, flat.numel())
     if k == flat.numel():
@@ -256,23 +231,13 @@ def soft_weights(scores, ratio, temperature):
     return torch.sigmoid((scores.float() - (top[k - 1] + top[k]) / 2) / temperature)
 
 
-def margin_mask(scores, ratio, margin, valid=None):
-    """Beyond the paper (--weighting margin): select_topk's top `ratio`, plus every token whose excess loss is
-    above -margin (nats). Top-k drops a token once the student predicts it better than the reference (the answers,
-    late in a run: their excess turns negative); the margin keeps training on what the student has learned as well
-    as the reference, and still leaves out what the reference cannot predict at all (excess far below zero)."""
-    keep = scores > -margin
-    return select_topk(scores, ratio, valid) | (keep if valid is None else keep & valid)
-
-
-def combine_refs(ref_losses, how):
-    """Beyond the paper: one reference loss per token from several references' (--refs): their mean, or their min
-    (a token counts as learnable if any reference finds it easy). One reference: itself."""
-    if len(ref_losses) == 1:
-        return ref_losses[0]
-    stacked = torch.stack(ref_losses)                       # (R, B, T)
-    return stacked.mean(0) if how == "mean" else stacked.amin(0)
-
+def slm_loss(losses, weights, n=None):
+    """Eq. 4: sum_i w_i L(x_i) / sum_i w_i, w the selection mask (or soft weights): the mean loss over the kept
+    tokens, so a dropped token gets exactly zero gradient. n: the count to divide by when the selection spans
+    several processes. Nothing kept gives 0, not 0/0."""
+    kept = torch.where(weights > 0, losses * weights, 0.0)  # a dropped inf loss stays out (inf * 0 = nan)
+    n = weights.sum() if n is None else n
+    return kept.sum() / (torch.where(n > 0, n, 1) if torch.is_tensor(n) else n)
 
 # ==========================================================================================================
 # 3. Data: fixed aligned blocks, and the reference's scores cached once
@@ -283,9 +248,8 @@ class Blocks:
     reference score the whole file once. The order is reshuffled every epoch from the seed; batch `step` is a pure
     function of (seed, step), so a run's data position is its step. Under DDP rank r reads its own B blocks."""
 
-    def __init__(self, tokens, block_size, batch_size, seed, labels=None, ref_losses=(), rank=0, world=1,
-                 combine="mean"):
-        self.tokens, self.labels, self.ref_losses, self.combine = tokens, labels, list(ref_losses), combine
+    def __init__(self, tokens, block_size, batch_size, seed, labels=None, ref_losses=None, rank=0, world=1):
+        self.tokens, self.labels, self.ref_losses = tokens, labels, ref_losses
         self.T, self.B, self.seed, self.rank, self.world = block_size, batch_size, seed, rank, world
         self.n = (len(tokens) - 1) // block_size
         self._perm = (None, None)
@@ -301,19 +265,16 @@ class Blocks:
         return np.array([self.perm(e)[p] for e, p in zip(g // self.n, g % self.n)])
 
     def rows(self, arr, ids, offset, dtype):
-        """Rows of blocks `ids` of an array aligned with the tokens (offset 1: aligned with the targets)."""
-        rows = [arr[i * self.T + offset: i * self.T + offset + self.T] for i in ids]
-        return torch.from_numpy(np.stack(rows).astype(dtype))
+        """Rows of blocks `ids` of an array aligned with the tokens (offset 1: aligned with the targets), or None."""
+        if arr is None:
+            return None
+        return torch.from_numpy(np.stack([arr[i * self.T + offset: i * self.T + offset + self.T] for i in ids])
+                                .astype(dtype))
 
     def read(self, ids):
-        """Blocks `ids`: x, y (B, T) int64; the reference losses of the targets (several score files: combined)
-        and their labels (B, T), each None where there are none."""
-        x = self.rows(self.tokens, ids, 0, np.int64)
-        y = self.rows(self.tokens, ids, 1, np.int64)
-        ref = combine_refs([self.rows(r, ids, 1, np.float32) for r in self.ref_losses], self.combine) \
-            if self.ref_losses else None
-        lab = self.rows(self.labels, ids, 1, np.int64) if self.labels is not None else None
-        return x, y, ref, lab
+        """Blocks `ids`: x, y (B, T) int64, the reference losses of the targets and their labels (B, T) or None."""
+        return (self.rows(self.tokens, ids, 0, np.int64), self.rows(self.tokens, ids, 1, np.int64),
+                self.rows(self.ref_losses, ids, 1, np.float32), self.rows(self.labels, ids, 1, np.int64))
 
 
 @torch.no_grad()
@@ -330,8 +291,8 @@ def block_losses(model, blocks, device, batch_size):
 
 def eval_batch(device, T, V, most):
     """Blocks a batch for a pass without gradients: at most `most`, and few enough that the (B, T, V) logits and
-    the float32 copy and log-softmax of token_losses (10 bytes a logit) fit in 4 GiB on CUDA, 1 GiB on a CPU. The
-    gpt2 preset's block of 1,024 x ~100k logits takes 1 GB: 4 blocks a batch, where 512 would take 0.5 TB."""
+    the float32 copy and log-softmax of token_losses (10 bytes a logit) fit in 4 GiB on CUDA, 1 GiB on a CPU (the
+    gpt2 preset: 4 blocks, where 512 would take 0.5 TB)."""
     return max(1, min(most, (2 ** 32 if str(device).startswith("cuda") else 2 ** 30) // (10 * T * V)))
 
 
@@ -418,38 +379,32 @@ def eval_accuracy(model, tok, problems, device, max_new_tokens=64, batch_size=64
 # ==========================================================================================================
 # 5. Training: the config, one optimizer step with the selection, and the loop
 
-CHOICES = dict(select=("excess", "random", "ref_loss", "block", "oracle"), ref_mode=("cached", "online"),
-               scope=("local", "global"), weighting=("topk", "soft", "margin"), combine=("mean", "min"),
-               eval_schedule=("log", "even"))  # the values TrainConfig's choice fields take
+CHOICES = dict(select=("excess", "random", "ref_loss", "oracle"), ref_mode=("cached", "online"),
+               scope=("local", "global"), weighting=("topk", "soft"))  # the values of TrainConfig's choice fields
 
 
 @dataclass
 class TrainConfig:
-    arm: str = ""                 # what the run is, in words (plot.py's name for it); set by the scripts
     # what to train on
     data_dir: str = "data"        # corpus built by data.py (embedded) or data_real.py
     split: str = "web"            # training split: web (student), web_base (base model), ref_train (reference)
     part: str = ""                # "i/n": train on the i-th of n equal parts of the split only (0-based)
-    sft: bool = False             # fine-tuning: a loss on answer tokens only (after "Answer:"), selection among them
+    mix_hq: float = 0.0           # the split mixed with this many epochs of the high-quality subset
     out_dir: str = "out/clm"      # log.jsonl, config.json, ckpt.pt go here
-    init: str = ""                # checkpoint to start from ('' = from scratch)
-    # model, when starting from scratch
+    init: str = ""                # checkpoint to start from ('' = a new model of the shape below)
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
     block_size: int = 128
     # selective language modeling
     ratio: float = 1.0            # share of tokens that get a loss; 1.0 = uniform next-token training (CLM)
-    select: str = "excess"        # excess (SLM), or a control: random, ref_loss, block (SCORES), oracle
-    mix_hq: float = 0.0           # CLM on the split mixed with this many epochs of the high-quality subset
-    ref_ckpts: str = ""           # reference checkpoint(s), comma-separated (selections by the reference)
-    ref_mode: str = "cached"      # cached: read the reference's losses from score files; online: run it each step
-    score_files: str = ""         # the score files (float16, aligned with the split's tokens), one per reference
-    combine: str = "mean"         # several references: their per-token losses' mean or min
+    select: str = "excess"        # excess (SLM), or a control: random, ref_loss (SCORES), oracle (labelled math)
+    ref_ckpt: str = ""            # the reference checkpoint (selections by the reference)
+    ref_mode: str = "cached"      # cached: its losses from the score file; online: run it each step
+    score_file: str = ""          # its losses of every token of the split (float16, train_ref.py writes it)
     scope: str = "local"          # under DDP: top-k within each rank's batch (local) or over the global batch
     weighting: str = "topk"       # topk: keep the top ratio (the paper); soft: sigmoid weights (soft_weights)
     temperature: float = 0.1      # soft weighting: sharpness, in nats of excess loss
-    margin: float = 1.0           # margin weighting: also keep every token whose excess loss is above -margin
     # optimisation
     batch_size: int = 32          # blocks per micro-batch per process
     tokens_per_step: int = 0      # per optimizer step (0: one micro-batch per process); more: accumulation
@@ -460,9 +415,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta2: float = 0.95
     grad_clip: float = 1.0
-    # evaluation and logging
-    eval_schedule: str = "log"    # log: evaluations log-spaced from 0.5% of the run (dense early); even: evenly
-    n_evals: int = 10
+    # evaluation, logging, running
+    n_evals: int = 10             # log-spaced from 0.5% of the run (dense early, where curves move fastest)
     eval_problems: int = 1000     # test problems decoded for accuracy at each eval (0: skip)
     val_problems: int = 0         # validation problems for the validation answer loss (0: all)
     eval_max_new: int = 64        # tokens decoded per problem
@@ -480,7 +434,7 @@ class TrainConfig:
 
     @property
     def uses_reference(self):  # whether tokens are selected by a reference's losses
-        return self.ratio < 1.0 and self.select in ("excess", "ref_loss", "block")
+        return self.ratio < 1.0 and self.select in ("excess", "ref_loss")
 
 
 def check_config(cfg):
@@ -493,21 +447,13 @@ def check_config(cfg):
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             fail(f"unknown --{name} {getattr(cfg, name)}", f"use --{name} {'|'.join(allowed)}")
-    if cfg.weighting == "soft" and (cfg.scope == "global" or cfg.temperature <= 0 or cfg.sft):
-        fail("--weighting soft needs --scope local, a --temperature above 0 and no --sft", "change one of them")
-    if cfg.weighting == "margin" and (cfg.scope == "global" or cfg.select != "excess" or cfg.margin < 0):
-        fail("--weighting margin is a margin on the excess loss of this process's batch",
-             "use it with --select excess, --scope local and a --margin of 0 or more")
-    if cfg.sft and cfg.scope == "global":
-        fail("--sft selects within each process's batch", "drop --scope global")
-    if cfg.select in ("block", "oracle") and (cfg.scope == "global" or cfg.weighting == "soft" or cfg.sft):
-        fail(f"--select {cfg.select} is a top-k of this process's batch", "drop --scope global, --weighting "
-             "soft and --sft")
-    if cfg.mix_hq and cfg.select == "oracle":
-        fail("--select oracle keeps the labelled math, --mix_hq adds the subset to it", "drop one of them")
-    if cfg.mix_hq and cfg.uses_reference and cfg.ref_mode == "cached":
-        fail("the score file covers the web split, not the high-quality subset that --mix_hq adds",
-             "run the reference online (--ref_mode online) with --mix_hq, or use --ratio 1.0")
+    if cfg.weighting == "soft" and (cfg.scope == "global" or cfg.temperature <= 0):
+        fail("--weighting soft needs --scope local and a --temperature above 0", "change one of them")
+    if cfg.select == "oracle" and (cfg.scope == "global" or cfg.weighting == "soft" or cfg.mix_hq):
+        fail("--select oracle keeps the labelled math of this process's batch",
+             "drop --scope global, --weighting soft and --mix_hq")
+    if cfg.mix_hq and cfg.ratio < 1:
+        fail("--mix_hq is a control of plain next-token training", "use it with --ratio 1.0")
     if not cfg.init and cfg.n_embd % cfg.n_head:
         fail(f"a width of {cfg.n_embd} does not split into {cfg.n_head} attention heads",
              "use an --n_embd that is a multiple of --n_head")
@@ -529,7 +475,7 @@ def batch_plan(cfg, n_tokens, n_val, T, world):
 
 
 class Trainer:
-    """Everything one run needs, loaded and checked before anything is written. step(i) does optimizer step i,
+    """Everything one run needs, loaded and checked before anything is written: step(i) does optimizer step i,
     evaluate() measures the model. Under torchrun every process builds one and reads its share of every batch."""
 
     def __init__(self, cfg, log=print):
@@ -538,7 +484,7 @@ class Trainer:
         self.start, self.resumed, self.meter_state = 0, False, {}  # the first step to train (resumed: the checkpoint's)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.meta, self.tok, tokens, self.labels, self.answers, val_tokens = data.training_data(cfg)
+        self.meta, self.tok, tokens, self.labels, val_tokens = data.training_data(cfg)
         if cfg.init:  # the model: a checkpoint's (the base model), or a new one
             self.model = GPT.from_checkpoint(self.checked(cfg.init, "initial model")).to(self.device)
         else:
@@ -549,9 +495,8 @@ class Trainer:
         self.val_blocks = Blocks(val_tokens, self.T, cfg.batch_size, 0)
         self.problems, val = data.eval_problems(cfg, self.T, log if self.rank == 0 else None)
         self.val_problems = val[:cfg.val_problems or None]
-        score_files, self.ref_models = self.load_references()
-        self.blocks = Blocks(tokens, self.T, cfg.batch_size, cfg.seed, labels=self.labels, ref_losses=score_files,
-                             rank=self.rank, world=self.world, combine=cfg.combine)
+        scores, self.ref_model = self.load_reference()
+        self.blocks = Blocks(tokens, self.T, cfg.batch_size, cfg.seed, self.labels, scores, self.rank, self.world)
         self.max_iters = max(1, cfg.max_tokens // self.tokens_per_step)
         self.warmup = max(1, int(cfg.warmup_frac * self.max_iters))
         self.optimizer = self.model.configure_optimizer(cfg.lr, cfg.weight_decay, (0.9, cfg.beta2), self.device)
@@ -560,7 +505,8 @@ class Trainer:
         self.train_model = training_module(TokenLosses(self.model), cfg.compile, self.device, self.world)
         self.sel_gen = torch.Generator().manual_seed(cfg.seed + 1)  # for --select random; the same on every rank
         # an online reference adds one forward pass per token, and a forward pass is a third of a training step
-        self.flops_per_token = self.model.flops_per_token() + self.model.flops_per_token() // 3 * len(self.ref_models)
+        self.flops_per_token = self.model.flops_per_token() + (self.model.flops_per_token() // 3
+                                                               if self.ref_model is not None else 0)
         self.peak = peak_flops(self.device)
 
     def checked(self, path, what):
@@ -568,20 +514,17 @@ class Trainer:
         check_vocab(ckpt, self.meta, path)
         return ckpt
 
-    def load_references(self):
-        """A selection by reference losses: the references' score files (cached) or models (online)."""
+    def load_reference(self):
+        """A selection by reference losses: (its score file, None) cached, or (None, the model) online."""
         c = self.cfg
         if not c.uses_reference:
-            return [], []
-        refs, files = c.ref_ckpts.split(","), c.score_files.split(",")
-        if c.ref_mode == "cached" and len(files) != len(refs):
-            fail(f"{len(refs)} reference(s) but {len(files)} score file(s)", "give one score file per reference")
-        ckpts = [self.checked(ref, "reference model") for ref in refs]
+            return None, None
+        ckpt = self.checked(c.ref_ckpt, "reference model")
         if c.ref_mode == "cached":
-            return [load_scores(f, r, ck, self.meta, c.split, self.T) for f, r, ck in zip(files, refs, ckpts)], []
-        if any(ck["model_args"]["block_size"] != self.T for ck in ckpts):
+            return load_scores(c.score_file, c.ref_ckpt, ckpt, self.meta, c.split, self.T), None
+        if ckpt["model_args"]["block_size"] != self.T:
             fail("the reference and the student have different block sizes", "train both with one preset")
-        return [], [GPT.from_checkpoint(ck).to(self.device).eval() for ck in ckpts]
+        return None, GPT.from_checkpoint(ckpt).to(self.device).eval()
 
     def lr_at(self, it):
         """Linear warmup, then cosine decay to lr * min_lr_frac."""
@@ -591,57 +534,46 @@ class Trainer:
         frac = min(1.0, (it - self.warmup) / max(1, self.max_iters - self.warmup))
         return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    def select_tokens(self, losses, x, y, ref_losses, valid=None, labels=None):
+    def select_tokens(self, losses, x, y, ref_losses, labels):
         """Which tokens of the batch get a loss (a mask, or soft weights): all at ratio 1; else the top `ratio` by
-        the --select score (SCORES), whole blocks for `block`; the oracle keeps the tokens labelled target math."""
-        c, B = self.cfg, losses.size(0)
-        if c.select == "oracle":  # the ground truth, whatever the ratio
+        the --select score (SCORES); the oracle keeps the tokens labelled target math, whatever the ratio."""
+        c, (B, T) = self.cfg, losses.shape
+        if c.select == "oracle":
             return labels.to(losses.device) == data.MATH
         if c.ratio >= 1.0:
-            return torch.ones_like(losses, dtype=torch.bool) if valid is None else valid
-        if self.ref_models:  # online: rounded through float16 like the score files, so both select alike
+            return torch.ones_like(losses, dtype=torch.bool)
+        if self.ref_model is not None:  # online: rounded through float16 like the score file, so both select alike
             with torch.no_grad(), autocast(self.device):
-                ref_losses = combine_refs([token_losses(m(x), y).half().float() for m in self.ref_models], c.combine)
+                ref_losses = token_losses(self.ref_model(x), y).half().float()  # (B, T)
 
         def draw():  # --select random: one draw for the global batch, so every scope sees the same numbers
-            scores = torch.rand((B * self.world, losses.size(1)), generator=self.sel_gen)
-            return scores[self.rank * B:(self.rank + 1) * B].to(losses.device)
+            return torch.rand((B * self.world, T), generator=self.sel_gen)[self.rank * B:(self.rank + 1) * B]
         ref_losses = None if ref_losses is None else ref_losses.to(losses.device, non_blocking=True)
-        scores = SCORES[c.select](losses, ref_losses, draw)
-        if c.select == "block":
-            return select_topk(scores, c.ratio)[:, None].expand_as(losses)
+        scores = SCORES[c.select](losses, ref_losses, lambda: draw().to(losses.device))  # (B, T)
         if c.scope == "global" and self.world > 1:
             return select_topk_global(scores, c.ratio, self.rank)
-        if c.weighting == "soft":
-            return soft_weights(scores, c.ratio, c.temperature)
-        if c.weighting == "margin":
-            return margin_mask(scores, c.ratio, c.margin, valid)
-        return select_topk(scores, c.ratio, valid)
+        return soft_weights(scores, c.ratio, c.temperature) if c.weighting == "soft" else select_topk(scores, c.ratio)
 
     def step(self, step):
-        """Optimizer step `step`: `accum` micro-batches (each: forward, per-token losses, selection, SLM loss,
-        backward), then one update. Returns the mean loss (0-dim tensor), the selection and the labels."""
+        """Optimizer step `step`: for each of `accum` micro-batches read the blocks, take the token losses, select,
+        take the SLM loss and backpropagate; then one update. Returns the mean loss, the selection and the labels."""
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(step)
         total, kept, labels = 0.0, [], []
         for micro in range(self.accum):
-            ids = self.blocks.block_ids(step * self.accum + micro)
-            x, y, ref_losses, lab = self.blocks.read(ids)
-            valid = self.blocks.rows(self.answers, ids, 1, bool).to(self.device) if self.answers is not None else None
+            x, y, ref_losses, lab = self.blocks.read(self.blocks.block_ids(step * self.accum + micro))
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            # DDP: all-reduce gradients after the last micro-batch only. DDP decides in the forward whether the
-            # backward will all-reduce, so no_sync must hold the forward as well as the backward
-            last = micro == self.accum - 1 or self.world == 1
-            with self.train_model.no_sync() if not last else contextlib.nullcontext():
-                with autocast(self.device):
-                    losses = self.train_model(x, y)                      # (B, T): the forward and token_losses
-                weights = self.select_tokens(losses, x, y, ref_losses, valid, lab)  # (B, T): a mask, or weights
-                # with a global selection ranks keep different counts, and DDP averages gradients over ranks: so
-                # each rank divides by the global count / world, which makes the average the global mean
-                n = n_selected(self.cfg.ratio, weights.numel() * self.world) / self.world \
-                    if self.cfg.scope == "global" and self.world > 1 else None
-                loss = slm_loss(losses, weights, n)
-                (loss / self.accum).backward()
+            if self.world > 1:  # DDP: all-reduce the gradients in the last micro-batch's backward only
+                self.train_model.require_backward_grad_sync = micro == self.accum - 1
+            with autocast(self.device):
+                losses = self.train_model(x, y)                                 # (B, T)
+            weights = self.select_tokens(losses, x, y, ref_losses, lab)         # (B, T): a mask, or weights
+            # a global selection keeps different counts on each rank, and DDP averages gradients over ranks: each
+            # divides by the global count / world, which makes the average the global mean
+            n = n_selected(self.cfg.ratio, weights.numel() * self.world) / self.world \
+                if self.cfg.scope == "global" and self.world > 1 else None
+            loss = slm_loss(losses, weights, n)
+            (loss / self.accum).backward()
             total += loss.detach() / self.accum
             kept.append(weights)
             labels.append(lab)
@@ -684,8 +616,8 @@ def train(cfg, log=print):
         if tr is None:
             return read_json(done)
         log(tr.start_line())
-        evals, master, meter = eval_steps(tr.max_iters, cfg.n_evals, cfg.eval_schedule), tr.rank == 0, \
-            Meter(tr, tr.meta["kinds"] or data.KINDS, data.MATH)
+        evals, master = eval_steps(tr.max_iters, cfg.n_evals), tr.rank == 0
+        meter = Meter(tr, tr.meta["kinds"] or data.KINDS, data.MATH)
         meter.load(tr.meter_state if master else {})  # resumed between evaluations: what was counted since the last
         saved, step = (time.time(), tr.start if tr.resumed else None), tr.start
         try:

@@ -9,9 +9,7 @@ train_ref.py -- step 1 of rho: data, base model, reference model, reference scor
 
   python train_ref.py                                       # the demo: data/, out/base, out/ref, out/ref/scores.bin
   python train_ref.py --preset cpu --seed 1 --data_dir data/seed1 --out_dir out/seed1   # the experiment's size
-  python train_ref.py --init scratch --out_dir out/scratch  # ablation: no base, reference from scratch
-  python train_ref.py --refs 3 --ref_data disjoint          # + 3 references on thirds of the subset, for
-                                                            #   train_slm.py --refs 3 --combine mean|min
+  python train_ref.py --ref_epochs 10 40 --ref_lr 6e-3 1.2e-2  # a sweep: the reference of lowest validation loss
   python train_ref.py --out_dir out/webref --base out/base/ckpt.pt --ref_web 4   # beyond the paper: a reference
                                                             #   that keeps a quarter of the base's web
   python train_ref.py --preset cpu512 --data_dir data/example --out_dir out/example   # GSM8K-length text
@@ -66,12 +64,10 @@ class RefRun:
                              "(embedded corpus), cpu512 (GSM8K-length text on a CPU), gpt2 (GPT-2 small's shape: "
                              "163M parameters with a 100k vocabulary, for a real corpus built with data_real.py)")
     seed: int = arg(0, "seed of the whole pipeline: corpus, base model, reference")
-    data_dir: str = arg("data", "corpus folder (built here if missing)")
+    data_dir: str = arg("data", "corpus folder (the embedded toy corpus is built here if it holds none)")
     out_dir: str = arg("out", "pipeline folder: base/, ref/, ref/scores.bin and pipeline.json go here")
     corpus: list = arg([], "corpus settings (data.py's DataConfig fields, JSON values), e.g. n_ref_train=4000 "
                            "'mix={\"math\": 6, \"prose\": 1}'", nargs="*", type=str, metavar="KEY=VALUE")
-    init: str = arg("base", "base: reference = base fine-tuned on the high-quality subset (the paper's setting); "
-                            "scratch: no base, the reference is trained from scratch", choices=["base", "scratch"])
     base_tokens: int = arg(None, "tokens the base model is pre-trained on (default: the preset's)", type=int)
     base_lr: float = arg(None, "peak learning rate of the base model (default: the preset's)", type=float)
     base: str = arg("", "use this base model (e.g. another pipeline's out/base/ckpt.pt on the same web corpus) "
@@ -80,6 +76,9 @@ class RefRun:
                                  "several values, or several --ref_lr, sweep every pair and keep the reference "
                                  "with the lowest validation answer loss", type=float, nargs="+")
     ref_lr: list = arg(None, "peak learning rate(s) of the reference (default: the preset's)", type=float, nargs="+")
+    ref_web: int = arg(0, "beyond the paper: fine-tune the reference on the subset (its epochs) shuffled together "
+                          "with the first 1/N of the base's web (web_base, once), so that it does not forget the "
+                          "web (0: the subset only, as in the paper)", type=int)
     block_size: int = arg(None, "context length of the models (default: the preset's)", type=int)
     n_layer: int = arg(None, "transformer blocks (default: the preset's)", type=int)
     n_head: int = arg(None, "attention heads (default: the preset's)", type=int)
@@ -99,25 +98,16 @@ class RefRun:
                               "not started yet (or killed before its first checkpoint) starts")
     ckpt_every: float = arg(300.0, "seconds between checkpoints (at a logged step) besides every evaluation's: "
                                    "what a killed run loses at most; 0: at every logged step")
-    refs: int = arg(0, "also train this many extra references (out_dir/refs/r1, ...) and score the corpus with "
-                       "each, for train_slm.py --refs", type=int)
-    ref_data: str = arg("seeds", "what the extra references train on: seeds (the whole subset, other seeds) or "
-                                 "disjoint (each its own equal part of the subset)", choices=["seeds", "disjoint"])
-    ref_web: int = arg(0, "beyond the paper: fine-tune the reference on the subset (its epochs) shuffled together "
-                          "with the first 1/N of the base's web (web_base, once), so that it does not forget the "
-                          "web (0: the subset only, as in the paper)", type=int)
 
 
-def main(args):
+def pipeline_settings(args):
+    """The preset's sizes and budgets, with the ones given as flags; with --base, the base's shape."""
     if args.preset not in PRESETS:
         fail(f"unknown preset '{args.preset}'", f"use one of: {', '.join(PRESETS)}")
-    if args.ref_web < 0 or (args.ref_web and (args.refs or args.init == "scratch")):
-        fail(f"--ref_web {args.ref_web}: a reference keeps 1/N of the base's web, N >= 1 (0: none), for the main "
-             "reference of a base", "give --ref_web a positive N, without --refs or --init scratch")
     check_folder(args.out_dir), check_folder(args.data_dir)
     check_ranges(args, ("base_tokens", "base_lr", "ref_epochs", "ref_lr", "block_size", "n_layer", "n_head", "n_embd",
-                        "n_evals"), ("seed", "refs", "eval_max_new", "eval_problems", "val_problems"))
-    settings = dict(PRESETS[args.preset])  # the preset's sizes and budgets, with the ones given as flags
+                        "n_evals"), ("seed", "ref_web", "eval_max_new", "eval_problems", "val_problems"))
+    settings = dict(PRESETS[args.preset])
     settings.update({k: v for k, v in asdict(args).items() if v is not None and (k in settings or k in TRAIN_KEYS)
                      and k not in ("ref_epochs", "ref_lr")})
     if args.base:  # the reference and the students take the base's shape: a flag cannot change it
@@ -130,16 +120,26 @@ def main(args):
                  + ", ".join(f"{k} {shape[k]}" for k in SHAPE),
                  "drop them (the pipeline takes the base's shape), or train a base of that shape (no --base)")
         settings.update({k: shape[k] for k in SHAPE})
+    return settings
+
+
+def corpus(args):
+    """The corpus in --data_dir: a real one (data_real.py) as it is, else the embedded one, built if missing."""
+    if "source" in read_json(os.path.join(args.data_dir, "meta.json")):
+        print(f"data: using the real corpus in {args.data_dir}")
+    elif args.preset not in data.CORPUS_PRESETS:
+        fail(f"--preset {args.preset} is for a real corpus, and {args.data_dir} holds none",
+             f"build one first with `python data_real.py --source owm-gsm8k --data_dir {args.data_dir} "
+             f"--max_tokens 3000000000`, or use a preset of the embedded corpus ({', '.join(data.CORPUS_PRESETS)})")
+    else:
+        data.ensure(data.data_config(args.preset, args.corpus, seed=args.seed), args.data_dir, args.overwrite)
+
+
+def main(args):
+    settings = pipeline_settings(args)
     rank, _, _ = dist_setup(args.device)  # under torchrun, rank 0 writes and every rank trains
     if rank == 0:
-        if "source" in read_json(os.path.join(args.data_dir, "meta.json")):  # a real corpus, built by data_real.py
-            print(f"data: using the real corpus in {args.data_dir}")
-        elif args.preset not in data.CORPUS_PRESETS:
-            fail(f"--preset {args.preset} is for a real corpus, and {args.data_dir} holds none",
-                 f"build one first with `python data_real.py --source owm-gsm8k --data_dir {args.data_dir} "
-                 f"--max_tokens 3000000000`, or use a preset of the embedded corpus ({', '.join(data.CORPUS_PRESETS)})")
-        else:
-            data.ensure(data.data_config(args.preset, args.corpus, seed=args.seed), args.data_dir, args.overwrite)
+        corpus(args)
     barrier()
     meta = data.read_meta(args.data_dir)
     if not args.base:
@@ -148,39 +148,22 @@ def main(args):
                   overwrite=args.overwrite, resume=args.resume, ckpt_every=args.ckpt_every,
                   **{k: settings[k] for k in TRAIN_KEYS if k in settings})
     common["n_evals"] = args.n_evals or settings.get("ref_evals", settings["n_evals"])  # the base and reference(s)
-    base_ckpt = (args.base or os.path.join(args.out_dir, "base", "ckpt.pt")) if args.init == "base" else ""
+    base_ckpt = args.base or os.path.join(args.out_dir, "base", "ckpt.pt")
     cost = {"base": read_json(os.path.join(os.path.dirname(args.base), "done.json")).get("flops")} if args.base else {}
-    if args.init == "base" and not args.base:
-        s = rho.train(rho.TrainConfig(arm="base", split="web_base", out_dir=os.path.join(args.out_dir, "base"),
-                                      max_tokens=settings["base_tokens"], lr=settings["base_lr"], **common))
-        cost["base"] = s["flops"]
+    if not args.base:
+        cost["base"] = rho.train(rho.TrainConfig(split="web_base", out_dir=os.path.dirname(base_ckpt),
+                                                 max_tokens=settings["base_tokens"], lr=settings["base_lr"],
+                                                 **common))["flops"]
     best, sweep = reference_sweep(args, settings, common, meta, base_ckpt)
-    chosen = {k: sweep[best][k] for k in ("ref_epochs", "ref_lr")}
-    ref_tokens = int(chosen["ref_epochs"] * meta["splits"]["ref_train"]["tokens"])
-    # the main reference trains on all of the subset; extra ones (refs/r<i>) on other seeds or their own part of it
-    refs = {"ref": dict(out_dir=best, flops=sweep[best]["flops"])}
-    for i in range(1, args.refs + 1):
-        part = f"{i - 1}/{args.refs}" if args.ref_data == "disjoint" else ""
-        refs[f"r{i}"] = kw = dict(out_dir=os.path.join(args.out_dir, "refs", f"r{i}"), part=part,
-                                  seed=args.seed + (0 if part else i))
-        kw["flops"] = rho.train(rho.TrainConfig(
-            arm="reference", split="ref_train", max_tokens=int(ref_tokens * (1 / args.refs if part else 1)),
-            lr=chosen["ref_lr"], init=base_ckpt, **{**common, "tokens_per_step": 0, **kw}))["flops"]
-    for kw in refs.values():
-        kw.update(ckpt=os.path.join(kw["out_dir"], "ckpt.pt"), scores=os.path.join(kw["out_dir"], "scores.bin"))
-        kw["flops_scoring"] = score(kw["ckpt"], kw["scores"], args, meta) if rank == 0 else 0
-    cost.update(ref=refs["ref"]["flops"], scoring=refs["ref"]["flops_scoring"])
-    pipeline = {"preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "init": args.init,
+    ref, scores = os.path.join(best, "ckpt.pt"), os.path.join(best, "scores.bin")
+    cost.update(ref=sweep[best]["flops"], scoring=score(ref, scores, args, meta) if rank == 0 else 0)
+    pipeline = {"preset": args.preset, "seed": args.seed, "data_dir": args.data_dir,
                 "out_dir": args.out_dir,  # the folder as named here: the paths recorded are relative to the same place
-                "settings": settings, "base": base_ckpt, "ref": refs["ref"]["ckpt"], "scores": refs["ref"]["scores"],
-                "flops": cost, "ref_sweep": sweep, **chosen,
-                "refs": {name: {k: kw[k] for k in ("ckpt", "scores", "flops", "flops_scoring")}
-                         for name, kw in refs.items() if name != "ref"}, "ref_data": args.ref_data,
-                "ref_web": args.ref_web}
+                "settings": settings, "base": base_ckpt, "ref": ref, "scores": scores, "flops": cost,
+                "ref_sweep": sweep, **{k: sweep[best][k] for k in ("ref_epochs", "ref_lr")}, "ref_web": args.ref_web}
     if rank == 0:
         atomic_write(os.path.join(args.out_dir, "pipeline.json"), json.dumps(pipeline, indent=1))
-        print(f"reference ready: {pipeline['ref']}; next: python train_slm.py --out_dir {args.out_dir} --ratio 0.6"
-              + (" --init scratch" if args.init == "scratch" else ""))
+        print(f"reference ready: {ref}; next: python train_slm.py --out_dir {args.out_dir} --ratio 0.6")
     barrier()
 
 
@@ -195,7 +178,7 @@ def reference_sweep(args, settings, common, meta, base_ckpt):
         # --ref_web N: the subset `epochs` times (mix_hq) and a part of the base's web, shuffled together, once
         web = dict(split="web_base", part=f"0/{args.ref_web}", mix_hq=epochs) if args.ref_web else {}
         web_tokens = meta["splits"]["web_base"]["tokens"] // args.ref_web if args.ref_web else 0
-        s = rho.train(rho.TrainConfig(arm="reference", out_dir=out, lr=lr, init=base_ckpt,
+        s = rho.train(rho.TrainConfig(out_dir=out, lr=lr, init=base_ckpt,
                                       max_tokens=int(epochs * hq) + web_tokens,
                                       **{**common, "tokens_per_step": 0, "split": "ref_train", **web}))
         runs[out] = {"ref_epochs": epochs, "ref_lr": lr, "val_answer_loss": s.get("val_answer_loss"),

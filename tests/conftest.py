@@ -17,11 +17,14 @@ sys.path.insert(0, ROOT)
 # which gives its subprocess back the GPUs hidden here.
 GPUS = os.environ.get("CUDA_VISIBLE_DEVICES")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# One thread a process, here and in every process started: the tiny models' matmuls gain nothing from a second
+# thread, and on a busy machine a spinning OpenMP pool makes each first call of a shape up to 80x slower.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def run(*args, cwd, check=True):
     """Run one of the scripts as a user would; returns the CompletedProcess."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=ROOT)
     p = subprocess.run([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=cwd, env=env,
                        capture_output=True, text=True, timeout=600)
     if check and p.returncode != 0:
@@ -49,11 +52,27 @@ def user_error(script, *args):
     return msg
 
 
+def records(run_dir, evals=False):
+    """A run's log records, in order (evals: only those of an evaluation)."""
+    recs = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [r for r in recs if "val_loss" in r or not evals]
+
+
+def trainer(pipeline, **kw):
+    """A Trainer of an SLM 0.6 student on the session's pipeline (it writes nothing until trained), settings kw."""
+    import rho
+    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
+    cfg = dict(data_dir=str(pipeline / "data"), init=str(pipeline / pipe["base"]), ref_ckpt=str(pipeline / pipe["ref"]),
+               score_file=str(pipeline / pipe["scores"]), out_dir=str(pipeline / "out" / "unused"), ratio=0.6,
+               batch_size=8, max_tokens=8192, eval_problems=8, eval_max_new=32)
+    return rho.Trainer(rho.TrainConfig(**{**cfg, **kw}))
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
     """data -> base -> reference -> scores -> SLM 0.6 and CLM students, with the tiny preset."""
     d = tmp_path_factory.mktemp("pipe")
-    with contextlib.chdir(d):  # in this process: test_robust.py runs train_ref.py as a user would
+    with contextlib.chdir(d):  # in this process; the scripts as a user runs them: test_pipeline.py, test_errors.py
         call("train_ref.py", "--preset", "tiny")
         call("train_slm.py", "--ratio", "0.6", "1.0")
     return d

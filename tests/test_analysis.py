@@ -73,14 +73,17 @@ def fake_pipeline(root, seed, runs, n=100, settings=None, name=None, extra=None)
     (d / "data" / "meta.json").write_text(json.dumps({"data_config": {"seed": seed, "n_web": 10},
                                                       "splits": {"eval": {"problems": n}}}))
     flops = {"base": 100.0, "ref": 10.0, "scoring": 5.0}
-    (d / "pipeline.json").write_text(json.dumps({"seed": seed, "preset": "cpu", "init": "base",
-                                                 "settings": settings or {},
-                                                 "data_dir": str(d / "data"), "base": "b", "ref": "r",
-                                                 "flops": flops, **(extra or {})}))
+    (d / "pipeline.json").write_text(json.dumps({"seed": seed, "preset": "cpu", "settings": settings or {},
+                                                 "data_dir": str(d / "data"), "base": "b", "ref": "ref/ckpt.pt",
+                                                 "flops": flops, "ref_sweep": {"ref": {"ref_epochs": 4,
+                                                                                       "ref_lr": 0.01}},
+                                                 **(extra or {})}))
     for name, (arm, ratio, lr, curve) in runs.items():
         (d / name).mkdir()
-        cfg = {"arm": arm, "split": "web", "ratio": ratio, "select": "excess", "ref_mode": "cached", "init": "b",
-               "lr": lr, "ref_ckpts": "r", "data_dir": str(d / "data")}
+        cfg = {"split": "web", "ratio": ratio, "select": "excess", "mix_hq": 0, "ref_mode": "cached", "scope": "local",
+               "weighting": "topk", "temperature": 0.1, "init": "b", "lr": lr, "ref_ckpt": "ref/ckpt.pt", "seed": seed,
+               "keep_ckpts": False, "data_dir": str(d / "data"), **{k: 1 for k in plot.SHAPE}}
+        assert plot.arm_name(cfg) == arm  # the arm comes from the settings
         (d / name / "config.json").write_text(json.dumps(cfg))
         with open(d / name / "log.jsonl", "w") as f:
             for t, v, a, acc in curve:
@@ -175,7 +178,7 @@ def test_plot_aggregates_seeds_and_picks_each_arms_best_lr_on_validation(tmp_pat
     assert "| CLM | 0.002* | 2 |" in summary and "| CLM | 0.001 | 2 |" in summary
 
 
-def test_plot_compares_only_the_arms_asked_for(tmp_path):
+def test_plot_compares_only_the_arms_asked_for(tmp_path, capsys):
     t = [0, 500, 1000]
     fake_pipeline(tmp_path, 0, {
         "clm": ("CLM", 1.0, 1e-3, list(zip(t, [1.0, .8, .6], [1.0, .8, .6], [.1, .2, .3]))),
@@ -189,6 +192,10 @@ def test_plot_compares_only_the_arms_asked_for(tmp_path):
     assert int.from_bytes((tmp_path / "two.png").read_bytes()[16:20], "big") == 3 * 560
     with pytest.raises(SystemExit, match="no runs of arm"):
         plot.main(plot.PlotRun(out_dir=str(tmp_path), arms=["SLM 0.7"]))
+    capsys.readouterr()
+    plot.main(plot.PlotRun(out_dir=str(tmp_path), rates=True))  # for a script: arm<TAB>rate<TAB>folder
+    assert capsys.readouterr().out.splitlines() == ["CLM\t0.001\tclm", "SLM 0.6\t0.001\tslm0.6",
+                                                    "SLM 0.8\t0.001\tslm0.8"]
 
 
 def test_auroc_counts_ties_half():

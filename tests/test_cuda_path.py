@@ -1,7 +1,6 @@
 """The CUDA path, checked on a CPU for what a first GPU run would otherwise meet first: a graph break in the
 compiled step, a dtype clash under bf16 autocast, batches sized for a small vocabulary, processes sharing one GPU,
 a checkpoint's RNG for GPUs that are not there. (experiments/gpu_check.py runs the real thing on a GPU.)"""
-import json
 import os
 
 import numpy as np
@@ -12,14 +11,7 @@ import torch.distributed as dist
 import data
 import infra
 import rho
-
-
-def trainer(pipeline, **kw):
-    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
-    cfg = dict(data_dir=str(pipeline / "data"), init=str(pipeline / pipe["base"]), ratio=0.6, batch_size=8,
-               ref_ckpts=str(pipeline / pipe["ref"]), score_files=str(pipeline / pipe["scores"]),
-               out_dir=str(pipeline / "out" / "unused"), max_tokens=8192, eval_problems=8, eval_max_new=32)
-    return rho.Trainer(rho.TrainConfig(**{**cfg, **kw}))
+from conftest import trainer
 
 
 def bf16(device):  # what infra.autocast gives on CUDA, on the CPU
@@ -79,14 +71,13 @@ def test_each_process_takes_its_gpu_before_the_process_group_starts(monkeypatch)
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
-    monkeypatch.setattr(dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append((kw["backend"], kw.get("device_id"))))
-    monkeypatch.setattr(dist, "get_rank", lambda: 1)
-    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(atexit, "register", lambda f: f)
+    for where, name, value in (
+            (torch.cuda, "is_available", lambda: True), (torch.cuda, "device_count", lambda: 2),
+            (torch.cuda, "set_device", lambda d: calls.append(("set_device", d))),
+            (dist, "is_initialized", lambda: False),
+            (dist, "init_process_group", lambda **kw: calls.append((kw["backend"], kw.get("device_id")))),
+            (dist, "get_rank", lambda: 1), (dist, "get_world_size", lambda: 2), (atexit, "register", lambda f: f)):
+        monkeypatch.setattr(where, name, value)
     assert infra.dist_setup("auto") == (1, 2, 1)
     assert calls == [("set_device", 1), ("nccl", torch.device("cuda", 1))]
     calls.clear()

@@ -1,62 +1,27 @@
-"""Data parallel training on CPU with the gloo backend: global selection is exact, a 2-process run equals one
-process on the concatenated batch, gradient accumulation all-reduces once a step, and a failing rank ends the run."""
-import json
+"""Data parallel training on CPU with the gloo backend, in one torchrun of 2 processes (this file is their script):
+global selection is exact, gradient accumulation all-reduces once a step and equals one big batch, a run with
+--scope global equals one process on the global batch, and a failing rank ends the run."""
 import os
+import pathlib
+import socket
 import subprocess
 import sys
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import rho
-from conftest import ROOT, call
+from conftest import ROOT, call, records, trainer
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
-def _global_selection_worker(rank, world, init_file, scores, ratio, out):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    B = scores.size(0) // world
-    mine = rho.select_topk_global(scores[rank * B:(rank + 1) * B], ratio, rank)
-    local = rho.select_topk(scores[rank * B:(rank + 1) * B], ratio)
-    torch.save({"global": mine, "local": local}, f"{out}.{rank}")
-    dist.destroy_process_group()
+def scores():
+    s = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))
+    s[:4] += 1.0  # rank 0's half scores higher: local and global selections must differ
+    return s
 
 
-def test_global_selection_over_two_ranks_equals_one_process_on_the_concatenated_batch(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    scores = torch.randn(8, 32, generator=g)
-    scores[:4] += 1.0  # rank 0's half scores higher: local and global selections must differ
-    ratio = 0.6
-    mp.spawn(_global_selection_worker, args=(2, str(tmp_path / "init"), scores, ratio, str(tmp_path / "out")),
-             nprocs=2, join=True)
-    parts = [torch.load(tmp_path / f"out.{r}", weights_only=True) for r in range(2)]
-    together = torch.cat([p["global"] for p in parts])
-    assert torch.equal(together, rho.select_topk(scores, ratio))
-    assert together.sum() == rho.n_selected(ratio, scores.numel())
-    assert not torch.equal(torch.cat([p["local"] for p in parts]), together)  # local really is different
-
-
-def test_torchrun_two_processes_equal_one_process_with_the_global_batch(pipeline, tmp_path, monkeypatch):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    args = ["--ratio", "0.6", "--max_tokens", "8192", "--n_evals", "2"]
-    with open(tmp_path / "ddp2.txt", "w") as output:
-        p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                              "--master_port=29533", os.path.join(ROOT, "train_slm.py"), *args, "--scope", "global",
-                              "--name", "ddp2"], cwd=pipeline, env=env, stdout=output, stderr=subprocess.STDOUT)
-    monkeypatch.chdir(pipeline)  # meanwhile, in this process: one process with the global batch
-    call("train_slm.py", *args, "--batch_size", "16", "--name", "single16")
-    assert p.wait(timeout=600) == 0, (tmp_path / "ddp2.txt").read_text()[-5000:]
-
-    def evals(name):
-        recs = [json.loads(x) for x in (pipeline / "out" / name / "log.jsonl").read_text().splitlines()]
-        return [(r["tokens"], r["val_loss"], r.get("train_loss"), r.get("precision")) for r in recs if "val_loss" in r]
-    a, b = evals("ddp2"), evals("single16")
-    assert [x[0] for x in a] == [x[0] for x in b]
-    for (_, va, ta, pa), (_, vb, tb, pb) in zip(a, b):
-        assert abs(va - vb) < 1e-4 and (ta is None or abs(ta - tb) < 1e-4) and pa == pb
-
-
-def _grads(tr):
+def keep_grads(tr):
     """Make tr.optimizer.step keep the gradients it is given (after clipping) in tr.grads."""
     step = tr.optimizer.step
 
@@ -66,56 +31,66 @@ def _grads(tr):
     tr.optimizer.step = keep
 
 
-def _accumulation_worker(rank, world, port, pipeline, cfg, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    os.chdir(pipeline)
+def ranks(pipeline, out):
+    """What each process does: the global top-k of its half of scores(); one optimizer step of 2 micro-batches; an
+    SLM run with --scope global; then a run whose evaluation fails on rank 0 while rank 1 waits in a collective."""
+    import infra
+    import train_slm
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-    tr = rho.Trainer(rho.TrainConfig(**cfg))
-    calls = []
+    tr = trainer(pipeline, ratio=1.0, tokens_per_step=2 * 2 * 8 * 64)  # joins the process group
+    rank, calls = int(os.environ["RANK"]), []
+    selected = rho.select_topk_global(scores()[rank * 4:(rank + 1) * 4], 0.6, rank)
     tr.train_model.register_comm_hook(None, lambda state, bucket: calls.append(1) or allreduce_hook(None, bucket))
-    _grads(tr)
+    keep_grads(tr)
     tr.step(0)
-    torch.save({"grads": tr.grads, "allreduces": len(calls), "accum": tr.accum}, f"{out}.{rank}")
+    torch.save({"global": selected, "grads": tr.grads, "allreduces": len(calls), "accum": tr.accum}, f"{out}.{rank}")
+    os.chdir(pipeline)
+    args = ["--ratio", "0.6", "--max_tokens", "8192", "--n_evals", "2"]
+    train_slm.main(infra.cli(train_slm.SlmRun, "", [*args, "--scope", "global", "--name", "ddp2"]))
+    rho.Trainer.evaluate = lambda self: (_ for _ in ()).throw(RuntimeError("evaluation failed on rank 0"))
+    train_slm.main(infra.cli(train_slm.SlmRun, "", [*args, "--name", "fails"]))
 
 
-def test_accumulation_over_two_ranks_all_reduces_once_and_equals_one_big_batch(pipeline, tmp_path, monkeypatch):
-    """--tokens_per_step of 2 micro-batches on each of 2 processes (gloo): the gradients of the step equal one
-    process's on the 4 micro-batches as one batch, and DDP all-reduces once a step, not once a micro-batch."""
-    import socket
-    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
-    cfg = dict(data_dir=str(pipeline / "data"), init=str(pipeline / pipe["base"]), out_dir=str(tmp_path / "unused"),
-               ratio=1.0, batch_size=8, eval_problems=0, max_tokens=8192, tokens_per_step=2 * 2 * 8 * 64)
+def test_two_processes_equal_one_on_the_whole_batch_and_a_failing_rank_ends_the_run(pipeline, tmp_path, monkeypatch):
+    """The global top-k of 2 halves is the top-k of the whole batch; a step of 2 micro-batches on each process has
+    the gradients of one process's step on the 4 as one batch, and DDP all-reduces once a step, not once a
+    micro-batch; an SLM run with --scope global logs what one process with the global batch does; rank 0 raising
+    while the other waits in a collective (the selection counts) must exit (torchrun then stops the rest), not wait
+    at exit in a barrier that no other rank joins."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_accumulation_worker, args=(2, port, str(pipeline), cfg, str(tmp_path / "out")), nprocs=2, join=True)
-    parts = [torch.load(tmp_path / f"out.{r}", weights_only=True) for r in range(2)]
-    assert [p["accum"] for p in parts] == [2, 2] and [p["allreduces"] for p in parts] == [1, 1]  # one bucket
-    monkeypatch.chdir(pipeline)
-    one = rho.Trainer(rho.TrainConfig(**{**cfg, "batch_size": 32, "tokens_per_step": 0}))
-    _grads(one)
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                          os.path.join(TESTS, "test_ddp.py"), str(pipeline), str(tmp_path / "out")], cwd=pipeline,
+                         env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    one = trainer(pipeline, ratio=1.0, batch_size=32)  # meanwhile, in this process: one process with the whole batch
+    keep_grads(one)
     one.step(0)
-    for a, b, c in zip(parts[0]["grads"], parts[1]["grads"], one.grads):
-        assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-6, rtol=1e-4)
-
-
-def test_a_rank_that_fails_while_the_others_wait_in_a_collective_ends_the_run(pipeline, tmp_path):
-    """Rank 0 raises while evaluating and the other rank waits in an all_reduce (the selection counts): rank 0 must
-    exit (torchrun then stops the rest), not wait at exit in a barrier that no other rank joins."""
-    script = tmp_path / "fail_eval.py"
-    script.write_text("import sys, infra, rho, train_slm\n"
-                      "def evaluate(self):\n    raise RuntimeError('evaluation failed on rank 0')\n"
-                      "rho.Trainer.evaluate = evaluate\n"
-                      "train_slm.main(infra.cli(train_slm.SlmRun, '', sys.argv[1:]))\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534",
-                          str(script), "--ratio", "0.6", "--max_tokens", "4096", "--name", "fails"], cwd=pipeline,
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    monkeypatch.chdir(pipeline)
+    call("train_slm.py", "--ratio", "0.6", "--max_tokens", "8192", "--n_evals", "2", "--batch_size", "16", "--name",
+         "single16")
     try:
-        out = p.communicate(timeout=90)[0]
+        out = p.communicate(timeout=300)[0]
     except subprocess.TimeoutExpired:
         p.terminate()  # torchrun stops its ranks on SIGTERM (a SIGKILL would leave them running)
         p.communicate(timeout=60)
         raise AssertionError("the run hangs: rank 0 waits at exit for ranks that wait in another collective")
-    assert p.returncode != 0 and "evaluation failed on rank 0" in out
+    assert p.returncode != 0 and "evaluation failed on rank 0" in out, out[-5000:]
+    parts = [torch.load(tmp_path / f"out.{r}", weights_only=True) for r in range(2)]
+    together = torch.cat([p["global"] for p in parts])
+    assert torch.equal(together, rho.select_topk(scores(), 0.6))
+    assert together.sum() == rho.n_selected(0.6, scores().numel())
+    assert not torch.equal(torch.cat([rho.select_topk(half, 0.6) for half in scores().chunk(2)]), together)
+    assert [p["accum"] for p in parts] == [2, 2] and [p["allreduces"] for p in parts] == [1, 1]  # one bucket
+    for a, b, c in zip(parts[0]["grads"], parts[1]["grads"], one.grads):
+        assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-6, rtol=1e-4)
+    a, b = (records(pipeline / "out" / name, evals=True) for name in ("ddp2", "single16"))
+    assert [r["tokens"] for r in a] == [r["tokens"] for r in b] and len(a) > 1
+    for ra, rb in zip(a, b):
+        assert abs(ra["val_loss"] - rb["val_loss"]) < 1e-4 and ra.get("precision") == rb.get("precision")
+        assert "train_loss" not in ra or abs(ra["train_loss"] - rb["train_loss"]) < 1e-4
+
+
+if __name__ == "__main__":
+    ranks(pathlib.Path(sys.argv[1]), sys.argv[2])

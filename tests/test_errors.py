@@ -14,34 +14,45 @@ import data
 from conftest import run, user_error
 
 
-def copy_pipeline(t):
-    """A private copy of the tiny pipeline (data + base + ref + scores) that a case may damage."""
-    d, pipeline = t.tmp, t.pipeline
-    shutil.copytree(pipeline / "data", d / "data")
-    for name in ("base", "ref"):
-        shutil.copytree(pipeline / "out" / name, d / "out" / name)
-    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
-    pipe.update(data_dir=str(d / "data"), base=str(d / "out" / "base" / "ckpt.pt"),
-                ref=str(d / "out" / "ref" / "ckpt.pt"), scores=str(d / "out" / "ref" / "scores.bin"))
-    (d / "out" / "pipeline.json").write_text(json.dumps(pipe))
-    return d
-
-
-def edit_checkpoint(path, change):
-    ckpt = torch.load(path, weights_only=True)
-    change(ckpt)
-    torch.save(ckpt, path)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Setups: each makes one mistake and returns the folder the command runs in
-
 def shared(t):  # the session's pipeline, read only: the command must refuse before it writes anything
     return t.pipeline
 
 
 def empty(t):
     return t.tmp
+
+
+def real(t):  # the session's real-data files, read only; the corpus goes to a folder of the case's own
+    return t.files
+
+
+def written(name, text, where=empty):
+    """A file of the case's own holding text; the command runs in where(t)."""
+    def setup(t):
+        (t.tmp / name).write_text(text)
+        return where(t)
+    return setup
+
+
+def copied(change):
+    """A private copy of the tiny pipeline (data, base, reference, scores), damaged by change(folder)."""
+    def setup(t):
+        for name in ("data", "out/base", "out/ref"):
+            shutil.copytree(t.pipeline / name, t.tmp / name)
+        shutil.copy(t.pipeline / "out" / "pipeline.json", t.tmp / "out")
+        change(t.tmp)
+        return t.tmp
+    return setup
+
+
+def cut(path, keep):  # one file cut short, as a kill or a full disk leaves it
+    return copied(lambda d: (d / path).write_bytes((d / path).read_bytes()[:keep]))
+
+
+def edit_checkpoint(path, change):
+    ckpt = torch.load(path, weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, path)
 
 
 def pipeline_json(t, **paths):
@@ -51,10 +62,6 @@ def pipeline_json(t, **paths):
     (t.tmp / "out").mkdir()
     (t.tmp / "out" / "pipeline.json").write_text(json.dumps({**pipe, **paths}))
     return t.tmp
-
-
-def missing_ref_ckpt(t):
-    return pipeline_json(t, ref=str(t.tmp / "nope.pt"))
 
 
 def other_vocabulary(t):
@@ -67,79 +74,14 @@ def random_run(t):  # a --select random run: --explain ranks by excess or refere
     folder = pipeline_json(t)
     cfg = json.loads((t.pipeline / "out" / "slm0.6" / "config.json").read_text())
     (folder / "out" / "random0.6").mkdir()
-    (folder / "out" / "random0.6" / "config.json").write_text(json.dumps({**cfg, "select": "random",
-                                                                                "data_dir": str(t.pipeline / "data")}))
+    cfg.update(select="random", data_dir=str(t.pipeline / "data"))
+    (folder / "out" / "random0.6" / "config.json").write_text(json.dumps(cfg))
     return folder
 
 
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch PWNED",))
-
-
-def pickle_ckpt(t):  # a checkpoint whose unpickling would run code
-    d = copy_pipeline(t)
-    torch.save({"version": 1, "model": Evil()}, d / "out" / "base" / "ckpt.pt", pickle_module=pickle)
-    return d
-
-
-def future_ckpt(t):
-    d = copy_pipeline(t)
-    edit_checkpoint(d / "out" / "ref" / "ckpt.pt", lambda ckpt: ckpt.update(version=999))
-    return d
-
-
-def other_reference(t):  # another reference of the same shapes: the score file is not its
-    d = copy_pipeline(t)
-    edit_checkpoint(d / "out" / "ref" / "ckpt.pt", lambda ckpt: ckpt["model"]["lm_head.weight"].add_(0.01))
-    return d
-
-
-def damaged(how):
-    def setup(t):
-        d = copy_pipeline(t)
-        web = d / "data" / "web.bin"
-        if how == "truncate":
-            web.write_bytes(web.read_bytes()[:1000])
-        elif how == "delete":
-            web.unlink()
-        elif how == "labels":
-            (d / "data" / "web.labels").write_bytes(b"\x00" * 10)
-        else:
-            (d / "data" / "meta.json").write_text("{ not json")
-        return d
-    return setup
-
-
-def empty_eval(t):
-    d = copy_pipeline(t)
-    (d / "data" / "eval.jsonl").write_text("")
-    return d
-
-
-def cut(path, keep):
-    """A copy of the tiny pipeline with one file cut short, as a kill or a full disk leaves it."""
-    def setup(t):
-        d = copy_pipeline(t)
-        (d / path).write_bytes((d / path).read_bytes()[:keep])
-        return d
-    return setup
-
-
-def a_file(t):  # a file where a folder should be
-    (t.tmp / "f").write_text("not a folder")
-    return t.tmp
-
-
-def real(t):  # the session's real-data files, read only; the corpus goes to a folder of the case's own
-    return t.files
-
-
-def real_file(name, text):
-    def setup(t):
-        (t.tmp / name).write_text(text)
-        return t.files
-    return setup
 
 
 # a later flag replaces an earlier one
@@ -155,27 +97,33 @@ CASES = {
     "unknown preset": (shared, ["train_ref.py", "--preset", "huge"], ["preset"], []),
     "changed config": (shared, [*SLM, "--max_tokens", "12345"], ["another configuration", "--overwrite"], []),
     "no reference pipeline": (empty, SLM, ["train_ref.py"], ["out"]),
-    "no reference checkpoint": (missing_ref_ckpt, SLM, ["reference", "train_ref.py"], ["out/slm0.6"]),
-    "more references than trained": (shared, [*SLM, "--refs", "3"], ["not 3;", "--refs 3"], ["out/slm0.6-refs3mean"]),
+    "no reference checkpoint": (lambda t: pipeline_json(t, ref=str(t.tmp / "nope.pt")), SLM,
+                                ["reference", "train_ref.py"], ["out/slm0.6"]),
     "another vocabulary": (other_vocabulary, SLM, ["vocabulary"], ["out/slm0.6"]),
-    "pickle checkpoint": (pickle_ckpt, SLM, ["not a loadable"], ["PWNED", "out/slm0.6"]),
-    "incompatible checkpoint": (future_ckpt, [*SLM, "--ref_mode", "online"], ["incompatible version"],
-                                ["out/slm0.6-online"]),
-    "score file of another reference": (other_reference, SLM, ["does not belong"], ["out/slm0.6"]),
-    **{f"data file {how}": (damaged(how), SLM, ["data.py"], ["out/slm0.6"])
-       for how in ("truncate", "delete", "labels", "meta")},
-    "empty eval set": (empty_eval, ["train_slm.py", "--ratio", "1.0", "--name", "e"], ["eval.jsonl holds no problems"],
-                       ["out/e"]),
+    "pickle checkpoint": (copied(lambda d: torch.save({"model": Evil()}, d / "out/base/ckpt.pt", pickle_module=pickle)),
+                          SLM, ["not a loadable"], ["PWNED", "out/slm0.6"]),
+    "another program's checkpoint": (copied(lambda d: torch.save({"weight": torch.zeros(2)}, d / "out/ref/ckpt.pt")),
+                                     [*SLM, "--ref_mode", "online"], ["not a loadable rho checkpoint"],
+                                     ["out/slm0.6-online"]),
+    "score file of another reference": (copied(lambda d: edit_checkpoint(  # another reference of the same shapes
+        d / "out/ref/ckpt.pt", lambda ckpt: ckpt["model"]["lm_head.weight"].add_(0.01))), SLM, ["does not belong"],
+                                        ["out/slm0.6"]),
+    **{f"data file {how}": (setup, SLM, ["data.py"], ["out/slm0.6"]) for how, setup in (
+        ("truncate", cut("data/web.bin", 1000)), ("delete", copied(lambda d: (d / "data/web.bin").unlink())),
+        ("labels", copied(lambda d: (d / "data/web.labels").write_bytes(b"\0" * 10))),
+        ("meta", copied(lambda d: (d / "data/meta.json").write_text("{ not json"))))},
+    "empty eval set": (copied(lambda d: (d / "data/eval.jsonl").write_text("")), ["train_slm.py", "--ratio", "1.0",
+                       "--name", "e"], ["eval.jsonl holds no problems"], ["out/e"]),
     "fewer tokens than one batch": (shared, ["train_slm.py", "--ratio", "1.0", "--batch_size", "4096", "--name", "big"],
                                     ["fewer than one batch"], ["out/big"]),
     "block without room": (shared, ["train_ref.py", "--preset", "tiny", "--eval_max_new", "64", "--out_dir",
                                     "{tmp}/out"], ["leaves no room for a question", "--eval_max_new"], ["{tmp}/out/*"]),
-    "mix_hq with cached scores": (shared, [*SLM, "--mix_hq", "1"], ["covers the web split", "--ref_mode online"],
-                              ["out/slm0.6-mixhq1"]),
+    "mix_hq with SLM": (shared, [*SLM, "--mix_hq", "1"], ["control of plain next-token training", "--ratio 1.0"],
+                        ["out/slm0.6-mixhq1"]),
     "more test problems than keys": (empty, ["data.py", "--preset", "cpu", "--corpus", "n_eval=5000"],
                                      ["fewer than the 5000 asked for"], ["data"]),
     "explain a run that is not SLM": (random_run, ["plot.py", "--explain", "out/random0.6"],
-                                      ["not SLM or ref-loss against one reference"], ["out/random0.6/explain.md"]),
+                                      ["not SLM or ref-loss"], ["out/random0.6/explain.md"]),
     "cuda without a GPU": (shared, [*SLM, "--device", "cuda", "--name", "gpu"], ["no CUDA GPU"], ["out/gpu"]),
     **{f"{flag} of no run": (empty, ["plot.py", flag, "{tmp}"], ["error: {tmp} is not a student run"], [])
        for flag in ("--tokens", "--categories")},
@@ -183,30 +131,33 @@ CASES = {
     "no text file": (shared, ["plot.py", "--tokens", "out/slm0.6", "--text", "{tmp}/missing.txt"], ["no text file"],
                      []),
     "real: missing field": (real, [*REAL, "--web_field", "content"], ["no field 'content'"], ["{tmp}/d/*"]),
-    "real: empty": (real_file("empty.jsonl", ""), [*REAL, "--web", "{tmp}/empty.jsonl"], ["is empty"], ["{tmp}/d/*"]),
+    "real: empty": (written("empty.jsonl", "", real), [*REAL, "--web", "{tmp}/empty.jsonl"], ["is empty"],
+                    ["{tmp}/d/*"]),
     "real: budget": (real, [*REAL, "--max_tokens", "10000000"], ["--max_tokens"], ["{tmp}/d/*"]),
-    "real: malformed": (real_file("bad.jsonl", '{"text": "fine"}\n{"text": broken\n'),
+    "real: malformed": (written("bad.jsonl", '{"text": "fine"}\n{"text": broken\n', real),
                         [*REAL, "--web", "{tmp}/bad.jsonl"], ["cannot read"], ["{tmp}/d/*"]),
-    # a missing local file is named as given: not sent to the hub, not a --max_tokens 0 complaint
-    "real: missing web": (real, [*REAL, "--max_tokens", "0", "--web", "corpora/web.jsonl"],
-                          ["no such file: corpora/web.jsonl"], ["{tmp}/d/*"]),
-    "real: missing hq": (real, [*REAL, "--hq", "./train.jsonl"], ["no such file: ./train.jsonl"], ["{tmp}/d/*"]),
+    # a missing local file (or a mistyped file type) is named as given: not sent to the hub, not a --max_tokens 0
+    # complaint
+    **{f"real: missing {flag} {path}": (real, [*REAL, "--max_tokens", "0", f"--{flag}", path],
+                                        [f"no such file: {path}"], ["{tmp}/d/*"]) for flag, path in (
+        ("web", "corpora/web.jsonl"), ("web", "corpora/web.jsnl"), ("hq", "./train.jsonl"),
+        ("eval", "~/nowhere/*.parquet"))},
     # numbers out of range: one table of flags (train_slm.py's in the shared pipeline, train_ref.py's before any data)
     **{f"train_slm.py --{flag} {v}": (shared, ["train_slm.py", "--ratio", "1.0", f"--{flag}", v, "--name", "n"],
                                       [f"--{flag} ", "; fix: pass --" + flag], ["out/n"])
        for flag, v in (("batch_size", "0"), ("lr", "0"), ("lr", "-1"), ("seed", "-1"), ("mix_hq", "-1"),
-                       ("max_tokens", "-5"), ("max_tokens", "0"), ("n_evals", "0"), ("refs", "-1"))},
+                       ("max_tokens", "-5"), ("max_tokens", "0"), ("n_evals", "0"))},
     **{f"train_ref.py --{flag} {v}": (empty, ["train_ref.py", "--preset", "tiny", f"--{flag}", v],
                                       [f"--{flag} ", "; fix: pass --" + flag], ["data", "out"])
        for flag, v in (("n_head", "0"), ("n_layer", "0"), ("block_size", "0"), ("block_size", "-4"),
-                       ("seed", "-1"), ("base_lr", "0"), ("ref_epochs", "0"), ("refs", "-1"))},
+                       ("seed", "-1"), ("base_lr", "0"), ("ref_epochs", "0"))},
     "temperature without soft": (shared, [*SLM, "--temperature", "0.5", "--name", "t"], ["add --weighting soft"],
                                  ["out/t"]),
     "a budget of many passes": (shared, [*SLM, "--max_tokens", "10000000", "--name", "big"],
                                 ["passes over split 'web'", "--max_tokens 72"], ["out/big"]),
     "unknown device": (shared, [*SLM, "--device", "gpu", "--name", "g"], ["unknown --device gpu"], ["out/g"]),
-    "out_dir a file": (a_file, ["train_ref.py", "--preset", "tiny", "--out_dir", "f"], ["f is a file"], ["data"]),
-    "data_dir a file": (a_file, ["train_ref.py", "--preset", "tiny", "--data_dir", "f"], ["f is a file"], ["out"]),
+    **{f"{flag} a file": (written("f", "not a folder"), ["train_ref.py", "--preset", "tiny", f"--{flag}", "f"],
+                          ["f is a file"], [other]) for flag, other in (("out_dir", "data"), ("data_dir", "out"))},
     "base a folder": (shared, ["train_ref.py", "--preset", "tiny", "--base", "out/base", "--out_dir", "{tmp}/o"],
                       ["is a folder", "--base out/base/ckpt.pt"], ["{tmp}/o"]),
     "base of another shape": (shared, ["train_ref.py", "--preset", "tiny", "--base", "out/base/ckpt.pt", "--block_size",
@@ -224,10 +175,6 @@ CASES = {
     "plot.py on a run folder": (shared, ["plot.py", "--out_dir", "out/slm0.6"], ["is a run folder", "--out_dir out"],
                                 []),
     "plot.py --png into no folder": (shared, ["plot.py", "--png", "{tmp}/no/x.png"], ["there is no folder"], []),
-    "real: mistyped file type": (real, [*REAL, "--web", "corpora/web.jsnl"], ["no such file: corpora/web.jsnl"],
-                                 ["{tmp}/d/*"]),
-    "real: missing eval": (real, [*REAL, "--eval", "~/nowhere/*.parquet"], ["no such file: ~/nowhere/*.parquet"],
-                           ["{tmp}/d/*"]),
 }
 
 

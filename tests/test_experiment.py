@@ -10,8 +10,10 @@ import torch
 
 import analysis
 import data
+import infra
 import plot
 import rho
+from conftest import trainer
 from test_method import tiny_model
 
 MASK = {w: "<name>" for w in data.NAMES} | {w: "<item>" for w in data.ITEMS + data.CONTAINERS}
@@ -98,7 +100,7 @@ def test_x_fewer_and_compute_on_known_curves():
     # there (100), not its budget, are what run is compared with: run needs 200, so 0.5x
     assert plot.x_fewer(run, clm, "acc") == (0.5, False)
     assert plot.x_fewer(clm, run, "answer") == (None, False)
-    assert plot.x_less_compute(run, clm) == (pytest.approx(2.0), False)  # no overhead: the same ratio
+    assert plot.x_fewer(run, clm, "answer", compute=True) == (pytest.approx(2.0), False)  # no overhead: the same
     # a measure a run does not have is no measure, not "never"
     nan = {**clm, "answer": np.full(4, np.nan)}
     assert np.isnan(plot.x_fewer(run, nan, "answer")[0]) and plot.fmt_x(plot.x_fewer(run, nan, "answer")) == "-"
@@ -150,17 +152,18 @@ def test_paired_tests_on_known_answers():
 
 
 def test_the_noise_floor_pairs_each_run_with_the_baseline_of_its_pipeline_and_data_order():
-    def run(arm, pipe, acc, loss, student=""):
+    def run(arm, pipe, acc, loss, student=0):
         right = np.arange(100) < round(100 * acc)
-        return {"arm": arm + (f" (student seed {student})" if student else ""), "pipe": {"dir": pipe},
-                "acc": np.array([acc]), "answer": np.array([loss]), "correct": right}
+        cfg = {"split": "web", "select": "excess", "ratio": 0.6 if arm == "SLM 0.6" else 1.0}
+        return {"name": arm, "order": student, "pipe": {"dir": pipe}, "acc": np.array([acc]),
+                "answer": np.array([loss]), "correct": right, "cfg": cfg}
     chosen = []
     for pipe, shift in (("p0", 0.0), ("p1", 0.1), ("p2", 0.2)):  # pipelines differ; data orders differ less
-        for student, jitter in (("", 0.0), ("100", 0.02), ("101", -0.02)):
+        for student, jitter in ((0, 0.0), (100, 0.02), (101, -0.02)):
             chosen.append(run("CLM", pipe, 0.3 + shift + jitter, 0.5 - shift, student))
             chosen.append(run("SLM 0.6", pipe, 0.33 + shift + jitter, 0.5 - shift, student))  # +3 pts in every run
     chosen.append(run("oracle", "p0", 0.5, 0.1))  # one data order only: not in the table
-    res = {"chosen": chosen, "clm": "CLM", "shared": False}
+    res = {"chosen": chosen, "shared": False}
     table = "\n".join(plot.noise_table(res, "CLM"))
     slm = next(line for line in table.splitlines() if line.startswith("| SLM 0.6 |"))
     assert "| 9 |" in slm and "+3.0 [+3.0, +3.0], 9 of 9 above" in slm and "+0.0000" in slm
@@ -174,27 +177,18 @@ def test_the_noise_floor_pairs_each_run_with_the_baseline_of_its_pipeline_and_da
                                                       if line.startswith("| CLM |"))
     # a row's interval does not depend on the other rows: an arm whose gain varies, with and without another arm
     gains = (0.7, -1.3, 2.9, 0.1, 4.4, -2.2, 1.7, 3.3, -0.6)
-    wobbly = [run("ref-loss", r["pipe"]["dir"], float(r["acc"][0]) + gains[i] / 100, 0.4,
-                  r["arm"].partition(plot.STUDENT_SEED)[2].rstrip(")")) for i, r in enumerate(chosen[:-1:2])]
+    wobbly = [run("ref-loss", r["pipe"]["dir"], float(r["acc"][0]) + gains[i] / 100, 0.4, r["order"])
+              for i, r in enumerate(chosen[:-1:2])]
     line = lambda rows: next(x for x in plot.noise_table({**res, "chosen": rows}, "CLM")  # noqa: E731
                              if x.startswith("| ref-loss |"))
     assert line(chosen + wobbly) == line(chosen[::2] + wobbly) and "+1.0 [" in line(chosen + wobbly)
 
 
 def test_eval_schedule():
-    steps = rho.eval_steps(2929, 16, "log")
+    steps = infra.eval_steps(2929, 16)
     assert steps[0] == 0 and steps[-1] == 2929 and steps == sorted(set(steps)) and len(steps) == 17
     assert steps[1] == 15 and all(b / a < 1.5 for a, b in zip(steps[1:], steps[2:]))  # dense early, 1.42x apart
-    assert rho.eval_steps(100, 4, "even") == [0, 25, 50, 75, 100]
-    assert rho.eval_steps(3, 16, "log") == [0, 1, 2, 3]
-
-
-def trainer(pipeline, **kw):
-    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
-    cfg = dict(data_dir=str(pipeline / "data"), split="web", ref_ckpts=str(pipeline / pipe["ref"]),
-               score_files=str(pipeline / pipe["scores"]), init=str(pipeline / pipe["base"]),
-               out_dir=str(pipeline / "out" / "unused"), batch_size=8, eval_problems=0, ratio=0.6)
-    return rho.Trainer(rho.TrainConfig(**{**cfg, **kw}))
+    assert infra.eval_steps(3, 16) == [0, 1, 2, 3] and infra.eval_steps(50, 1) == [0, 50]  # 1: start and end
 
 
 def test_every_control_selects_what_it_says(pipeline):
@@ -209,13 +203,6 @@ def test_every_control_selects_what_it_says(pipeline):
     sel = tr.select_tokens(losses, x, y, ref, labels=lab)
     assert torch.equal(sel, tr.select_tokens(torch.rand_like(losses), x, y, ref, labels=lab))
     assert sel.sum() == rho.n_selected(0.6, losses.numel()) and ref[sel].max() <= ref[~sel].min()
-    # block: whole blocks, the top 60% (5 of 8) by their mean excess loss
-    tr = trainer(pipeline, select="block")
-    sel = tr.select_tokens(losses, x, y, ref, labels=lab)
-    rows = sel.all(1)
-    assert torch.equal(sel, rows[:, None].expand_as(sel)) and rows.sum() == 5
-    mean = (losses - ref).mean(1)
-    assert mean[rows].min() >= mean[~rows].max()
     # oracle: exactly the tokens labelled target math, whatever the ratio
     tr = trainer(pipeline, select="oracle")
     sel = tr.select_tokens(losses, x, y, ref, labels=lab)
@@ -223,69 +210,45 @@ def test_every_control_selects_what_it_says(pipeline):
     # and each one trains through the same step
     loss, mask, _ = tr.step(0)
     assert torch.isfinite(loss) and mask.dtype == torch.bool
-
-
-def test_mixing_the_high_quality_subset_into_the_web_split(pipeline):
+    # CLM + HQ mix: the web split with 2.5 epochs of the high-quality subset (all target math) appended
     web, hq = (len(data.load_tokens(str(pipeline / "data"), s)[0]) for s in ("web", "ref_train"))
     tr = trainer(pipeline, ratio=1.0, mix_hq=2.5)
-    assert len(tr.blocks.tokens) == web + int(2.5 * hq)
-    assert np.all(tr.blocks.labels[web:] == data.MATH)
+    assert len(tr.blocks.tokens) == web + int(2.5 * hq) and np.all(tr.blocks.labels[web:] == data.MATH)
 
 
-def test_slm_on_the_mix_selects_over_web_and_subset_alike_by_the_online_reference(pipeline, monkeypatch):
-    """Beyond the paper: SLM + HQ mix. The reference runs online (its score file covers the web split only) and the
-    top-k runs over the mixed batch, so a subset token is kept only when its excess loss ranks among the top."""
+def test_controls_and_student_seeds_get_their_folders_and_budgets(pipeline, monkeypatch):
+    """Each control and each student seed (a data order: the noise floor needs several per pipeline) is a run of its
+    own; the longer reference gets the reference's budget plus SLM's extra compute."""
     import train_slm
     monkeypatch.chdir(pipeline)
-    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
-    args = train_slm.SlmRun(mix_hq=2.0, ref_mode="online")
-    cfg = train_slm.student_config(args, pipe, 0.6, None)
-    assert cfg.arm == "SLM 0.6 + HQ x2 (online ref)" and cfg.out_dir.endswith("slm0.6-mixhq2-online")
-    tr = rho.Trainer(cfg)
-    assert tr.ref_models and not tr.blocks.ref_losses  # online: no score file read
-    loss, kept, labels = tr.step(0)
-    assert kept.sum() == rho.n_selected(0.6, kept.numel()) and torch.isfinite(loss)
-
-
-def test_control_runs_get_their_names_and_budgets(pipeline, monkeypatch):
-    import train_slm
-    monkeypatch.chdir(pipeline)
-    pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
-    meta = data.read_meta(str(pipeline / "data"))
-    r = train_slm.SlmRun(ref_long=True)
-    cfg = train_slm.student_config(r, pipe, 1.0, None)
-    p = pipe["settings"]
-    assert cfg.split == "ref_train" and cfg.arm == "reference, longer" and cfg.out_dir.endswith("reflong")
+    pipe, meta = json.loads((pipeline / "out" / "pipeline.json").read_text()), data.read_meta(str(pipeline / "data"))
+    cfg, p = train_slm.student_config(train_slm.SlmRun(ref_long=True), pipe, 1.0, None), pipe["settings"]
+    assert cfg.split == "ref_train" and cfg.out_dir == "out/reflong"
     assert cfg.max_tokens == int(p["ref_epochs"] * meta["splits"]["ref_train"]["tokens"]) + p["student_tokens"] + \
         meta["splits"]["web"]["tokens"] // 3
-    names = {(s, m): train_slm.student_config(train_slm.SlmRun(select=s, mix_hq=m), pipe, 1.0 if m else 0.6, None)
-             for s, m in (("random", 0), ("ref_loss", 0), ("block", 0), ("oracle", 0), ("excess", 4))}
-    assert [c.arm for c in names.values()] == ["random 0.6", "ref-loss 0.6", "block 0.6", "oracle (math tokens)",
-                                               "CLM + HQ x4"]
-    assert [c.out_dir.split("/")[-1] for c in names.values()] == ["random0.6", "refloss0.6", "block0.6", "oracle",
-                                                                  "clm-mixhq4"]
+    cfgs = [train_slm.student_config(train_slm.SlmRun(**kw), pipe, 1.0 if "mix_hq" in kw else 0.6, None) for kw in (
+        dict(select="random"), dict(select="ref_loss"), dict(select="oracle"), dict(mix_hq=4), {}, dict(seed=1))]
+    assert [c.out_dir[4:] for c in cfgs] == ["random0.6", "refloss0.6", "oracle", "clm-mixhq4", "slm0.6", "slm0.6-s1"]
+    assert cfgs[2].ratio == 1.0 and [c.seed for c in cfgs[-2:]] == [pipe["seed"], 1]
 
 
 def test_every_driver_job_known_before_it_runs_parses_with_its_scripts_flags():
     """experiments/driver.py: each plan's stages that are fixed in advance (the others are chosen from runs) hold
     jobs with unique names and targets, each a train_ref.py or train_slm.py command whose flags that script accepts."""
     import importlib.util
-    import os
 
     import train_ref
     import train_slm
-    from infra import cli
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "driver.py")
-    spec = importlib.util.spec_from_file_location("driver", path)
-    driver = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(driver)
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("driver", f"{ROOT}/experiments/driver.py")
+    spec.loader.exec_module(driver := importlib.util.module_from_spec(spec))
     configs, checked = {"train_ref.py": train_ref.RefRun, "train_slm.py": train_slm.SlmRun}, 0
     for plan, stages in driver.PLANS.items():
         jobs = [job for stage in stages() if not callable(stage) for job in stage]
         assert len({j[0] for j in jobs}) == len(jobs) and len({j[1] for j in jobs}) == len(jobs), plan
         for name, target, argv in jobs:
-            cli(configs[argv[0]], "", [*argv[1:], "--resume"])  # an unknown flag or bad value exits here
+            infra.cli(configs[argv[0]], "", [*argv[1:], "--resume"])  # an unknown flag or bad value exits here
             checked += 1
     assert checked > 100
     with pytest.raises(SystemExit):  # and the check can fail
-        cli(train_slm.SlmRun, "", ["--ratio", "0.6", "--no_such_flag"])
+        infra.cli(train_slm.SlmRun, "", ["--ratio", "0.6", "--no_such_flag"])

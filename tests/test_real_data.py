@@ -7,6 +7,7 @@ import random
 
 import datasets
 import numpy as np
+import pytest
 
 import data
 import data_real
@@ -111,3 +112,14 @@ def test_a_txt_noisy_corpus_is_one_document_per_line_and_says_so(real_files, tmp
     meta = data.read_meta(str(tmp_path / "d"))
     assert meta["splits"]["web"]["documents"] + meta["splits"]["web_base"]["documents"] == 300
     assert not os.path.isabs(meta["source"]["web"]) and meta["source"]["web"].endswith("web.txt")
+
+
+def test_a_data_dir_without_a_corpus_gets_the_toy_corpus_and_says_so(tmp_path, monkeypatch, capsys):
+    """A mistyped --data_dir (or a failed data_real.py run) builds the embedded corpus there, and the first line says
+    how to use real data (train_ref.py stopped just after its data step, by a base budget larger than the corpus)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="passes over split 'web_base'"):
+        call("train_ref.py", "--preset", "tiny", "--data_dir", "dta", "--base_tokens", "10000000")
+    assert capsys.readouterr().out.splitlines()[0] == ("no corpus in dta: building the embedded toy corpus; for your "
+                                                       "own data run data_real.py first")
+    assert data.read_meta("dta")["data_config"] == data.asdict(data.data_config("tiny"))
