@@ -134,9 +134,26 @@ DEFAULT = {  # plan <name>-default: the default cell's (EXPERIMENTS.md: The head
     "ratios_webref": lambda: [WEB(4, (1, 2)), runs(W4, dict.fromkeys(RATIO, 6e-3), (1, 2))]}
 MAP = [hpipe(c, 0, ref, cell=c, root="regimes", base=on * "out/regimes/default/seed0/base/ckpt.pt")
        for c, (_, ref, on) in CELLS.items()]  # each cell's pipeline, seed 0
+
+
+def when(n, web=False):
+    """Issue 31's screen, seed 0: a pipeline whose subset has n problems (web: the web-keeping reference) on the base
+    of subset 2000's (the web, test and vocabulary do not depend on n); its students at 3e-3 and 6e-3."""
+    out = f"out/when/subset{n}{'-webref4' * web}/seed0"
+    ref = ["--ref_web", "4", "--ref_epochs", "40", "--ref_lr", "1.2e-2"] if web else \
+        ["--ref_epochs", "10", "40", "--ref_lr", "6e-3", "1.2e-2"]
+    base = ["--base", "out/when/subset2000/seed0/base/ckpt.pt"] * (n != 2000 or web)
+    pipe = (f"when{n}{'w' * web}-pipeline", f"{out}/pipeline.json", ["train_ref.py", "--preset", "cpu", "--data_dir",
+            f"data/when/subset{n}", "--out_dir", out, *base, *ref, "--corpus", f"n_ref_train={n}"])
+    arms = ("slm0.6",) + ("clm-mixhq4",) * (not web) + ("clm", "oracle") * (n == 2000 and not web)
+    return pipe, [slm(out, 0, a, x) for a in arms for x in (3e-3, 6e-3)]
+
+
+WHEN = lambda *ns: [[when(n, w)[0] for w in (0, 1) for n in ns], [j for n in ns for w in (0, 1) for j in when(n, w)[1]]]
 PLANS = {**{f"{k}-{D}": v for k, v in DEFAULT.items()}, "regimes": lambda: [  # the map: CLM and SLM at 2 rates
     [p for p in MAP if "--base" not in p[2]], [p for p in MAP if "--base" in p[2]],  # (default-cheapref: no CLM)
     [slm(f"out/regimes/{c}/seed0", 0, a, x) for c in CELLS for a in NOISE[c == "default-cheapref":] for x in LRS[:2]]],
+    "when": lambda: [[when(2000)[0]], *WHEN(2000, 250), *WHEN(1000, 500)],  # issue 31: the subset's size
     "pair-harm-nocarry": lambda: [[hpipe(HN, s, cell=HN) for s in (0, 1)], [hpipe(HN, 2, cell=HN), *runs(HN, PAIR, (
         0, 1))], runs(HN, PAIR, (2,))]}  # the map's cell in 3 pipelines, CLM and SLM at the rate the map chose
 
