@@ -60,6 +60,7 @@ def looks_local(item):
     """Whether a source names files, not a hub dataset "org/name[:config[:split]]": it starts with . / or ~, holds a
     glob, has no org/ part, or has a file type (one rho reads, or a mistyped one: a short extension)."""
     return (item.startswith((".", "/", "~")) or "/" not in item or any(c in item for c in "*?[")
+            or os.path.splitext(item)[1].lower() in FILE_TYPES
             or bool(re.fullmatch(r"\.[a-z]\w{0,6}", os.path.splitext(item.split(":")[0])[1].lower())))
 
 

@@ -252,10 +252,11 @@ def load_checkpoint(path, what="checkpoint"):
         fail(f"no {what} at {path}", "train it first with `python train_ref.py` (or pass the right path)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        assert isinstance(ckpt, dict) and "model_args" in ckpt, "not a dict of rho's"
-    except Exception as e:  # a pickle that wants to run code, a damaged file, another program's: its first line
-        fail(f"{path} is not a loadable rho checkpoint ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})",
-             "use a checkpoint written by rho, or train it again")
+        why = "" if isinstance(ckpt, dict) and "model_args" in ckpt else "another program's file"
+    except Exception as e:  # a pickle that wants to run code, or a damaged file: its first line
+        why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+    if why:
+        fail(f"{path} is not a loadable rho checkpoint ({why})", "use a checkpoint written by rho, or train it again")
     return ckpt
 
 
@@ -336,9 +337,10 @@ def run_state(cfg, inputs, log=print):
         "a run made from other inputs (data, initial model or reference changed since)" \
         if old.get("inputs") != inputs else "a finished run whose ckpt.pt is damaged or missing" \
         if os.path.exists(done) and not zipfile.is_zipfile(ckpt) else ""  # a zip's index is its last bytes
-    if why and not cfg.overwrite:
+    if why and not cfg.overwrite:  # a student's run may go elsewhere; train_ref.py's have fixed folders
+        student = changed and not re.fullmatch(r"base|ref|ref-e.*", os.path.basename(os.path.normpath(cfg.out_dir)))
         fail(f"{cfg.out_dir} holds {why}", "pass --overwrite to replace it" +
-             (", or choose another --out_dir / --name" * (cfg.split == "web" and bool(changed))))
+             ", or choose another --out_dir / --name" * bool(student))
     if why or (cfg.overwrite and not os.path.exists(done) and not cfg.resume):
         log(f"{cfg.out_dir}: replacing {why or 'an unfinished run'} (--overwrite)")
         return "new"

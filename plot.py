@@ -165,6 +165,8 @@ def merge(root, others, notes):
     runs = [run for run in runs if run["group"] == runs[0]["group"]]
     pipes = {run["seed"]: run["pipe"]["dir"] for run in runs}
     clms = {(run["seed"], run["lr"]): run for run in runs if run["arm"] == "CLM" and run["done"]}
+    if bad := [other for other in others if "=" not in other]:
+        fail(f"--merge {bad[0]} has no label", f"name its arms: --merge {bad[0]}=<label>")
     for folder, label in (other.split("=", 1) for other in others):
         for run in find_runs(folder, notes):
             if run["arm"] == "CLM":

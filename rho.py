@@ -449,9 +449,10 @@ def check_config(cfg):
             fail(f"unknown --{name} {getattr(cfg, name)}", f"use --{name} {'|'.join(allowed)}")
     if cfg.weighting == "soft" and (cfg.scope == "global" or cfg.temperature <= 0):
         fail("--weighting soft needs --scope local and a --temperature above 0", "change one of them")
-    if cfg.select == "oracle" and (cfg.scope == "global" or cfg.weighting == "soft" or cfg.mix_hq):
-        fail("--select oracle keeps the labelled math of this process's batch",
-             "drop --scope global, --weighting soft and --mix_hq")
+    clash = [f for f, on in (("--scope global", cfg.scope == "global"), ("--weighting soft", cfg.weighting == "soft"),
+                             ("--mix_hq", cfg.mix_hq)) if on]
+    if cfg.select == "oracle" and clash:
+        fail("--select oracle keeps the labelled math of this process's batch", f"drop {' and '.join(clash)}")
     if cfg.mix_hq and cfg.ratio < 1:
         fail("--mix_hq is a control of plain next-token training", "use it with --ratio 1.0")
     if not cfg.init and cfg.n_embd % cfg.n_head:

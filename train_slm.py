@@ -58,8 +58,8 @@ class SlmRun:
     weighting: str = arg("topk", "topk: the loss on the top `ratio` of tokens (the paper); soft: every token "
                                  "weighted by sigmoid((excess - threshold) / temperature), the threshold where top-k "
                                  "would cut", choices=rho.CHOICES["weighting"])
-    temperature: float = arg(None, "--weighting soft: sharpness in nats of excess loss (towards 0: top-k; default "
-                                   "0.1)", type=float)
+    temperature: float = arg(None, "--weighting soft: sharpness in nats of excess loss, towards 0: top-k (not "
+                                   "given: 0.1)", type=float)
     max_tokens: int = arg(None, "tokens to train on, selected or not (default: the preset's)", type=int)
     batch_size: int = arg(None, "blocks per micro-batch per process (default: the preset's)", type=int)
     n_evals: int = arg(None, "evaluations (and checkpoints) over the run (default: the preset's)", type=int)
@@ -114,7 +114,7 @@ def student_config(args, pipe, ratio, lr, **kw):
     if args.ref_long:  # the reference's budget + SLM's extra: its student tokens and a scoring pass (a forward
         # pass costs a third of a training step)
         ref_tokens = int(pipe["ref_epochs"] * splits["ref_train"]["tokens"])
-        cfg.update(split="ref_train", ratio=1.0, tokens_per_step=0, max_tokens=ref_tokens + cfg["max_tokens"]
+        cfg.update(split="ref_train", ratio=1.0, tokens_per_step=given.get("tokens_per_step", 0), max_tokens=ref_tokens + cfg["max_tokens"]
                    + splits["web"]["tokens"] // 3 if args.max_tokens is None else args.max_tokens)
     return rho.TrainConfig(**{**cfg, **kw})
 
