@@ -114,8 +114,9 @@ def student_config(args, pipe, ratio, lr, **kw):
     if args.ref_long:  # the reference's budget + SLM's extra: its student tokens and a scoring pass (a forward
         # pass costs a third of a training step)
         ref_tokens = int(pipe["ref_epochs"] * splits["ref_train"]["tokens"])
-        cfg.update(split="ref_train", ratio=1.0, tokens_per_step=given.get("tokens_per_step", 0), max_tokens=ref_tokens + cfg["max_tokens"]
-                   + splits["web"]["tokens"] // 3 if args.max_tokens is None else args.max_tokens)
+        cfg.update(split="ref_train", ratio=1.0, tokens_per_step=given.get("tokens_per_step", 0),
+                   max_tokens=ref_tokens + cfg["max_tokens"] + splits["web"]["tokens"] // 3 if args.max_tokens is None
+                   else args.max_tokens)
     return rho.TrainConfig(**{**cfg, **kw})
 
 
