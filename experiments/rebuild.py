@@ -25,6 +25,12 @@ PLOT = {  # printout: (the logs' folder under experiments/runs/, plot.py's argum
                                   f"'SLM 0.6 ({W})' 'reference ({W})' 'SLM 0.6 ({W}, {M})' 'reference ({W}, {M})'"),
     "headline-webref-grid": ("epyc", f"--out_dir {H} --merge " + " ".join(  # epyc: another machine's logs
         f"{H}-webref4-{e}ep{lr}='{W}, {e} ep {lr}'" for lr in ("1.2e-2", "2.4e-2") for e in (40, 80)))}
+WN, NS = "out/when/subset", (1000, 500, 250)  # issue 31's screen: every cell beside the 2,000 cell's CLM and oracle
+PLOT["when"] = ("", f"--out_dir {WN}2000 --merge {WN}2000-webref4='2000, web-keeping' " + " ".join(
+    f"{WN}{n}='{n}' {WN}{n}-webref4='{n}, web-keeping'" for n in NS) + " --arms CLM 'oracle (math tokens)' reference "
+    "'SLM 0.6' 'CLM + HQ x4' 'reference (2000, web-keeping)' 'SLM 0.6 (2000, web-keeping)' " + " ".join(
+        f"'{a} ({n})' '{a} ({n}, web-keeping)'" for n in NS for a in ("reference", "SLM 0.6")) + " " + " ".join(
+        f"'CLM + HQ x4 ({n})'" for n in NS))
 CANNOT = {name: why for why, names in [  # printouts that the committed logs cannot rebuild, and why
     ("its runs' logs are not committed (out/seeds, out/example, out/screens, the regime map, demos in fresh folders)",
      "compare example screens regimes demo-cheapref demo-tuned demo-fresh-reproducing-machine"),
