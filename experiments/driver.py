@@ -136,25 +136,30 @@ MAP = [hpipe(c, 0, ref, cell=c, root="regimes", base=on * "out/regimes/default/s
        for c, (_, ref, on) in CELLS.items()]  # each cell's pipeline, seed 0
 
 
-def when(n, web=False):
-    """Issue 31's screen, seed 0: a pipeline whose subset has n problems (web: the web-keeping reference) on the base
-    of subset 2000's (the web, test and vocabulary do not depend on n); its students at 3e-3 and 6e-3."""
-    out = f"out/when/subset{n}{'-webref4' * web}/seed0"
+def when(n, web=False, seed=0):
+    """Issue 31's screen: a pipeline whose subset has n problems (web: the web-keeping reference), seed 0 on the base
+    of subset 2000's (the web, test and vocabulary do not depend on n), another seed on its own; students at 3e-3 and
+    6e-3."""
+    out = f"out/when/subset{n}{'-webref4' * web}/seed{seed}"
     ref = ["--ref_web", "4", "--ref_epochs", "40", "--ref_lr", "1.2e-2"] if web else \
         ["--ref_epochs", "10", "40", "--ref_lr", "6e-3", "1.2e-2"]
-    base = ["--base", "out/when/subset2000/seed0/base/ckpt.pt"] * (n != 2000 or web)
-    pipe = (f"when{n}{'w' * web}-pipeline", f"{out}/pipeline.json", ["train_ref.py", "--preset", "cpu", "--data_dir",
-            f"data/when/subset{n}", "--out_dir", out, *base, *ref, "--corpus", f"n_ref_train={n}"])
+    base = ["--base", "out/when/subset2000/seed0/base/ckpt.pt"] * (seed == 0 and (n != 2000 or web))
+    pipe = (f"when{n}{'w' * web}{seed or ''}-pipeline", f"{out}/pipeline.json", [
+        "train_ref.py", "--preset", "cpu", "--seed", str(seed), "--data_dir", f"data/when/subset{n}" + f"-seed{seed}" *
+        bool(seed), "--out_dir", out, *base, *ref, "--corpus", f"n_ref_train={n}"])
     arms = ("slm0.6",) + ("clm-mixhq4",) * (not web) + ("clm", "oracle") * (n == 2000 and not web)
-    return pipe, [slm(out, 0, a, x) for a in arms for x in (3e-3, 6e-3)]
+    return pipe, [slm(out, 0, a, x) for a in arms for x in (3e-3, 6e-3)], out
 
 
+W1000 = {"slm0.6": 3e-3, "clm": 3e-3, "clm-mixhq4": 3e-3, "oracle": 6e-3}  # seed 0's choices (out/results/when.md)
 WHEN = lambda *ns: [[when(n, w)[0] for w in (0, 1) for n in ns if (n, w) != (2000, 0)],  # noqa: E731
                     [j for n in ns for w in (0, 1) for j in when(n, w)[1]]]
 PLANS = {**{f"{k}-{D}": v for k, v in DEFAULT.items()}, "regimes": lambda: [  # the map: CLM and SLM at 2 rates
     [p for p in MAP if "--base" not in p[2]], [p for p in MAP if "--base" in p[2]],  # (default-cheapref: no CLM)
     [slm(f"out/regimes/{c}/seed0", 0, a, x) for c in CELLS for a in NOISE[c == "default-cheapref":] for x in LRS[:2]]],
     "when": lambda: [[when(2000)[0]], *WHEN(2000, 250), *WHEN(1000, 500)],  # issue 31: the subset's size
+    "when3": lambda: [[when(1000, 1, s)[0] for s in (1, 2)], *([slm(when(1000, 1, s)[2], 0, a, x, t) for s in S3 for (
+        a, x) in W1000.items() if t == 0 or a != "oracle"] for t in (0, *SEEDS))],  # the best cell, 3 pipelines
     "pair-harm-nocarry": lambda: [[hpipe(HN, s, cell=HN) for s in (0, 1)], [hpipe(HN, 2, cell=HN), *runs(HN, PAIR, (
         0, 1))], runs(HN, PAIR, (2,))]}  # the map's cell in 3 pipelines, CLM and SLM at the rate the map chose
 
