@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATES = ["plot.py", "--rates"]  # "<arm>\t<lr>\t<folder>" a line: each arm's rate chosen on validation
 hout = "out/headline/{}/seed{}".format  # a pipeline's folder: hout(name, seed)
-tag = lambda out: out.split("/")[2] + out[-1] * ("/headline/" in out)  # noqa: E731  # a job's name: <name><seed>
+tag = lambda out: out.split("/")[2] + out[-1] * ("/headline/" in out or out[-1] != "0")  # noqa: E731  # <name><seed>
 D, LRS, SEEDS, NOISE = "default", (1.5e-3, 3e-3, 6e-3), (100, 101), ("clm", "slm0.6")  # SEEDS: data orders
 S3, ALL, W4, C = (0, 1, 2), (0, *SEEDS), f"{D}-webref4", f"{D}-cheapref"  # W4: the web-keeping reference
 EDGE, LOST = [f"{D}-refedge{i}" for i in range(4)], {"clm": 6e-3, "random0.6": 3e-3}  # seed 0's refs; plan lost
