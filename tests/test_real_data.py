@@ -1,6 +1,7 @@
 """Real corpora through `datasets` (data_real.py), tested on local files the tests write (conftest's real_files: the
 same code path as a hub name); its mistakes, each one line: test_errors.py."""
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -22,30 +23,25 @@ def build(files, out, *extra, web=None):
              "--data_dir", str(out), *extra)
 
 
-def test_local_jsonl_and_parquet_build_a_corpus(real_files, tmp_path, capsys):
-    build(real_files, tmp_path / "d")
+def test_local_files_build_a_corpus_that_trains_without_selection_statistics(real_files, tmp_path, monkeypatch, capsys):
+    d = str(tmp_path / "data")
+    build(real_files, d)
     # not a terminal: the progress line is drawn at the start and the end (every 15 s between), not once per chunk
     assert capsys.readouterr().err.count("tokenizing") <= 2
-    meta = data.read_meta(str(tmp_path / "d"))
+    meta = data.read_meta(d)
     assert meta["kinds"] is None
     # local paths are stored relative to the folder the command ran in (here: the files' folder), not absolute
     assert (meta["source"]["web"], meta["source"]["hq"]) == ("web.jsonl", "train.parquet")
     assert meta["splits"]["web_base"]["tokens"] + meta["splits"]["web"]["tokens"] == 12000  # the exact budget
     assert meta["splits"]["ref_val"]["documents"] == 20 and meta["splits"]["ref_train"]["documents"] == 130
-    assert not (tmp_path / "d" / "web.labels").exists()  # real data has no ground-truth kinds
-    evals = data.load_eval(str(tmp_path / "d"))
+    assert not os.path.exists(f"{d}/web.labels")  # real data has no ground-truth kinds
+    evals = data.load_eval(d)
     assert len(evals) == 46 and evals[0]["prompt"].startswith("Question: ") and evals[0]["prompt"].endswith("Answer:")
     assert evals[0]["answer"] == int(evals[0]["prompt"].split(" has ")[1].split()[0]) + \
         int(evals[0]["prompt"].split("buys ")[1].split()[0])
-    tok = data.Tokenizer.from_meta(str(tmp_path / "d"))
-    text = tok.decode(data.load_tokens(str(tmp_path / "d"), "ref_train")[0][:60].tolist())
-    assert text.startswith("Question: Tom has") and "#### " in tok.decode(
-        data.load_tokens(str(tmp_path / "d"), "ref_train")[0].tolist())
-    assert not [f for f in os.listdir(tmp_path / "d") if "tmp" in f]
-
-
-def test_real_corpus_trains_end_to_end_without_selection_statistics(real_files, tmp_path, monkeypatch, capsys):
-    build(real_files, tmp_path / "data")
+    text = data.Tokenizer.from_meta(d).decode(data.load_tokens(d, "ref_train")[0].tolist())
+    assert text.startswith("Question: Tom has") and "#### " in text
+    assert not [f for f in os.listdir(d) if "tmp" in f]
     monkeypatch.chdir(tmp_path)
     call("train_ref.py", "--preset", "tiny")
     capsys.readouterr()
@@ -65,9 +61,7 @@ def test_final_number_reads_gsm8k_and_plain_answers():
 
 
 def test_web_documents_holding_a_test_problem_are_dropped(real_files, tmp_path, capsys):
-    test = [json.loads(x) for x in datasets.load_dataset("parquet", data_files=str(real_files / "test.parquet"),
-                                                          split="train").to_pandas().to_json(orient="records",
-                                                                                             lines=True).splitlines()]
+    test = datasets.load_dataset("parquet", data_files=str(real_files / "test.parquet"), split="train").to_list()
     rng = random.Random(1)
     web, planted = [], 0
     for line in (real_files / "web.jsonl").read_text().splitlines():
@@ -78,12 +72,13 @@ def test_web_documents_holding_a_test_problem_are_dropped(real_files, tmp_path, 
             planted += 1
         web.append(json.dumps(rec))
     (tmp_path / "web.jsonl").write_text("\n".join(web) + "\n")
-    build(real_files, tmp_path / "d", "--max_tokens", "0", web=tmp_path / "web.jsonl")
+    d = str(tmp_path / "d")
+    build(real_files, d, "--max_tokens", "0", web=tmp_path / "web.jsonl")
     assert f"dropped {planted:,} noisy corpus document(s)" in capsys.readouterr().out and planted > 10
-    meta = data.read_meta(str(tmp_path / "d"))
+    meta = data.read_meta(d)
     assert meta["decontamination"]["dropped_documents"] == {"noisy corpus": planted}
-    tok = data.Tokenizer.from_meta(str(tmp_path / "d"))
-    text = "".join(tok.decode(data.load_tokens(str(tmp_path / "d"), s)[0].tolist()) for s in ("web", "web_base"))
+    tok = data.Tokenizer.from_meta(d)
+    text = "".join(tok.decode(data.load_tokens(d, s)[0].tolist()) for s in ("web", "web_base"))
     assert "Homework help" not in text and "Page 1." in text
     # --max_tokens 0 takes the whole file: every page that is left, 40% of them for the base model
     assert meta["splits"]["web"]["documents"] + meta["splits"]["web_base"]["documents"] == 300 - planted
@@ -122,4 +117,4 @@ def test_a_data_dir_without_a_corpus_gets_the_toy_corpus_and_says_so(tmp_path, m
         call("train_ref.py", "--preset", "tiny", "--data_dir", "dta", "--base_tokens", "10000000")
     assert capsys.readouterr().out.splitlines()[0] == ("no corpus in dta: building the embedded toy corpus; for your "
                                                        "own data run data_real.py first")
-    assert data.read_meta("dta")["data_config"] == data.asdict(data.data_config("tiny"))
+    assert data.read_meta("dta")["data_config"] == dataclasses.asdict(data.data_config("tiny"))
