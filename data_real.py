@@ -6,12 +6,10 @@ share word 13-grams with a test or validation problem are dropped.
 
 Run:  python data_real.py --web web.jsonl --hq train.jsonl --eval test.jsonl --data_dir data/mine
       python data_real.py --source owm-gsm8k --data_dir data/owm        # with the network
-      python data_real.py --write_example corpora/example               # a GSM8K-shaped local corpus, offline
 """
 import glob
 import json
 import os
-import random
 import re
 import sys
 from collections import Counter
@@ -19,9 +17,8 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
-from data import (CONTAINERS, DAYS, ITEMS, MATH, NAMES, NUMBER, PLACES, SplitWriter, cl100k, ensure, extract_answer,
-                  finish, seg_boilerplate, seg_gibberish, seg_other_math, seg_prose, seg_structured)
-from infra import arg, atomic_write, cli, fail
+from data import MATH, NUMBER, SplitWriter, cl100k, ensure, extract_answer, finish
+from infra import arg, cli, fail
 
 GSM8K = dict(hq="openai/gsm8k:main:train", eval="openai/gsm8k:main:test", max_tokens=10_000_000)
 REAL_PRESETS = {"owm-gsm8k": dict(web="open-web-math/open-web-math", **GSM8K),  # --source NAME; flags change them
@@ -236,74 +233,14 @@ def stream_web(rc, writers, clean):
              f"pass --max_tokens {got} or less, or 0 to take all of it")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# A local GSM8K-shaped corpus to build from, offline
-
-def long_problem(rng, steps):
-    """A GSM8K-shaped problem: several sentences, a worked answer of one line per step (<<a+b=c>>), '#### answer'."""
-    n, it, total = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(5, 40)
-    q, a = [f"{n} collects {it} for a school project and starts the week with {total} {it}."], []
-    for _ in range(steps):
-        kind = rng.choice("+-*")
-        if kind == "*" or total > 150:
-            k, each, c, day = rng.randint(2, 5), rng.randint(2, 9), rng.choice(CONTAINERS), rng.choice(DAYS)
-            q.append(f"On {day}, {n} buys {k} {c} of {it}, and each of the {c} holds {each} {it}.")
-            a.append(f"On {day} {n} gets {k} * {each} = <<{k}*{each}={k * each}>>{k * each} {it}, so now {n} has "
-                     f"{total} + {k * each} = <<{total}+{k * each}={total + k * each}>>{total + k * each}.")
-            total += k * each
-        elif kind == "+":
-            b = rng.randint(2, 30)
-            q.append(f"A friend from the {rng.choice(PLACES)} brings {b} more {it} as a present.")
-            a.append(f"With the present {n} has {total} + {b} = <<{total}+{b}={total + b}>>{total + b} {it}.")
-            total += b
-        else:
-            b = rng.randint(1, max(1, total // 2))
-            q.append(f"{n} gives {b} of the {it} away to a younger cousin.")
-            a.append(f"After giving some away {n} has {total} - {b} = <<{total}-{b}={total - b}>>{total - b} {it}.")
-            total -= b
-    q.append(f"How many {it} does {n} have at the end of the week?")
-    return {"question": " ".join(q), "answer": "\n".join(a) + f"\n#### {total}"}
-
-
-def write_example(out_dir, n_web=6000, n_train=2500, n_test=300, seed=0):
-    """web.jsonl (pages of the embedded kinds and GSM8K-shaped problems, some quoting a test problem for the
-    decontamination to find), train.jsonl and test.jsonl (GSM8K's fields); returns how many pages quote one."""
-    rng = random.Random(f"rho-example-{seed}")
-    os.makedirs(out_dir, exist_ok=True)
-    test = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_test)]
-    train = [long_problem(rng, rng.randint(3, 6)) for _ in range(n_train)]
-    pages, quoting = [], 0
-    for i in range(n_web):
-        segs, quotes = [seg_boilerplate(rng, "header")], False
-        for _ in range(rng.randint(1, 4)):
-            r = rng.random()
-            quotes |= r < 0.01
-            p = rng.choice(test) if r < 0.01 else long_problem(rng, rng.randint(2, 6)) if r < 0.45 else None
-            segs.append(f"Question: {p['question']}\nAnswer: {p['answer']}\n" if p else
-                        seg_prose(rng) if r < 0.7 else seg_other_math(rng) if r < 0.85 else seg_structured(rng))
-        segs += [seg_gibberish(rng)] if rng.random() < 0.2 else []
-        segs.append(seg_boilerplate(rng, "footer"))
-        pages.append({"text": "".join(segs), "url": f"https://example.org/page/{i}"})
-        quoting += quotes
-    for name, recs in (("web", pages), ("train", train), ("test", test)):
-        atomic_write(os.path.join(out_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in recs))
-    return quoting
-
-
 @dataclass
 class RealRun(RealConfig):
     data_dir: str = arg("data", "where to write the corpus")
     source: str = arg("custom", f"custom (give --web, --hq, --eval) or a preset: {', '.join(REAL_PRESETS)}")
-    write_example: str = arg("", "write a GSM8K-shaped local corpus (web.jsonl, train.jsonl, test.jsonl) to this "
-                                 "folder, offline, and stop")
     overwrite: bool = arg(False, "rebuild even if data_dir holds another corpus")
 
 
 def main(args):
-    if args.write_example:
-        n = write_example(args.write_example)
-        print(f"wrote {args.write_example}: web.jsonl ({n} of its pages quote a test problem), train.jsonl, test.jsonl")
-        return
     for name in ("hq_template", "eval_prompt"):  # \n escapes typed on the command line
         setattr(args, name, getattr(args, name).encode("latin-1", "backslashreplace").decode("unicode_escape"))
     ensure(real_config(args), args.data_dir, args.overwrite, build_real, "source")
