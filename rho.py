@@ -7,7 +7,6 @@ import itertools
 import json
 import math
 import os
-import random
 import shlex
 import sys
 import time
@@ -140,7 +139,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, stop=None, pad=None):
-        """Greedy decoding of (B, T) prompts with a key/value cache, until stop(row) holds for every row."""
+        """Greedy decoding of (B, T) prompts with a key/value cache until stop(row) for every row or a full block."""
         caches = [[] for _ in self.transformer.h]
         logits = self(idx, caches=caches, pad=pad)                       # (B, T, V)
         for i in range(min(max_new_tokens, self.config.block_size - idx.size(1) + 1)):
@@ -157,7 +156,7 @@ class GPT(nn.Module):
 def token_losses(logits, targets):
     """Cross-entropy of every token in float32, (B, T): losses[b, t] = -log P(x[t+1] | x[<=t]) (y[t] = x[t+1])."""
     B, T, V = logits.shape
-    return F.cross_entropy(logits.float().view(B * T, V), targets.reshape(B * T), reduction="none").view(B, T)
+    return F.cross_entropy(logits.float().view(B * T, V), targets.reshape(B * T), reduction="none").view(B, T)  # (B, T)
 
 
 def excess_loss(student_losses, ref_losses):
@@ -178,7 +177,7 @@ def n_selected(ratio, n):
 
 def select_topk(scores, ratio):
     """Boolean mask keeping the n_selected(ratio, N) highest of the N scores, over the whole batch (not per row)."""
-    flat = scores.reshape(-1)
+    flat = scores.reshape(-1)  # (N,)
     mask = torch.zeros_like(flat, dtype=torch.bool)
     mask[torch.topk(flat, n_selected(ratio, flat.numel()), sorted=False).indices] = True
     return mask.view_as(scores)
@@ -192,7 +191,7 @@ def select_topk_global(scores, ratio, rank):
 def soft_weights(scores, ratio, temperature):
     """--weighting soft: sigmoid((score - threshold) / temperature), the threshold halfway between the k-th and
     (k+1)-th highest scores; as the temperature goes to 0, select_topk's mask."""
-    flat = scores.reshape(-1).float()
+    flat = scores.reshape(-1).float()  # (N,)
     k = n_selected(ratio, flat.numel())
     if k == flat.numel():
         return torch.ones_like(scores, dtype=torch.float)
@@ -231,7 +230,7 @@ class Blocks:
     def rows(self, arr, ids, offset, dtype):
         if arr is None:
             return None
-        return torch.from_numpy(np.stack([arr[i * self.T + offset:][:self.T] for i in ids]).astype(dtype))
+        return torch.from_numpy(np.stack([arr[i * self.T + offset:][:self.T] for i in ids]).astype(dtype))  # (B, T)
 
     def read(self, ids):
         """x, y (B, T), and the targets' reference losses and labels (B, T) or None."""
@@ -380,44 +379,40 @@ class TrainConfig:
     keep_ckpts: bool = False      # also keep every evaluation's checkpoint as ckpt_<step>.pt (plot.py --categories)
     ckpt_every: float = 300.0     # seconds: a checkpoint at the first logged step after this long (and every eval)
 
-    def __post_init__(self):  # a config that cannot run is refused where it is made, before anything is loaded
-        check_config(self)
-
     @property
     def uses_reference(self):  # whether tokens are selected by a reference's losses
         return self.ratio < 1.0 and self.select in ("excess", "ref_loss")
 
-
-def check_config(cfg):
-    """The mistakes a TrainConfig can hold, each refused with one line before anything is loaded or written."""
-    check_ranges(cfg, ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_tokens", "lr", "n_evals",
-                       "log_every"), ("mix_hq", "tokens_per_step", "eval_problems", "val_problems", "eval_max_new",
-                                      "seed", "min_lr_frac", "warmup_frac", "weight_decay", "grad_clip", "ckpt_every"))
-    if not 0.0 < cfg.ratio <= 1.0:
-        fail(f"--ratio {cfg.ratio} is outside (0, 1]", "pass a share of tokens to keep, e.g. --ratio 0.6")
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            fail(f"unknown --{name} {getattr(cfg, name)}", f"use --{name} {'|'.join(allowed)}")
-    if cfg.weighting == "soft" and (cfg.scope == "global" or cfg.temperature <= 0):
-        fail("--weighting soft needs --scope local and a --temperature above 0", "change one of them")
-    clash = [f for f, on in (("--scope global", cfg.scope == "global"), ("--weighting soft", cfg.weighting == "soft"),
-                             ("--mix_hq", cfg.mix_hq)) if on]
-    if cfg.select == "oracle" and clash:
-        fail("--select oracle keeps the labelled math of this process's batch", f"drop {' and '.join(clash)}")
-    if cfg.mix_hq and cfg.ratio < 1:
-        fail("--mix_hq is a control of plain next-token training", "use it with --ratio 1.0")
-    if not cfg.init and cfg.n_embd % cfg.n_head:
-        fail(f"a width of {cfg.n_embd} does not split into {cfg.n_head} attention heads",
-             "use an --n_embd that is a multiple of --n_head")
+    def __post_init__(self):
+        """The mistakes a config can hold, each refused with one line where it is made, before anything is loaded."""
+        check_ranges(self, positive=("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_tokens", "lr",
+                                     "n_evals", "log_every"),
+                     nonneg=("mix_hq", "tokens_per_step", "eval_problems", "val_problems", "eval_max_new", "seed",
+                             "min_lr_frac", "warmup_frac", "weight_decay", "grad_clip", "ckpt_every"))
+        if not 0.0 < self.ratio <= 1.0:
+            fail(f"--ratio {self.ratio} is outside (0, 1]", "pass a share of tokens to keep, e.g. --ratio 0.6")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                fail(f"unknown --{name} {getattr(self, name)}", f"use --{name} {'|'.join(allowed)}")
+        if self.weighting == "soft" and (self.scope == "global" or self.temperature <= 0):
+            fail("--weighting soft needs --scope local and a --temperature above 0", "change one of them")
+        clash = [f for f, on in (("--scope global", self.scope == "global"),
+                                 ("--weighting soft", self.weighting == "soft"), ("--mix_hq", self.mix_hq)) if on]
+        if self.select == "oracle" and clash:
+            fail("--select oracle keeps the labelled math of this process's batch", f"drop {' and '.join(clash)}")
+        if self.mix_hq and self.ratio < 1:
+            fail("--mix_hq is a control of plain next-token training", "use it with --ratio 1.0")
+        if not self.init and self.n_embd % self.n_head:
+            fail(f"a width of {self.n_embd} does not split into {self.n_head} attention heads",
+                 "use an --n_embd that is a multiple of --n_head")
 
 
 def batch_plan(cfg, n_tokens, n_val, T, world):
     """(micro-batches per optimizer step, tokens per step), once the data holds one global batch."""
     B = cfg.batch_size
     if (n_tokens - 1) // T < B * world or (n_val - 1) // T < 1:
-        fail(f"split '{cfg.split}' has {n_tokens:,} tokens, fewer than one batch of {B * world}x{T}",
-             "build a larger corpus, or lower the batch (train_slm.py --batch_size) or the block (train_ref.py "
-             "--block_size)")
+        fail(f"split '{cfg.split}' has {n_tokens:,} tokens, fewer than one batch of {B * world}x{T}", "build a larger "
+             "corpus, or lower the batch (train_slm.py --batch_size) or the block (train_ref.py --block_size)")
     accum = max(1, cfg.tokens_per_step // (B * T * world))
     if cfg.tokens_per_step and cfg.tokens_per_step != accum * B * T * world:
         fail(f"tokens_per_step {cfg.tokens_per_step:,} is not a multiple of batch {B} x block {T} x {world} "
@@ -426,14 +421,12 @@ def batch_plan(cfg, n_tokens, n_val, T, world):
 
 
 class Trainer:
-    """One run, loaded and checked before anything is written: step(i) is optimizer step i, evaluate() measures.
-    Under torchrun every process builds one and reads its share of every batch."""
+    """One run, loaded and checked before anything is written (under torchrun: one a process, each its share)."""
     def __init__(self, cfg, log=print):
         self.cfg = cfg
         self.rank, self.world, self.device = this_process(cfg.device)  # its place under torchrun, its device
         self.start, self.resumed, self.meter_state = 0, False, {}  # the first step to train (resumed: the checkpoint's)
         torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
         self.meta, self.tok, tokens, self.labels, val_tokens = data.training_data(cfg)
         if cfg.init:  # the model: a checkpoint's (the base model), or a new one
             self.model = GPT.from_checkpoint(self.checked(cfg.init, "initial model")).to(self.device)
@@ -483,8 +476,7 @@ class Trainer:
         return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def select_tokens(self, losses, x, y, ref_losses, labels):
-        """Which tokens get a loss (a mask or soft weights): the top `ratio` by the --select score; the oracle's
-        labelled math."""
+        """Which tokens get a loss (a mask or soft weights): the top `ratio` by the --select score, or the oracle's."""
         c, (B, T) = self.cfg, losses.shape
         if c.select == "oracle":
             return labels.to(losses.device) == data.MATH
@@ -527,8 +519,7 @@ class Trainer:
         return total, torch.cat(kept), (torch.cat(labels) if labels[0] is not None else None)
 
     def evaluate(self):
-        """The validation loss, the answer loss on validation and test problems, test accuracy (correct: '0'/'1'
-        for each problem, for paired tests)."""
+        """val_loss, the answer loss on validation and test problems, test accuracy (correct: each problem's 0/1)."""
         out = {"val_loss": eval_loss(self.model, self.val_blocks, self.device)}
         for key, problems in (("val_answer_loss", self.val_problems), ("answer_loss", self.problems)):
             if problems and problems[0][1] is not None:
