@@ -1,18 +1,12 @@
-"""
-rho.py -- Selective Language Modeling (RHO-1: Lin et al. 2024, "Not All Tokens Are What You Need") in one file.
-
-Read top to bottom: 1. a small GPT (nanoGPT's); 2. the method: per-token losses, the excess loss against a
-reference, a top-k over the batch and the SLM loss, the mean over the kept tokens only (the paper's Eq. 4; dropped
-tokens stay in the context, only their loss goes; ratio 1.0 is plain next-token training, CLM); 3. data: aligned
-blocks and the reference's scores of every token, cached once; 4. evaluation; 5. the config, a Trainer (one
-optimizer step with the selection) and the one loop that train_ref.py and train_slm.py both call.
-The machinery (checkpoints, run folders, processes, the command line, the log's meter) is in infra.py.
-A library: run train_ref.py, train_slm.py and plot.py.
-"""
+"""rho.py -- Selective Language Modeling (RHO-1: Lin et al. 2024, "Not All Tokens Are What You Need") in one file:
+1. a small GPT (nanoGPT's); 2. the method: per-token losses, the excess loss against a reference, the top-k of the
+batch, the mean loss over the kept tokens (ratio 1.0: plain next-token training, CLM); 3. data blocks and the
+reference's cached scores; 4. evaluation; 5. the config, the Trainer and the loop that train_ref.py and train_slm.py
+call. The machinery (checkpoints, run folders, processes, the command line, the log) is in infra.py."""
+import itertools
 import json
 import math
 import os
-import random
 import shlex
 import sys
 import time
@@ -28,9 +22,8 @@ from infra import (Meter, append_log, atomic_write, autocast, barrier, check_ran
                    eval_steps, fail, gather, last_record, load_checkpoint, load_scores, log_line, peak_flops, read_json,
                    run_folder, save_checkpoint, this_process, training_module)
 
-# ==========================================================================================================
-# 1. The model
 
+# 1. The model ---------------------------------------------------------------------------------------------------------
 @dataclass
 class GPTConfig:
     vocab_size: int = 1280
@@ -51,18 +44,16 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache=None, mask=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)                         # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:  # decoding: keys and values of earlier positions are kept in cache = [k, v]
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # 3 x (B, nh, T, hs)
+                   for t in self.c_attn(x).split(C, dim=2))
+        if cache is not None:  # decoding: the keys and values of the earlier positions are kept in cache = [k, v]
             if cache:
                 k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)  # (B, nh, T_past+T, hs)
             cache[:] = [k, v]
-        # causal within the new positions, one new position sees every cached one; or a mask (left padding)
+        # causal among the new positions (a single new one sees every cached one), or the mask of left padding
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)                  # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.c_proj(y)
 
 
@@ -91,11 +82,6 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            torch.nn.init.normal_(m.weight, mean=0.0, std=0.02)
-
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg
@@ -108,7 +94,9 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
-        self.apply(self._init_weights)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                torch.nn.init.normal_(m.weight, mean=0.0, std=0.02)
         for name, p in self.named_parameters():  # scaled init of the residual projections (GPT-2)
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
@@ -127,10 +115,9 @@ class GPT(nn.Module):
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
-    def forward(self, idx, caches=None, start=0, pad=None):
-        """Logits (B, T, V) of every position. For decoding, caches holds one [k, v] per layer, start is the
-        position of idx[:, 0], and pad (B,) how many tokens each row is padded by on the left: a row's positions
-        start after its padding, which no real token attends to."""
+    def forward(self, idx, targets=None, caches=None, start=0, pad=None):
+        """Logits (B, T, V); with targets their token_losses (B, T), so that torch.compile fuses the cross-entropy.
+        Decoding: caches, one [k, v] a layer; start, idx[:, 0]'s position; pad (B,), each row's left padding."""
         B, T = idx.size()
         assert start + T <= self.config.block_size, f"sequence of {start + T} > block_size {self.config.block_size}"
         pos, mask = torch.arange(start, start + T, dtype=torch.long, device=idx.device), None  # (T,)
@@ -142,59 +129,42 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, caches[i] if caches is not None else None, mask)
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        return logits if targets is None else token_losses(logits, targets)
 
     def configure_optimizer(self, lr, weight_decay, betas, device):
-        decay = [p for p in self.parameters() if p.dim() >= 2]  # matmuls and embeddings decay
-        no_decay = [p for p in self.parameters() if p.dim() < 2]  # norms do not
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": [p for p in self.parameters() if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in self.parameters() if p.dim() < 2], "weight_decay": 0.0}]  # norms: no decay
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=str(device).startswith("cuda"))
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, stop=None, pad=None):
-        """Greedy decoding of a (B, T) batch of prompts (pad: each row's left padding, or None), with a key/value
-        cache, until every row satisfies stop(row) or the block is full."""
+        """Greedy decoding of (B, T) prompts with a key/value cache until stop(row) for every row or a full block."""
         caches = [[] for _ in self.transformer.h]
-        logits = self(idx, caches, pad=pad)                              # (B, T, V)
+        logits = self(idx, caches=caches, pad=pad)                       # (B, T, V)
         for i in range(min(max_new_tokens, self.config.block_size - idx.size(1) + 1)):
             nxt = logits[:, -1].argmax(-1, keepdim=True)                 # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)                           # (B, T+1)
             if stop is not None and i % 4 == 3 and all(stop(row) for row in idx.tolist()):
                 break
             if idx.size(1) < self.config.block_size:
-                logits = self(nxt, caches, start=idx.size(1) - 1, pad=pad)  # (B, 1, V)
+                logits = self(nxt, caches=caches, start=idx.size(1) - 1, pad=pad)  # (B, 1, V)
         return idx
 
-# ==========================================================================================================
-# 2. The method: per-token losses, a score per token, the top-k of the batch, the mean loss over the kept
 
+# 2. The method: per-token losses, a score per token, the top-k of the batch, the mean loss over the kept --------------
 def token_losses(logits, targets):
-    """Cross-entropy of every token, (B, T), in float32. targets are the inputs shifted by one (y[t] = x[t+1]),
-    so losses[b, t] = -log P(x[t+1] | x[<=t])."""
+    """Cross-entropy of every token in float32, (B, T): losses[b, t] = -log P(x[t+1] | x[<=t]) (y[t] = x[t+1])."""
     B, T, V = logits.shape
-    return F.cross_entropy(logits.float().view(B * T, V), targets.reshape(B * T), reduction="none").view(B, T)
-
-
-class TokenLosses(nn.Module):
-    """model(x) and its token_losses as one module, the training step's forward: torch.compile fuses the float32
-    cross-entropy into the graph (eager copies the (B, T, V) logits to float32) and DDP wraps it all."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, y):
-        return token_losses(self.model(x), y)  # (B, T)
+    return F.cross_entropy(logits.float().view(B * T, V), targets.reshape(B * T), reduction="none").view(B, T)  # (B, T)
 
 
 def excess_loss(student_losses, ref_losses):
-    """The paper's L_delta(x_i) = L_student(x_i) - L_ref(x_i): high where the student still has to learn what the
-    reference already knows. Detached: the selection carries no gradient."""
+    """The paper's L_delta = L_student - L_ref, detached: the selection carries no gradient."""
     return student_losses.detach() - ref_losses
 
 
-# --select: the score whose top `ratio` of the batch get a loss: SLM's excess loss; the controls' reference loss
-# alone (the tokens it finds easiest) or chance. (The oracle is no score: it keeps the tokens labelled target math.)
+# --select: the score whose top `ratio` get a loss: SLM's excess loss, or the controls' lowest reference loss or chance
 SCORES = {"excess": lambda losses, ref, draw: excess_loss(losses, ref),  # (B, T)
           "ref_loss": lambda losses, ref, draw: -ref,                    # (B, T)
           "random": lambda losses, ref, draw: draw()}                    # (B, T)
@@ -207,23 +177,21 @@ def n_selected(ratio, n):
 
 def select_topk(scores, ratio):
     """Boolean mask keeping the n_selected(ratio, N) highest of the N scores, over the whole batch (not per row)."""
-    flat = scores.reshape(-1)
+    flat = scores.reshape(-1)  # (N,)
     mask = torch.zeros_like(flat, dtype=torch.bool)
     mask[torch.topk(flat, n_selected(ratio, flat.numel()), sorted=False).indices] = True
     return mask.view_as(scores)
 
 
 def select_topk_global(scores, ratio, rank):
-    """Exact top-k over the global batch of all data-parallel processes: each gathers every process's scores
-    (never the tokens), makes the same selection and keeps its own part."""
+    """The top-k over every process's batch: each gathers all scores, selects alike and keeps its own part."""
     return select_topk(gather(scores), ratio)[rank]  # (W, B, T) -> this process's (B, T)
 
 
 def soft_weights(scores, ratio, temperature):
-    """Beyond the paper (--weighting soft): weights sigmoid((score - threshold) / temperature), the threshold
-    halfway between the k-th and (k+1)-th highest scores, so ratio sets where they cross 1/2; as the temperature
-    (nats) goes to 0 they become select_topk's mask."""
-    flat = scores.reshape(-1).float()
+    """--weighting soft: sigmoid((score - threshold) / temperature), the threshold halfway between the k-th and
+    (k+1)-th highest scores; as the temperature goes to 0, select_topk's mask."""
+    flat = scores.reshape(-1).float()  # (N,)
     k = n_selected(ratio, flat.numel())
     if k == flat.numel():
         return torch.ones_like(scores, dtype=torch.float)
@@ -232,22 +200,17 @@ def soft_weights(scores, ratio, temperature):
 
 
 def slm_loss(losses, weights, n=None):
-    """Eq. 4: sum_i w_i L(x_i) / sum_i w_i, w the selection mask (or soft weights): the mean loss over the kept
-    tokens, so a dropped token gets exactly zero gradient. n: the count to divide by when the selection spans
-    several processes. Nothing kept gives 0, not 0/0."""
+    """Eq. 4: sum_i w_i L(x_i) / sum_i w_i (w: the mask or soft weights; n: the count when the selection spans
+    processes). A dropped token gets exactly zero gradient; nothing kept gives 0, not 0/0."""
     kept = torch.where(weights > 0, losses * weights, 0.0)  # a dropped inf loss stays out (inf * 0 = nan)
     n = weights.sum() if n is None else n
     return kept.sum() / (torch.where(n > 0, n, 1) if torch.is_tensor(n) else n)
 
-# ==========================================================================================================
-# 3. Data: fixed aligned blocks, and the reference's scores cached once
 
+# 3. Data: fixed aligned blocks, and the reference's scores cached once ------------------------------------------------
 class Blocks:
-    """A token file cut into fixed, aligned blocks: block i is x = tokens[iT : iT+T], y = tokens[iT+1 : iT+T+1],
-    so every token (but the first) is a target in exactly one block, always with the same context: what lets the
-    reference score the whole file once. The order is reshuffled every epoch from the seed; batch `step` is a pure
-    function of (seed, step), so a run's data position is its step. Under DDP rank r reads its own B blocks."""
-
+    """A token file cut into aligned blocks, x = tokens[iT : iT+T], y = tokens[iT+1 : iT+T+1], so the reference
+    scores each token once. Batch `step` is a function of (seed, step), so a run's data position is its step."""
     def __init__(self, tokens, block_size, batch_size, seed, labels=None, ref_losses=None, rank=0, world=1):
         self.tokens, self.labels, self.ref_losses = tokens, labels, ref_losses
         self.T, self.B, self.seed, self.rank, self.world = block_size, batch_size, seed, rank, world
@@ -265,40 +228,37 @@ class Blocks:
         return np.array([self.perm(e)[p] for e, p in zip(g // self.n, g % self.n)])
 
     def rows(self, arr, ids, offset, dtype):
-        """Rows of blocks `ids` of an array aligned with the tokens (offset 1: aligned with the targets), or None."""
         if arr is None:
             return None
-        return torch.from_numpy(np.stack([arr[i * self.T + offset: i * self.T + offset + self.T] for i in ids])
-                                .astype(dtype))
+        return torch.from_numpy(np.stack([arr[i * self.T + offset:][:self.T] for i in ids]).astype(dtype))  # (B, T)
 
     def read(self, ids):
-        """Blocks `ids`: x, y (B, T) int64, the reference losses of the targets and their labels (B, T) or None."""
+        """x, y (B, T), and the targets' reference losses and labels (B, T) or None."""
         return (self.rows(self.tokens, ids, 0, np.int64), self.rows(self.tokens, ids, 1, np.int64),
                 self.rows(self.ref_losses, ids, 1, np.float32), self.rows(self.labels, ids, 1, np.int64))
 
 
 @torch.no_grad()
 def block_losses(model, blocks, device, batch_size):
-    """(block ids, their token losses (b, T)) for every block of a file, in order, a batch at a time."""
+    """(block ids, their token losses (b, T)) for every block of a file, in order."""
     model.eval()
     for start in range(0, blocks.n, batch_size):
         ids = np.arange(start, min(start + batch_size, blocks.n))
         x, y, _, _ = blocks.read(ids)
         with autocast(device):
-            yield ids, token_losses(model(x.to(device)), y.to(device))  # (b, T)
+            yield ids, model(x.to(device), y.to(device))  # (b, T)
     model.train()
 
 
 def eval_batch(device, T, V, most):
-    """Blocks a batch for a pass without gradients: at most `most`, and few enough that the (B, T, V) logits and
-    the float32 copy and log-softmax of token_losses (10 bytes a logit) fit in 4 GiB on CUDA, 1 GiB on a CPU (the
-    gpt2 preset: 4 blocks, where 512 would take 0.5 TB)."""
+    """Blocks a batch without gradients: at most `most`, their logits (10 bytes each with token_losses' float32
+    copies) within 4 GiB on CUDA, 1 GiB on a CPU."""
     return max(1, min(most, (2 ** 32 if str(device).startswith("cuda") else 2 ** 30) // (10 * T * V)))
 
 
 def score_corpus(model, tokens, block_size, path, device, batch_size=None, log=print):
-    """Reference loss of every token of a file, once: float16, aligned with the tokens (scores[j]: token j's loss in
-    its block; j = 0 and a ragged tail: NaN). Returns tokens/s. 32 blocks a batch suit a CPU's caches best."""
+    """The reference loss of every token of a file, float16 aligned with the tokens (NaN for token 0 and a ragged
+    tail), written to path. Returns tokens/s."""
     batch_size = batch_size or eval_batch(device, block_size, model.config.vocab_size,
                                           512 if str(device).startswith("cuda") else 32)
     blocks = Blocks(tokens, block_size, batch_size, seed=0)
@@ -313,36 +273,30 @@ def score_corpus(model, tokens, block_size, path, device, batch_size=None, log=p
     atomic_write(path, scores.tobytes())
     return done / (time.time() - t0)
 
-# ==========================================================================================================
-# 4. Evaluation: held-out loss, answer loss, greedy answer accuracy
 
+# 4. Evaluation: held-out loss, answer loss, greedy answer accuracy ----------------------------------------------------
 def eval_loss(model, blocks, device, batch_size=None):
     """Mean token loss over every block of a held-out file."""
-    total, count = 0.0, 0
     batch_size = batch_size or eval_batch(device, blocks.T, model.config.vocab_size, 64)
-    for _, losses in block_losses(model, blocks, device, batch_size):
-        total, count = total + losses.sum().item(), count + losses.numel()
-    return total / count
+    total = sum(losses.sum().item() for _, losses in block_losses(model, blocks, device, batch_size))
+    return total / (blocks.n * blocks.T)
 
 
 @torch.no_grad()
 def eval_answer_loss(model, problems, device, batch_size=None):
-    """Mean loss of the worked-solution tokens given the question: each (prompt, solution) from position 0,
-    the loss on the solution's tokens only (the question, with its random names and numbers, is unscored)."""
+    """Mean loss of the worked solutions' tokens given their questions (unscored: random names and numbers)."""
     model.eval()
     T, total, count = model.config.block_size, 0.0, 0
     batch_size = batch_size or eval_batch(device, T, model.config.vocab_size, 64)
     for i in range(0, len(problems), batch_size):
-        # (ids, solution length) each; a sequence longer than the block loses its beginning
-        seqs = [((q + s)[-(T + 1):], min(len(s), T)) for q, s, _ in problems[i:i + batch_size]]
-        L = max(len(ids) for ids, _ in seqs) - 1
-        x, y = torch.zeros(len(seqs), L, dtype=torch.long), torch.zeros(len(seqs), L, dtype=torch.long)
-        scored = torch.zeros(len(seqs), L, dtype=torch.bool)     # (b, L): targets that are solution tokens
-        for j, (ids, n_s) in enumerate(seqs):                     # padding sits after a row's end: causal
-            x[j, :len(ids) - 1], y[j, :len(ids) - 1] = torch.tensor(ids[:-1]), torch.tensor(ids[1:])
-            scored[j, len(ids) - 1 - n_s:len(ids) - 1] = True     # the last n_s targets
+        seqs = [torch.tensor((q + s)[-(T + 1):]) for q, s, _ in problems[i:i + batch_size]]
+        ids = nn.utils.rnn.pad_sequence(seqs, batch_first=True)  # (b, L+1): zeros after a row's end, unseen (causal)
+        end = torch.tensor([len(s) - 1 for s in seqs])[:, None]  # (b, 1): each row's count of targets
+        n_s = torch.tensor([min(len(s), T) for _, s, _ in problems[i:i + batch_size]])[:, None]  # (b, 1)
+        pos = torch.arange(ids.size(1) - 1)  # (L,)
+        scored = (pos >= end - n_s) & (pos < end)  # (b, L): the targets that are solution tokens
         with autocast(device):
-            losses = token_losses(model(x.to(device)), y.to(device))  # (b, L)
+            losses = model(ids[:, :-1].to(device), ids[:, 1:].to(device))  # (b, L)
         total += losses[scored.to(device)].sum().item()
         count += int(scored.sum())
     model.train()
@@ -351,17 +305,14 @@ def eval_answer_loss(model, problems, device, batch_size=None):
 
 @torch.no_grad()
 def eval_accuracy(model, tok, problems, device, max_new_tokens=64, batch_size=64):
-    """Whether each problem's greedy continuation ends in the right final number (exact match), as a list of
-    bools in the problems' order. Prompts of equal length are decoded together; the rest (questions of varied
-    length, as in GSM8K) in batches of similar length, padded on the left."""
+    """Whether each problem's greedy answer is its final number. Prompts of one length are decoded together, the
+    rest (GSM8K's varied questions) in batches by length, padded on the left."""
     model.eval()
-    groups, room = {}, model.config.block_size - max_new_tokens
-    for i, (q, _, answer) in enumerate(problems):
-        q = q[-room:]  # a question too long to leave room for the answer loses its beginning
-        groups.setdefault(len(q), []).append((i, q, answer))
-    rest = sorted((p for g in groups.values() if len(g) < 8 for p in g), key=lambda p: len(p[1]))
-    batches = [g for g in groups.values() if len(g) >= 8] + [rest[j:j + batch_size] for j in range(0, len(rest),
-                                                                                                  batch_size)]
+    room = model.config.block_size - max_new_tokens  # a question too long for the answer loses its beginning
+    todo = sorted(((i, q[-room:], answer) for i, (q, _, answer) in enumerate(problems)), key=lambda p: len(p[1]))
+    groups = [list(g) for _, g in itertools.groupby(todo, key=lambda p: len(p[1]))]  # by length, in order
+    rest = [p for g in groups if len(g) < 8 for p in g]
+    batches = [g for g in groups if len(g) >= 8] + [rest[j:j + batch_size] for j in range(0, len(rest), batch_size)]
     correct = [False] * len(problems)
     for group in batches:
         n = max(len(q) for _, q, _ in group)
@@ -376,9 +327,8 @@ def eval_accuracy(model, tok, problems, device, max_new_tokens=64, batch_size=64
     model.train()
     return correct
 
-# ==========================================================================================================
-# 5. Training: the config, one optimizer step with the selection, and the loop
 
+# 5. Training: the config, one optimizer step with the selection, and the loop -----------------------------------------
 CHOICES = dict(select=("excess", "random", "ref_loss", "oracle"), ref_mode=("cached", "online"),
                scope=("local", "global"), weighting=("topk", "soft"))  # the values of TrainConfig's choice fields
 
@@ -429,45 +379,40 @@ class TrainConfig:
     keep_ckpts: bool = False      # also keep every evaluation's checkpoint as ckpt_<step>.pt (plot.py --categories)
     ckpt_every: float = 300.0     # seconds: a checkpoint at the first logged step after this long (and every eval)
 
-    def __post_init__(self):  # a config that cannot run is refused where it is made, before anything is loaded
-        check_config(self)
-
     @property
     def uses_reference(self):  # whether tokens are selected by a reference's losses
         return self.ratio < 1.0 and self.select in ("excess", "ref_loss")
 
-
-def check_config(cfg):
-    """The mistakes a TrainConfig can hold, each refused with one line before anything is loaded or written."""
-    check_ranges(cfg, ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_tokens", "lr", "n_evals",
-                       "log_every"), ("mix_hq", "tokens_per_step", "eval_problems", "val_problems", "eval_max_new",
-                                      "seed", "min_lr_frac", "warmup_frac", "weight_decay", "grad_clip", "ckpt_every"))
-    if not 0.0 < cfg.ratio <= 1.0:
-        fail(f"--ratio {cfg.ratio} is outside (0, 1]", "pass a share of tokens to keep, e.g. --ratio 0.6")
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            fail(f"unknown --{name} {getattr(cfg, name)}", f"use --{name} {'|'.join(allowed)}")
-    if cfg.weighting == "soft" and (cfg.scope == "global" or cfg.temperature <= 0):
-        fail("--weighting soft needs --scope local and a --temperature above 0", "change one of them")
-    clash = [f for f, on in (("--scope global", cfg.scope == "global"), ("--weighting soft", cfg.weighting == "soft"),
-                             ("--mix_hq", cfg.mix_hq)) if on]
-    if cfg.select == "oracle" and clash:
-        fail("--select oracle keeps the labelled math of this process's batch", f"drop {' and '.join(clash)}")
-    if cfg.mix_hq and cfg.ratio < 1:
-        fail("--mix_hq is a control of plain next-token training", "use it with --ratio 1.0")
-    if not cfg.init and cfg.n_embd % cfg.n_head:
-        fail(f"a width of {cfg.n_embd} does not split into {cfg.n_head} attention heads",
-             "use an --n_embd that is a multiple of --n_head")
+    def __post_init__(self):
+        """The mistakes a config can hold, each refused with one line where it is made, before anything is loaded."""
+        check_ranges(self, positive=("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_tokens", "lr",
+                                     "n_evals", "log_every"),
+                     nonneg=("mix_hq", "tokens_per_step", "eval_problems", "val_problems", "eval_max_new", "seed",
+                             "min_lr_frac", "warmup_frac", "weight_decay", "grad_clip", "ckpt_every"))
+        if not 0.0 < self.ratio <= 1.0:
+            fail(f"--ratio {self.ratio} is outside (0, 1]", "pass a share of tokens to keep, e.g. --ratio 0.6")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                fail(f"unknown --{name} {getattr(self, name)}", f"use --{name} {'|'.join(allowed)}")
+        if self.weighting == "soft" and (self.scope == "global" or self.temperature <= 0):
+            fail("--weighting soft needs --scope local and a --temperature above 0", "change one of them")
+        clash = [f for f, on in (("--scope global", self.scope == "global"),
+                                 ("--weighting soft", self.weighting == "soft"), ("--mix_hq", self.mix_hq)) if on]
+        if self.select == "oracle" and clash:
+            fail("--select oracle keeps the labelled math of this process's batch", f"drop {' and '.join(clash)}")
+        if self.mix_hq and self.ratio < 1:
+            fail("--mix_hq is a control of plain next-token training", "use it with --ratio 1.0")
+        if not self.init and self.n_embd % self.n_head:
+            fail(f"a width of {self.n_embd} does not split into {self.n_head} attention heads",
+                 "use an --n_embd that is a multiple of --n_head")
 
 
 def batch_plan(cfg, n_tokens, n_val, T, world):
-    """(micro-batches per optimizer step, tokens per step): --tokens_per_step must be a multiple of one
-    micro-batch on every process; the data must hold one global batch (the validation split one block)."""
+    """(micro-batches per optimizer step, tokens per step), once the data holds one global batch."""
     B = cfg.batch_size
     if (n_tokens - 1) // T < B * world or (n_val - 1) // T < 1:
-        fail(f"split '{cfg.split}' has {n_tokens:,} tokens, fewer than one batch of {B * world}x{T}",
-             "build a larger corpus, or lower the batch (train_slm.py --batch_size) or the block (train_ref.py "
-             "--block_size)")
+        fail(f"split '{cfg.split}' has {n_tokens:,} tokens, fewer than one batch of {B * world}x{T}", "build a larger "
+             "corpus, or lower the batch (train_slm.py --batch_size) or the block (train_ref.py --block_size)")
     accum = max(1, cfg.tokens_per_step // (B * T * world))
     if cfg.tokens_per_step and cfg.tokens_per_step != accum * B * T * world:
         fail(f"tokens_per_step {cfg.tokens_per_step:,} is not a multiple of batch {B} x block {T} x {world} "
@@ -476,15 +421,12 @@ def batch_plan(cfg, n_tokens, n_val, T, world):
 
 
 class Trainer:
-    """Everything one run needs, loaded and checked before anything is written: step(i) does optimizer step i,
-    evaluate() measures the model. Under torchrun every process builds one and reads its share of every batch."""
-
+    """One run, loaded and checked before anything is written (under torchrun: one a process, each its share)."""
     def __init__(self, cfg, log=print):
         self.cfg = cfg
         self.rank, self.world, self.device = this_process(cfg.device)  # its place under torchrun, its device
         self.start, self.resumed, self.meter_state = 0, False, {}  # the first step to train (resumed: the checkpoint's)
         torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
         self.meta, self.tok, tokens, self.labels, val_tokens = data.training_data(cfg)
         if cfg.init:  # the model: a checkpoint's (the base model), or a new one
             self.model = GPT.from_checkpoint(self.checked(cfg.init, "initial model")).to(self.device)
@@ -496,36 +438,34 @@ class Trainer:
         self.val_blocks = Blocks(val_tokens, self.T, cfg.batch_size, 0)
         self.problems, val = data.eval_problems(cfg, self.T, log if self.rank == 0 else None)
         self.val_problems = val[:cfg.val_problems or None]
-        scores, self.ref_model = self.load_reference()
+        scores, self.ref_model = None, None
+        if cfg.uses_reference:  # the reference's losses: its score file (cached), or the model itself (online)
+            ref = self.checked(cfg.ref_ckpt, "reference model")
+            if cfg.ref_mode == "cached":
+                scores = load_scores(cfg.score_file, cfg.ref_ckpt, ref, self.meta, cfg.split, self.T)
+            elif ref["model_args"]["block_size"] != self.T:
+                fail("the reference and the student have different block sizes", "train both with one preset")
+            else:
+                self.ref_model = GPT.from_checkpoint(ref).to(self.device).eval()
         self.blocks = Blocks(tokens, self.T, cfg.batch_size, cfg.seed, self.labels, scores, self.rank, self.world)
         self.max_iters = max(1, cfg.max_tokens // self.tokens_per_step)
         self.warmup = max(1, int(cfg.warmup_frac * self.max_iters))
         self.optimizer = self.model.configure_optimizer(cfg.lr, cfg.weight_decay, (0.9, cfg.beta2), self.device)
-        # the step's forward runs train_model (compiled on CUDA, DDP under torchrun); self.model stays the plain
-        # module that checkpoints save and evaluation decodes with
-        self.train_model = training_module(TokenLosses(self.model), cfg.compile, self.device, self.world)
+        # the step's forward: compiled on CUDA, DDP under torchrun; self.model is what checkpoints save and evals run
+        self.train_model = training_module(self.model, cfg.compile, self.device, self.world)
         self.sel_gen = torch.Generator().manual_seed(cfg.seed + 1)  # for --select random; the same on every rank
+        # a global selection keeps different counts on each rank, and DDP averages the ranks' gradients: each
+        # divides by the global count / world, so that the average is the global mean
+        self.n_kept = (n_selected(cfg.ratio, cfg.batch_size * self.T * self.world) / self.world
+                       if cfg.scope == "global" and self.world > 1 else None)
         # an online reference adds one forward pass per token, and a forward pass is a third of a training step
-        self.flops_per_token = self.model.flops_per_token() + (self.model.flops_per_token() // 3
-                                                               if self.ref_model is not None else 0)
+        self.flops_per_token = self.model.flops_per_token() * (4 if self.ref_model is not None else 3) // 3
         self.peak = peak_flops(self.device)
 
     def checked(self, path, what):
         ckpt = load_checkpoint(path, what)
         check_vocab(ckpt, self.meta, path)
         return ckpt
-
-    def load_reference(self):
-        """A selection by reference losses: (its score file, None) cached, or (None, the model) online."""
-        c = self.cfg
-        if not c.uses_reference:
-            return None, None
-        ckpt = self.checked(c.ref_ckpt, "reference model")
-        if c.ref_mode == "cached":
-            return load_scores(c.score_file, c.ref_ckpt, ckpt, self.meta, c.split, self.T), None
-        if ckpt["model_args"]["block_size"] != self.T:
-            fail("the reference and the student have different block sizes", "train both with one preset")
-        return None, GPT.from_checkpoint(ckpt).to(self.device).eval()
 
     def lr_at(self, it):
         """Linear warmup, then cosine decay to lr * min_lr_frac."""
@@ -536,8 +476,7 @@ class Trainer:
         return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def select_tokens(self, losses, x, y, ref_losses, labels):
-        """Which tokens of the batch get a loss (a mask, or soft weights): all at ratio 1; else the top `ratio` by
-        the --select score (SCORES); the oracle keeps the tokens labelled target math, whatever the ratio."""
+        """Which tokens get a loss (a mask or soft weights): the top `ratio` by the --select score, or the oracle's."""
         c, (B, T) = self.cfg, losses.shape
         if c.select == "oracle":
             return labels.to(losses.device) == data.MATH
@@ -545,7 +484,7 @@ class Trainer:
             return torch.ones_like(losses, dtype=torch.bool)
         if self.ref_model is not None:  # online: rounded through float16 like the score file, so both select alike
             with torch.no_grad(), autocast(self.device):
-                ref_losses = token_losses(self.ref_model(x), y).half().float()  # (B, T)
+                ref_losses = self.ref_model(x, y).half().float()  # (B, T)
 
         def draw():  # --select random: one draw for the global batch, so every scope sees the same numbers
             return torch.rand((B * self.world, T), generator=self.sel_gen)[self.rank * B:(self.rank + 1) * B]
@@ -556,8 +495,7 @@ class Trainer:
         return soft_weights(scores, c.ratio, c.temperature) if c.weighting == "soft" else select_topk(scores, c.ratio)
 
     def step(self, step):
-        """Optimizer step `step`: for each of `accum` micro-batches read the blocks, take the token losses, select,
-        take the SLM loss and backpropagate; then one update. Returns the mean loss, the selection and the labels."""
+        """Optimizer step `step`, over `accum` micro-batches. Returns the mean loss, the selection and the labels."""
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(step)
         total, kept, labels = 0.0, [], []
@@ -567,13 +505,9 @@ class Trainer:
             if self.world > 1:  # DDP: all-reduce the gradients in the last micro-batch's backward only
                 self.train_model.require_backward_grad_sync = micro == self.accum - 1
             with autocast(self.device):
-                losses = self.train_model(x, y)                                 # (B, T)
-            weights = self.select_tokens(losses, x, y, ref_losses, lab)         # (B, T): a mask, or weights
-            # a global selection keeps different counts on each rank, and DDP averages gradients over ranks: each
-            # divides by the global count / world, which makes the average the global mean
-            n = n_selected(self.cfg.ratio, weights.numel() * self.world) / self.world \
-                if self.cfg.scope == "global" and self.world > 1 else None
-            loss = slm_loss(losses, weights, n)
+                losses = self.train_model(x, y)                          # (B, T)
+            weights = self.select_tokens(losses, x, y, ref_losses, lab)  # (B, T): a mask, or weights
+            loss = slm_loss(losses, weights, self.n_kept)
             (loss / self.accum).backward()
             total += loss.detach() / self.accum
             kept.append(weights)
@@ -585,9 +519,7 @@ class Trainer:
         return total, torch.cat(kept), (torch.cat(labels) if labels[0] is not None else None)
 
     def evaluate(self):
-        """val_loss: whole-text loss on the validation split; val_answer_loss and answer_loss: the loss of the
-        worked solutions given the questions, on the validation and the test problems; acc: test accuracy, and
-        correct: which test problems were right ('0'/'1' each, for paired tests between runs)."""
+        """val_loss, the answer loss on validation and test problems, test accuracy (correct: each problem's 0/1)."""
         out = {"val_loss": eval_loss(self.model, self.val_blocks, self.device)}
         for key, problems in (("val_answer_loss", self.val_problems), ("answer_loss", self.problems)):
             if problems and problems[0][1] is not None:
@@ -598,8 +530,8 @@ class Trainer:
         return out
 
     def start_line(self):
-        c, sel = self.cfg, "" if self.cfg.ratio >= 1 and self.cfg.select != "oracle" else f" ({self.cfg.select})"
-        passes = c.max_tokens / len(self.blocks.tokens)  # on the web: one pass meant (the subset: several)
+        c, passes = self.cfg, self.cfg.max_tokens / len(self.blocks.tokens)  # the web: one pass meant
+        sel = "" if c.ratio >= 1 and c.select != "oracle" else f" ({c.select})"
         return (f"training {c.out_dir}: {self.model.num_params() / 1e6:.2f}M params, {self.max_iters} steps of "
                 f"{self.tokens_per_step:,} tokens ({self.world} process(es) x {self.accum} micro-batch(es) of "
                 f"{c.batch_size}x{self.T}), ratio {c.ratio}{sel}, lr {c.lr:g}, on {self.device}"
@@ -610,8 +542,7 @@ class Trainer:
 
 
 def train(cfg, log=print):
-    """Train one model (ratio < 1: with SLM) and return its summary, the final log record. Under torchrun every
-    rank trains; rank 0 evaluates, logs and checkpoints."""
+    """Train one model and return its summary, the final log record. Rank 0 evaluates, logs and checkpoints."""
     log, done = log if dist_setup(cfg.device)[0] == 0 else (lambda *a: None), os.path.join(cfg.out_dir, "done.json")
     with run_folder(cfg, log, Trainer) as tr:  # one writer a folder; tr None: a finished run, reused
         if tr is None:
@@ -629,8 +560,7 @@ def train(cfg, log=print):
                         record.update(**(meter.timed(tr.evaluate) if master else {}), **meter.selection())
                     if master:
                         append_log(cfg.out_dir, record)
-                    # a checkpoint at every evaluation and, between them, every ckpt_every seconds at a logged step
-                    # (only a finite model gets here: a blow-up keeps the last good one)
+                    # a checkpoint at every evaluation and every ckpt_every seconds (a blow-up keeps the last good one)
                     if master and (step in evals or time.time() - saved[0] >= cfg.ckpt_every):
                         save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), tr, step, meter)
                         saved = (time.time(), step)

@@ -31,16 +31,11 @@ def test_a_reference_sweep_on_a_shared_base_keeps_the_lowest_validation_answer_l
     best = min(sweep, key=lambda d: sweep[d]["val_answer_loss"])
     assert pipe["ref"] == os.path.join(best, "ckpt.pt") and pipe["scores"] == os.path.join(best, "scores.bin")
     assert pipe["ref_epochs"] == sweep[best]["ref_epochs"] and os.path.exists(pipe["scores"])
-    call("train_slm.py", "--out_dir", "swept", "--ratio", "0.6", "--max_tokens", "3000")  # a student uses them
-    cfg = json.loads(open("swept/slm0.6/config.json").read())
-    assert cfg["init"] == "out/base/ckpt.pt" and cfg["ref_ckpt"] == pipe["ref"]
     assert "--ref_web" in user_error("train_ref.py", "--preset", "tiny", "--out_dir", "bad", "--ref_web", "-1")
-
-
-def test_soft_weighting_trains_in_a_folder_of_its_own_at_the_default_temperature(pipeline, monkeypatch):
-    monkeypatch.chdir(pipeline)
-    call("train_slm.py", "--ratio", "0.6", "--weighting", "soft", "--max_tokens", "5000")
-    run = pipeline / "out" / "slm0.6-soft0.1"
+    # a student uses them; with soft weighting, in a folder of its own at the default temperature
+    call("train_slm.py", "--out_dir", "swept", "--ratio", "0.6", "--weighting", "soft", "--max_tokens", "3000")
+    run = pipeline / "swept" / "slm0.6-soft0.1"
     cfg = json.loads((run / "config.json").read_text())
+    assert cfg["init"] == "out/base/ckpt.pt" and cfg["ref_ckpt"] == pipe["ref"]
     assert (cfg["weighting"], cfg["temperature"]) == ("soft", 0.1)
     assert [r for r in records(run) if "selected" in r] and json.loads((run / "done.json").read_text())["val_loss"] > 0

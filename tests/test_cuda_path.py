@@ -18,32 +18,27 @@ def bf16(device):  # what infra.autocast gives on CUDA, on the CPU
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-def test_the_compiled_step_has_no_graph_break_and_trains_like_the_eager_one(pipeline, monkeypatch):
+def test_under_bf16_the_step_compiles_as_one_graph_and_every_selection_trains_and_counts(pipeline, monkeypatch):
     """--compile on under bf16 autocast, as on CUDA: the model and its token losses compile as one graph (fullgraph:
-    a graph break fails). aot_eager traces forward and backward as inductor would, without its C++ build (~40 s
-    here); RHO_TEST_INDUCTOR=1 compiles with inductor itself."""
+    a graph break fails) and train like the eager step. aot_eager traces forward and backward as inductor would,
+    without its C++ build (~40 s here); RHO_TEST_INDUCTOR=1 compiles with inductor itself."""
     backend = "inductor" if os.environ.get("RHO_TEST_INDUCTOR") == "1" else "aot_eager"
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda m: compile_(m, fullgraph=True, backend=backend))
     monkeypatch.setattr(rho, "autocast", bf16)
-    losses = {}
-    for mode in ("off", "on"):
-        tr = trainer(pipeline, compile=mode)
-        losses[mode] = [tr.step(i)[0].item() for i in range(3)]
-    assert isinstance(tr.train_model, torch._dynamo.eval_frame.OptimizedModule)
-    assert np.all(np.isfinite(losses["on"])) and np.allclose(losses["on"], losses["off"], atol=0.02)
-
-
-def test_bf16_autocast_trains_selects_counts_and_evaluates(pipeline, monkeypatch):
-    monkeypatch.setattr(rho, "autocast", bf16)
-    for kw in ({}, {"ref_mode": "online"}, {"weighting": "soft"}, {"select": "random"}):
+    losses = []
+    for kw in ({"compile": "off"}, {"compile": "on"}, {"ref_mode": "online"}, {"weighting": "soft"},
+               {"select": "random"}):
         tr = trainer(pipeline, **kw)
+        assert isinstance(tr.train_model, torch._dynamo.eval_frame.OptimizedModule) == (kw.get("compile") == "on")
         loss, kept, labels = tr.step(0)
         assert torch.isfinite(loss) and kept.dtype in (torch.bool, torch.float32), kw
         meter = infra.Meter(tr, data.KINDS, data.MATH)  # counts without bincount, for any weights' dtype
         meter.add(loss, kept, labels)
         assert torch.equal(meter.seen, torch.bincount(labels.view(-1), minlength=len(data.KINDS)).float())
         assert torch.allclose(meter.kept, torch.bincount(labels.view(-1), kept.view(-1).float(), len(data.KINDS)))
+        losses.append([loss.item()] + [tr.step(i)[0].item() for i in (1, 2)])
+    assert np.all(np.isfinite(losses[1])) and np.allclose(losses[1], losses[0], atol=0.02)  # compiled: as eager
     out = tr.evaluate()
     assert np.isfinite(out["val_loss"]) and np.isfinite(out["answer_loss"]) and 0 <= out["acc"] <= 1
 
