@@ -1,6 +1,6 @@
 """The CUDA path, checked on a CPU for what a first GPU run would otherwise meet first: a graph break in the
 compiled step, a dtype clash under bf16 autocast, batches sized for a small vocabulary, processes sharing one GPU,
-a checkpoint's RNG for GPUs that are not there. (experiments/gpu_check.py runs the real thing on a GPU.)"""
+a checkpoint's RNG for GPUs that are not there. (experiments/gpu_check.sh runs the real thing on a GPU.)"""
 import os
 
 import numpy as np
