@@ -146,7 +146,7 @@ def bench(args, pipe, steps=10, rounds=20):
         tok_s = tr.tokens_per_step / float(np.median(times[name]))
         mfu = tok_s / tr.world * tr.flops_per_token / tr.peak if tr.peak else None
         print(f"  {name:32s} {tok_s:>10,.0f} tok/s   step time {np.median(np.divide(times[name], times['CLM'])):.3f}x "
-              "CLM's" + (f"   mfu {mfu:.1%}" * bool(mfu)))
+              "CLM's" + (f"   mfu {mfu:.1%}" if mfu else ""))
     clm = trainers["CLM"].tokens_per_step / float(np.median(times["CLM"]))
     print(f"  {'scoring pass (forward only)':32s} {scoring:>10,.0f} tok/s   {scoring / clm:.1f}x CLM training")
 
