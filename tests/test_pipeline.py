@@ -31,8 +31,8 @@ def test_the_corpus_is_labelled_and_its_compact_vocabulary_round_trips_any_text(
     meta, (tokens, labels), tok = data.read_meta(d), data.load_tokens(d, "web"), data.Tokenizer.from_meta(d)
     assert len(tokens) == len(labels) == meta["splits"]["web"]["tokens"]
     share = meta["splits"]["web"]["kind_share"]
-    assert abs(sum(share.values()) - 1) < 1e-3 and all(share[k] > 0 for k in ("math", "math_wrong", "boilerplate",
-                                                                     "gibberish", "prose"))
+    assert abs(sum(share.values()) - 1) < 1e-3
+    assert all(share[k] > 0 for k in ("math", "math_wrong", "boilerplate", "gibberish", "prose"))
     # every clean math token sits in a document whose final answer follows from its arithmetic
     assert "####" in tok.decode([t for t, l in zip(tokens.tolist(), labels.tolist()) if l == data.MATH])
     enc = data.cl100k()
