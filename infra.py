@@ -1,13 +1,11 @@
-"""
-infra.py -- the machinery behind rho.py, so that rho.py reads as the method and its loop: one-line errors and atomic
-files, the command line (a dataclass is the flags), devices and processes (DDP), checkpoints for an exact resume,
-run folders with one writer each, reference score files, and what the log measures. A library.
-"""
+"""infra.py -- the machinery behind rho.py (which reads as the method and its loop): one-line errors, atomic files,
+the command line, devices and DDP, checkpoints, run folders with one writer each, score files, the log."""
 import argparse
 import contextlib
 import datetime
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -20,7 +18,6 @@ import numpy as np
 import torch
 
 
-# ----------------------------------------------------------------------------------------------------------
 # Errors and files
 
 def fail(msg, fix):
@@ -40,8 +37,7 @@ sys.excepthook = interrupted
 
 
 def atomic_write(path, content):
-    """Write content (bytes, str, or a function writing to an open binary file) to a temporary name, flush it to
-    disk and rename it over path: a crash at any moment leaves the old file whole."""
+    """Write content (bytes, str, or a function of a binary file) beside path, then rename: a crash keeps the old."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -55,8 +51,7 @@ def atomic_write(path, content):
 
 
 def read_json(path, cut_ok=False):
-    """The JSON in path, {} if there is no such file; a file cut short (or not JSON) is refused in one line, or
-    with cut_ok is None (for a reader of many runs: one bad file costs its run, not the table)."""
+    """The JSON in path ({} if no file); one not valid is refused in one line, or with cut_ok is None."""
     if not os.path.exists(path):
         return {}
     try:
@@ -72,10 +67,11 @@ def read_json(path, cut_ok=False):
 def check_ranges(obj, positive=(), nonneg=()):
     """Refuse a flag of obj (None: not given; a list: each value) not above 0 (positive) or below 0 (nonneg)."""
     for name in (*positive, *nonneg):
-        for v in (lambda v: v if isinstance(v, list) else [v])(getattr(obj, name)):
-            if v is not None and not (v > 0 if name in positive else v >= 0):  # NaN fails both
-                fail(f"--{name} {v} is {'not above 0' if name in positive else 'below 0'}",
-                     f"pass --{name} {'above 0' if name in positive else '0 or more'}, or drop it for the default")
+        pos, values = name in positive, getattr(obj, name)
+        for v in values if isinstance(values, list) else [values]:
+            if v is not None and not (v > 0 if pos else v >= 0):  # NaN fails both
+                fail(f"--{name} {v} is {'not above 0' if pos else 'below 0'}",
+                     f"pass --{name} {'above 0' if pos else '0 or more'}, or drop it for the default")
 
 
 def check_passes(flag, budget, n, split):
@@ -86,29 +82,22 @@ def check_passes(flag, budget, n, split):
 
 
 def read_pipeline(out_dir):
-    """out_dir's pipeline.json ({} if none), its paths made to follow the folder: recorded relative to where
-    train_ref.py ran, they are re-expressed from out_dir, so that a copied or moved pipeline uses its own files (an
-    absolute path stays, and so does one whose file is there while the moved one is not)."""
+    """out_dir's pipeline.json ({} if none), its paths re-expressed from out_dir: a moved pipeline uses its files."""
     pipe = read_json(os.path.join(out_dir, "pipeline.json"))
     was = pipe.get("out_dir")
     for k in ("data_dir", "base", "ref", "scores") if was and not os.path.isabs(was) else ():
-        p = pipe[k]
-        new = p and not os.path.isabs(p) and os.path.normpath(os.path.join(out_dir, os.path.relpath(p, was)))
-        if new and new != os.path.normpath(p) and (os.path.exists(new) or not os.path.exists(p)):
+        p, new = pipe[k], os.path.normpath(os.path.join(out_dir, os.path.relpath(pipe[k], was)))
+        if not os.path.isabs(p) and new != os.path.normpath(p) and (os.path.exists(new) or not os.path.exists(p)):
             pipe[k] = new
     return pipe
 
 
 def file_hash(path):
     """sha256 of a file, 16 hex digits."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------------------------------------
 # The command line: every field of a dataclass is a --flag with its help and default
 
 def arg(default, help, **kw):
@@ -129,7 +118,6 @@ def cli(cls, description, argv=None):
     return cls(**vars(ap.parse_args(argv)))
 
 
-# ----------------------------------------------------------------------------------------------------------
 # Devices and processes: one process, or DDP under torchrun (rank 0 evaluates, logs and writes)
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 per GPU; others get no MFU
@@ -163,13 +151,13 @@ def peak_flops(device):
 
 def dist_setup(device="auto"):
     """(rank, world, local_rank) from torchrun's environment, (0, 1, 0) without it. The first call joins the process
-    group: NCCL on CUDA, each process bound to cuda:local_rank before the first collective; gloo on the CPU."""
+    group: NCCL with each process bound to cuda:local_rank before the first collective, or gloo on the CPU."""
     if int(os.environ.get("WORLD_SIZE", 1)) == 1:
         return 0, 1, 0
     import atexit
     import torch.distributed as dist
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if not dist.is_initialized():  # a long timeout: rank 0 alone scores a corpus while the others wait
+    if not dist.is_initialized():
         kw = {"backend": "gloo"}
         if pick_device(device).startswith("cuda"):
             if device not in ("auto", "cuda"):
@@ -180,7 +168,7 @@ def dist_setup(device="auto"):
                      f"use --nproc_per_node={torch.cuda.device_count()} or fewer")
             torch.cuda.set_device(local_rank)
             kw = {"backend": "nccl", "device_id": torch.device("cuda", local_rank)}
-        dist.init_process_group(timeout=datetime.timedelta(hours=6), **kw)
+        dist.init_process_group(timeout=datetime.timedelta(hours=6), **kw)  # long: rank 0 may score a corpus alone
         # no collective on the way out: a rank that fails must exit, not wait in a barrier the others never join
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return dist.get_rank(), dist.get_world_size(), local_rank
@@ -192,7 +180,6 @@ def this_process(device):
     device = pick_device(device)
     if device == "cuda" and world > 1:
         device = f"cuda:{local_rank}"
-        torch.cuda.set_device(device)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return rank, world, device
@@ -233,7 +220,6 @@ def gather(t):
     return torch.stack(parts)
 
 
-# ----------------------------------------------------------------------------------------------------------
 # Checkpoints: the uncompiled model, optimizer, step (= data position), RNG states; loaded without pickle code
 
 def save_checkpoint(path, tr, step, meter=None):
@@ -277,7 +263,6 @@ def restore(tr, ckpt):
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"][0], tr.device)
 
 
-# ----------------------------------------------------------------------------------------------------------
 # Run folders: config.json, log.jsonl, ckpt.pt, done.json; one writer at a time
 
 def check_folder(folder):
@@ -290,9 +275,8 @@ def check_folder(folder):
 
 
 class FolderLock(contextlib.AbstractContextManager):
-    """One writer per folder: an exclusive flock on <folder>/.lock until release (the kernel drops a killed
-    process's lock). A second writer gets one line naming the holder. A folder this lock created and nothing else
-    filled is removed on release: a refused run leaves nothing behind."""
+    """One writer per folder: an flock on <folder>/.lock (the kernel drops a killed holder's), a second writer
+    refused naming the holder; a folder it created and nothing else filled is removed on release."""
 
     def __init__(self, folder):
         self.folder, self.created = folder, not os.path.exists(folder)
@@ -325,36 +309,34 @@ NOT_THE_RUN = ("overwrite", "resume", "ckpt_every", "data_dir", "out_dir", "init
 
 
 def run_state(cfg, inputs, log=print):
-    """'reuse' a finished, intact run of exactly this configuration and inputs (with --overwrite too), 'resume' an
-    unfinished one with a checkpoint under --resume, 'new' a run to make (under --resume also one that stopped
-    before its first checkpoint; under --overwrite one that differs, named in one line); refuse anything else."""
+    """'reuse' a finished run of this configuration and inputs, 'resume' an unfinished one under --resume, 'new' a
+    run to make (under --overwrite replacing one that differs, named in one line); refuse anything else."""
     old, done, ckpt = (os.path.join(cfg.out_dir, f) for f in ("config.json", "done.json", "ckpt.pt"))
-    old = read_json(old)
+    old, done = read_json(old), os.path.exists(done)
     if not old:
         return "new"
     changed = [f"{k} {old.get(k)} -> {v}" for k, v in asdict(cfg).items() if k not in NOT_THE_RUN and old.get(k) != v]
     why = f"a run with another configuration ({', '.join(changed[:4])})" if changed else \
         "a run made from other inputs (data, initial model or reference changed since)" \
         if old.get("inputs") != inputs else "a finished run whose ckpt.pt is damaged or missing" \
-        if os.path.exists(done) and not zipfile.is_zipfile(ckpt) else ""  # a zip's index is its last bytes
+        if done and not zipfile.is_zipfile(ckpt) else ""  # a zip's index is its last bytes
     if why and not cfg.overwrite:  # a student's run may go elsewhere; train_ref.py's have fixed folders
         student = changed and not re.fullmatch(r"base|ref|ref-e.*", os.path.basename(os.path.normpath(cfg.out_dir)))
         fail(f"{cfg.out_dir} holds {why}", "pass --overwrite to replace it" +
              ", or choose another --out_dir / --name" * bool(student))
-    if why or (cfg.overwrite and not os.path.exists(done) and not cfg.resume):
+    if why or (cfg.overwrite and not done and not cfg.resume):
         log(f"{cfg.out_dir}: replacing {why or 'an unfinished run'} (--overwrite)")
         return "new"
-    if os.path.exists(done) or cfg.resume:
-        return "reuse" if os.path.exists(done) else "resume" if os.path.exists(ckpt) else "new"
+    if done or cfg.resume:
+        return "reuse" if done else "resume" if os.path.exists(ckpt) else "new"
     fail(f"{cfg.out_dir} holds an unfinished run of this configuration",
          "pass --resume to continue it, or --overwrite to start again")
 
 
 @contextlib.contextmanager
 def run_folder(cfg, log, make_trainer):
-    """Hold cfg.out_dir for one writer (rank 0 for every rank) and yield None for a finished run of this
-    configuration (reused), else the trainer: built and checked before anything is written, then the folder is
-    started afresh (config.json) or, with --resume, the trainer restored from ckpt.pt and the log cut back to it."""
+    """Hold cfg.out_dir (rank 0 for every rank) and yield None for a finished run of this configuration, else the
+    trainer, built before anything is written: a new run's folder emptied, or a resumed one restored from ckpt.pt."""
     split = read_json(os.path.join(cfg.data_dir, "meta.json")).get("splits", {}).get(cfg.split, {})
     paths = {"init": cfg.init, "ref": cfg.ref_ckpt if cfg.uses_reference else ""}  # compared by what they hold
     inputs = {"data": split.get("sha256"), **{k: file_hash(p) if os.path.exists(p) else p for k, p in paths.items()}}
@@ -383,8 +365,9 @@ def run_folder(cfg, log, make_trainer):
                     os.remove(os.path.join(cfg.out_dir, name))
             atomic_write(os.path.join(cfg.out_dir, "config.json"), json.dumps({**asdict(cfg), "inputs": inputs},
                                                                               indent=1))
-        elif lock:
-            cut_log(cfg.out_dir, tr.start)
+        elif lock:  # a killed run may have logged past its checkpoint, its last line cut short
+            kept = itertools.takewhile(lambda r: r and r["step"] <= tr.start, read_log(cfg.out_dir))
+            atomic_write(os.path.join(cfg.out_dir, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in kept))
         barrier()
         yield tr
     finally:
@@ -392,38 +375,25 @@ def run_folder(cfg, log, make_trainer):
             lock.release()
 
 
-def cut_log(run_dir, step):
-    """Cut log.jsonl back to the records up to `step` (a killed run may have logged past its last checkpoint, its
-    last line cut short)."""
-    path, keep = os.path.join(run_dir, "log.jsonl"), []
-    with open(path) as f:
-        for line in f:
-            try:
-                if json.loads(line)["step"] > step:
-                    break
-            except json.JSONDecodeError:
-                break
-            keep.append(line if line.endswith("\n") else line + "\n")
-    atomic_write(path, "".join(keep))
+def read_log(run_dir):
+    """A run's log records ([] if none), None for a line cut short by a kill."""
+    path, records = os.path.join(run_dir, "log.jsonl"), []
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    records.append(None)
+    return records
 
 
 def read_run(path):
-    """(config, evaluation records, finished) of a run folder ({}, [], False where there is none): a file cut short
-    by a kill costs only what it holds: a log line its record, done.json the run's finish, config.json the run."""
-    cfg, log, done = (os.path.join(path, f) for f in ("config.json", "log.jsonl", "done.json"))
-    evals = []
-    if os.path.exists(log):
-        with open(log, "rb") as f:
-            evals = [rec for rec in map(parse, f) if isinstance(rec, dict) and "val_loss" in rec]
-    return read_json(cfg, cut_ok=True), evals, os.path.isfile(done) and read_json(done, cut_ok=True) is not None
-
-
-def parse(line):
-    """A log line's JSON record, or None where it is cut short."""
-    try:
-        return json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
+    """(config, evaluation records, finished) of a run folder; a file cut short by a kill costs only what it holds."""
+    evals = [r for r in read_log(path) if isinstance(r, dict) and "val_loss" in r]
+    done = os.path.join(path, "done.json")
+    return read_json(os.path.join(path, "config.json"), cut_ok=True), evals, \
+        os.path.isfile(done) and read_json(done, cut_ok=True) is not None
 
 
 def append_log(run_dir, record):
@@ -432,11 +402,9 @@ def append_log(run_dir, record):
 
 
 def last_record(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return json.loads(f.read().splitlines()[-1])
+    return read_log(run_dir)[-1]
 
 
-# ----------------------------------------------------------------------------------------------------------
 # Reference score files: float16 losses aligned with a split's tokens, and a stamp of what made them
 
 def score_stamp(ref_path, ref_ckpt, meta, split="web"):
@@ -467,7 +435,6 @@ def load_scores(path, ref_path, ref_ckpt, meta, split, block_size):
     return np.memmap(path, dtype=np.float16, mode="r")
 
 
-# ----------------------------------------------------------------------------------------------------------
 # The log: what the loop measures between two records, and the line it prints
 
 class Meter:
@@ -481,9 +448,9 @@ class Meter:
         self.steps = self.evals = 0
         self.reset()
 
-    def state(self):  # what a checkpoint between two evaluations must keep for an exact resume
-        return {"seen": self.seen.cpu(), "kept": self.kept.cpu(), "t": torch.tensor([self.t_train, self.t_eval],
-                                                                                     dtype=torch.float64)}
+    def state(self):  # what a checkpoint between two evaluations keeps for an exact resume
+        return {"seen": self.seen.cpu(), "kept": self.kept.cpu(),
+                "t": torch.tensor([self.t_train, self.t_eval], dtype=torch.float64)}
 
     def load(self, state):
         if state:
@@ -496,9 +463,8 @@ class Meter:
     def add(self, loss, weights, labels):
         """One optimizer step's mean loss, selection and token kinds."""
         self.loss, self.n, self.steps = self.loss + loss, self.n + 1, self.steps + 1
-        if labels is not None:
+        if labels is not None:  # index_add_, not bincount: on CUDA bincount syncs with the host
             labels = labels.to(self.tr.device, non_blocking=True).view(-1)
-            # index_add_, not bincount: on CUDA bincount reads its input's max back to the host every step
             self.seen.index_add_(0, labels, torch.ones_like(labels, dtype=self.seen.dtype))
             self.kept.index_add_(0, labels, weights.reshape(-1).to(self.kept.dtype))
 
@@ -527,8 +493,7 @@ class Meter:
         return out
 
     def selection(self):
-        """Since the last evaluation: the share of each kind kept, the share of math among the kept (precision)
-        and what the kept tokens are (composition); counts summed over processes."""
+        """Since the last evaluation, over processes: the share of each kind kept, of math among the kept, the kept."""
         all_sum(self.seen), all_sum(self.kept)
         seen, kept, out = self.seen, self.kept, {}
         if self.tr.labels is not None and seen.sum() > 0 and kept.sum() > 0:
@@ -557,7 +522,6 @@ def log_line(rec, max_iters, eta):
 
 
 def eval_steps(max_iters, n_evals, first=0.005):
-    """The steps to evaluate at: 0, the last and n_evals - 1 more between, log-spaced from `first` of the run, so
-    that early training, where curves move fastest, is sampled densely."""
+    """0, max_iters and n_evals - 1 steps log-spaced from `first` of the run: dense early, where curves move."""
     pts = np.maximum(1, np.round(max_iters * np.geomspace(first, 1.0, n_evals))).astype(int) if n_evals > 1 else ()
     return sorted({0, max_iters, *map(int, pts)})

@@ -1,18 +1,10 @@
 """
-train_ref.py -- step 1 of rho: data, base model, reference model, reference scores.
-
-  1. builds the corpus (data.py) if it is missing
-  2. pre-trains a small base model with plain next-token training on one part of the noisy web corpus
-  3. fine-tunes a copy of the base on the high-quality math subset: the reference (as in the paper, the
-     reference and the student start from the same base)
-  4. scores every token of the student's part of the web corpus with the reference, once (float16 file)
+train_ref.py -- step 1 of rho: builds the corpus (data.py) if missing, pre-trains a small base model on one part of
+the noisy web corpus, fine-tunes a copy of it on the high-quality math subset (the reference: as in the paper,
+reference and student start from the same base), and scores the student's part of the web with it once (float16).
 
   python train_ref.py                                       # the demo: data/, out/base, out/ref, out/ref/scores.bin
   python train_ref.py --preset cpu --seed 1 --data_dir data/seed1 --out_dir out/seed1   # the experiment's size
-  python train_ref.py --ref_epochs 10 40 --ref_lr 6e-3 1.2e-2  # a sweep: the reference of lowest validation loss
-  python train_ref.py --out_dir out/webref --base out/base/ckpt.pt --ref_web 4   # beyond the paper: a reference
-                                                            #   that keeps a quarter of the base's web
-  python train_ref.py --preset cpu512 --data_dir data/example --out_dir out/example   # GSM8K-length text
 Then: python train_slm.py --ratio 0.6
 """
 import json
@@ -24,45 +16,50 @@ import rho
 from infra import FolderLock, arg, atomic_write, barrier, check_folder, check_passes, check_ranges, cli, dist_setup, \
     fail, load_checkpoint, pick_device, read_json, score_stamp, scores_match
 
-# Presets: model sizes and budgets (data.py has the embedded corpus sizes of the same names)
+# Model sizes and budgets (data.py has the embedded corpus sizes of the same names; README.md, the table)
 PRESETS = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=64, batch_size=8, base_tokens=20_000, base_lr=3e-3,
                  ref_epochs=2, ref_lr=1e-3, student_tokens=20_000, lr=3e-3, lr_clm=3e-3, n_evals=2,
                  eval_problems=8, eval_max_new=32, log_every=5),
-    # the demo (the default): the cpu preset's model, corpus and budgets (at half of them SLM ties CLM:
-    # EXPERIMENTS.md, The demo), the students' rate chosen there on validation, fewer evaluations (the base and the
-    # reference at their start and end only)
+    # the cpu preset's model, corpus and budgets, its rate chosen on validation, the base and reference evaluated twice
     "demo": dict(n_layer=4, n_head=4, n_embd=64, block_size=128, batch_size=8, base_tokens=2_500_000,
                  base_lr=6e-3, ref_epochs=40, ref_lr=1.2e-2, student_tokens=3_000_000, lr=3e-3, lr_clm=3e-3,
                  n_evals=6, ref_evals=1, eval_problems=400, log_every=100),
-    # the experiments: the reference (40 epochs at 1.2e-2) and the students' rate the headline chose on validation
     "cpu": dict(n_layer=4, n_head=4, n_embd=64, block_size=128, batch_size=8, base_tokens=2_500_000,
                 base_lr=6e-3, ref_epochs=40, ref_lr=1.2e-2, student_tokens=3_000_000, lr=6e-3, lr_clm=6e-3,
-                n_evals=8, eval_problems=400, log_every=100),  # the experiment: --n_evals 16 --eval_problems 1000
-    # GSM8K-length text on a CPU (data_real.py): a 512-token block, answers of up to 256 tokens
+                n_evals=8, eval_problems=400, log_every=100),
     "cpu512": dict(n_layer=4, n_head=4, n_embd=128, block_size=512, batch_size=4, base_tokens=1_000_000,
                    base_lr=3e-3, ref_epochs=2, ref_lr=1e-3, student_tokens=1_000_000, lr=2e-3, lr_clm=2e-3,
                    n_evals=6, eval_problems=100, val_problems=100, eval_max_new=256, log_every=25),
-    # tokens_per_step: 131k tokens a step on 1 to 8 GPUs (1 GPU: 8 micro-batches), not a batch that grows with them
+    # 131k tokens a step on 1 to 8 GPUs (1 GPU: 8 micro-batches), not a batch that grows with them
     "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, tokens_per_step=131_072,
                 base_tokens=100_000_000, base_lr=3e-3, ref_epochs=3, ref_lr=1e-3, student_tokens=200_000_000, lr=2e-3,
                 lr_clm=2e-3, n_evals=20, eval_problems=1000, log_every=100),
-    # GPT-2 small's shape for real corpora (data_real.py --source owm-gsm8k): 85.7M parameters plus 768 per
-    # vocabulary id, 163M with all of cl100k's 100k (GPT-2's 50k would make 124M); 0.5M tokens per optimizer step
+    # GPT-2 small's shape for a real corpus: 163M parameters with cl100k's 100k ids; 0.5M tokens a step
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, tokens_per_step=524_288,
                  base_tokens=1_000_000_000, base_lr=6e-4, ref_epochs=3, ref_lr=1e-4, student_tokens=2_000_000_000,
                  lr=6e-4, lr_clm=6e-4, n_evals=20, eval_problems=500, eval_max_new=256, log_every=20),
 }
 SHAPE = ("n_layer", "n_head", "n_embd", "block_size")  # a model's shape, which a checkpoint fixes
-TRAIN_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "tokens_per_step", "n_evals",
-              "eval_problems", "val_problems", "eval_max_new", "log_every")  # preset keys that are TrainConfig fields
+TRAIN_KEYS = (*SHAPE, "batch_size", "tokens_per_step", "n_evals", "eval_problems", "val_problems", "eval_max_new",
+              "log_every")  # preset keys that are TrainConfig fields
 
 
 @dataclass
-class RefRun:
-    preset: str = arg("demo", "sizes of corpus, model and budgets: tiny (tests), demo, cpu (the experiment), gpu "
-                             "(embedded corpus), cpu512 (GSM8K-length text on a CPU), gpt2 (GPT-2 small's shape: "
-                             "163M parameters with a 100k vocabulary, for a real corpus built with data_real.py)")
+class RunFlags:  # how a run is run, train_ref.py's and train_slm.py's
+    device: str = arg("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    compile: str = arg("auto", "torch.compile: auto (on for cuda), on, off", choices=["auto", "on", "off"])
+    overwrite: bool = arg(False, "replace a run (of the same name) made with another configuration")
+    resume: bool = arg(False, "continue an unfinished (killed) run from its last checkpoint; one not started yet (or "
+                              "killed before its first checkpoint) starts")
+    ckpt_every: float = arg(300.0, "seconds between checkpoints (at a logged step) besides every evaluation's: what "
+                                   "a killed run loses at most; 0: at every logged step")
+
+
+@dataclass
+class RefRun(RunFlags):
+    preset: str = arg("demo", "sizes of corpus, model and budgets: tiny (tests), demo, cpu (the experiment), gpu, "
+                              "cpu512 (GSM8K-length text), gpt2 (GPT-2 small for a real corpus from data_real.py)")
     seed: int = arg(0, "seed of the whole pipeline: corpus, base model, reference")
     data_dir: str = arg("data", "corpus folder (the embedded toy corpus is built here if it holds none)")
     out_dir: str = arg("out", "pipeline folder: base/, ref/, ref/scores.bin and pipeline.json go here")
@@ -70,41 +67,29 @@ class RefRun:
                            "'mix={\"math\": 6, \"prose\": 1}'", nargs="*", type=str, metavar="KEY=VALUE")
     base_tokens: int = arg(None, "tokens the base model is pre-trained on (default: the preset's)", type=int)
     base_lr: float = arg(None, "peak learning rate of the base model (default: the preset's)", type=float)
-    base: str = arg("", "use this base model (e.g. another pipeline's out/base/ckpt.pt on the same web corpus) "
-                        "instead of training one")
-    ref_epochs: list = arg(None, "epochs over the high-quality subset for the reference (default: the preset's); "
-                                 "several values, or several --ref_lr, sweep every pair and keep the reference "
-                                 "with the lowest validation answer loss", type=float, nargs="+")
+    base: str = arg("", "use this base model (e.g. another pipeline's out/base/ckpt.pt) instead of training one")
+    ref_epochs: list = arg(None, "epochs of the reference over the high-quality subset (default: the preset's); "
+                                 "several, or several --ref_lr: the sweep's lowest validation answer loss wins",
+                           type=float, nargs="+")
     ref_lr: list = arg(None, "peak learning rate(s) of the reference (default: the preset's)", type=float, nargs="+")
-    ref_web: int = arg(0, "beyond the paper: fine-tune the reference on the subset (its epochs) shuffled together "
-                          "with the first 1/N of the base's web (web_base, once), so that it does not forget the "
-                          "web (0: the subset only, as in the paper)", type=int)
+    ref_web: int = arg(0, "beyond the paper: the reference's subset shuffled with the first 1/N of the base's web, "
+                          "so that it does not forget the web (0: the subset only)", type=int)
     block_size: int = arg(None, "context length of the models (default: the preset's)", type=int)
     n_layer: int = arg(None, "transformer blocks (default: the preset's)", type=int)
     n_head: int = arg(None, "attention heads (default: the preset's)", type=int)
     n_embd: int = arg(None, "model width (default: the preset's)", type=int)
-    eval_max_new: int = arg(None, "tokens decoded per test problem; the block must leave room for the question "
-                                  "(default: the preset's)", type=int)
-    n_evals: int = arg(None, "evaluations over each run, log-spaced, the students' too (default: the preset's)",
-                       type=int)
-    eval_problems: int = arg(None, "test problems decoded at each evaluation, the students' too (default: the "
-                                   "preset's)", type=int)
-    val_problems: int = arg(None, "validation problems for the validation answer loss, the students' too (0: all; "
-                                  "default: the preset's)", type=int)
-    device: str = arg("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
-    compile: str = arg("auto", "torch.compile: auto (on for cuda), on, off", choices=["auto", "on", "off"])
-    overwrite: bool = arg(False, "replace runs in out_dir that were made with another configuration")
-    resume: bool = arg(False, "continue an unfinished (killed) base or reference run from its last checkpoint; a run "
-                              "not started yet (or killed before its first checkpoint) starts")
-    ckpt_every: float = arg(300.0, "seconds between checkpoints (at a logged step) besides every evaluation's: "
-                                   "what a killed run loses at most; 0: at every logged step")
+    eval_max_new: int = arg(None, "tokens decoded per test problem (default: the preset's)", type=int)
+    n_evals: int = arg(None, "log-spaced evaluations of each run, the students' too (default: the preset's)", type=int)
+    eval_problems: int = arg(None, "test problems decoded at each evaluation (default: the preset's)", type=int)
+    val_problems: int = arg(None, "validation problems for the answer loss (0: all; default: the preset's)", type=int)
 
 
 def pipeline_settings(args):
     """The preset's sizes and budgets, with the ones given as flags; with --base, the base's shape."""
     if args.preset not in PRESETS:
         fail(f"unknown preset '{args.preset}'", f"use one of: {', '.join(PRESETS)}")
-    check_folder(args.out_dir), check_folder(args.data_dir)
+    check_folder(args.out_dir)
+    check_folder(args.data_dir)
     check_ranges(args, ("base_tokens", "base_lr", "ref_epochs", "ref_lr", "block_size", "n_layer", "n_head", "n_embd",
                         "n_evals"), ("seed", "ref_web", "eval_max_new", "eval_problems", "val_problems"))
     settings = dict(PRESETS[args.preset])
@@ -149,16 +134,15 @@ def main(args):
                   **{k: settings[k] for k in TRAIN_KEYS if k in settings})
     common["n_evals"] = args.n_evals or settings.get("ref_evals", settings["n_evals"])  # the base and reference(s)
     base_ckpt = args.base or os.path.join(args.out_dir, "base", "ckpt.pt")
-    cost = {"base": read_json(os.path.join(os.path.dirname(args.base), "done.json")).get("flops")} if args.base else {}
-    if not args.base:
-        cost["base"] = rho.train(rho.TrainConfig(split="web_base", out_dir=os.path.dirname(base_ckpt),
-                                                 max_tokens=settings["base_tokens"], lr=settings["base_lr"],
-                                                 **common))["flops"]
+    base = read_json(os.path.join(os.path.dirname(args.base), "done.json")) if args.base else rho.train(rho.TrainConfig(
+        split="web_base", out_dir=os.path.dirname(base_ckpt), max_tokens=settings["base_tokens"],
+        lr=settings["base_lr"], **common))
     best, sweep = reference_sweep(args, settings, common, meta, base_ckpt)
     ref, scores = os.path.join(best, "ckpt.pt"), os.path.join(best, "scores.bin")
-    cost.update(ref=sweep[best]["flops"], scoring=score(ref, scores, args, meta) if rank == 0 else 0)
+    cost = {"base": base.get("flops"), "ref": sweep[best]["flops"],
+            "scoring": score(ref, scores, args, meta) if rank == 0 else 0}
     pipeline = {"preset": args.preset, "seed": args.seed, "data_dir": args.data_dir,
-                "out_dir": args.out_dir,  # the folder as named here: the paths recorded are relative to the same place
+                "out_dir": args.out_dir,  # as named here: the paths recorded are relative to the same place
                 "settings": settings, "base": base_ckpt, "ref": ref, "scores": scores, "flops": cost,
                 "ref_sweep": sweep, **{k: sweep[best][k] for k in ("ref_epochs", "ref_lr")}, "ref_web": args.ref_web}
     if rank == 0:
@@ -168,9 +152,8 @@ def main(args):
 
 
 def reference_sweep(args, settings, common, meta, base_ckpt):
-    """Train the reference at every (epochs, lr) pair asked for (the preset's by default): one pair in out_dir/ref,
-    a sweep in out_dir/ref-e<epochs>-lr<lr>. Returns (the folder with the lowest final validation answer loss: the
-    students' rates are chosen alike, {folder: what it reached})."""
+    """Train the reference at every (epochs, lr) pair asked for: one in out_dir/ref, a sweep's in
+    out_dir/ref-e<epochs>-lr<lr>. Returns the folder of lowest final validation answer loss, {folder: summary}."""
     grid = [(e, lr) for e in args.ref_epochs or [settings["ref_epochs"]] for lr in args.ref_lr or [settings["ref_lr"]]]
     runs, hq = {}, meta["splits"]["ref_train"]["tokens"]
     for epochs, lr in grid:
@@ -178,8 +161,7 @@ def reference_sweep(args, settings, common, meta, base_ckpt):
         # --ref_web N: the subset `epochs` times (mix_hq) and a part of the base's web, shuffled together, once
         web = dict(split="web_base", part=f"0/{args.ref_web}", mix_hq=epochs) if args.ref_web else {}
         web_tokens = meta["splits"]["web_base"]["tokens"] // args.ref_web if args.ref_web else 0
-        s = rho.train(rho.TrainConfig(out_dir=out, lr=lr, init=base_ckpt,
-                                      max_tokens=int(epochs * hq) + web_tokens,
+        s = rho.train(rho.TrainConfig(out_dir=out, lr=lr, init=base_ckpt, max_tokens=int(epochs * hq) + web_tokens,
                                       **{**common, "tokens_per_step": 0, "split": "ref_train", **web}))
         runs[out] = {"ref_epochs": epochs, "ref_lr": lr, "val_answer_loss": s.get("val_answer_loss"),
                      "val_loss": s["val_loss"], "acc": s.get("acc"), "flops": s["flops"]}
@@ -191,8 +173,8 @@ def reference_sweep(args, settings, common, meta, base_ckpt):
 
 
 def score(ref_path, scores, args, meta):
-    """Score the student's corpus with a reference, once (reused while reference and corpus are the same), the
-    reference's folder locked meanwhile; returns the FLOPs of the pass."""
+    """Score the student's corpus with the reference once (reused while both are the same), its folder locked;
+    returns the FLOPs of the pass."""
     ckpt = load_checkpoint(ref_path, "reference model")
     stamp = score_stamp(ref_path, ckpt, meta)
     tokens, _ = data.load_tokens(args.data_dir, "web")

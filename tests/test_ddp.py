@@ -1,6 +1,4 @@
-"""Data parallel training on CPU with the gloo backend, in one torchrun of 2 processes (this file is their script):
-global selection is exact, gradient accumulation all-reduces once a step and equals one big batch, a run with
---scope global equals one process on the global batch, and a failing rank ends the run."""
+"""Data parallel training on CPU with gloo, in one torchrun of 2 processes (this file is their script)."""
 import os
 import pathlib
 import socket
@@ -21,8 +19,7 @@ def scores():
     return s
 
 
-def keep_grads(tr):
-    """Make tr.optimizer.step keep the gradients it is given (after clipping) in tr.grads."""
+def keep_grads(tr):  # tr.optimizer.step keeps the gradients it is given (after clipping) in tr.grads
     step = tr.optimizer.step
 
     def keep(*a, **kw):
@@ -32,8 +29,8 @@ def keep_grads(tr):
 
 
 def ranks(pipeline, out):
-    """What each process does: the global top-k of its half of scores(); one optimizer step of 2 micro-batches; an
-    SLM run with --scope global; then a run whose evaluation fails on rank 0 while rank 1 waits in a collective."""
+    """Each process: the global top-k of its half of scores(), a step of 2 micro-batches, an SLM run with --scope
+    global, then a run whose evaluation fails on rank 0 while rank 1 waits in a collective."""
     import infra
     import train_slm
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook

@@ -1,6 +1,5 @@
-"""Every mistake a user can make is one line, `error: <what>; fix: <how>`, before anything is written. Each case
-is a command (the script, its flags, a setup that makes the mistake) and the words its line must hold, run in this
-process; one case runs as a user runs it, for the command line's side of the contract."""
+"""Every mistake a user can make is one line, `error: <what>; fix: <how>`, before anything is written: a table of
+commands (a setup, the script and its flags) and the words the line must hold, run in this process."""
 import glob
 import json
 import os
@@ -14,7 +13,7 @@ import data
 from conftest import run, user_error
 
 
-def shared(t):  # the session's pipeline, read only: the command must refuse before it writes anything
+def shared(t):  # the session's pipeline: the command must refuse before it writes anything
     return t.pipeline
 
 
@@ -49,12 +48,6 @@ def cut(path, keep):  # one file cut short, as a kill or a full disk leaves it
     return copied(lambda d: (d / path).write_bytes((d / path).read_bytes()[:keep]))
 
 
-def edit_checkpoint(path, change):
-    ckpt = torch.load(path, weights_only=True)
-    change(ckpt)
-    torch.save(ckpt, path)
-
-
 def pipeline_json(t, **paths):
     """A pipeline.json in an empty folder pointing at the session's pipeline, with some paths changed."""
     pipe = json.loads((t.pipeline / "out" / "pipeline.json").read_text())
@@ -79,6 +72,12 @@ def random_run(t):  # a --select random run: --explain ranks by excess or refere
     return folder
 
 
+def another_reference(d):  # of the same shapes
+    ckpt = torch.load(d / "out/ref/ckpt.pt", weights_only=True)
+    ckpt["model"]["lm_head.weight"].add_(0.01)
+    torch.save(ckpt, d / "out/ref/ckpt.pt")
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch PWNED",))
@@ -93,7 +92,7 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine w
 # id: (setup, command, words the line holds, paths (globs, in the command's folder) that must not exist after it)
 CASES = {
     **{f"ratio {r}": (shared, ["train_slm.py", "--ratio", r, "--name", "bad"], ["--ratio"], ["out/bad"])
-       for r in ("0", "1.5", "-0.2")},
+       for r in ("0", "1.5")},
     "unknown preset": (shared, ["train_ref.py", "--preset", "huge"], ["preset"], []),
     "changed config": (shared, [*SLM, "--max_tokens", "12345"], ["another configuration", "--overwrite"], []),
     "no reference pipeline": (empty, SLM, ["train_ref.py"], ["out"]),
@@ -105,9 +104,7 @@ CASES = {
     "another program's checkpoint": (copied(lambda d: torch.save({"weight": torch.zeros(2)}, d / "out/ref/ckpt.pt")),
                                      [*SLM, "--ref_mode", "online"], ["not a loadable rho checkpoint"],
                                      ["out/slm0.6-online"]),
-    "score file of another reference": (copied(lambda d: edit_checkpoint(  # another reference of the same shapes
-        d / "out/ref/ckpt.pt", lambda ckpt: ckpt["model"]["lm_head.weight"].add_(0.01))), SLM, ["does not belong"],
-                                        ["out/slm0.6"]),
+    "score file of another reference": (copied(another_reference), SLM, ["does not belong"], ["out/slm0.6"]),
     **{f"data file {how}": (setup, SLM, ["data.py"], ["out/slm0.6"]) for how, setup in (
         ("truncate", cut("data/web.bin", 1000)), ("delete", copied(lambda d: (d / "data/web.bin").unlink())),
         ("labels", copied(lambda d: (d / "data/web.labels").write_bytes(b"\0" * 10))),
@@ -145,12 +142,12 @@ CASES = {
     # numbers out of range: one table of flags (train_slm.py's in the shared pipeline, train_ref.py's before any data)
     **{f"train_slm.py --{flag} {v}": (shared, ["train_slm.py", "--ratio", "1.0", f"--{flag}", v, "--name", "n"],
                                       [f"--{flag} ", "; fix: pass --" + flag], ["out/n"])
-       for flag, v in (("batch_size", "0"), ("lr", "0"), ("lr", "-1"), ("seed", "-1"), ("mix_hq", "-1"),
-                       ("max_tokens", "-5"), ("max_tokens", "0"), ("n_evals", "0"))},
+       for flag, v in (("batch_size", "0"), ("lr", "-1"), ("seed", "-1"), ("mix_hq", "-1"), ("max_tokens", "0"),
+                       ("n_evals", "0"))},
     **{f"train_ref.py --{flag} {v}": (empty, ["train_ref.py", "--preset", "tiny", f"--{flag}", v],
                                       [f"--{flag} ", "; fix: pass --" + flag], ["data", "out"])
-       for flag, v in (("n_head", "0"), ("n_layer", "0"), ("block_size", "0"), ("block_size", "-4"),
-                       ("seed", "-1"), ("base_lr", "0"), ("ref_epochs", "0"))},
+       for flag, v in (("n_head", "0"), ("n_layer", "0"), ("block_size", "-4"), ("seed", "-1"), ("base_lr", "0"),
+                       ("ref_epochs", "0"))},
     "temperature without soft": (shared, [*SLM, "--temperature", "0.5", "--name", "t"], ["add --weighting soft"],
                                  ["out/t"]),
     "a budget of many passes": (shared, [*SLM, "--max_tokens", "10000000", "--name", "big"],

@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -24,25 +25,19 @@ def test_data_is_byte_identical_for_a_seed_and_differs_across_seeds(pipeline, tm
     assert (tmp_path / "a" / "web.bin").read_bytes() != (tmp_path / "c" / "web.bin").read_bytes()
 
 
-def test_corpus_is_labelled_and_held_out_problems_are_unseen(pipeline):
+def test_the_corpus_is_labelled_and_its_compact_vocabulary_round_trips_any_text(pipeline):
+    """(Held-out problems unseen in training: test_experiment.py.)"""
     d = str(pipeline / "data")
-    meta, (tokens, labels) = data.read_meta(d), data.load_tokens(d, "web")
+    meta, (tokens, labels), tok = data.read_meta(d), data.load_tokens(d, "web"), data.Tokenizer.from_meta(d)
     assert len(tokens) == len(labels) == meta["splits"]["web"]["tokens"]
     share = meta["splits"]["web"]["kind_share"]
     assert abs(sum(share.values()) - 1) < 1e-3
     assert all(share[k] > 0 for k in ("math", "math_wrong", "boilerplate", "gibberish", "prose"))
-    tok = data.Tokenizer.from_meta(d)
-    text = "".join(tok.decode(data.load_tokens(d, s)[0].tolist()) for s in ("web", "web_base", "ref_train"))
-    assert all(e["prompt"].split("\n")[0] not in text for e in data.load_eval(d))
     # every clean math token sits in a document whose final answer follows from its arithmetic
     assert "####" in tok.decode([t for t, l in zip(tokens.tolist(), labels.tolist()) if l == data.MATH])
-
-
-def test_cl100k_is_checked_and_the_compact_vocabulary_round_trips_any_text(pipeline):
     enc = data.cl100k()
     assert enc.n_vocab > 100_000 and enc.encode_ordinary("#### 12") == [827, 220, 717]
-    tok = data.Tokenizer.from_meta(str(pipeline / "data"))
-    assert tok.vocab_hash == data.read_meta(str(pipeline / "data"))["vocab_hash"] and len(tok.vocab) < 2000
+    assert tok.vocab_hash == meta["vocab_hash"] and len(tok.vocab) < 2000
     for text in ["Question: Mia has 7 apples.\nAnswer: 7 + 5 = 12\n#### 12\n",
                  "Zebras über ünïcødé 🦓 and words never seen: quixotic fjord 12345.678"]:
         ids = tok.encode(text)
@@ -77,15 +72,8 @@ def test_end_to_end_tiny_pipeline(pipeline, monkeypatch, capsys):
     assert " pts [" in verdict and "p=" in verdict and verdict.endswith(("problems.", "these problems."))
     assert "- target-format math: " in printed and "- boilerplate: " in printed and "| SLM 0.6 |" not in printed
     assert "| SLM 0.6 |" in (out / "compare.md").read_text()  # the full table, beside the lesson
-
-
-def test_cached_and_online_reference_train_the_same_and_a_rerun_is_reused(pipeline, monkeypatch, capsys):
-    monkeypatch.chdir(pipeline)
-    call("train_slm.py", "--ratio", "0.6")
+    call("train_slm.py", "--ratio", "0.6")  # a rerun is reused (--ref_mode online trains alike: test_method.py)
     assert "reusing" in capsys.readouterr().out
-    call("train_slm.py", "--ratio", "0.6", "--ref_mode", "online")
-    va, vb = ([r["val_loss"] for r in records(pipeline / "out" / n, True)] for n in ("slm0.6", "slm0.6-online"))
-    assert np.allclose(va, vb, atol=2e-3)
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(pipeline, monkeypatch):
@@ -120,15 +108,15 @@ def test_resume_after_sigkill_equals_uninterrupted_run(pipeline, monkeypatch):
     assert msg.endswith("--name stopped --resume`"), msg
 
 
-def test_benchmark_measures_every_configuration_on_the_same_model(pipeline, monkeypatch):
+def test_benchmark_measures_every_configuration_on_the_same_model(pipeline, monkeypatch, capsys):
     import train_slm
     monkeypatch.chdir(pipeline)
-    r, pipe = train_slm.SlmRun(), json.loads((pipeline / "out" / "pipeline.json").read_text())
-    cfgs = {"CLM": train_slm.student_config(r, pipe, 1.0, None), "SLM": train_slm.student_config(r, pipe, 0.6, None),
-            "online": train_slm.student_config(r, pipe, 0.6, None, ref_mode="online")}
-    result = train_slm.benchmark(cfgs, steps=2, rounds=2)
-    assert list(result) == ["CLM", "SLM", "online"] and result["CLM"][1] == 1.0
-    assert all(tok_s > 0 and rel > 0 and mfu is None for tok_s, rel, mfu in result.values())  # a CPU: no MFU
+    train_slm.bench(train_slm.SlmRun(), infra.read_pipeline("out"), steps=2, rounds=2)
+    lines = capsys.readouterr().out.splitlines()
+    rows = [re.fullmatch(r"  (.+?) +([\d,]+) tok/s   step time ([\d.]+)x CLM's", line) for line in lines[1:4]]
+    assert [r[1] for r in rows] == ["CLM", "SLM 0.6, cached scores", "SLM 0.6, online reference"], lines
+    assert rows[0][3] == "1.000" and all(r[2] != "0" and float(r[3]) > 0 for r in rows)  # a CPU: no MFU
+    assert lines[4].startswith("  scoring pass (forward only)") and "x CLM training" in lines[4]
 
 
 def test_gibberish_never_cuts_a_problem_in_two():

@@ -1,5 +1,4 @@
-"""Nothing lost, nothing trusted blindly: atomic writes, non-finite losses, one writer per folder (the mistakes a
-user can make, each one line: test_errors.py)."""
+"""Nothing lost, nothing trusted blindly: atomic writes, non-finite losses, reruns, one writer per folder."""
 import json
 import os
 import shutil
@@ -17,18 +16,14 @@ from conftest import ROOT, call, records, trainer, user_error
 def test_a_crash_while_writing_a_checkpoint_or_a_data_file_keeps_the_previous_one(pipeline, tmp_path, monkeypatch):
     tr, path = trainer(pipeline), str(tmp_path / "ckpt.pt")
     infra.save_checkpoint(path, tr, step=7)
-
-    def dying_save(obj, f, *a, **k):
-        f.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError("disk full")
-    monkeypatch.setattr(torch, "save", dying_save)
-    with pytest.raises(OSError):
-        infra.save_checkpoint(path, tr, step=8)
-    assert infra.load_checkpoint(path)["step"] == 7
     infra.atomic_write(str(tmp_path / "meta.json"), b'{"old": 1}')
+    monkeypatch.setattr(torch, "save", lambda obj, f: f.write(b"PK\x03\x04 half") and (_ for _ in ()).throw(OSError))
+    with pytest.raises(OSError):  # the disk full while the checkpoint is written
+        infra.save_checkpoint(path, tr, step=8)
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("power cut")))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError):  # a power cut before the data file is on disk
         infra.atomic_write(str(tmp_path / "meta.json"), b'{"new": 2, "and a lot more": "' + b"x" * 100000 + b'"}')
+    assert infra.load_checkpoint(path)["step"] == 7
     assert json.loads((tmp_path / "meta.json").read_text()) == {"old": 1}
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "meta.json"]  # no temporary file left behind
 
@@ -79,7 +74,7 @@ def test_eta_counts_training_and_evaluation_time_apart():
         def lr_at(self, step):
             return 1.0
     meter = infra.Meter(Tr(), ["math"], 0)
-    assert meter.eta(0, 5) is None  # nothing trained yet: no guess (the old first line said eta 28011s)
+    assert meter.eta(0, 5) is None  # nothing trained yet: no guess
     meter.timed(lambda: time.sleep(0.3))  # the first evaluation, slow next to training
     meter.reset()
     for _ in range(10):  # ten training steps of 10 tokens in 0.1 s
@@ -87,7 +82,7 @@ def test_eta_counts_training_and_evaluation_time_apart():
     time.sleep(0.1)
     rec = meter.record(10)
     assert rec["train_loss"] == 1.0 and 300 < rec["tok_s"] <= 1000
-    # 90 steps left at 0.01 s, no evaluation left: 0.9 s (the old estimate, all time over all steps: 3.6 s)
+    # 90 steps left at 0.01 s, no evaluation left: 0.9 s (not all time over all steps: 3.6 s)
     assert 0.9 <= meter.eta(10, 0) < 1.8
     assert 0.9 + 2 * 0.3 <= meter.eta(10, 2) < 2 * (0.9 + 2 * 0.3)
 
