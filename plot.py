@@ -278,7 +278,8 @@ def summarize(runs):
                 row["x_flops"].append(x_fewer(run, clm, "answer", compute=True))
                 if run["correct"] is not None and clm["correct"] is not None:
                     row["pairs"].append((run["correct"], clm["correct"]))
-        out.append({"runs": runs, "best": best, "chosen": chosen, "rows": [rows[a] for a in sorted(rows, key=arm_order)],
+        out.append({"runs": runs, "best": best, "chosen": chosen, "rows": [rows[a] for a in sorted(rows,
+                                                                                            key=arm_order)],
                     "seeds": sorted({run["seed"] for run in runs}), "dirs": sorted({r["pipe"]["dir"] for r in runs}),
                     "shared": len({run["test"] for run in runs}) == 1})  # the seeds share their test problems
     return out
