@@ -1,11 +1,7 @@
 """
-analysis.py -- inside one run: which tokens SLM keeps (--tokens), the paper's token-loss categories over kept
-checkpoints (--categories), the selection explained kind by kind (--explain); across runs, what each arm keeps of
-each kind and the ratio plot. plot.py runs it:
-
-  python plot.py --tokens out/slm0.6 [--text a.txt] [--ratio 0.6]   # out/slm0.6/tokens.png
-  python plot.py --categories out/clm-ckpts [--pages 200]           # out/clm-ckpts/categories.png
-  python plot.py --explain out/slm0.6 [--pages 300]                 # out/slm0.6/explain.md
+analysis.py -- inside one run: which tokens SLM keeps (--tokens: tokens.png), the paper's token-loss categories over
+kept checkpoints (--categories: categories.png), the selection explained kind by kind (--explain: explain.md); across
+runs, what each arm keeps of each kind and the ratio plot. plot.py runs it: python plot.py --tokens out/slm0.6
 """
 import glob
 import math
@@ -20,9 +16,8 @@ import rho
 from infra import atomic_write, check_vocab, fail, load_checkpoint, read_pipeline, read_run
 
 
-# ==== Shared: run folders, markdown tables, a run's models, the pages to look at ============================
 def md_table(head, rows, caption=""):
-    """Markdown lines: the caption and a blank line (if any), the header, its rule, a line per row of cells."""
+    """Markdown lines: the caption and a blank line (if any), the header, its rule, a row per line."""
     return ([caption, ""] if caption else []) + ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"] + \
         ["| " + " | ".join(map(str, row)) + " |" for row in rows]
 
@@ -62,20 +57,17 @@ def pages_to_use(args, cfg, tok, n):
         if not os.path.isfile(path):
             fail(f"no text file at {path}", "pass existing text files to --text (comma-separated)")
         with open(path, encoding="utf-8", errors="replace") as f:
-            ids = tok.encode(f.read())
-        if len(ids) < 2:
+            pages.append((tok.encode(f.read()), None))
+        if len(pages[-1][0]) < 2:
             fail(f"{path} holds fewer than two tokens", "pass a text file with some text in it")
-        pages.append((ids, None))
     return pages
 
 
-# ==== --tokens: every token of a few pages, coloured by its excess loss, kept or dropped ====================
 KIND_COLORS = ["#2ca02c", "#17becf", "#d62728", "#9467bd", "#8c564b", "#7f7f7f", "#e377c2", "#000000"]
 
 
 def token_picture(args):
-    """Every token of a few pages coloured by its excess loss (student minus reference) and marked kept or dropped
-    at --ratio over all shown tokens; with the embedded corpus, a strip under each token gives its true kind."""
+    """Every token of a few pages coloured by its excess loss and kept or dropped at --ratio over all shown tokens."""
     cfg, pipe, tok, meta = run_context(args.tokens)
     student, step = load_model(os.path.join(args.tokens, "ckpt.pt"), meta)
     ref, _ = load_model(pipe["ref"], meta)
@@ -101,8 +93,7 @@ def token_picture(args):
 
 
 def layout(pieces, width):
-    """([(line, column, shown text) per token], lines) in a monospace grid width columns wide; a newline inside a
-    token is shown as a return sign and starts a new line."""
+    """([(line, column, shown text) per token], lines) in a grid width columns wide; a newline ends a line."""
     line, col, out = 0, 0, []
     for p in pieces:
         shown = p.replace("\t", "    ").replace("\n", "\u21b5").replace("\r", "")
@@ -116,13 +107,12 @@ def layout(pieces, width):
 
 
 def draw_tokens(pages, title, lim, kinds, path, width=110):
-    """The pages one under the other, each token a cell coloured by its excess loss, blue (the student knows it
-    better than the reference) to red (worse), pale if dropped, over a strip of its kind's colour."""
+    """The pages, each token a cell coloured by its excess loss (blue to red), pale if dropped, over its kind's."""
     import matplotlib
     import matplotlib.pyplot as plt
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Patch, Rectangle
-    color = lambda v: matplotlib.colormaps["coolwarm"](0.5 + 0.5 * float(np.clip(v / lim, -1, 1)))[:3]  # noqa: E731
+    cmap = matplotlib.colormaps["coolwarm"]
     y0, cell, rects, faces = 3.0, 12.0 / width, [], []  # cell: inches per character
     fig = plt.figure()
     ax = fig.add_axes([0.02, 0.0, 0.96, 1.0])
@@ -135,7 +125,8 @@ def draw_tokens(pages, title, lim, kinds, path, width=110):
         for (line, col, shown), kept, v, kind in zip(cells, p["keep"], p["excess"], strip):
             y, w = y0 + line, max(len(shown), 1)
             rects.append(Rectangle((col, y - 0.45), w, 0.9))
-            faces.append((0.9, 0.9, 0.9, 1) if np.isnan(v) else (*color(v), 0.85 if kept else 0.18))
+            faces.append((0.9, 0.9, 0.9, 1) if np.isnan(v) else (*cmap(0.5 + 0.5 * float(np.clip(v / lim, -1, 1)))[
+                :3], 0.85 if kept else 0.18))
             if kind is not None:
                 rects.append(Rectangle((col, y + 0.32), w, 0.13))
                 faces.append(KIND_COLORS[kind % len(KIND_COLORS)])
@@ -146,8 +137,8 @@ def draw_tokens(pages, title, lim, kinds, path, width=110):
     ax.set(xlim=(0, width), ylim=(y_end, 0))
     ax.axis("off")
     ax.add_collection(PatchCollection(rects, facecolors=faces, edgecolors="none"))
-    handles = [Patch(color=color(lim), label=f"excess loss +{lim:.2f} (student worse than reference)"),
-               Patch(color=color(-lim), label=f"excess loss -{lim:.2f}"),
+    handles = [Patch(color=cmap(1.0)[:3], label=f"excess loss +{lim:.2f} (student worse than reference)"),
+               Patch(color=cmap(0.0)[:3], label=f"excess loss -{lim:.2f}"),
                Patch(color="0.85", label="pale, grey text: dropped; dark: kept")]
     if pages[0]["kinds"] is not None:
         handles += [Patch(color=KIND_COLORS[i], label=f"strip: {k}") for i, k in enumerate(kinds)]
@@ -156,25 +147,23 @@ def draw_tokens(pages, title, lim, kinds, path, width=110):
     plt.close(fig)
 
 
-# ==== --categories: the paper's token-loss categories over a run's kept checkpoints =========================
 CATEGORIES = ("H->H", "L->H", "H->L", "L->L")
 PAPER_SHARES = (0.11, 0.12, 0.26, 0.51)  # RHO-1 §2.1, TinyLlama-1B on OpenWebMath
 
 
-def categorize(losses, x=None, change=0.2, high=1.0):
-    """The paper's token-loss categories. losses: (K, N), N tokens' losses at K checkpoints taken at x (e.g.
-    steps). A line is fitted to each token's losses over x scaled to [0, 1]; its fitted change from the first
-    checkpoint to the last decides: below -change H->L, above +change L->H; in between H->H if the token's mean
-    loss is at least `high` (nats), else L->L. Returns (category index per token into CATEGORIES, change)."""
-    K = losses.shape[0]
-    x = np.linspace(0, 1, K) if x is None else (np.asarray(x, float) - x[0]) / (x[-1] - x[0])
+def categorize(losses, x, change=0.2, high=1.0):
+    """(category per token, its change) of losses (K checkpoints at x, N tokens): a line's fitted change over x
+    decides: below -change H->L, above +change L->H; in between H->H where the mean loss is >= high, else L->L."""
+    x = (np.asarray(x, float) - x[0]) / (x[-1] - x[0])
     xc = x - x.mean()
     delta = xc @ (losses - losses.mean(0)) / (xc @ xc)  # (N,): the slope, i.e. the change over the unit span
     return np.select([delta < -change, delta > change, losses.mean(0) >= high], [2, 1, 0], 3), delta
 
 
 def loss_categories(args):
-    """Sort held-out tokens into the paper's four categories by their loss over a run's kept checkpoints."""
+    """Held-out tokens in the paper's four categories by their loss over a run's kept checkpoints: a table and, in
+    categories.png, the shares beside the paper's and 20 tokens' losses over training per category."""
+    import matplotlib.pyplot as plt
     cfg, _, tok, meta = run_context(args.categories)
     paths = sorted(glob.glob(os.path.join(args.categories, "ckpt_*.pt")))  # ckpt_<step>.pt: in step order
     if len(paths) < 3:
@@ -196,15 +185,6 @@ def loss_categories(args):
         masks = [(k, lab == i) for i, k in enumerate(meta["kinds"]) if (lab == i).any()]
         lines += [""] + md_table(["kind", "tokens", *CATEGORIES], [[k, f"{m.sum():,}", *(
             f"{s:.0%}" for s in np.bincount(cat[m], minlength=4) / m.sum())] for k, m in masks])
-    png = os.path.join(args.categories, "categories.png")
-    draw_categories(steps, losses, cat, shares, png)
-    print("\n".join(lines) + f"\n\nwrote {png}")
-    return shares
-
-
-def draw_categories(steps, losses, cat, shares, path):
-    """The shares beside the paper's, and 20 example tokens' losses over training per category."""
-    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 5, figsize=(22, 4))
     xs, rng = np.arange(4), np.random.default_rng(0)
     axes[0].bar(xs - 0.2, shares, 0.4, label="this run")
@@ -221,21 +201,21 @@ def draw_categories(steps, losses, cat, shares, path):
         ax.set(title=f"{CATEGORIES[k]}: {shares[k]:.0%} of tokens", xlabel="step", ylabel="token loss (nats)")
     for ax in axes:
         ax.grid(alpha=0.3)
+    png = os.path.join(args.categories, "categories.png")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(png, dpi=110)
     plt.close(fig)
+    print("\n".join(lines) + f"\n\nwrote {png}")
+    return shares
 
 
-# ==== --explain: the mechanism in numbers, kind by kind and, in target-format math, role by role ============
 ROLES = ["question", "solution text", "operands", "results", "final answer"]
 PROBLEM_RE = re.compile(r"Question: [^\n]*\n(Answer: (?:[^\n]*\n)*?)#### (-?\d+)\n")
 
 
 def token_roles(pieces, kinds):
-    """(role per token, slipped per token) of a page: the role (index into ROLES, -1 outside target-format
-    problems) is that of the token's first non-space character: the 'Question:' line, the solution, in its lines
-    the operands (left of '=') and the results (right of '=') of each calculation, the number after '####';
-    slipped: the token belongs to a problem holding a math_wrong token."""
+    """(role per token: an index into ROLES by its first non-space character, -1 outside target-format problems;
+    slipped per token: in a problem holding a math_wrong token)."""
     text = "".join(pieces)
     first = np.cumsum([0] + [len(p) for p in pieces[:-1]]) + [len(p) - len(p.lstrip()) if p.strip() else 0
                                                              for p in pieces]
@@ -252,8 +232,7 @@ def token_roles(pieces, kinds):
 
 
 def auroc(pos, neg):
-    """How well a score tells positives from negatives: P(score(positive) > score(negative)), ties counted half
-    (the Mann-Whitney U from each positive's rank among the negatives, over n_pos * n_neg); NaN without both."""
+    """P(score(positive) > score(negative)), ties counted half (Mann-Whitney U / n_pos n_neg); NaN without both."""
     if not len(pos) or not len(neg):
         return math.nan
     neg = np.sort(neg)
@@ -262,8 +241,8 @@ def auroc(pos, neg):
 
 
 def explain_scores(args):
-    """Every scored token of --pages held-out pages (all but each page's first): its kind, role, slipped flag and
-    losses under the reference and the student at step 0 (the model it started from) and at the end."""
+    """Every scored token of held-out pages: its kind, role, slipped flag, its losses under the reference and the
+    student at step 0 and at the end, and what the run's rule keeps at each."""
     cfg, pipe, tok, meta = run_context(args.explain)
     if "data_config" not in meta:
         fail(f"{cfg['data_dir']} holds a real corpus: its tokens have no kinds to explain the selection by",
@@ -288,8 +267,8 @@ def explain_scores(args):
 
 
 def explain(args):
-    """What the run's selection keeps of each kind and of each role in target-format math, and why (the losses
-    behind the excess), at step 0 and at the end; and how well each score tells slipped results from right ones."""
+    """What the run keeps of each kind and math role at step 0 and at the end, with the losses behind it; and how
+    well each score tells slipped results from right ones."""
     cfg, t = explain_scores(args)
     rows, cells = [("all", np.ones(len(t["ref"]), bool))], []
     for i, k in enumerate(data.KINDS):
@@ -325,10 +304,9 @@ def explain(args):
     return t
 
 
-# ==== Across runs: what each arm keeps of each token kind, the ratio sweep ==================================
 def kept_over_run(run):
-    """{kind: share of its tokens kept over the whole run, 'precision': share of math among the kept}: each
-    evaluation's record covers the tokens since the one before, weighted by them; None without token kinds."""
+    """{kind: share kept over the run, 'precision': share of math among the kept}, each record weighted by the
+    tokens since the one before; None without token kinds."""
     recs = [(t1 - t0, s, c) for t0, t1, s, c in zip(run["tokens"], run["tokens"][1:], run["selected"][1:],
                                                     run["composition"][1:]) if s]
     if not recs:
@@ -342,8 +320,8 @@ def kept_over_run(run):
 def selection_table(res):
     """What each arm that drops tokens keeps of each token kind over its run, at its chosen rate (markdown lines)."""
     rows = [(row["arm"], [kept_over_run(run) for run in row["runs"]]) for row in res["rows"]]
-    drops = lambda k: min(v for kind, v in k.items() if kind != "precision") < 0.999  # noqa: E731
-    rows = [(arm, ks) for arm, ks in rows if ks and all(ks) and drops(ks[0])]
+    rows = [(arm, ks) for arm, ks in rows if ks and all(ks) and min(v for kind, v in ks[0].items()
+                                                                    if kind != "precision") < 0.999]
     if not rows:
         return []
     kinds = list(rows[0][1][0])
@@ -354,8 +332,8 @@ def selection_table(res):
 
 
 def plot_ratios(sweeps, path):
-    """Final test answer loss and accuracy (those the runs have) against the ratio (1.0 = CLM), median and [min,
-    max] over seeds. sweeps: per group, [(ratio, its row of the headline table at its best learning rate)]."""
+    """Final test answer loss and accuracy against the ratio (1.0 = CLM), median [min, max] over seeds; sweeps: per
+    group, [(ratio, its row at its best learning rate)]."""
     import matplotlib.pyplot as plt
     finals = {key: [[np.array([run[key][-1] for run in row["runs"]]) for _, row in rows] for rows in sweeps]
               for key in ("answer", "acc")}

@@ -6,9 +6,7 @@ validation problems chose, measured on the test problems (whose family and numbe
   python plot.py --full --arms CLM "SLM 0.6"      # every table and curve, only these arms
   python plot.py --out_dir out/x/seed0 --rates    # each arm's chosen rate, a line "<arm><TAB><rate><TAB><folder>"
   python plot.py --out_dir out/a --merge out/b=label   # b's students (another reference) as arms beside a's
-  python plot.py --tokens out/slm0.6              # which tokens a student keeps (analysis.py): tokens.png
-  python plot.py --categories out/clm-ckpts       # the paper's token-loss categories over kept checkpoints
-  python plot.py --explain out/slm0.6             # what SLM keeps of each kind and role, and why: explain.md
+  python plot.py --tokens out/slm0.6              # analysis.py: which tokens it keeps; also --categories, --explain
 """
 import glob
 import json
@@ -30,24 +28,18 @@ class PlotRun:
     out_dir: str = arg("out", "folder holding the pipelines and runs to compare (searched recursively)")
     png: str = arg("", "where to write the figure (default: <out_dir>/compare.png); the tables go beside it (.md)")
     arms: list = arg(None, "compare only these arms, named as in the table (e.g. CLM 'SLM 0.6')", nargs="+", type=str)
-    full: bool = arg(False, "print every table (not only the lesson) and draw every arm, what SLM keeps and the "
-                            "learning-rate sweep in the figure")
-    rates: bool = arg(False, "print each arm's rate chosen on validation, a line '<arm><TAB><rate><TAB><run folder "
-                             "without -lr>', and stop")
-    merge: list = arg(None, "folder=label: a folder of pipelines on the same bases and data (another reference): its "
-                            "students join as '<arm> (<label>)', its CLM (checked equal) is left out", nargs="+",
-                     type=str)
+    full: bool = arg(False, "print every table, not only the lesson; draw every arm, what SLM keeps and the lr sweep")
+    rates: bool = arg(False, "print each arm's rate chosen on validation, '<arm><TAB><rate><TAB><folder>', and stop")
+    merge: list = arg(None, "folder=label: its students (another reference, same bases) join as '<arm> (<label>)'",
+                      nargs="+", type=str)
     tokens: str = arg("", "a student run folder (e.g. out/slm0.6): draw which tokens it keeps (its tokens.png)")
     categories: str = arg("", "a run folder with kept checkpoints (--keep_ckpts): the paper's token-loss categories")
-    explain: str = arg("", "an SLM or ref-loss run folder (e.g. out/slm0.6): its selection explained kind by kind, "
-                           "at step 0 and at the end, and slipped results against right ones (its explain.md)")
+    explain: str = arg("", "an SLM or ref-loss run folder: what its selection keeps, kind by kind (its explain.md)")
     text: str = arg("", "--tokens/--categories: text file(s) to use (comma-separated) instead of held-out pages")
     ratio: float = arg(0.6, "--tokens: the share of the shown tokens to keep")
-    pages: int = arg(0, "held-out pages to use (default: 4 for --tokens, 200 for --categories, 300 for --explain)",
-                     type=int)
+    pages: int = arg(0, "held-out pages to use (default: 4 for --tokens, 200 for --categories, 300 for --explain)")
 
 
-# ==== Runs: one flat table, each run's arm from its config ==================================================
 CURVES = {"val": "val_loss", "val_answer": "val_answer_loss", "answer": "answer_loss", "acc": "acc"}
 SELECT = {"excess": "SLM", "random": "random", "ref_loss": "ref-loss"}
 # what shapes a student beside its arm, rate and seed: arms are compared at one budget, batch, model and optimizer
@@ -79,7 +71,7 @@ def is_slm(run):
 
 
 def name_run(run, name, order=0):
-    """Name a run: its arm, and its label, the arm and the data order (a student seed other than the pipeline's)."""
+    """Name a run: its label, and its arm, the label and the data order (a student seed other than the pipeline's)."""
     run.update(name=name, order=order, arm=name + (f" (student seed {order})" if order else ""))
     return run
 
@@ -104,39 +96,34 @@ def load_run(path, pipe, group, name=None):
 
 
 def pipeline_runs(d, notes):
-    """A pipeline's runs, a copy in each group: the base and references in all, students by shape (the longer
-    reference, its budget derived, joins each group it fits); another shape gets a line in notes."""
-    pipe = {**read_pipeline(d), "dir": d}
-    ref = os.path.basename(os.path.dirname(pipe["ref"]))
-    names, students = {"base": "base", ref: "reference"}, {}
-    names.update({os.path.basename(k): f"reference e{r['ref_epochs']:g} lr{r['ref_lr']:g}" for k, r in sorted(
-        pipe["ref_sweep"].items()) if os.path.basename(k) != ref})
+    """A pipeline's runs, a copy in each group of students' shape (the longer reference joins each it fits)."""
+    pipe, students, shapes = {**read_pipeline(d), "dir": d}, {}, []
+    names = {"base": "base", os.path.basename(os.path.dirname(pipe["ref"])): "reference"}
+    for k, r in sorted(pipe["ref_sweep"].items()):
+        names.setdefault(os.path.basename(k), f"reference e{r['ref_epochs']:g} lr{r['ref_lr']:g}")
     for sub in sorted(os.listdir(d)):
         cfg = read_json(os.path.join(d, sub, "config.json"), cut_ok=True)
         if sub not in names and cfg and not cfg["keep_ckpts"] and not retired(cfg):  # --keep_ckpts: --categories
             students[sub] = {k: cfg[k] for k in SHAPE if cfg["split"] == "web" or k not in ("max_tokens",
                                                                                           "tokens_per_step")}
-    fits = lambda sh, group: group.items() >= sh.items()  # noqa: E731
-    shapes = [json.loads(sh) for sh in sorted({json.dumps(sh, sort_keys=True) for sh in students.values()
-                                               if "max_tokens" in sh})]
-    for sh in students.values():
-        shapes += [sh] * (not any(fits(sh, group) for group in shapes))
+    web = sorted(json.dumps(sh, sort_keys=True) for sh in students.values() if "max_tokens" in sh)
+    for sh in [*map(json.loads, web), *students.values()]:  # the web's shapes, then each that fits none of them
+        shapes += [sh] * (not any(group.items() >= sh.items() for group in shapes))
     if len(shapes) > 1:
         differ = sorted({k for sh in shapes for k in sh if sh[k] != shapes[0].get(k, sh[k])})
         notes.append(f"{d}: students that differ in {', '.join(differ)} are shown as separate groups (arms are "
                      "compared at one budget, batch and model)")
     meta = read_json(os.path.join(pipe["data_dir"], "meta.json"), cut_ok=True) or {}
-    same = [os.path.dirname(d), pipe["preset"], {k: v for k, v in pipe["settings"].items() if k not in (  # the
-        "ref_epochs", "ref_lr", "lr", "lr_clm")}, sorted((float(r["ref_epochs"]), float(r["ref_lr"]))  # rates apart
-                                               for r in pipe["ref_sweep"].values()), pipe.get("ref_web", 0),
+    same = [os.path.dirname(d), pipe["preset"], pipe.get("ref_web", 0), sorted(  # the learning rates apart
+        (float(r["ref_epochs"]), float(r["ref_lr"])) for r in pipe["ref_sweep"].values()),
+            {k: v for k, v in pipe["settings"].items() if k not in ("ref_epochs", "ref_lr", "lr", "lr_clm")},
             {k: v for k, v in meta.get("data_config", meta.get("source", {})).items() if k != "seed"}]
     return [load_run(os.path.join(d, sub), pipe, json.dumps(same + [sh], sort_keys=True), names.get(sub))
-            for sh in shapes or [{}] for sub in [*names, *(s for s, h in students.items() if fits(h, sh))]]
+            for sh in shapes or [{}] for sub in [*names, *(s for s, h in students.items() if sh.items() >= h.items())]]
 
 
 def find_runs(root, notes=None):
-    """Every run below root, with its group: pipelines side by side of the same settings, corpus and reference are
-    its seeds; a copy of a seed (its own group) and a second run of an arm at one rate (left out) get a note."""
+    """Every run below root, grouped: pipelines of one shape are its seeds; a copy or a twin run gets a note."""
     runs, notes, first, seen, kept = [], [] if notes is None else notes, {}, {}, []
     for path in sorted(glob.glob(os.path.join(root, "**", "pipeline.json"), recursive=True)):
         if isinstance(pipe := read_json(path, cut_ok=True), dict) and "settings" in pipe:
@@ -159,8 +146,7 @@ def find_runs(root, notes=None):
 
 
 def merge(root, others, notes):
-    """root's first group, with other folders' students (another reference) as '<arm> (<label>)' under root's
-    pipeline of their seed; their CLM runs must equal root's (CLM does not use the reference) and are left out."""
+    """root's first group and other folders' students as '<arm> (<label>)'; their CLMs must equal root's."""
     runs = find_runs(root, notes)
     runs = [run for run in runs if run["group"] == runs[0]["group"]]
     pipes = {run["seed"]: run["pipe"]["dir"] for run in runs}
@@ -189,10 +175,8 @@ def overhead(run):
     return None if cfg["ref_ckpt"] != run["pipe"]["ref"] or None in parts else float(sum(parts))
 
 
-# ==== Measures: tokens to reach a target, paired tests ======================================================
 def tokens_to_reach(tokens, ys, target, higher=False):
-    """(tokens, bound) where a curve first reaches target (<=; >= if higher), linear between evaluations: 0 at the
-    start, None never; a crossing before the first evaluation after step 0 gives its tokens as a bound."""
+    """(tokens, bound) where a curve first reaches target (>= if higher), interpolated; None: never; bound: at most."""
     s = -1.0 if higher else 1.0
     ys, target = s * np.asarray(ys, float), s * target
     if ys[0] <= target:
@@ -204,7 +188,7 @@ def tokens_to_reach(tokens, ys, target, higher=False):
 
 
 def reach(run, clm, key):
-    """tokens_to_reach of clm's final value of curve `key`; (NaN, False) where either lacks it or has one evaluation."""
+    """tokens_to_reach of clm's final `key`; (NaN, False) where either lacks it or has one evaluation."""
     target = clm[key][-1]
     if min(len(run["tokens"]), len(clm["tokens"])) < 2 or not np.isfinite(target) or not np.isfinite(run[key]).all():
         return math.nan, False
@@ -212,8 +196,7 @@ def reach(run, clm, key):
 
 
 def x_fewer(run, clm, key, compute=False):
-    """(x, bound): how many times fewer tokens (compute: FLOPs, overheads counted) run needs than clm to reach clm's
-    final `key` (clm: where it first did); x None never, inf at start, NaN no such measure; bound: x at least."""
+    """(x, bound): how many times fewer tokens (compute: FLOPs) run needs than clm to reach clm's final `key`."""
     (t, bound), (t_clm, _) = reach(run, clm, key), reach(clm, clm, key)
     o_run, o_clm = (overhead(run), overhead(clm)) if compute else (0.0, 0.0)
     if t is None or not np.isfinite(t) or compute and None in (o_run, o_clm):
@@ -231,9 +214,8 @@ def mcnemar(a, b):
 
 
 def paired(pairs, shared=False, n_boot=2000, seed=0):
-    """Accuracy of a minus b, from per-seed pairs of right/wrong answers on the same (first n) problems: per seed
-    (difference, McNemar p); pooled, the mean difference, its 95% bootstrap interval over problems, and McNemar's p
-    of all pairs, or where seeds share their problems a sign-flip test of each problem's mean difference."""
+    """Accuracy of a minus b over per-seed pairs of answers: per seed, pooled (bootstrap interval over problems) and
+    its p (McNemar; seeds sharing their problems: a sign-flip test of each problem's mean difference)."""
     rng = np.random.default_rng(seed)
     n = min(min(len(a), len(b)) for a, b in pairs)
     pairs = [(a[:n], b[:n]) for a, b in pairs]
@@ -253,15 +235,13 @@ def paired(pairs, shared=False, n_boot=2000, seed=0):
             "cell": f"{100 * diff:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], p={p:.2g}"}
 
 
-# ==== Summaries: each arm at its best learning rate =========================================================
 def val_key(runs):
     """The curve that picks rates: the validation answer loss, or where a run lacks it the whole text's."""
     return "val_answer" if all(np.isfinite(run["val_answer"][-1]) for run in runs) else "val"
 
 
 def best_lrs(runs):
-    """{arm: its rate chosen on validation, not test}, of finished runs: of the rates with most pipelines, the lowest
-    mean final val_key on the pipelines they share (a tie: the lower rate)."""
+    """{arm: its rate chosen on validation}: of the rates with most pipelines, the lowest mean final val_key."""
     by, best = defaultdict(lambda: defaultdict(dict)), {}
     for run in runs:
         if run["done"]:
@@ -279,8 +259,7 @@ def arm_order(arm):
 
 
 def summarize(runs):
-    """Per group: its runs, each arm's chosen rate and runs there, and a row per arm (other data orders aside) with
-    its measures against the same pipeline's CLM: x fewer tokens, x less compute, the answers to pair."""
+    """Per group: its runs, chosen rates and runs, and a row per arm with its measures against the pipeline's CLM."""
     groups, out = defaultdict(list), []
     for run in runs:
         groups[run["group"]].append(run)
@@ -290,8 +269,8 @@ def summarize(runs):
             "base", "reference"))]
         clms, rows = {run["pipe"]["dir"]: run for run in chosen if run["arm"] == "CLM"}, {}
         for run in sorted((run for run in chosen if not run["order"]), key=lambda r: (r["seed"], r["pipe"]["dir"])):
-            row = rows.setdefault(run["arm"], {"arm": run["arm"], "lr": run["lr"], "runs": [], "x_answer": [],
-                                               "x_acc": [], "x_flops": [], "pairs": []})
+            row = rows.setdefault(run["arm"], {"arm": run["arm"], "lr": run["lr"], "runs": [], "pairs": [],
+                                               "x_answer": [], "x_acc": [], "x_flops": []})
             row["runs"].append(run)
             if (clm := clms.get(run["pipe"]["dir"])) is not None and run is not clm and run["arm"] != "base":
                 row["x_answer"].append(x_fewer(run, clm, "answer"))
@@ -306,9 +285,8 @@ def summarize(runs):
     return out
 
 
-# ==== Tables (markdown) =====================================================================================
 def med(xs, f="{:.4f}"):
-    """median [min, max] of the finite values (one value: itself); how many there are, where some are missing."""
+    """median [min, max] of the finite values; (k of n) where some are missing."""
     n, xs = len(xs), [x for x in xs if x is not None and np.isfinite(x)]
     if not xs:
         return "-"
@@ -394,9 +372,8 @@ def rates_table(res):
 
 
 def noise_table(res, base, n_boot=2000, seed=0):
-    """The noise floor of the arms run on several data orders (student seeds): their spread, and each minus `base`'s
-    run of the same pipeline and data order, its 95% interval from a two-level bootstrap (pipelines, then data
-    orders) so that run-to-run variation counts. A row's own random draws: it reads the same whatever the others."""
+    """Arms run on several data orders: their spread, and each minus `base` paired by pipeline and data order, with a
+    two-level bootstrap (pipelines, then data orders); each row draws its own random numbers."""
     runs = defaultdict(dict)  # arm: {(pipeline, data order): run}
     for run in res["chosen"]:
         runs[run["name"]][(run["pipe"]["dir"], run["order"])] = run
@@ -433,14 +410,6 @@ def noise_tables(res):
     return noise_table(res, "CLM") + [line for slm in slms for line in noise_table(res, slm)]
 
 
-def ratio_sweeps(results):
-    """Per group with students at three or more ratios (CLM as 1.0): [(ratio, its row)] in ratio order."""
-    sweeps = [sorted(((row["runs"][0]["cfg"]["ratio"], row) for row in res["rows"] if row["arm"] in (
-        "CLM", f"SLM {row['runs'][0]['cfg']['ratio']:g}")), key=lambda x: x[0]) for res in results]
-    return [rows for rows in sweeps if len(rows) >= 3]
-
-
-# ==== The lesson: reference alone, CLM and SLM, the paired test in words, what SLM kept =====================
 def lesson_rows(res):
     """(reference, CLM, SLM) rows of a group (SLM: 'SLM 0.6' if run, else the first SLM arm), or None without both."""
     rows = {row["arm"]: row for row in res["rows"]}
@@ -473,15 +442,14 @@ def lesson(res):
                       f"{'SLM beats CLM' if lo > 0 else 'CLM beats SLM' if hi < 0 else 'a tie'} across runs.",
                   f"On the same problems, pooled: {t['cell']} (the problems' noise only, not the runs')."]
     if kept := [k for k in map(analysis.kept_over_run, slm["runs"]) if k]:
-        share = lambda kind: f"{np.mean([k[kind] for k in kept]):.0%}"  # noqa: E731
+        share = {kind: f"{np.mean([k[kind] for k in kept]):.0%}" for kind in ("math", "boilerplate", "math_wrong")}
         lines += ["", f"What {slm['arm']} kept of the web's tokens over its run (CLM keeps them all): the tokens the "
-                      "reference predicts better than the student does",
-                  f"- target-format math: {share('math')}", f"- boilerplate: {share('boilerplate')}",
-                  f"- slipped results (the wrong number in a worked solution with a slip): {share('math_wrong')}"]
+                      "reference predicts better than the student does", f"- target-format math: {share['math']}",
+                  f"- boilerplate: {share['boilerplate']}", "- slipped results (the wrong number in a worked solution "
+                  f"with a slip): {share['math_wrong']}"]
     return lines
 
 
-# ==== The figures: curves against tokens, what SLM keeps, the learning-rate sweep; the lesson's ==============
 CURVE_PANELS = {"answer": ("test answer loss (solution tokens given the question)", "nats/token"),
                 "acc": ("test accuracy (greedy, exact final number)", "accuracy"),
                 "val": ("validation loss, whole text", "nats/token")}
@@ -573,7 +541,6 @@ def figure(grid, path, width, height):
     plt.close(fig)
 
 
-# ==== The command ===========================================================================================
 def main(args):
     import matplotlib
     matplotlib.use("Agg")
@@ -592,9 +559,9 @@ def main(args):
     if not runs:
         fail(f"no pipelines under {args.out_dir}", "run `python train_ref.py && python train_slm.py --ratio 0.6 "
                                                    "&& python train_slm.py --ratio 1.0` first")
-    if args.arms and set(args.arms) - {run["arm"] for run in runs}:
-        fail(f"no runs of arm(s) {', '.join(sorted(set(args.arms) - {run['arm'] for run in runs}))} under "
-             f"{args.out_dir}", f"use arm names from: {', '.join(sorted({run['arm'] for run in runs}))}")
+    if args.arms and (missing := set(args.arms) - {run["arm"] for run in runs}):
+        fail(f"no runs of arm(s) {', '.join(sorted(missing))} under {args.out_dir}",
+             f"use arm names from: {', '.join(sorted({run['arm'] for run in runs}))}")
     runs = [run for run in runs if run["name"] in (*args.arms, "base", "reference")] if args.arms else runs
     if args.rates:
         for res in summarize(runs):  # the arm, its rate, its run folder's name without -lr<rate>
@@ -606,8 +573,7 @@ def main(args):
 
 
 def write_report(runs, png, full=False):
-    """Print the lesson (with full, or without one, every table), write every table beside png (.md) and the
-    figure: the lesson's, or with full every arm's curves, what SLM keeps and the learning-rate sweep."""
+    """Print the lesson (full: every table), write every table beside png (.md) and the figure."""
     results, report, stem = summarize(runs), [], os.path.splitext(png)[0]
     lessons = ["\n".join(lesson(res)) for res in results if lesson_rows(res)]
     for res in results:
@@ -618,7 +584,9 @@ def write_report(runs, png, full=False):
                                 analysis.selection_table(res)))
         if unfinished := [run["path"] for run in res["runs"] if not run["done"]]:
             report.append(f"unfinished runs (shown as far as they got): {', '.join(unfinished)}")
-    if sweeps := ratio_sweeps(results):
+    sweeps = [sorted(((row["runs"][0]["cfg"]["ratio"], row) for row in res["rows"] if row["arm"] in (  # CLM as 1.0
+        "CLM", f"SLM {row['runs'][0]['cfg']['ratio']:g}")), key=lambda x: x[0]) for res in results]
+    if sweeps := [rows for rows in sweeps if len(rows) >= 3]:  # groups with three ratios or more
         analysis.plot_ratios(sweeps, stem + "-ratios.png")
         report.append("\n".join(md_table(["ratio", "lr", "test answer loss", "test accuracy"], [
             [f"{ratio:g}", f"{row['lr']:g}", final(row["runs"], "answer"), final(row["runs"], "acc")] for rows in

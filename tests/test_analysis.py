@@ -65,7 +65,7 @@ def test_categories_over_kept_checkpoints(pipeline, monkeypatch, capsys):
     assert (run_dir / "categories.png").exists()
 
 
-def fake_pipeline(root, seed, runs, n=100, settings=None, name=None, extra=None):
+def fake_pipeline(root, seed, runs, n=100, settings=None, name=None, ref_epochs=4):
     """A pipeline folder with fabricated logs: runs = {name: (arm, ratio, lr, [(tokens, validation answer loss,
     test answer loss, accuracy), ...])}; the first round(acc * n) of n test problems are right."""
     d = root / (name or f"seed{seed}")
@@ -75,9 +75,8 @@ def fake_pipeline(root, seed, runs, n=100, settings=None, name=None, extra=None)
     flops = {"base": 100.0, "ref": 10.0, "scoring": 5.0}
     (d / "pipeline.json").write_text(json.dumps({"seed": seed, "preset": "cpu", "settings": settings or {},
                                                  "data_dir": str(d / "data"), "base": "b", "ref": "ref/ckpt.pt",
-                                                 "flops": flops, "ref_sweep": {"ref": {"ref_epochs": 4,
-                                                                                       "ref_lr": 0.01}},
-                                                 **(extra or {})}))
+                                                 "flops": flops, "ref_sweep": {"ref": {"ref_epochs": ref_epochs,
+                                                                                       "ref_lr": 0.01}}}))
     for name, (arm, ratio, lr, curve) in runs.items():
         (d / name).mkdir()
         cfg = {"split": "web", "ratio": ratio, "select": "excess", "mix_hq": 0, "ref_mode": "cached", "scope": "local",
@@ -94,24 +93,22 @@ def fake_pipeline(root, seed, runs, n=100, settings=None, name=None, extra=None)
 
 
 def test_pipelines_group_by_what_shapes_them_not_by_the_preset_defaults_they_override(tmp_path):
-    curve = [(0, 1.0, 1.0, 0.1), (100, 0.5, 0.5, 0.3)]
-    groups = lambda: len(plot.summarize(plot.find_runs(str(tmp_path))))  # noqa: E731
-    sweep = lambda e: {"ref_sweep": {"ref": {"ref_epochs": e, "ref_lr": 0.012}}}  # noqa: E731
-    for seed, (settings, extra) in enumerate([({"n_embd": 64, "lr": 3e-3, "ref_epochs": 4}, sweep(40)),
-                                              ({"n_embd": 64, "lr": 6e-3, "ref_epochs": 40}, sweep(40.0))]):
-        fake_pipeline(tmp_path, seed, {"clm-lr1": ("CLM", 1.0, 1e-3, curve)}, settings=settings, extra=extra)
-    assert groups() == 1  # the preset's defaults differ, the reference swept is the same (40 from a preset or a flag)
-    fake_pipeline(tmp_path, 2, {"clm-lr1": ("CLM", 1.0, 1e-3, curve)}, settings={"n_embd": 64}, name="short",
-                  extra=sweep(4))
-    assert groups() == 2  # another reference: another group
-    fake_pipeline(tmp_path, 3, {"clm-lr1": ("CLM", 1.0, 1e-3, curve)}, settings={"n_embd": 128}, name="wide",
-                  extra=sweep(40))
-    assert groups() == 3  # another model: another group
+    clm = {"clm-lr1": ("CLM", 1.0, 1e-3, [(0, 1.0, 1.0, 0.1), (100, 0.5, 0.5, 0.3)])}
+    for seed, (settings, epochs) in enumerate([({"n_embd": 64, "lr": 3e-3, "ref_epochs": 4}, 40),
+                                               ({"n_embd": 64, "lr": 6e-3, "ref_epochs": 40}, 40.0)]):
+        fake_pipeline(tmp_path, seed, clm, settings=settings, ref_epochs=epochs)
+    # the preset's defaults differ, the reference swept is the same (40 from a preset or a flag): one group
+    assert len(plot.summarize(plot.find_runs(str(tmp_path)))) == 1
+    fake_pipeline(tmp_path, 2, clm, settings={"n_embd": 64}, name="short", ref_epochs=4)
+    assert len(plot.summarize(plot.find_runs(str(tmp_path)))) == 2  # another reference: another group
+    fake_pipeline(tmp_path, 3, clm, settings={"n_embd": 128}, name="wide", ref_epochs=40)
+    assert len(plot.summarize(plot.find_runs(str(tmp_path)))) == 3  # another model: another group
 
 
-def test_plot_keeps_apart_what_pooling_as_seeds_would_hide(tmp_path):
+def test_plot_keeps_apart_what_pooling_as_seeds_would_hide_and_a_file_cut_short_costs_only_its_run(tmp_path):
     """Students of another budget, a copied pipeline and a second run of an arm at one rate are never pooled as
-    seeds of one arm: each is shown apart (or left out), with one line saying why."""
+    seeds of one arm: each is shown apart (or left out), with one line saying why. A kill's cut costs a record or a
+    finish, not the table."""
     curve = [(0, 1.0, 1.0, 0.1), (100, 0.5, 0.5, 0.3)]
     fake_pipeline(tmp_path, 0, {name: (arm, ratio, 1e-3, curve) for name, arm, ratio in (
         ("clm", "CLM", 1.0), ("slm", "SLM 0.6", 0.6), ("slm-big", "SLM 0.6", 0.6), ("slm-twin", "SLM 0.6", 0.6))})
@@ -124,16 +121,11 @@ def test_plot_keeps_apart_what_pooling_as_seeds_would_hide(tmp_path):
     assert sorted(len(row["runs"]) for res in results for row in res["rows"] if row["arm"] == "SLM 0.6") == [1] * 4
     assert any("differ in max_tokens" in n for n in notes) and any("(a copy?)" in n for n in notes), notes
     assert any(n.startswith(str(tmp_path / "seed0" / "slm-twin") + ": left out") for n in notes), notes
-
-
-def test_a_file_cut_short_costs_its_run_not_the_table(tmp_path):
-    curve = [(0, 1.0, 1.0, 0.1), (100, 0.5, 0.5, 0.3)]
-    fake_pipeline(tmp_path, 0, {"clm": ("CLM", 1.0, 1e-3, curve), "slm": ("SLM 0.6", 0.6, 1e-3, curve)})
     with open(tmp_path / "seed0" / "clm" / "log.jsonl", "a") as f:
         f.write('{"step": 200, "tok')  # a kill's last line
     (tmp_path / "seed0" / "slm" / "done.json").write_text('{"ste')
-    runs = {run["arm"]: run for run in plot.find_runs(str(tmp_path))}
-    assert runs["CLM"]["done"] and len(runs["CLM"]["tokens"]) == 2 and not runs["SLM 0.6"]["done"]
+    runs = {os.path.basename(run["path"]): run for run in plot.find_runs(str(tmp_path / "seed0"))}
+    assert runs["clm"]["done"] and len(runs["clm"]["tokens"]) == 2 and not runs["slm"]["done"]
 
 
 def test_plot_aggregates_seeds_and_picks_each_arms_best_lr_on_validation(tmp_path):
@@ -209,9 +201,8 @@ def test_explain_tables_kinds_roles_and_slipped_results(pipeline, monkeypatch):
     monkeypatch.chdir(pipeline)
     t = call("plot.py", "--explain", "out/slm0.6", "--pages", "40")
     text = (pipeline / "out" / "slm0.6" / "explain.md").read_text()
-    num = lambda cell: [float(x.rstrip("%")) for x in cell.split(" / ")]  # noqa: E731
     # the first table: {row: [[share %], [student 0, end], [reference], [excess 0, end], [kept % 0, end]]}
-    rows = {cells[0]: [num(c) for c in cells[1:]] for cells in
+    rows = {cells[0]: [[float(x.rstrip("%")) for x in c.split(" / ")] for c in cells[1:]] for cells in
             ([c.strip() for c in line.strip("|").split("|")] for line in text.splitlines())
             if len(cells) == 6 and cells[1].endswith("%")}
     kinds = analysis.data.KINDS

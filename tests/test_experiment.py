@@ -124,14 +124,6 @@ def test_what_a_run_keeps_is_weighted_by_the_tokens_each_record_covers():
     assert analysis.kept_over_run({**run, "selected": [{}, {}, {}]}) is None  # real data: no token kinds
 
 
-def test_answers_are_read_back_at_their_length_and_runs_of_other_lengths_pair_on_the_common_problems():
-    right = [True, False, True, True, False, True, False]  # 7 problems: one '0'/'1' each
-    rec = {"acc": 4 / 7, "correct": "1011010"}
-    assert plot.answers(rec).tolist() == right and plot.answers({"acc": 0.0}) is None
-    a, b = np.array(right + [True] * 3), np.array(right)  # 10 problems against the first 7 of them
-    assert plot.paired([(a, b)])["diff"] == 0.0
-
-
 def test_paired_tests_on_known_answers():
     a = np.array([True] * 10 + [False] * 90)
     b = np.zeros(100, bool)
@@ -149,6 +141,10 @@ def test_paired_tests_on_known_answers():
     assert shared["ci"][1] - shared["ci"][0] > t["ci"][1] - t["ci"][0]
     far = plot.paired([(np.ones(200, bool), np.zeros(200, bool))], shared=True)  # beyond every random sign flip
     assert far["p"] == pytest.approx(1 / 10001)
+    # answers are read back at their length (one '0'/'1' each); runs of other lengths pair on the common problems
+    right = [True, False, True, True, False, True, False]
+    assert plot.answers({"acc": 4 / 7, "correct": "1011010"}).tolist() == right and plot.answers({}) is None
+    assert plot.paired([(np.array(right + [True] * 3), np.array(right))])["diff"] == 0.0
 
 
 def test_the_noise_floor_pairs_each_run_with_the_baseline_of_its_pipeline_and_data_order():
@@ -179,9 +175,9 @@ def test_the_noise_floor_pairs_each_run_with_the_baseline_of_its_pipeline_and_da
     gains = (0.7, -1.3, 2.9, 0.1, 4.4, -2.2, 1.7, 3.3, -0.6)
     wobbly = [run("ref-loss", r["pipe"]["dir"], float(r["acc"][0]) + gains[i] / 100, 0.4, r["order"])
               for i, r in enumerate(chosen[:-1:2])]
-    line = lambda rows: next(x for x in plot.noise_table({**res, "chosen": rows}, "CLM")  # noqa: E731
-                             if x.startswith("| ref-loss |"))
-    assert line(chosen + wobbly) == line(chosen[::2] + wobbly) and "+1.0 [" in line(chosen + wobbly)
+    both, alone = ([x for x in plot.noise_table({**res, "chosen": rows}, "CLM") if x.startswith("| ref-loss |")]
+                   for rows in (chosen + wobbly, chosen[::2] + wobbly))
+    assert both == alone and "+1.0 [" in both[0]
 
 
 def test_eval_schedule():
