@@ -378,12 +378,15 @@ def noise_table(res, base, n_boot=2000, seed=0):
     for run in res["chosen"]:
         runs[run["name"]][(run["pipe"]["dir"], run["order"])] = run
     clm, rows = runs.get(base, {}), []
-    for arm, mine in ((arm, mine) for arm, mine in runs.items() if len({s for _, s in mine}) > 1):
-        rng, accs = np.random.default_rng([seed, zlib.crc32(f"{arm} - {base}".encode())]), [r["acc"][-1] for r in
-                                                                                              mine.values()]
-        spread = [np.std([r["acc"][-1] for (d, _), r in mine.items() if d == pipe], ddof=1) for pipe in {d for d, _
-                                                                                                      in mine}]
-        row = [arm, len(mine), f"{np.mean(accs):.1%} (sd {np.std(accs, ddof=1):.1%})", f"{np.nanmean(spread):.1%}"]
+    if base.startswith("reference"):  # one run per pipeline: paired with each data order of the same pipeline
+        clm = {(d, s): run for (d, _), run in clm.items() for mine in runs.values() for e, s in mine if e == d}
+    for arm, mine in ((arm, mine) for arm, mine in runs.items() if len({s for _, s in mine}) > 1 or arm == base):
+        rng = np.random.default_rng([seed, zlib.crc32(f"{arm} - {base}".encode())])
+        accs = [r["acc"][-1] for r in mine.values()]
+        spread = [np.std(a, ddof=1) for pipe in {d for d, _ in mine}
+                  if len(a := [r["acc"][-1] for (d, _), r in mine.items() if d == pipe]) > 1]
+        row = [arm, len(mine), f"{np.mean(accs):.1%}" + f" (sd {np.std(accs, ddof=1):.1%})" * (len(accs) > 1),
+               f"{np.mean(spread):.1%}" if spread else "one per pipeline"]
         for key, f, fmt in (("acc", 100, "{:+.1f}"), ("answer", 1, "{:+.4f}")) if arm != base else ():
             diffs = defaultdict(list)
             for k, r in mine.items():
@@ -396,18 +399,23 @@ def noise_table(res, base, n_boot=2000, seed=0):
                        f"of {len(ds)} above")
         pairs = [(r["correct"], clm[k]["correct"]) for k, r in mine.items() if k in clm and r["correct"] is not None]
         rows.append(row + ([paired(pairs, res["shared"])["cell"] if pairs else ""] if arm != base else []) + [""] * 3)
-    return rows and [""] + md_table(["arm", "runs", "test accuracy: mean (sd over runs)", "sd within a pipeline (data "
+    if all(r[0] == base for r in rows):  # nothing to pair
+        return []
+    return [""] + md_table(["arm", "runs", "test accuracy: mean (sd over runs)", "sd within a pipeline (data "
                                      "order alone)", f"accuracy - {base} (pts): mean [95% interval over pipelines "
                                      "and data orders], runs above", f"answer loss - {base}: same", "paired test on "
                                      "the problems (intervals over the problems only)"], [r[:7] for r in rows],
                                     "the noise floor: every pipeline with several data orders (student seeds), each "
-                                    f"arm at its chosen rate, paired with {base} of the same pipeline and data order:")
+                                    f"arm at its chosen rate, paired with {base} of the same pipeline" + " and data order" * (
+                                        not base.startswith("reference")) + ":")
 
 
 def noise_tables(res):
-    """noise_table against CLM, then against each SLM arm run on several data orders."""
+    """noise_table against CLM, then each SLM arm run on several data orders, then each reference alone."""
     slms = sorted({run["name"] for run in res["chosen"] if run["order"] and is_slm(run)})
-    return noise_table(res, "CLM") + [line for slm in slms for line in noise_table(res, slm)]
+    refs = sorted({run["name"] for run in res["chosen"] if run["name"].startswith("reference (") or run["name"] ==
+                   "reference"})
+    return [line for base in ("CLM", *slms, *refs) for line in noise_table(res, base)]
 
 
 def lesson_rows(res):
@@ -515,9 +523,19 @@ def panels(res):
     return out
 
 
-def draw_lesson(ax, key, ref, clm, slm):
-    """Curve `key` of CLM and SLM (marked) against tokens, the reference alone dashed at its final value."""
+def best_control(res):
+    """The control with the highest mean test accuracy: a student on the web that is neither CLM nor SLM."""
+    rows = [row for row in res["rows"] if row["runs"][0]["cfg"]["split"] == "web" and row["arm"] != "CLM" and
+            not is_slm(row["runs"][0])]
+    return max(rows, key=lambda row: np.mean([run["acc"][-1] for run in row["runs"]]), default=None)
+
+
+def draw_lesson(ax, key, res):
+    """Curve `key` of CLM, SLM (marked) and the best control against tokens, the reference alone dashed at its end."""
+    ref, clm, slm = lesson_rows(res)
     band(ax, clm, key, f"{clm['arm']} ({len(clm['runs'])} run(s))", color="tab:gray")
+    if best := best_control(res):
+        band(ax, best, key, f"{best['arm']}, the best control ({len(best['runs'])} run(s))", color="tab:green")
     band(ax, slm, key, f"{slm['arm']} ({len(slm['runs'])} run(s))", color="tab:red", lw=2.5, marker="o")
     if ref:
         ax.axhline(np.mean([run[key][-1] for run in ref["runs"]]), color="tab:blue", ls="--",
@@ -598,7 +616,7 @@ def write_report(runs, png, full=False):
         cols = [p for p in (*CURVE_PANELS, "kept", "lr") if any(p in shown for shown in have)] or ["val"]
         figure([[shown.get(p) for p in cols] for shown in have], png, 5.6, 4.8)
     else:
-        figure([[lambda ax, key=key, rows=lesson_rows(res): draw_lesson(ax, key, *rows) for key in ("acc", "answer")]
+        figure([[lambda ax, key=key, res=res: draw_lesson(ax, key, res) for key in ("acc", "answer")]
                 for res in results if lesson_rows(res)], png, 5.5, 4.2)
     atomic_write(stem + ".md", "\n\n".join(lessons + report) + "\n")
     print(f"\nwrote {png} and {stem}.md" + ("" if full or not lessons else " (every table: python plot.py --full)"))

@@ -25,6 +25,7 @@ PLOT = {  # printout: (the logs' folder under experiments/runs/, plot.py's argum
                                   f"'SLM 0.6 ({W})' 'reference ({W})' 'SLM 0.6 ({W}, {M})' 'reference ({W}, {M})'"),
     "headline-webref-grid": ("epyc", f"--out_dir {H} --merge " + " ".join(  # epyc: another machine's logs
         f"{H}-webref4-{e}ep{lr}='{W}, {e} ep {lr}'" for lr in ("1.2e-2", "2.4e-2") for e in (40, 80)))}
+PLOT["headline"] = ("", f"--out_dir {H}")  # the README's figure: the lesson's two panels (not --full)
 WN, NS = "out/when/subset", (1000, 500, 250)  # issue 31's screen: every cell beside the 2,000 cell's CLM and oracle
 PLOT["when"] = ("", f"--out_dir {WN}2000 --merge {WN}2000-webref4='2000, web-keeping' " + " ".join(
     f"{WN}{n}='{n}' {WN}{n}-webref4='{n}, web-keeping'" for n in NS) + " --arms CLM 'oracle (math tokens)' reference "
@@ -53,7 +54,8 @@ if __name__ == "__main__":
             os.makedirs(made), os.symlink(os.path.join(RUNS, "data"), os.path.join(tmp, "data"))
             for entry in os.listdir(where):
                 os.symlink(os.path.join(where, entry), os.path.join(tmp, "out", entry))
-            subprocess.run(f"{sys.executable} {PLOT_PY} {PLOT[name][1]} --full --png out/results/{name}.png",
+            full = " --full" * (name != "headline")
+            subprocess.run(f"{sys.executable} {PLOT_PY} {PLOT[name][1]}{full} --png out/results/{name}.png",
                            shell=True, cwd=tmp, stdout=subprocess.DEVNULL, check=True)
             same = open(os.path.join(made, name + ".md")).read() == open(os.path.join(RESULTS, name + ".md")).read()
             have = figs & set(os.listdir(made))  # a committed figure not made, or made with other bytes:
