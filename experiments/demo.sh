@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# The README's demo line for seeds 0-2 as a newcomer runs it (default threads), resumable, then the printout. Seed 0's
-# students at 3 rates (kept as -lr folders; its validation chose 3e-3, the preset's), seeds 1-2 at the preset's.
+# The README's demo for seeds 0-2 (default threads, resumable), then demo.md; seed 0's students at 3 rates.
 set -eu
 cd "$(dirname "$0")/.."
 ref() { python train_ref.py --ref_web 4 --seed "$1" --data_dir "data/demo$1" --out_dir "out/demo/seed$1" --resume; }

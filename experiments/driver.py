@@ -1,9 +1,7 @@
-"""
-driver.py -- the plans of EXPERIMENTS.md: `python experiments/driver.py <plan>` runs its stages of jobs, --jobs at a
-time on one thread each, all with --resume (a finished run is reused, a killed one continues). A stage that is a
-function is chosen from the runs before it: each arm's rate chosen on seed 0's validation (plot.py), or the rate
-beyond one at the edge of its sweep; other choices are written in. Logs: experiments/logs/<plan>/<job>.log.
-"""
+"""driver.py -- the plans of EXPERIMENTS.md: `python experiments/driver.py <plan>` runs its stages of jobs, --jobs at
+a time on one thread each, with --resume (a finished run is reused, a killed one continues). A stage that is a
+function is chosen from the runs before it (each arm's rate chosen on seed 0's validation by plot.py, or the rate
+beyond the edge of its sweep). Logs: experiments/logs/<plan>/<job>.log."""
 import argparse
 import functools
 import glob

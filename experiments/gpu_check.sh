@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# gpu_check.sh -- the first command on a machine with a CUDA GPU (a few minutes; stops at the first failure): the tiny
-# pipeline compiled in bf16 with 2 micro-batches a step, then a resume; --bench at the gpu preset's width (tokens/s,
-# MFU); with 2+ GPUs, torchrun --scope global against one process on the same batch. Usage: gpu_check.sh [DIR]
+# gpu_check.sh [DIR] -- the first command on a CUDA machine, stopping at a failure: the tiny pipeline compiled in bf16,
+# 2 micro-batches a step, a resume; --bench at the gpu preset's width (MFU); 2+ GPUs: torchrun --scope global.
 set -euo pipefail
 R="$(cd "$(dirname "$0")/.." && pwd)"
 D="${1:-$(mktemp -d -t rho-gpu-check-XXXX)}"

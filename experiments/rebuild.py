@@ -1,6 +1,6 @@
-"""Each printout under out/results/ made again from the committed run logs (experiments/runs/) in a temporary folder
-and its text compared: same / DIFFERS / cannot rebuild: why; exit 1 on a difference (figures: byte for byte).
-  python experiments/rebuild.py [name ...] [--write]   # names: printouts without .md; --write: replace what differs"""
+"""`python experiments/rebuild.py [name ...] [--write]`: each printout of out/results/ (or those named, without .md)
+made again from the committed logs (experiments/runs/) and compared, figures byte for byte: same / DIFFERS / cannot
+rebuild: why; exit 1 on a difference. --write replaces what differs."""
 import filecmp, os, shutil, subprocess, sys, tempfile
 RUNS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs")
 RESULTS, PLOT_PY = os.path.join(RUNS, "..", "..", "out", "results"), os.path.join(RUNS, "..", "..", "plot.py")
