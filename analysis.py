@@ -63,9 +63,6 @@ def pages_to_use(args, cfg, tok, n):
     return pages
 
 
-KIND_COLORS = ["#2ca02c", "#17becf", "#d62728", "#9467bd", "#8c564b", "#7f7f7f", "#e377c2", "#000000"]
-
-
 def token_picture(args):
     """Every token of a few pages coloured by its excess loss and kept or dropped at --ratio over all shown tokens."""
     cfg, pipe, tok, meta = run_context(args.tokens)
@@ -107,41 +104,34 @@ def layout(pieces, width):
 
 
 def draw_tokens(pages, title, lim, kinds, path, width=110):
-    """The pages, each token a cell coloured by its excess loss (blue to red), pale if dropped, over its kind's."""
+    """The pages, each token on a cell coloured by its excess loss (blue to red), pale if dropped; its text in its
+    kind's colour."""
     import matplotlib
     import matplotlib.pyplot as plt
-    from matplotlib.collections import PatchCollection
     from matplotlib.patches import Patch, Rectangle
-    cmap = matplotlib.colormaps["coolwarm"]
-    y0, cell, rects, faces = 3.0, 12.0 / width, [], []  # cell: inches per character
-    fig = plt.figure()
-    ax = fig.add_axes([0.02, 0.0, 0.96, 1.0])
-    fs = cell * 72 / 0.62
-    ax.text(0, 0.5, title, fontsize=fs * 1.05, va="center")
-    for i, p in enumerate(pages):
-        cells, n_lines = layout(p["pieces"], width)
-        ax.text(0, y0 - 0.75, f"page {i + 1}", fontsize=fs, color="0.4", va="center")
-        strip = p["kinds"] if p["kinds"] is not None else [None] * len(cells)
-        for (line, col, shown), kept, v, kind in zip(cells, p["keep"], p["excess"], strip):
-            y, w = y0 + line, max(len(shown), 1)
-            rects.append(Rectangle((col, y - 0.45), w, 0.9))
-            faces.append((0.9, 0.9, 0.9, 1) if np.isnan(v) else (*cmap(0.5 + 0.5 * float(np.clip(v / lim, -1, 1)))[
-                :3], 0.85 if kept else 0.18))
-            if kind is not None:
-                rects.append(Rectangle((col, y + 0.32), w, 0.13))
-                faces.append(KIND_COLORS[kind % len(KIND_COLORS)])
-            ax.text(col, y, shown, fontsize=fs, family="monospace", va="center", color="black" if kept else "0.55")
-        y0 += n_lines + 1.5
-    y_end = y0 + 6  # room for the legend
-    fig.set_size_inches(12.6, y_end * cell * 1.9)
-    ax.set(xlim=(0, width), ylim=(y_end, 0))
+    cmap, grids = matplotlib.colormaps["coolwarm"], [layout(p["pieces"], width) for p in pages]
+    cell = 12.0 / width  # inches per character
+    fs, y_end = cell * 72 / 0.62, 3.0 + sum(n + 1.5 for _, n in grids) + 6  # 6 lines for the legend
+    fig = plt.figure(figsize=(12.6, y_end * cell * 1.9))
+    ax = fig.add_axes([0.02, 0.0, 0.96, 1.0], xlim=(0, width), ylim=(y_end, 0))
     ax.axis("off")
-    ax.add_collection(PatchCollection(rects, facecolors=faces, edgecolors="none"))
-    handles = [Patch(color=cmap(1.0)[:3], label=f"excess loss +{lim:.2f} (student worse than reference)"),
-               Patch(color=cmap(0.0)[:3], label=f"excess loss -{lim:.2f}"),
-               Patch(color="0.85", label="pale, grey text: dropped; dark: kept")]
+    ax.text(0, 0.5, title, fontsize=fs * 1.05, va="center")
+    y0 = 3.0
+    for i, (p, (cells, n_lines)) in enumerate(zip(pages, grids)):
+        ax.text(0, y0 - 0.75, f"page {i + 1}", fontsize=fs, color="0.4", va="center")
+        for j, ((line, col, shown), kept, v) in enumerate(zip(cells, p["keep"], p["excess"])):
+            face = "0.9" if np.isnan(v) else cmap(0.5 + 0.5 * float(np.clip(v / lim, -1, 1)))
+            ax.add_patch(Rectangle((col, y0 + line - 0.45), max(len(shown), 1), 0.9, color=face,
+                                   alpha=0.85 if kept else 0.18, lw=0))
+            color = "black" if p["kinds"] is None else f"C{p['kinds'][j] % 10}"
+            ax.text(col, y0 + line, shown, fontsize=fs, family="monospace", va="center", color=color,
+                    alpha=1.0 if kept else 0.5)
+        y0 += n_lines + 1.5
+    handles = [Patch(color=cmap(1.0), label=f"excess loss +{lim:.2f} (student worse than reference)"),
+               Patch(color=cmap(0.0), label=f"excess loss -{lim:.2f}"),
+               Patch(color="0.85", label="pale cell, faint text: dropped")]
     if pages[0]["kinds"] is not None:
-        handles += [Patch(color=KIND_COLORS[i], label=f"strip: {k}") for i, k in enumerate(kinds)]
+        handles += [Patch(color=f"C{i % 10}", label=f"text: {k}") for i, k in enumerate(kinds)]
     ax.legend(handles=handles, loc="lower center", ncol=4, fontsize=fs * 0.9, frameon=False)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -162,7 +152,7 @@ def categorize(losses, x, change=0.2, high=1.0):
 
 def loss_categories(args):
     """Held-out tokens in the paper's four categories by their loss over a run's kept checkpoints: a table and, in
-    categories.png, the shares beside the paper's and 20 tokens' losses over training per category."""
+    categories.png, the shares beside the paper's and each category's mean loss over training and 20 of its tokens'."""
     import matplotlib.pyplot as plt
     cfg, _, tok, meta = run_context(args.categories)
     paths = sorted(glob.glob(os.path.join(args.categories, "ckpt_*.pt")))  # ckpt_<step>.pt: in step order
@@ -185,23 +175,22 @@ def loss_categories(args):
         masks = [(k, lab == i) for i, k in enumerate(meta["kinds"]) if (lab == i).any()]
         lines += [""] + md_table(["kind", "tokens", *CATEGORIES], [[k, f"{m.sum():,}", *(
             f"{s:.0%}" for s in np.bincount(cat[m], minlength=4) / m.sum())] for k, m in masks])
-    fig, axes = plt.subplots(1, 5, figsize=(22, 4))
-    xs, rng = np.arange(4), np.random.default_rng(0)
-    axes[0].bar(xs - 0.2, shares, 0.4, label="this run")
-    axes[0].bar(xs + 0.2, PAPER_SHARES, 0.4, label="RHO-1, 1B")
-    axes[0].set(xticks=xs, xticklabels=CATEGORIES, ylabel="share of held-out tokens", title="token-loss categories")
-    axes[0].legend()
-    for k, ax in enumerate(axes[1:]):
-        idx = np.flatnonzero(cat == k)
-        for j in rng.choice(idx, min(20, len(idx)), replace=False):
-            ax.plot(steps, losses[:, j], color="0.6", lw=0.7)
-        if len(idx):
-            ax.plot(steps, losses[:, idx].mean(1), color="C3", lw=2, label="mean of the category")
-            ax.legend(fontsize=8)
-        ax.set(title=f"{CATEGORIES[k]}: {shares[k]:.0%} of tokens", xlabel="step", ylabel="token loss (nats)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
     png = os.path.join(args.categories, "categories.png")
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    xs, rng = np.arange(4), np.random.default_rng(0)
+    bars.bar(xs - 0.2, shares, 0.4, label="this run")
+    bars.bar(xs + 0.2, PAPER_SHARES, 0.4, label="RHO-1, 1B")
+    bars.set(xticks=xs, xticklabels=CATEGORIES, ylabel="share of held-out tokens", title="token-loss categories")
+    for k, name in enumerate(CATEGORIES):
+        idx = np.flatnonzero(cat == k)
+        if len(idx):
+            some = rng.choice(idx, min(20, len(idx)), replace=False)
+            curves.plot(steps, losses[:, some], color=f"C{k}", lw=0.5, alpha=0.4)
+            curves.plot(steps, losses[:, idx].mean(1), color=f"C{k}", lw=2.5, label=f"{name}: {shares[k]:.0%}")
+    curves.set(xlabel="step", ylabel="token loss (nats)", title="mean token loss per category (thin: 20 tokens each)")
+    for ax in (bars, curves):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -335,17 +324,14 @@ def plot_ratios(sweeps, path):
     """Final test answer loss and accuracy against the ratio (1.0 = CLM), median [min, max] over seeds; sweeps: per
     group, [(ratio, its row at its best learning rate)]."""
     import matplotlib.pyplot as plt
-    finals = {key: [[np.array([run[key][-1] for run in row["runs"]]) for _, row in rows] for rows in sweeps]
-              for key in ("answer", "acc")}
-    finals = {key: ys for key, ys in finals.items() if any(np.isfinite(y).any() for group in ys for y in group)}
-    fig, axes = plt.subplots(1, len(finals), figsize=(5.5 * len(finals), 4), squeeze=False)
-    for ax, (key, per_group) in zip(axes[0], finals.items()):
-        for rows, ys in zip(sweeps, per_group):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, what in zip(axes, ("answer", "acc"), ("final test answer loss", "final test accuracy")):
+        for rows in sweeps:
+            ys = [np.array([run[key][-1] for run in row["runs"]]) for _, row in rows]
             mid = np.array([np.median(y) for y in ys])
-            ax.errorbar([ratio for ratio, _ in rows], mid, yerr=[mid - [y.min() for y in ys],
-                                                               [y.max() for y in ys] - mid],
-                        fmt="o-", capsize=3, label=f"{len(rows[0][1]['runs'])} seed(s)")
-        what = "final test answer loss" if key == "answer" else "final test accuracy"
+            spread = [mid - [y.min() for y in ys], [y.max() for y in ys] - mid]
+            ax.errorbar([ratio for ratio, _ in rows], mid, yerr=spread, fmt="o-", capsize=3,
+                        label=f"{len(rows[0][1]['runs'])} seed(s)")
         ax.set(xlabel="ratio (share of tokens with a loss; 1.0 = CLM)", ylabel=what, title=f"{what} against the ratio")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -28,7 +28,7 @@ class PlotRun:
     out_dir: str = arg("out", "folder holding the pipelines and runs to compare (searched recursively)")
     png: str = arg("", "where to write the figure (default: <out_dir>/compare.png); the tables go beside it (.md)")
     arms: list = arg(None, "compare only these arms, named as in the table (e.g. CLM 'SLM 0.6')", nargs="+", type=str)
-    full: bool = arg(False, "print every table, not only the lesson; draw every arm, what SLM keeps and the lr sweep")
+    full: bool = arg(False, "print every table, not only the lesson; draw every arm's curves")
     rates: bool = arg(False, "print each arm's rate chosen on validation, '<arm><TAB><rate><TAB><folder>', and stop")
     merge: list = arg(None, "folder=label: its students (another reference, same bases) join as '<arm> (<label>)'",
                       nargs="+", type=str)
@@ -97,46 +97,57 @@ def load_run(path, pipe, group, name=None):
 
 def pipeline_runs(d, notes):
     """A pipeline's runs, a copy in each group of students' shape (the longer reference joins each it fits)."""
-    pipe, students, shapes = {**read_pipeline(d), "dir": d}, {}, []
+    pipe = {**read_pipeline(d), "dir": d}
     names = {"base": "base", os.path.basename(os.path.dirname(pipe["ref"])): "reference"}
     for k, r in sorted(pipe["ref_sweep"].items()):
         names.setdefault(os.path.basename(k), f"reference e{r['ref_epochs']:g} lr{r['ref_lr']:g}")
+    students = {}  # folder: its shape (a student off the web has no web budget)
     for sub in sorted(os.listdir(d)):
         cfg = read_json(os.path.join(d, sub, "config.json"), cut_ok=True)
         if sub not in names and cfg and not cfg["keep_ckpts"] and not retired(cfg):  # --keep_ckpts: --categories
-            students[sub] = {k: cfg[k] for k in SHAPE if cfg["split"] == "web" or k not in ("max_tokens",
-                                                                                          "tokens_per_step")}
+            skip = () if cfg["split"] == "web" else ("max_tokens", "tokens_per_step")
+            students[sub] = {k: cfg[k] for k in SHAPE if k not in skip}
+    shapes = []
     web = sorted(json.dumps(sh, sort_keys=True) for sh in students.values() if "max_tokens" in sh)
     for sh in [*map(json.loads, web), *students.values()]:  # the web's shapes, then each that fits none of them
-        shapes += [sh] * (not any(group.items() >= sh.items() for group in shapes))
+        if not any(group.items() >= sh.items() for group in shapes):
+            shapes.append(sh)
     if len(shapes) > 1:
         differ = sorted({k for sh in shapes for k in sh if sh[k] != shapes[0].get(k, sh[k])})
         notes.append(f"{d}: students that differ in {', '.join(differ)} are shown as separate groups (arms are "
                      "compared at one budget, batch and model)")
     meta = read_json(os.path.join(pipe["data_dir"], "meta.json"), cut_ok=True) or {}
-    same = [os.path.dirname(d), pipe["preset"], pipe.get("ref_web", 0), sorted(  # the learning rates apart
-        (float(r["ref_epochs"]), float(r["ref_lr"])) for r in pipe["ref_sweep"].values()),
-            {k: v for k, v in pipe["settings"].items() if k not in ("ref_epochs", "ref_lr", "lr", "lr_clm")},
-            {k: v for k, v in meta.get("data_config", meta.get("source", {})).items() if k != "seed"}]
-    return [load_run(os.path.join(d, sub), pipe, json.dumps(same + [sh], sort_keys=True), names.get(sub))
-            for sh in shapes or [{}] for sub in [*names, *(s for s, h in students.items() if sh.items() >= h.items())]]
+    refs = sorted((float(r["ref_epochs"]), float(r["ref_lr"])) for r in pipe["ref_sweep"].values())
+    settings = {k: v for k, v in pipe["settings"].items() if k not in ("ref_epochs", "ref_lr", "lr", "lr_clm")}
+    corpus = {k: v for k, v in meta.get("data_config", meta.get("source", {})).items() if k != "seed"}
+    same = [os.path.dirname(d), pipe["preset"], pipe.get("ref_web", 0), refs, settings, corpus]
+    runs = []
+    for sh in shapes or [{}]:
+        group = json.dumps(same + [sh], sort_keys=True)
+        for sub in [*names, *(s for s, h in students.items() if sh.items() >= h.items())]:
+            runs.append(load_run(os.path.join(d, sub), pipe, group, names.get(sub)))
+    return runs
 
 
 def find_runs(root, notes=None):
     """Every run below root, grouped: pipelines of one shape are its seeds; a copy or a twin run gets a note."""
-    runs, notes, first, seen, kept = [], [] if notes is None else notes, {}, {}, []
+    notes = [] if notes is None else notes
+    runs, first, seen, kept = [], {}, {}, []
     for path in sorted(glob.glob(os.path.join(root, "**", "pipeline.json"), recursive=True)):
-        if isinstance(pipe := read_json(path, cut_ok=True), dict) and "settings" in pipe:
+        pipe = read_json(path, cut_ok=True)
+        if isinstance(pipe, dict) and "settings" in pipe:
             runs += pipeline_runs(os.path.dirname(path), notes)
         else:
             notes.append(f"{path} is not a whole pipeline.json: its runs are left out")
     for run in filter(None, runs):
         d = run["pipe"]["dir"]
-        if (other := first.setdefault((run["group"], run["seed"]), d)) != d:
+        other = first.setdefault((run["group"], run["seed"]), d)
+        if other != d:
             notes.append(f"{d}: shown apart from {other}, a pipeline of the same settings and seed {run['seed']} "
                          "(a copy?): the pipelines of a group are its seeds")
             run["group"] += "\n" + d
-        if (twin := seen.setdefault((run["group"], d, run["arm"], run["lr"]), run["path"])) != run["path"]:
+        twin = seen.setdefault((run["group"], d, run["arm"], run["lr"]), run["path"])
+        if twin != run["path"]:
             notes.append(f"{run['path']}: left out, a second run of {run['arm']} at lr {run['lr']:g} in {d} (beside "
                          f"{twin}): one run per arm and rate in a pipeline")
         else:
@@ -265,21 +276,24 @@ def summarize(runs):
         groups[run["group"]].append(run)
     for runs in groups.values():
         best = best_lrs(runs)
-        chosen = [run for run in runs if run["done"] and (run["lr"] == best.get(run["arm"]) or run["arm"] in (
-            "base", "reference"))]
-        clms, rows = {run["pipe"]["dir"]: run for run in chosen if run["arm"] == "CLM"}, {}
+        chosen = [run for run in runs if run["done"] and (run["lr"] == best.get(run["arm"]) or
+                                                           run["arm"] in ("base", "reference"))]
+        clms = {run["pipe"]["dir"]: run for run in chosen if run["arm"] == "CLM"}
+        rows = {}
         for run in sorted((run for run in chosen if not run["order"]), key=lambda r: (r["seed"], r["pipe"]["dir"])):
             row = rows.setdefault(run["arm"], {"arm": run["arm"], "lr": run["lr"], "runs": [], "pairs": [],
                                                "x_answer": [], "x_acc": [], "x_flops": []})
             row["runs"].append(run)
-            if (clm := clms.get(run["pipe"]["dir"])) is not None and run is not clm and run["arm"] != "base":
-                row["x_answer"].append(x_fewer(run, clm, "answer"))
-                row["x_acc"].append(x_fewer(run, clm, "acc"))
-                row["x_flops"].append(x_fewer(run, clm, "answer", compute=True))
-                if run["correct"] is not None and clm["correct"] is not None:
-                    row["pairs"].append((run["correct"], clm["correct"]))
-        out.append({"runs": runs, "best": best, "chosen": chosen, "rows": [rows[a] for a in sorted(rows,
-                                                                                            key=arm_order)],
+            clm = clms.get(run["pipe"]["dir"])
+            if clm is None or run is clm or run["arm"] == "base":
+                continue
+            row["x_answer"].append(x_fewer(run, clm, "answer"))
+            row["x_acc"].append(x_fewer(run, clm, "acc"))
+            row["x_flops"].append(x_fewer(run, clm, "answer", compute=True))
+            if run["correct"] is not None and clm["correct"] is not None:
+                row["pairs"].append((run["correct"], clm["correct"]))
+        rows = [rows[arm] for arm in sorted(rows, key=arm_order)]
+        out.append({"runs": runs, "best": best, "chosen": chosen, "rows": rows,
                     "seeds": sorted({run["seed"] for run in runs}), "dirs": sorted({r["pipe"]["dir"] for r in runs}),
                     "shared": len({run["test"] for run in runs}) == 1})  # the seeds share their test problems
     return out
@@ -319,15 +333,18 @@ def med_x(xs):
 
 
 def headline_table(res):
-    rows = [[row["arm"], f"{row['lr']:g} (of {len({r['lr'] for r in res['runs'] if r['arm'] == row['arm']})})",
-             final(row["runs"], "answer"), final(row["runs"], "acc"), *map(med_x, (row["x_answer"], row["x_acc"],
-             row["x_flops"])), paired(row["pairs"], res["shared"])["cell"] if row["pairs"] else "",
-             final(row["runs"], "val")] for row in res["rows"]]
-    return md_table(["arm", "lr (of swept)", "test answer loss", "test accuracy", "x fewer tokens to CLM's answer "
-                     "loss", "x fewer tokens to CLM's accuracy", "x less compute to CLM's answer loss", "accuracy vs "
-                     "CLM, paired", "whole-text validation loss"], rows, f"pipelines: {', '.join(res['dirs'])} (seeds "
-                    f"{', '.join(map(str, res['seeds']))}); each arm at its best learning rate on the validation "
-                    "problems; median [min, max] over seeds")
+    """Each arm at its chosen rate: its test measures, x fewer tokens and compute to CLM's, paired against CLM."""
+    rows = []
+    for row in res["rows"]:
+        swept = len({run["lr"] for run in res["runs"] if run["arm"] == row["arm"]})
+        rows.append([row["arm"], f"{row['lr']:g} (of {swept})", final(row["runs"], "answer"),
+                     final(row["runs"], "acc"), med_x(row["x_answer"]), med_x(row["x_acc"]), med_x(row["x_flops"]),
+                     paired(row["pairs"], res["shared"])["cell"] if row["pairs"] else "", final(row["runs"], "val")])
+    head = ["arm", "lr (of swept)", "test answer loss", "test accuracy", "x fewer tokens to CLM's answer loss",
+            "x fewer tokens to CLM's accuracy", "x less compute to CLM's answer loss", "accuracy vs CLM, paired",
+            "whole-text validation loss"]
+    return md_table(head, rows, f"pipelines: {', '.join(res['dirs'])} (seeds {', '.join(map(str, res['seeds']))}); "
+                    "each arm at its best learning rate on the validation problems; median [min, max] over seeds")
 
 
 def paired_table(res):
@@ -339,18 +356,20 @@ def paired_table(res):
             if other is slm or other["arm"] == "base" or (other["arm"], slm["arm"]) in done:
                 continue
             done.add((slm["arm"], other["arm"]))
-            pairs = [(mine[r["seed"]], r["correct"]) for r in other["runs"] if r["seed"] in mine and r["correct"]
-                     is not None]
+            pairs = [(mine[r["seed"]], r["correct"]) for r in other["runs"]
+                     if r["seed"] in mine and r["correct"] is not None]
             if pairs:
                 t = paired(pairs, res["shared"])
-                rows.append([f"{slm['arm']} vs {other['arm']}", ", ".join(f"{100 * d:+.1f} ({p:.2g})" for d, p in
-                                                                         t["per_seed"]), t["cell"]])
-    return rows and [""] + md_table(["comparison", "per seed: difference (p)", "pooled"], rows, "paired accuracy "
-                                    "tests on the same test problems, SLM against each arm (difference in points, "
-                                    "exact McNemar p per seed; pooled: mean difference, its 95% bootstrap interval "
-                                    "over the test problems (not over training seeds), and " + (
-        "a sign-flip test of each problem's mean difference, the seeds sharing their test problems):" if res["shared"]
-        else "the McNemar p of all seeds' pairs together):"))
+                per_seed = ", ".join(f"{100 * d:+.1f} ({p:.2g})" for d, p in t["per_seed"])
+                rows.append([f"{slm['arm']} vs {other['arm']}", per_seed, t["cell"]])
+    if not rows:
+        return []
+    pooled = ("a sign-flip test of each problem's mean difference, the seeds sharing their test problems):"
+              if res["shared"] else "the McNemar p of all seeds' pairs together):")
+    return [""] + md_table(["comparison", "per seed: difference (p)", "pooled"], rows, "paired accuracy tests on the "
+                           "same test problems, SLM against each arm (difference in points, exact McNemar p per seed; "
+                           "pooled: mean difference, its 95% bootstrap interval over the test problems (not over "
+                           "training seeds), and " + pooled)
 
 
 def rates_table(res):
@@ -359,16 +378,25 @@ def rates_table(res):
     for run in res["runs"]:
         if run["done"]:
             by[(run["arm"], run["lr"])].append(run)
-    rows = [[arm, f"{lr:g}{'*' * (res['best'].get(arm) == lr)}", len(runs)] +
-            [final(runs, key) for key in ("val_answer", "answer", "acc", "val")] for (arm, lr), runs in
-            sorted(by.items(), key=lambda x: (arms.index(x[0][0]) if x[0][0] in arms else len(arms), x[0]))]
-    seeds = [[seed] + [next((f"{r['answer'][-1]:.4f} / {r['acc'][-1]:.1%}" for r in row["runs"] if r["seed"] == seed),
-                            "-") for row in res["rows"]] for seed in res["seeds"]]
-    return [""] + md_table(["arm", "lr", "seeds", "validation answer loss", "test answer loss", "test accuracy",
-                            "whole-text validation loss"], rows, "every learning rate (median over seeds; * = the rate "
-                           "chosen on validation):") + [""] + md_table(["seed", *arms], seeds, "per seed, each arm "
-                                                                      "at its chosen rate (test answer loss / test "
-                                                                      "accuracy):")
+    order = sorted(by, key=lambda k: (arms.index(k[0]) if k[0] in arms else len(arms), k))
+    rows = [[arm, f"{lr:g}" + "*" * (res["best"].get(arm) == lr), len(by[arm, lr]),
+             *(final(by[arm, lr], key) for key in ("val_answer", "answer", "acc", "val"))] for arm, lr in order]
+    seeds = [[seed, *(next((f"{r['answer'][-1]:.4f} / {r['acc'][-1]:.1%}" for r in row["runs"] if r["seed"] == seed),
+                           "-") for row in res["rows"])] for seed in res["seeds"]]
+    head = ["arm", "lr", "seeds", "validation answer loss", "test answer loss", "test accuracy",
+            "whole-text validation loss"]
+    return ([""] + md_table(head, rows, "every learning rate (median over seeds; * = the rate chosen on validation):")
+            + [""] + md_table(["seed", *arms], seeds, "per seed, each arm at its chosen rate (test answer loss / test "
+                                                     "accuracy):"))
+
+
+def bootstrap(rng, diffs, n_boot):
+    """95% interval of the mean difference, diffs = {pipeline: [its runs' differences]}: pipelines, then runs drawn."""
+    boot = []
+    for _ in range(n_boot):
+        pipes = rng.choice(list(diffs), len(diffs))
+        boot.append(np.mean([np.mean(rng.choice(diffs[p], len(diffs[p]))) for p in pipes]))
+    return np.percentile(boot, [2.5, 97.5])
 
 
 def noise_table(res, base, n_boot=2000, seed=0):
@@ -377,37 +405,43 @@ def noise_table(res, base, n_boot=2000, seed=0):
     runs = defaultdict(dict)  # arm: {(pipeline, data order): run}
     for run in res["chosen"]:
         runs[run["name"]][(run["pipe"]["dir"], run["order"])] = run
-    clm, rows = runs.get(base, {}), []
+    clm = runs.get(base, {})
     if base.startswith("reference"):  # one run per pipeline: paired with each data order of the same pipeline
         clm = {(d, s): run for (d, _), run in clm.items() for mine in runs.values() for e, s in mine if e == d}
-    for arm, mine in ((arm, mine) for arm, mine in runs.items() if len({s for _, s in mine}) > 1 or arm == base):
+    rows = []
+    for arm, mine in runs.items():
+        if arm != base and len({s for _, s in mine}) < 2:
+            continue
         rng = np.random.default_rng([seed, zlib.crc32(f"{arm} - {base}".encode())])
         accs = [r["acc"][-1] for r in mine.values()]
-        spread = [np.std(a, ddof=1) for pipe in {d for d, _ in mine}
-                  if len(a := [r["acc"][-1] for (d, _), r in mine.items() if d == pipe]) > 1]
+        per_pipe = defaultdict(list)
+        for (d, _), r in mine.items():
+            per_pipe[d].append(r["acc"][-1])
+        spread = [np.std(a, ddof=1) for a in per_pipe.values() if len(a) > 1]
         row = [arm, len(mine), f"{np.mean(accs):.1%}" + f" (sd {np.std(accs, ddof=1):.1%})" * (len(accs) > 1),
                f"{np.mean(spread):.1%}" if spread else "one per pipeline"]
-        for key, f, fmt in (("acc", 100, "{:+.1f}"), ("answer", 1, "{:+.4f}")) if arm != base else ():
+        if arm == base:
+            rows.append(row + [""] * 3)
+            continue
+        for key, scale, fmt in (("acc", 100, "{:+.1f}"), ("answer", 1, "{:+.4f}")):
             diffs = defaultdict(list)
             for k, r in mine.items():
                 if k in clm:
-                    diffs[k[0]].append(f * (r[key][-1] - clm[k][key][-1]))
-            boot = [np.mean([np.mean(rng.choice(diffs[p], len(diffs[p]))) for p in rng.choice(list(diffs), len(
-                diffs))]) for _ in range(n_boot)]
-            ds, (lo, hi) = [d for v in diffs.values() for d in v], np.percentile(boot, [2.5, 97.5])
-            row.append(f"{fmt.format(np.mean(ds))} [{fmt.format(lo)}, {fmt.format(hi)}], {sum(d > 0 for d in ds)} "
-                       f"of {len(ds)} above")
+                    diffs[k[0]].append(scale * (r[key][-1] - clm[k][key][-1]))
+            ds = [d for v in diffs.values() for d in v]
+            lo, hi = bootstrap(rng, diffs, n_boot)
+            row.append(f"{fmt.format(np.mean(ds))} [{fmt.format(lo)}, {fmt.format(hi)}], "
+                       f"{sum(d > 0 for d in ds)} of {len(ds)} above")
         pairs = [(r["correct"], clm[k]["correct"]) for k, r in mine.items() if k in clm and r["correct"] is not None]
-        rows.append(row + ([paired(pairs, res["shared"])["cell"] if pairs else ""] if arm != base else []) + [""] * 3)
-    if all(r[0] == base for r in rows):  # nothing to pair
+        rows.append(row + [paired(pairs, res["shared"])["cell"] if pairs else ""])
+    if all(row[0] == base for row in rows):  # nothing to pair
         return []
-    return [""] + md_table(["arm", "runs", "test accuracy: mean (sd over runs)", "sd within a pipeline (data "
-                                     "order alone)", f"accuracy - {base} (pts): mean [95% interval over pipelines "
-                                     "and data orders], runs above", f"answer loss - {base}: same", "paired test on "
-                                     "the problems (intervals over the problems only)"], [r[:7] for r in rows],
-                                    "the noise floor: every pipeline with several data orders (student seeds), each "
-                                    f"arm at its chosen rate, paired with {base} of the same pipeline" + " and data order" * (
-                                        not base.startswith("reference")) + ":")
+    head = ["arm", "runs", "test accuracy: mean (sd over runs)", "sd within a pipeline (data order alone)",
+            f"accuracy - {base} (pts): mean [95% interval over pipelines and data orders], runs above",
+            f"answer loss - {base}: same", "paired test on the problems (intervals over the problems only)"]
+    orders = "" if base.startswith("reference") else " and data order"
+    return [""] + md_table(head, rows, "the noise floor: every pipeline with several data orders (student seeds), "
+                           f"each arm at its chosen rate, paired with {base} of the same pipeline{orders}:")
 
 
 def noise_tables(res):
@@ -428,28 +462,31 @@ def lesson_rows(res):
 def lesson(res):
     """The lesson in markdown: a short table, SLM minus CLM in words (over pipelines, across runs), what SLM kept."""
     ref, clm, slm = lesson_rows(res)
-    n, first, web = len(slm["runs"]), slm["runs"][0], slm["runs"][0]["pipe"].get("ref_web")
-    cells = [[name, final(row["runs"], "acc"), final(row["runs"], "answer")] for name, row in (
-        ("reference alone (the base fine-tuned on the high-quality subset" + (f" and 1/{web} of the base's web)" if
-                                                                              web else ")"), ref),
-        ("CLM (every web token)", clm), (f"{slm['arm']} (the top {first['cfg']['ratio']:.0%} by excess loss)", slm))
-        if row]
+    n, first = len(slm["runs"]), slm["runs"][0]
+    web = first["pipe"].get("ref_web")
+    hq = "the base fine-tuned on the high-quality subset" + (f" and 1/{web} of the base's web" if web else "")
+    named = [(f"reference alone ({hq})", ref), ("CLM (every web token)", clm),
+             (f"{slm['arm']} (the top {first['cfg']['ratio']:.0%} by excess loss)", slm)]
+    cells = [[name, final(row["runs"], "acc"), final(row["runs"], "answer")] for name, row in named if row]
     lines = md_table(["model", "test accuracy", "test answer loss"], cells, f"The lesson ({', '.join(res['dirs'])}; "
                      f"students of {first['tokens'][-1] / 1e6:.3g}M web tokens; {len(first['correct'])} held-out test "
                      f"problems, greedy decoding, exact final number{'; median [min, max]' if n > 1 else ''}):")
     t = paired(slm["pairs"], res["shared"])
     if n == 1:
-        lines += ["", f"{slm['arm']} vs CLM: {t['cell']}: " + ("a tie: the difference is within what chance gives on "
-                  "these problems" if t["p"] >= 0.05 else f"{'SLM beats CLM' if t['diff'] > 0 else 'CLM beats SLM'}"
-                  " on the same problems") + "."]
+        if t["p"] >= 0.05:
+            verdict = "a tie: the difference is within what chance gives on these problems"
+        else:
+            verdict = f"{'SLM beats CLM' if t['diff'] > 0 else 'CLM beats SLM'} on the same problems"
+        lines += ["", f"{slm['arm']} vs CLM: {t['cell']}: {verdict}."]
     else:  # the verdict from the runs: each pipeline's difference, a bootstrap over pipelines
-        d = 100 * np.array([dd for dd, _ in t["per_seed"]])
+        d = 100 * np.array([diff for diff, _ in t["per_seed"]])
         lo, hi = np.percentile(np.random.default_rng(0).choice(d, (2000, n)).mean(1), [2.5, 97.5])
+        verdict = "SLM beats CLM" if lo > 0 else "CLM beats SLM" if hi < 0 else "a tie"
         lines += ["", f"{slm['arm']} vs CLM over {n} pipelines: {d.mean():+.1f} pts [{lo:+.1f}, {hi:+.1f}] (95% "
-                      f"bootstrap over pipelines; {', '.join(f'{x:+.1f}' for x in d)}): "
-                      f"{'SLM beats CLM' if lo > 0 else 'CLM beats SLM' if hi < 0 else 'a tie'} across runs.",
+                      f"bootstrap over pipelines; {', '.join(f'{x:+.1f}' for x in d)}): {verdict} across runs.",
                   f"On the same problems, pooled: {t['cell']} (the problems' noise only, not the runs')."]
-    if kept := [k for k in map(analysis.kept_over_run, slm["runs"]) if k]:
+    kept = [k for k in map(analysis.kept_over_run, slm["runs"]) if k]
+    if kept:
         share = {kind: f"{np.mean([k[kind] for k in kept]):.0%}" for kind in ("math", "boilerplate", "math_wrong")}
         lines += ["", f"What {slm['arm']} kept of the web's tokens over its run (CLM keeps them all): the tokens the "
                       "reference predicts better than the student does", f"- target-format math: {share['math']}",
@@ -471,70 +508,33 @@ def aggregate(runs, key):
 
 
 def band(ax, row, key, label, **style):
-    """An arm's mean curve `key` against tokens (M) over its runs, in a min-max band; returns its colour."""
+    """An arm's mean curve `key` against tokens (M) over its runs, in a min-max band."""
     t, mean, lo, hi = aggregate(row["runs"], key)
     line, = ax.plot(t / 1e6, mean, label=label, **style)
     ax.fill_between(t / 1e6, lo, hi, color=line.get_color(), alpha=0.15)
-    return line.get_color()
 
 
-def draw_curves(ax, res, key, colors):
-    """Curve `key` of each arm (base aside) at its best rate, on a log scale beyond the first evaluation."""
-    for row in (row for row in res["rows"] if row["arm"] != "base"):
-        colors[row["arm"]] = band(ax, row, key, f"{row['arm']} (lr {row['lr']:g}, {len(row['runs'])} seed(s))",
-                                  color=colors.get(row["arm"]))
+def draw_curves(ax, res, key):
+    """Curve `key` of each arm (base aside) at its best rate, on a log scale beyond the first evaluation; a group
+    without the curve leaves its panel blank."""
+    rows = [row for row in res["rows"] if row["arm"] != "base"]
+    if not any(np.isfinite(run[key]).any() for row in rows for run in row["runs"]):
+        return ax.set_visible(False)
+    for row in rows:  # in the same order in every panel: an arm has one colour in a row of panels
+        band(ax, row, key, f"{row['arm']} (lr {row['lr']:g}, {len(row['runs'])} seed(s))")
     first = min((run["tokens"][1] for run in res["chosen"] if len(run["tokens"]) > 1), default=1e6) / 1e6
     ax.set(xlabel="tokens seen (M; linear below the first evaluation)", ylabel=CURVE_PANELS[key][1],
            title=CURVE_PANELS[key][0])
     ax.set_xscale("symlog", linthresh=first)
 
 
-def draw_kept(ax, row):
-    """What the first run of an SLM arm keeps of each token kind over training."""
-    run = row["runs"][0]
-    for kind in sorted({kind for s in run["selected"] for kind in s}):
-        ax.plot(run["tokens"][1:] / 1e6, [s.get(kind, np.nan) for s in run["selected"][1:]], label=kind)
-    ax.set(xscale="log", xlabel="tokens seen (M)", ylabel="share of the kind's tokens kept", ylim=(-0.02, 1.02),
-           title=f"what {row['arm']} keeps of each kind (seed {run['seed']})")
-
-
-def draw_lrs(ax, sweep, colors):
-    """The final validation measure (val_key) against the learning rate: sweep = {arm: {lr: [runs]}}."""
-    key = val_key([run for lrs in sweep.values() for runs in lrs.values() for run in runs])
-    for arm, lrs in sweep.items():
-        ax.plot(sorted(lrs), [np.mean([run[key][-1] for run in lrs[lr]]) for lr in sorted(lrs)], "o-", label=arm,
-                color=colors.get(arm))
-    ax.set(xscale="log", xlabel="peak learning rate", title="learning-rate sweep (chosen on validation)",
-           ylabel=f"final {'validation answer' if key == 'val_answer' else 'whole-text validation'} loss (mean)")
-
-
-def panels(res):
-    """{panel: draw(ax)} a group has data for: curves, what SLM keeps of each kind, the learning-rate sweep."""
-    runs, colors, by = [run for row in res["rows"] if row["arm"] != "base" for run in row["runs"]], {}, defaultdict(
-        lambda: defaultdict(list))
-    out = {key: lambda ax, key=key: draw_curves(ax, res, key, colors) for key in CURVE_PANELS
-           if any(np.isfinite(run[key]).any() for run in runs)}
-    if slm := next((row for row in res["rows"] if is_slm(row["runs"][0]) and any(row["runs"][0]["selected"])), None):
-        out["kept"] = lambda ax: draw_kept(ax, slm)
-    for run in res["runs"]:
-        by[run["arm"]][run["lr"]].append(run)
-    if any(len(lrs) > 1 for lrs in by.values()):
-        out["lr"] = lambda ax: draw_lrs(ax, {arm: lrs for arm, lrs in by.items() if len(lrs) > 1}, colors)
-    return out
-
-
-def best_control(res):
-    """The control with the highest mean test accuracy: a student on the web that is neither CLM nor SLM."""
-    rows = [row for row in res["rows"] if row["runs"][0]["cfg"]["split"] == "web" and row["arm"] != "CLM" and
-            not is_slm(row["runs"][0])]
-    return max(rows, key=lambda row: np.mean([run["acc"][-1] for run in row["runs"]]), default=None)
-
-
-def draw_lesson(ax, key, res):
+def draw_lesson(ax, res, key):
     """Curve `key` of CLM, SLM (marked) and the best control against tokens, the reference alone dashed at its end."""
     ref, clm, slm = lesson_rows(res)
     band(ax, clm, key, f"{clm['arm']} ({len(clm['runs'])} run(s))", color="tab:gray")
-    if best := best_control(res):
+    controls = [row for row in res["rows"] if row["runs"][0]["cfg"]["split"] == "web" and row["arm"] != "CLM" and
+                not is_slm(row["runs"][0])]  # the best control: the highest mean test accuracy of the others on the web
+    if best := max(controls, key=lambda row: np.mean([run["acc"][-1] for run in row["runs"]]), default=None):
         band(ax, best, key, f"{best['arm']}, the best control ({len(best['runs'])} run(s))", color="tab:green")
     band(ax, slm, key, f"{slm['arm']} ({len(slm['runs'])} run(s))", color="tab:red", lw=2.5, marker="o")
     if ref:
@@ -543,14 +543,14 @@ def draw_lesson(ax, key, res):
     ax.set(xlabel="web tokens the student has seen (M)", ylabel=CURVE_PANELS[key][1], title=CURVE_PANELS[key][0])
 
 
-def figure(grid, path, width, height):
-    """A figure of panels, a row per group: draw(ax) each, or None (left blank)."""
+def figure(path, draw, results, keys, width, height):
+    """A figure of panels, a row per group and a column per curve key: draw(ax, res, key) each."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(grid), len(grid[0]), figsize=(width * len(grid[0]), height * len(grid)), squeeze=False)
-    for draw, ax in zip((d for row in grid for d in row), axes.flat):
-        ax.set_visible(draw is not None)
-        if draw:
-            draw(ax)
+    fig, axes = plt.subplots(len(results), len(keys), figsize=(width * len(keys), height * len(results)),
+                             squeeze=False)
+    for res, row in zip(results, axes):
+        for key, ax in zip(keys, row):
+            draw(ax, res, key)
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
@@ -612,12 +612,11 @@ def write_report(runs, png, full=False):
             "over seeds):") + [f"wrote {stem}-ratios.png"]))
     print("\n\n".join(lessons + report if full or not lessons else lessons))
     if full or not lessons:
-        have = [panels(res) for res in results]
-        cols = [p for p in (*CURVE_PANELS, "kept", "lr") if any(p in shown for shown in have)] or ["val"]
-        figure([[shown.get(p) for p in cols] for shown in have], png, 5.6, 4.8)
+        drawn = [run for run in runs if run["arm"] != "base"]
+        keys = [key for key in CURVE_PANELS if any(np.isfinite(run[key]).any() for run in drawn)] or ["val"]
+        figure(png, draw_curves, results, keys, 5.6, 4.8)
     else:
-        figure([[lambda ax, key=key, res=res: draw_lesson(ax, key, res) for key in ("acc", "answer")]
-                for res in results if lesson_rows(res)], png, 5.5, 4.2)
+        figure(png, draw_lesson, [res for res in results if lesson_rows(res)], ("acc", "answer"), 5.5, 4.2)
     atomic_write(stem + ".md", "\n\n".join(lessons + report) + "\n")
     print(f"\nwrote {png} and {stem}.md" + ("" if full or not lessons else " (every table: python plot.py --full)"))
 
