@@ -418,7 +418,8 @@ def noise_table(res, base, n_boot=2000, seed=0):
         for (d, _), r in mine.items():
             per_pipe[d].append(r["acc"][-1])
         spread = [np.std(a, ddof=1) for a in per_pipe.values() if len(a) > 1]
-        row = [arm, len(mine), f"{np.mean(accs):.1%}" + f" (sd {np.std(accs, ddof=1):.1%})" * (len(accs) > 1),
+        sd = f" (sd {np.std(accs, ddof=1):.1%})" if len(accs) > 1 else ""
+        row = [arm, len(mine), f"{np.mean(accs):.1%}{sd}",
                f"{np.mean(spread):.1%}" if spread else "one per pipeline"]
         if arm == base:
             rows.append(row + [""] * 3)
