@@ -1,6 +1,5 @@
-"""`python experiments/rebuild.py [name ...] [--write]`: each printout of out/results/ (or those named, without .md)
-made again from the committed logs (experiments/runs/) and compared, figures byte for byte: same / DIFFERS / cannot
-rebuild: why; exit 1 on a difference. --write replaces what differs."""
+"""`python experiments/rebuild.py [name ...] [--write]`: each printout of out/results/ (or those named) made again from
+the committed logs (experiments/runs/) and compared, figures byte for byte; exit 1 on a difference (--write: replace)."""
 import filecmp, os, shutil, subprocess, sys, tempfile
 RUNS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs")
 RESULTS, PLOT_PY = os.path.join(RUNS, "..", "..", "out", "results"), os.path.join(RUNS, "..", "..", "plot.py")
@@ -32,13 +31,13 @@ PLOT["when"] = ("", f"--out_dir {WN}2000 --merge {WN}2000-webref4='2000, web-kee
     "'SLM 0.6' 'CLM + HQ x4' 'reference (2000, web-keeping)' 'SLM 0.6 (2000, web-keeping)' " + " ".join(
         f"'{a} ({n})' '{a} ({n}, web-keeping)'" for n in NS for a in ("reference", "SLM 0.6")) + " " + " ".join(
         f"'CLM + HQ x4 ({n})'" for n in NS))
+PLOT["when3"] = ("", f"--out_dir {WN}1000-webref4")  # issue 31: the 1,000 cell with the web-keeping ref, 3 x 3
 CANNOT = {name: why for why, names in [  # printouts that the committed logs cannot rebuild, and why
     ("its runs' logs are not committed (out/seeds, out/example, out/screens, the regime map, demos in fresh folders)",
      "compare example screens regimes demo-cheapref demo-tuned demo-fresh-reproducing-machine"),
     ("its runs' logs were lost with a machine", "headline-harm-nocarry"), ("timings: measured", "speed demo-times"),
     (f"{H} part-way: its arms' noise-floor runs came after (commit 7a0cff7's logs rebuild it)", "headline-rerun"),
-    ("needs checkpoints", "categories-headline tokens explain-demo explain-demo-cheapref explain-headline "
-     "explain-headline-margin1 explain-refedge explain-webref explain-webref-refloss")] for name in names.split()}
+    ("needs checkpoints (as every explain-*)", "categories-headline tokens")] for name in names.split()}
 
 if __name__ == "__main__":
     write, names, bad = "--write" in sys.argv, [a for a in sys.argv[1:] if a != "--write"], 0
@@ -46,7 +45,8 @@ if __name__ == "__main__":
     md = {f[:-3] for f in files if f.endswith(".md")}  # and figures of no printout (tokens.png)
     for name in names or sorted(md | {f[:-4] for f in files if f[-4:] == ".png" and not {f[:-4], f[:-11]} & md}):
         if name not in PLOT:
-            print(f"{name}: cannot rebuild: {CANNOT.get(name, 'no command known')}")
+            print(f"{name}: cannot rebuild: "
+                  f"{CANNOT.get(name, 'needs checkpoints' if name[:8] == 'explain-' else 'no command known')}")
             continue
         figs = {f for f in (name + ".png", name + "-ratios.png") if f in files and f[:-4] not in md - {name}}
         with tempfile.TemporaryDirectory() as tmp:  # out/<x>: the logs' folders; data: their corpora's meta.json
