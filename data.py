@@ -228,6 +228,7 @@ MOJIBAKE = ["Ã©", "â€™", "â€œ", "Ã¶", "ï»¿", "Â", "&nbsp;", "%2
 # [solution lines], answer), names, items and phrasing drawn from rng. A problem's key is its (family, numbers): the
 # held-out splits own their keys (key_splits), so a test problem is new arithmetic, not a seen one with new names.
 
+
 def fam_add(nums, rng):
     (a, b), n, it = nums, rng.choice(NAMES), rng.choice(ITEMS)
     q = rng.choice([f"{n} has {a} {it}. A friend gives {n} {b} more {it}. How many {it} does {n} have now?",

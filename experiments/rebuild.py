@@ -1,5 +1,5 @@
 """`python experiments/rebuild.py [name ...] [--write]`: each printout of out/results/ (or those named) made again from
-the committed logs (experiments/runs/) and compared, figures byte for byte; exit 1 on a difference (--write: replace)."""
+the committed logs (experiments/runs/) and compared, figures byte for byte; exit 1 on a difference; --write replaces."""
 import filecmp, os, shutil, subprocess, sys, tempfile
 RUNS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs")
 RESULTS, PLOT_PY = os.path.join(RUNS, "..", "..", "out", "results"), os.path.join(RUNS, "..", "..", "plot.py")
