@@ -27,7 +27,7 @@ PLOT = {  # printout: (the logs' folder under experiments/runs/, plot.py's argum
 PLOT["headline"] = ("", f"--out_dir {H}")  # the README's figure: the lesson's two panels (not --full)
 WN, NS = "out/when/subset", (1000, 500, 250)  # issue 31's screen: every cell beside the 2,000 cell's CLM and oracle
 PLOT["when"] = ("", f"--out_dir {WN}2000 --merge {WN}2000-webref4='2000, web-keeping' " + " ".join(
-    f"{WN}{n}='{n}' {WN}{n}-webref4='{n}, web-keeping'" for n in NS) + " --arms CLM 'oracle (math tokens)' reference "
+    f"{WN}{n}='{n}' {WN}{n}-webref4{'/seed0' * (n == 1000)}='{n}, web-keeping'" for n in NS) + " --arms CLM 'oracle (math tokens)' reference "
     "'SLM 0.6' 'CLM + HQ x4' 'reference (2000, web-keeping)' 'SLM 0.6 (2000, web-keeping)' " + " ".join(
         f"'{a} ({n})' '{a} ({n}, web-keeping)'" for n in NS for a in ("reference", "SLM 0.6")) + " " + " ".join(
         f"'CLM + HQ x4 ({n})'" for n in NS))
