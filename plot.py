@@ -399,6 +399,11 @@ def bootstrap(rng, diffs, n_boot):
     return np.percentile(boot, [2.5, 97.5])
 
 
+def is_reference(arm):
+    """A reference alone (one run per pipeline): 'reference', or a merged folder's 'reference (<label>)'."""
+    return arm == "reference" or arm.startswith("reference (")
+
+
 def noise_table(res, base, n_boot=2000, seed=0):
     """Arms run on several data orders: their spread, and each minus `base` paired by pipeline and data order, with a
     two-level bootstrap (pipelines, then data orders); each row draws its own random numbers."""
@@ -406,7 +411,7 @@ def noise_table(res, base, n_boot=2000, seed=0):
     for run in res["chosen"]:
         runs[run["name"]][(run["pipe"]["dir"], run["order"])] = run
     clm = runs.get(base, {})
-    if base.startswith("reference"):  # one run per pipeline: paired with each data order of the same pipeline
+    if is_reference(base):  # one run per pipeline: paired with each data order of the same pipeline
         clm = {(d, s): run for (d, _), run in clm.items() for mine in runs.values() for e, s in mine if e == d}
     rows = []
     for arm, mine in runs.items():
@@ -440,7 +445,7 @@ def noise_table(res, base, n_boot=2000, seed=0):
     head = ["arm", "runs", "test accuracy: mean (sd over runs)", "sd within a pipeline (data order alone)",
             f"accuracy - {base} (pts): mean [95% interval over pipelines and data orders], runs above",
             f"answer loss - {base}: same", "paired test on the problems (intervals over the problems only)"]
-    orders = "" if base.startswith("reference") else " and data order"
+    orders = "" if is_reference(base) else " and data order"
     return [""] + md_table(head, rows, "the noise floor: every pipeline with several data orders (student seeds), "
                            f"each arm at its chosen rate, paired with {base} of the same pipeline{orders}:")
 
@@ -448,8 +453,7 @@ def noise_table(res, base, n_boot=2000, seed=0):
 def noise_tables(res):
     """noise_table against CLM, then each SLM arm run on several data orders, then each reference alone."""
     slms = sorted({run["name"] for run in res["chosen"] if run["order"] and is_slm(run)})
-    refs = sorted({run["name"] for run in res["chosen"] if run["name"].startswith("reference (") or run["name"] ==
-                   "reference"})
+    refs = sorted({run["name"] for run in res["chosen"] if is_reference(run["name"])})
     return [line for base in ("CLM", *slms, *refs) for line in noise_table(res, base)]
 
 
