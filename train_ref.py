@@ -72,6 +72,8 @@ class RefRun(RunFlags):
                                  "several, or several --ref_lr: the sweep's lowest validation answer loss wins",
                            type=float, nargs="+")
     ref_lr: list = arg(None, "peak learning rate(s) of the reference (default: the preset's)", type=float, nargs="+")
+    student_base: str = arg("", "beyond the paper: the students start from this base (e.g. a wider model's "
+                                "out/base/ckpt.pt), the reference from the pipeline's own (a smaller reference)")
     ref_web: int = arg(0, "beyond the paper: the reference's subset shuffled with the first 1/N of the base's web, "
                           "so that it does not forget the web (0: the subset only)", type=int)
     block_size: int = arg(None, "context length of the models (default: the preset's)", type=int)
@@ -105,6 +107,10 @@ def pipeline_settings(args):
                  + ", ".join(f"{k} {shape[k]}" for k in SHAPE),
                  "drop them (the pipeline takes the base's shape), or train a base of that shape (no --base)")
         settings.update({k: shape[k] for k in SHAPE})
+    if args.student_base and load_checkpoint(args.student_base, "student base")["model_args"]["block_size"] != \
+            settings["block_size"]:
+        fail(f"--student_base {args.student_base} has another block size than the reference",
+             "train the reference's base with the student's --block_size")
     return settings
 
 
@@ -143,8 +149,9 @@ def main(args):
             "scoring": score(ref, scores, args, meta) if rank == 0 else 0}
     pipeline = {"preset": args.preset, "seed": args.seed, "data_dir": args.data_dir,
                 "out_dir": args.out_dir,  # as named here: the paths recorded are relative to the same place
-                "settings": settings, "base": base_ckpt, "ref": ref, "scores": scores, "flops": cost,
-                "ref_sweep": sweep, **{k: sweep[best][k] for k in ("ref_epochs", "ref_lr")}, "ref_web": args.ref_web}
+                "settings": settings, "base": args.student_base or base_ckpt, "ref": ref, "scores": scores,
+                "flops": cost, "ref_sweep": sweep, **{k: sweep[best][k] for k in ("ref_epochs", "ref_lr")},
+                "ref_web": args.ref_web}
     if rank == 0:
         atomic_write(os.path.join(args.out_dir, "pipeline.json"), json.dumps(pipeline, indent=1))
         print(f"reference ready: {ref}; next: python train_slm.py --out_dir {args.out_dir} --ratio 0.6")

@@ -1,5 +1,5 @@
 """The reference tuned like every arm, and beyond the paper, through the scripts: a reference sweep on a shared base,
-a reference that keeps some web, soft token weighting."""
+a reference that keeps some web, soft token weighting, a reference smaller than the student."""
 import json
 import os
 
@@ -39,3 +39,18 @@ def test_a_reference_sweep_on_a_shared_base_keeps_the_lowest_validation_answer_l
     assert cfg["init"] == "out/base/ckpt.pt" and cfg["ref_ckpt"] == pipe["ref"]
     assert (cfg["weighting"], cfg["temperature"]) == ("soft", 0.1)
     assert [r for r in records(run) if "selected" in r] and json.loads((run / "done.json").read_text())["val_loss"] > 0
+
+
+def test_a_smaller_reference_from_its_own_base_guides_a_student_of_the_other_base(pipeline, monkeypatch):
+    """--student_base: the reference (half the width) fine-tunes from its own base; the students start from the
+    given one, scored by the small reference."""
+    monkeypatch.chdir(pipeline)
+    call("train_ref.py", "--preset", "tiny", "--out_dir", "small", "--n_embd", "16", "--n_head", "1",
+         "--student_base", "out/base/ckpt.pt", "--ref_epochs", "1")
+    pipe = json.loads(open("small/pipeline.json").read())
+    assert pipe["base"] == "out/base/ckpt.pt" and os.path.exists("small/base/ckpt.pt")
+    assert rho.GPT.from_checkpoint(rho.load_checkpoint(pipe["ref"])).config.n_embd == 16
+    call("train_slm.py", "--out_dir", "small", "--ratio", "0.6", "--max_tokens", "3000")
+    cfg = json.loads(open("small/slm0.6/config.json").read())
+    assert (cfg["init"], cfg["ref_ckpt"], cfg["score_file"]) == ("out/base/ckpt.pt", pipe["ref"], pipe["scores"])
+    assert rho.GPT.from_checkpoint(rho.load_checkpoint("small/slm0.6/ckpt.pt")).config.n_embd == 32
