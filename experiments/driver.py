@@ -149,6 +149,18 @@ def when(n, web=False, seed=0):
     return pipe, [slm(out, 0, a, x) for a in arms for x in (3e-3, 6e-3)], out
 
 
+def width(w, web=False):
+    """Issue 31's third axis: a reference of width w, fine-tuned from its own base (pre-trained on subset 2000's web;
+    web: the web-keeping reference on it), guides students of subset 2000's base; SLM 0.6 at 3e-3 and 6e-3."""
+    out, small = f"out/when/subset2000-ref{w}{'-webref4' * web}/seed0", f"out/when/subset2000-ref{w}/seed0/base/ckpt.pt"
+    ref = ["--base", small, "--ref_web", "4", "--ref_epochs", "40", "--ref_lr"] if web else \
+        ["--n_embd", str(w), "--n_head", str(w // 16), "--ref_epochs", "10", "40", "--ref_lr", "6e-3"]
+    return (f"width{w}{'w' * web}-pipeline", f"{out}/pipeline.json", [
+        "train_ref.py", "--preset", "cpu", "--seed", "0", "--data_dir", "data/when/subset2000", "--out_dir", out, *ref,
+        "1.2e-2", "2.4e-2", "--student_base", "out/when/subset2000/seed0/base/ckpt.pt", "--corpus", "n_ref_train=2000"]
+    ), [slm(out, 0, "slm0.6", x) for x in (3e-3, 6e-3)]
+
+
 W1000 = {"slm0.6": 3e-3, "clm": 3e-3, "clm-mixhq4": 3e-3, "oracle": 6e-3}  # seed 0's choices (out/results/when.md)
 WHEN = lambda *ns: [[when(n, w)[0] for w in (0, 1) for n in ns if (n, w) != (2000, 0)],  # noqa: E731
                     [j for n in ns for w in (0, 1) for j in when(n, w)[1]]]
@@ -156,6 +168,8 @@ PLANS = {**{f"{k}-{D}": v for k, v in DEFAULT.items()}, "regimes": lambda: [  # 
     [p for p in MAP if "--base" not in p[2]], [p for p in MAP if "--base" in p[2]],  # (default-cheapref: no CLM)
     [slm(f"out/regimes/{c}/seed0", 0, a, x) for c in CELLS for a in NOISE[c == "default-cheapref":] for x in LRS[:2]]],
     "when": lambda: [[when(2000)[0]], *WHEN(2000, 250), *WHEN(1000, 500)],  # issue 31: the subset's size
+    "width": lambda: [[width(w)[0] for w in (32, 16)], [width(w, 1)[0] for w in (32, 16)],  # issue 31: a small ref
+                      [j for w in (32, 16) for web in (0, 1) for j in width(w, web)[1]]],
     "when3": lambda: [[when(1000, 1, s)[0] for s in (1, 2)], *([slm(when(1000, 1, s)[2], 0, a, x, t) for s in S3 for (
         a, x) in W1000.items() if t == 0 or a != "oracle"] for t in (0, *SEEDS))],  # the best cell, 3 pipelines
     "pair-harm-nocarry": lambda: [[hpipe(HN, s, cell=HN) for s in (0, 1)], [hpipe(HN, 2, cell=HN), *runs(HN, PAIR, (
