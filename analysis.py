@@ -1,7 +1,6 @@
 """
-analysis.py -- inside one run: which tokens SLM keeps (--tokens: tokens.png), the paper's token-loss categories over
-kept checkpoints (--categories: categories.png), the selection explained kind by kind (--explain: explain.md); across
-runs, what each arm keeps of each kind and the ratio plot. plot.py runs it: python plot.py --tokens out/slm0.6
+analysis.py -- inside one run (plot.py --tokens, --categories, --explain): which tokens SLM keeps, the paper's token
+loss categories, the selection explained kind by kind; across runs, what each arm keeps of each kind, the ratio plot.
 """
 import glob
 import math
@@ -104,8 +103,7 @@ def layout(pieces, width):
 
 
 def draw_tokens(pages, title, lim, kinds, path, width=110):
-    """The pages, each token on a cell coloured by its excess loss (blue to red), pale if dropped; its text in its
-    kind's colour."""
+    """The pages, each token on a cell coloured by its excess loss, pale if dropped, its text in its kind's colour."""
     import matplotlib
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
@@ -152,7 +150,7 @@ def categorize(losses, x, change=0.2, high=1.0):
 
 def loss_categories(args):
     """Held-out tokens in the paper's four categories by their loss over a run's kept checkpoints: a table and, in
-    categories.png, the shares beside the paper's and each category's mean loss over training and 20 of its tokens'."""
+    categories.png, the shares beside the paper's and each category's loss curves."""
     import matplotlib.pyplot as plt
     cfg, _, tok, meta = run_context(args.categories)
     paths = sorted(glob.glob(os.path.join(args.categories, "ckpt_*.pt")))  # ckpt_<step>.pt: in step order
@@ -233,9 +231,6 @@ def explain_scores(args):
     """Every scored token of held-out pages: its kind, role, slipped flag, its losses under the reference and the
     student at step 0 and at the end, and what the run's rule keeps at each."""
     cfg, pipe, tok, meta = run_context(args.explain)
-    if "data_config" not in meta:
-        fail(f"{cfg['data_dir']} holds a real corpus: its tokens have no kinds to explain the selection by",
-             "explain a run on the embedded corpus (python train_ref.py; python train_slm.py --ratio 0.6)")
     if cfg["select"] not in ("excess", "ref_loss") or cfg["weighting"] == "soft":
         fail(f"{args.explain} is not SLM or ref-loss: the table ranks tokens by their score", "explain an SLM run "
              "(python train_slm.py --ratio 0.6), ref-loss (--select ref_loss), or CLM (--ratio 1.0) to see what SLM "
@@ -277,16 +272,12 @@ def explain(args):
         f"{by} over all these tokens")
     wrong = t["kind"] == data.WRONG
     right = (t["kind"] == data.MATH) & (t["role"] == 3) & ~t["slipped"]
-    if not wrong.any() or not right.any():
-        lines += ["", "(no slipped or no correct results among these pages: show more)"]
-    else:
-        scores = (("reference loss", "ref"), ("student loss, step 0", "start"), ("student loss, end", "end"),
-                  ("excess, step 0", "excess_start"), ("excess, end", "excess_end"))
-        lines += [""] + md_table(["score", "slipped", "correct", "AUROC"], [
-            [name, f"{t[k][wrong].mean():.3f}", f"{t[k][right].mean():.3f}", f"{auroc(t[k][wrong], t[k][right]):.3f}"]
-            for name, k in scores], f"slipped results (math_wrong, {wrong.sum()} tokens) against the results of "
-            f"correct solutions ({right.sum()} tokens): mean of each score and its AUROC at telling them apart "
-            "(slipped = positive)")
+    scores = (("reference loss", "ref"), ("student loss, step 0", "start"), ("student loss, end", "end"),
+              ("excess, step 0", "excess_start"), ("excess, end", "excess_end"))
+    lines += [""] + md_table(["score", "slipped", "correct", "AUROC"], [
+        [name, f"{t[k][wrong].mean():.3f}", f"{t[k][right].mean():.3f}", f"{auroc(t[k][wrong], t[k][right]):.3f}"]
+        for name, k in scores], f"slipped results (math_wrong, {wrong.sum()} tokens) against the results of correct "
+        f"solutions ({right.sum()} tokens): mean of each score, its AUROC at telling them apart (slipped = positive)")
     path = os.path.join(args.explain, "explain.md")
     atomic_write(path, "\n".join(lines) + "\n")
     print("\n".join(lines) + f"\n\nwrote {path}")
