@@ -1,11 +1,10 @@
 """
-analysis.py -- inside one run: which tokens SLM keeps (--tokens: tokens.png), the paper's token-loss categories over
-kept checkpoints (--categories: categories.png), the selection explained kind by kind (--explain: explain.md); across
-runs, what each arm keeps of each kind and the ratio plot. plot.py runs it: python plot.py --tokens out/slm0.6
+analysis.py -- inside one run (plot.py --tokens, --categories, --explain): which tokens SLM keeps, the paper's token
+loss categories, the selection explained kind by kind; across runs, what each arm keeps of each kind, the ratio plot.
 """
 import glob
-import math
 import os
+import pathlib
 import re
 
 import numpy as np
@@ -54,12 +53,10 @@ def pages_to_use(args, cfg, tok, n):
         return data.held_out_pages(cfg["data_dir"], args.pages or n)
     pages = []
     for path in args.text.split(","):
-        if not os.path.isfile(path):
-            fail(f"no text file at {path}", "pass existing text files to --text (comma-separated)")
-        with open(path, encoding="utf-8", errors="replace") as f:
-            pages.append((tok.encode(f.read()), None))
-        if len(pages[-1][0]) < 2:
-            fail(f"{path} holds fewer than two tokens", "pass a text file with some text in it")
+        ids = tok.encode(pathlib.Path(path).read_text("utf-8", "replace")) if os.path.isfile(path) else []
+        if len(ids) < 2:
+            fail(f"no text file at {path}, or one of fewer than two tokens", "pass text files, comma-separated")
+        pages.append((ids, None))
     return pages
 
 
@@ -78,10 +75,11 @@ def token_picture(args):
     for p, kept in zip(pages, np.split(keep, np.cumsum([len(p["pieces"]) for p in pages])[:-1])):
         p["keep"] = kept
     lim = float(np.nanpercentile(np.abs(excess), 90)) or 1.0  # the colour scale saturates beyond it
-    kinds, png = meta.get("kinds") or [], os.path.join(args.tokens, "tokens.png")
+    kinds = meta["kinds"] if pages[0]["kinds"] is not None else []
+    png = os.path.join(args.tokens, "tokens.png")
     draw_tokens(pages, f"{args.tokens} (step {step}) against its reference: {args.ratio:.0%} of the shown tokens "
                 "kept, those with the highest excess loss", lim, kinds, png)
-    if kinds and pages[0]["kinds"] is not None:
+    if kinds:
         lab = np.concatenate([p["kinds"] for p in pages])
         print("share of each kind kept: " + ", ".join(f"{k} {keep[scored & (lab == i)].mean():.0%}"
                                                       for i, k in enumerate(kinds) if (scored & (lab == i)).any()))
@@ -104,8 +102,7 @@ def layout(pieces, width):
 
 
 def draw_tokens(pages, title, lim, kinds, path, width=110):
-    """The pages, each token on a cell coloured by its excess loss (blue to red), pale if dropped; its text in its
-    kind's colour."""
+    """The pages, each token on a cell coloured by its excess loss, pale if dropped, its text in its kind's colour."""
     import matplotlib
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
@@ -130,8 +127,7 @@ def draw_tokens(pages, title, lim, kinds, path, width=110):
     handles = [Patch(color=cmap(1.0), label=f"excess loss +{lim:.2f} (student worse than reference)"),
                Patch(color=cmap(0.0), label=f"excess loss -{lim:.2f}"),
                Patch(color="0.85", label="pale cell, faint text: dropped")]
-    if pages[0]["kinds"] is not None:
-        handles += [Patch(color=f"C{i % 10}", label=f"text: {k}") for i, k in enumerate(kinds)]
+    handles += [Patch(color=f"C{i % 10}", label=f"text: {k}") for i, k in enumerate(kinds)]
     ax.legend(handles=handles, loc="lower center", ncol=4, fontsize=fs * 0.9, frameon=False)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -142,8 +138,8 @@ PAPER_SHARES = (0.11, 0.12, 0.26, 0.51)  # RHO-1 §2.1, TinyLlama-1B on OpenWebM
 
 
 def categorize(losses, x, change=0.2, high=1.0):
-    """(category per token, its change) of losses (K checkpoints at x, N tokens): a line's fitted change over x
-    decides: below -change H->L, above +change L->H; in between H->H where the mean loss is >= high, else L->L."""
+    """(category, change) per token of losses (K checkpoints at x, N tokens) by its fitted change over the run:
+    below -change H->L, above +change L->H; else H->H where the mean loss is >= high, else L->L."""
     x = (np.asarray(x, float) - x[0]) / (x[-1] - x[0])
     xc = x - x.mean()
     delta = xc @ (losses - losses.mean(0)) / (xc @ xc)  # (N,): the slope, i.e. the change over the unit span
@@ -151,8 +147,7 @@ def categorize(losses, x, change=0.2, high=1.0):
 
 
 def loss_categories(args):
-    """Held-out tokens in the paper's four categories by their loss over a run's kept checkpoints: a table and, in
-    categories.png, the shares beside the paper's and each category's mean loss over training and 20 of its tokens'."""
+    """Held-out tokens in the paper's four categories by their loss over a run's kept checkpoints (and a picture)."""
     import matplotlib.pyplot as plt
     cfg, _, tok, meta = run_context(args.categories)
     paths = sorted(glob.glob(os.path.join(args.categories, "ckpt_*.pt")))  # ckpt_<step>.pt: in step order
@@ -168,9 +163,8 @@ def loss_categories(args):
     lines = md_table(["category", "this run", "RHO-1 (1B, OpenWebMath)"],
                      [(c, f"{s:.0%}", f"{p:.0%}") for c, s, p in zip(CATEGORIES, shares, PAPER_SHARES)],
                      f"token-loss categories of {losses.shape[1]:,} held-out tokens over {len(paths)} checkpoints of "
-                     f"{args.categories} (fitted change beyond +-0.2 nats: rising or falling; else high if mean loss "
-                     ">= 1 nat)")
-    if pages[0][1] is not None and meta.get("kinds"):
+                     f"{args.categories} (a fitted change beyond +-0.2 nats: L->H, H->L; else H if mean loss >= 1)")
+    if pages[0][1] is not None:
         lab = np.concatenate([labels[1:] for _, labels in pages])
         masks = [(k, lab == i) for i, k in enumerate(meta["kinds"]) if (lab == i).any()]
         lines += [""] + md_table(["kind", "tokens", *CATEGORIES], [[k, f"{m.sum():,}", *(
@@ -222,24 +216,17 @@ def token_roles(pieces, kinds):
 
 def auroc(pos, neg):
     """P(score(positive) > score(negative)), ties counted half (Mann-Whitney U / n_pos n_neg); NaN without both."""
-    if not len(pos) or not len(neg):
-        return math.nan
     neg = np.sort(neg)
     lo, hi = np.searchsorted(neg, pos, "left"), np.searchsorted(neg, pos, "right")  # negatives below, not above
-    return float((lo + hi).sum() / 2 / (len(pos) * len(neg)))
+    return float((lo + hi).sum() / 2 / (len(pos) * len(neg))) if len(pos) * len(neg) else np.nan
 
 
 def explain_scores(args):
-    """Every scored token of held-out pages: its kind, role, slipped flag, its losses under the reference and the
-    student at step 0 and at the end, and what the run's rule keeps at each."""
+    """Every scored token of held-out pages: kind, role, slipped, losses (reference, student at 0 and end), kept."""
     cfg, pipe, tok, meta = run_context(args.explain)
-    if "data_config" not in meta:
-        fail(f"{cfg['data_dir']} holds a real corpus: its tokens have no kinds to explain the selection by",
-             "explain a run on the embedded corpus (python train_ref.py; python train_slm.py --ratio 0.6)")
     if cfg["select"] not in ("excess", "ref_loss") or cfg["weighting"] == "soft":
-        fail(f"{args.explain} is not SLM or ref-loss: the table ranks tokens by their score", "explain an SLM run "
-             "(python train_slm.py --ratio 0.6), ref-loss (--select ref_loss), or CLM (--ratio 1.0) to see what SLM "
-             "would keep")
+        fail(f"{args.explain} is not SLM or ref-loss: the table ranks tokens by their score",
+             "explain an SLM, ref-loss or CLM run (CLM: to see what SLM would keep)")
     pages = data.held_out_pages(cfg["data_dir"], args.pages or 300)
     per_page = [(np.array(kinds), *token_roles(tok.pieces(ids), np.array(kinds))) for ids, kinds in pages]
     tokens = {key: np.concatenate([page[i][1:] for page in per_page])  # the first token of a page has no loss
@@ -256,8 +243,7 @@ def explain_scores(args):
 
 
 def explain(args):
-    """What the run keeps of each kind and math role at step 0 and at the end, with the losses behind it; and how
-    well each score tells slipped results from right ones."""
+    """What the run keeps of each kind and math role at step 0 and the end, and how scores tell slipped results."""
     cfg, t = explain_scores(args)
     rows, cells = [("all", np.ones(len(t["ref"]), bool))], []
     for i, k in enumerate(data.KINDS):
@@ -277,16 +263,12 @@ def explain(args):
         f"{by} over all these tokens")
     wrong = t["kind"] == data.WRONG
     right = (t["kind"] == data.MATH) & (t["role"] == 3) & ~t["slipped"]
-    if not wrong.any() or not right.any():
-        lines += ["", "(no slipped or no correct results among these pages: show more)"]
-    else:
-        scores = (("reference loss", "ref"), ("student loss, step 0", "start"), ("student loss, end", "end"),
-                  ("excess, step 0", "excess_start"), ("excess, end", "excess_end"))
-        lines += [""] + md_table(["score", "slipped", "correct", "AUROC"], [
-            [name, f"{t[k][wrong].mean():.3f}", f"{t[k][right].mean():.3f}", f"{auroc(t[k][wrong], t[k][right]):.3f}"]
-            for name, k in scores], f"slipped results (math_wrong, {wrong.sum()} tokens) against the results of "
-            f"correct solutions ({right.sum()} tokens): mean of each score and its AUROC at telling them apart "
-            "(slipped = positive)")
+    scores = (("reference loss", "ref"), ("student loss, step 0", "start"), ("student loss, end", "end"),
+              ("excess, step 0", "excess_start"), ("excess, end", "excess_end"))
+    lines += [""] + md_table(["score", "slipped", "correct", "AUROC"], [
+        [name, f"{t[k][wrong].mean():.3f}", f"{t[k][right].mean():.3f}", f"{auroc(t[k][wrong], t[k][right]):.3f}"]
+        for name, k in scores], f"slipped results (math_wrong, {wrong.sum()} tokens) against the results of correct "
+        f"solutions ({right.sum()} tokens): mean of each score, its AUROC at telling them apart (slipped = positive)")
     path = os.path.join(args.explain, "explain.md")
     atomic_write(path, "\n".join(lines) + "\n")
     print("\n".join(lines) + f"\n\nwrote {path}")
@@ -294,8 +276,7 @@ def explain(args):
 
 
 def kept_over_run(run):
-    """{kind: share kept over the run, 'precision': share of math among the kept}, each record weighted by the
-    tokens since the one before; None without token kinds."""
+    """{kind: share kept, 'precision': share of math in the kept}, records weighted by tokens; None without kinds."""
     recs = [(t1 - t0, s, c) for t0, t1, s, c in zip(run["tokens"], run["tokens"][1:], run["selected"][1:],
                                                     run["composition"][1:]) if s]
     if not recs:
@@ -321,8 +302,7 @@ def selection_table(res):
 
 
 def plot_ratios(sweeps, path):
-    """Final test answer loss and accuracy against the ratio (1.0 = CLM), median [min, max] over seeds; sweeps: per
-    group, [(ratio, its row at its best learning rate)]."""
+    """Final test answer loss and accuracy against the ratio; sweeps: per group, [(ratio, row at its best lr)]."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, what in zip(axes, ("answer", "acc"), ("final test answer loss", "final test accuracy")):

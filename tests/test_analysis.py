@@ -10,7 +10,7 @@ import torch
 
 import analysis
 import plot
-from conftest import call, run
+from conftest import call, records, run
 
 
 def test_categorize_sorts_known_trajectories():
@@ -36,8 +36,7 @@ def test_categorize_sorts_known_trajectories():
 def test_token_picture_keeps_the_top_share_and_writes_a_png(pipeline, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(pipeline)
     pages = call("plot.py", "--tokens", "out/slm0.6", "--pages", "2")
-    png = pipeline / "out" / "slm0.6" / "tokens.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (pipeline / "out" / "slm0.6" / "tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     keep, excess = np.concatenate([p["keep"] for p in pages]), np.concatenate([p["excess"] for p in pages])
     scored = ~np.isnan(excess)  # the first token of each page has no loss and is never kept
     assert scored.sum() == len(excess) - 2 and not keep[~scored].any()
@@ -56,8 +55,8 @@ def test_categories_over_kept_checkpoints(pipeline, monkeypatch, capsys):
     monkeypatch.chdir(pipeline)
     call("train_slm.py", "--ratio", "1.0", "--keep_ckpts")
     run_dir = pipeline / "out" / "clm-ckpts"
-    kept = sorted(f for f in os.listdir(run_dir) if re.fullmatch(r"ckpt_\d{6}\.pt", f))
-    assert len(kept) == len([r for r in map(json.loads, open(run_dir / "log.jsonl")) if "val_loss" in r]) >= 3
+    kept = [f for f in os.listdir(run_dir) if re.fullmatch(r"ckpt_\d{6}\.pt", f)]
+    assert len(kept) == len(records(run_dir, evals=True)) >= 3
     capsys.readouterr()
     call("plot.py", "--categories", "out/clm-ckpts", "--pages", "20")
     shares = [float(m) / 100 for m in re.findall(r"\| [HL]->[HL] \| (\d+)% \|", capsys.readouterr().out)]
@@ -84,11 +83,10 @@ def fake_pipeline(root, seed, runs, n=100, settings=None, name=None, ref_epochs=
                "keep_ckpts": False, "data_dir": str(d / "data"), **{k: 1 for k in plot.SHAPE}}
         assert plot.arm_name(cfg) == arm  # the arm comes from the settings
         (d / name / "config.json").write_text(json.dumps(cfg))
-        with open(d / name / "log.jsonl", "w") as f:
-            for t, v, a, acc in curve:
-                right = "".join("1" if i < round(acc * n) else "0" for i in range(n))
-                f.write(json.dumps({"step": t, "tokens": t, "flops": 2.0 * t, "val_loss": v + 0.3, "val_answer_loss": v,
-                                    "answer_loss": a, "acc": acc, "correct": right}) + "\n")
+        (d / name / "log.jsonl").write_text("".join(json.dumps(
+            {"step": t, "tokens": t, "flops": 2.0 * t, "val_loss": v + 0.3, "val_answer_loss": v, "answer_loss": a,
+             "acc": acc, "correct": "1" * round(acc * n) + "0" * (n - round(acc * n))}) + "\n"
+            for t, v, a, acc in curve))
         (d / name / "done.json").write_text("{}")
 
 
@@ -106,9 +104,8 @@ def test_pipelines_group_by_what_shapes_them_not_by_the_preset_defaults_they_ove
 
 
 def test_plot_keeps_apart_what_pooling_as_seeds_would_hide_and_a_file_cut_short_costs_only_its_run(tmp_path):
-    """Students of another budget, a copied pipeline and a second run of an arm at one rate are never pooled as
-    seeds of one arm: each is shown apart (or left out), with one line saying why. A kill's cut costs a record or a
-    finish, not the table."""
+    """Students of another budget, a copied pipeline and a second run of an arm at one rate are never pooled as seeds:
+    each is shown apart (or left out), with one line saying why. A kill's cut costs a record or a finish."""
     curve = [(0, 1.0, 1.0, 0.1), (100, 0.5, 0.5, 0.3)]
     fake_pipeline(tmp_path, 0, {name: (arm, ratio, 1e-3, curve) for name, arm, ratio in (
         ("clm", "CLM", 1.0), ("slm", "SLM 0.6", 0.6), ("slm-big", "SLM 0.6", 0.6), ("slm-twin", "SLM 0.6", 0.6))})
@@ -145,9 +142,8 @@ def test_plot_aggregates_seeds_and_picks_each_arms_best_lr_on_validation(tmp_pat
     assert res["best"]["CLM"] == 2e-3 and res["seeds"] == [0, 1]
     rows = {r["arm"]: r for r in res["rows"]}
     np.testing.assert_allclose(sorted(r["answer"][-1] for r in rows["CLM"]["runs"]), [0.6, 0.7])
-    # SLM 0.6 reaches CLM's final test answer loss (0.6, 0.7), which CLM reaches at its end (1000 tokens), at 250
-    # tokens in both seeds (4x fewer; a crossing before the first evaluation after step 0: a bound); CLM first
-    # reached its final accuracy (40%) at 750 tokens, SLM at 250: >=3x
+    # SLM 0.6 reaches CLM's final test answer loss (CLM: at 1000 tokens) at 250 in both seeds (4x fewer; a crossing
+    # before the first evaluation after step 0: a bound); CLM's final accuracy (40%) at 750 tokens, SLM's at 250: >=3x
     assert rows["SLM 0.6"]["x_answer"] == [(4.0, True), (4.0, True)]
     assert rows["SLM 0.6"]["x_acc"] == [(3.0, True), (3.0, True)]
     # compute: the base left out; SLM pays the reference and the scoring (15) plus 2 FLOPs/token for 250 tokens
@@ -196,7 +192,7 @@ def test_auroc_counts_ties_half():
     assert np.isnan(analysis.auroc([], [1.0]))
 
 
-def test_explain_tables_kinds_roles_and_slipped_results(pipeline, monkeypatch):
+def test_explain_tables_kinds_roles_and_slips_and_ranks_ref_loss_by_the_reference(pipeline, tmp_path, monkeypatch):
     monkeypatch.chdir(pipeline)
     t = call("plot.py", "--explain", "out/slm0.6", "--pages", "40")
     text = (pipeline / "out" / "slm0.6" / "explain.md").read_text()
@@ -215,10 +211,7 @@ def test_explain_tables_kinds_roles_and_slipped_results(pipeline, monkeypatch):
     # the second table: slipped results against correct ones, each score's mean on both and its AUROC
     aurocs = [float(a) for a in re.findall(r"^\| [a-z ,0-9]+ \| -?[\d.]+ \| -?[\d.]+ \| ([\d.]+) \|$", text, re.M)]
     assert len(aurocs) == 5 and all(0 <= a <= 1 for a in aurocs)
-
-
-def test_explain_ranks_a_ref_loss_run_by_the_reference_loss(pipeline, tmp_path, monkeypatch):
-    monkeypatch.chdir(pipeline)  # the SLM run's folder as a ref-loss run (its paths are relative to the pipeline)
+    # a ref-loss run (the SLM run's folder copied; its paths are relative to the pipeline) ranks by the reference loss
     run_dir = tmp_path / "out" / "refloss0.6"
     shutil.copytree(pipeline / "out" / "slm0.6", run_dir)
     shutil.copy(pipeline / "out" / "pipeline.json", tmp_path / "out")

@@ -1,5 +1,4 @@
-"""Real corpora through `datasets` (data_real.py), tested on local files the tests write (conftest's real_files: the
-same code path as a hub name); its mistakes, each one line: test_errors.py."""
+"""Real corpora through `datasets` (data_real.py) on local files (the hub's code path); its mistakes: test_errors.py."""
 import contextlib
 import dataclasses
 import json
@@ -16,25 +15,24 @@ from conftest import call
 
 
 def build(files, out, *extra, web=None):
-    """data_real.py on the files, run from their folder, in this process."""
+    """data_real.py on the files, run from their folder, in this process; returns the corpus's meta."""
     with contextlib.chdir(files):
         call("data_real.py", "--web", str(web or files / "web.jsonl"), "--hq", str(files / "train.parquet"), "--eval",
              str(files / "test.parquet"), "--max_tokens", "12000", "--hq_val", "20", "--ngram_share", "0.5",
              "--data_dir", str(out), *extra)
+    return data.read_meta(str(out))
 
 
 def test_local_files_build_a_corpus_that_trains_without_selection_statistics(real_files, tmp_path, monkeypatch, capsys):
     d = str(tmp_path / "data")
-    build(real_files, d)
+    meta = build(real_files, d)
     # not a terminal: the progress line is drawn at the start and the end (every 15 s between), not once per chunk
     assert capsys.readouterr().err.count("tokenizing") <= 2
-    meta = data.read_meta(d)
-    assert meta["kinds"] is None
+    assert meta["kinds"] is None and not os.path.exists(f"{d}/web.labels")  # real data has no ground-truth kinds
     # local paths are stored relative to the folder the command ran in (here: the files' folder), not absolute
     assert (meta["source"]["web"], meta["source"]["hq"]) == ("web.jsonl", "train.parquet")
     assert meta["splits"]["web_base"]["tokens"] + meta["splits"]["web"]["tokens"] == 12000  # the exact budget
     assert meta["splits"]["ref_val"]["documents"] == 20 and meta["splits"]["ref_train"]["documents"] == 130
-    assert not os.path.exists(f"{d}/web.labels")  # real data has no ground-truth kinds
     evals = data.load_eval(d)
     assert len(evals) == 46 and evals[0]["prompt"].startswith("Question: ") and evals[0]["prompt"].endswith("Answer:")
     assert evals[0]["answer"] == int(evals[0]["prompt"].split(" has ")[1].split()[0]) + \
@@ -54,28 +52,24 @@ def test_local_files_build_a_corpus_that_trains_without_selection_statistics(rea
 
 
 def test_final_number_reads_gsm8k_and_plain_answers():
-    assert data_real.final_number("so 3 + 4 = <<3+4=7>>7\n#### 7") == 7
-    assert data_real.final_number("The answer is 1,234.") == 1234
-    assert data_real.final_number(42) == 42 and data_real.final_number(" 12 ") == 12
-    assert data_real.final_number("no number") is None
+    answers = ["so 3 + 4 = <<3+4=7>>7\n#### 7", "The answer is 1,234.", 42, " 12 ", "no number"]
+    assert [data_real.final_number(a) for a in answers] == [7, 1234, 42, 12, None]
 
 
 def test_web_documents_holding_a_test_problem_are_dropped(real_files, tmp_path, capsys):
     test = datasets.load_dataset("parquet", data_files=str(real_files / "test.parquet"), split="train").to_list()
-    rng = random.Random(1)
-    web, planted = [], 0
+    rng, web = random.Random(1), []
     for line in (real_files / "web.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rng.random() < 0.1:  # a page quoting a test problem, question and worked answer
             p = rng.choice(test)
             rec["text"] += f" Homework help! Question: {p['question']}\nAnswer: {p['answer']} Thanks for reading!"
-            planted += 1
         web.append(json.dumps(rec))
     (tmp_path / "web.jsonl").write_text("\n".join(web) + "\n")
+    planted = sum("Homework help" in w for w in web)
     d = str(tmp_path / "d")
-    build(real_files, d, "--max_tokens", "0", web=tmp_path / "web.jsonl")
+    meta = build(real_files, d, "--max_tokens", "0", web=tmp_path / "web.jsonl")
     assert f"dropped {planted:,} noisy corpus document(s)" in capsys.readouterr().out and planted > 10
-    meta = data.read_meta(d)
     assert meta["decontamination"]["dropped_documents"] == {"noisy corpus": planted}
     tok = data.Tokenizer.from_meta(d)
     text = "".join(tok.decode(data.load_tokens(d, s)[0].tolist()) for s in ("web", "web_base"))
@@ -101,10 +95,9 @@ def test_questions_longer_than_the_block_are_cut(real_files, tmp_path, monkeypat
 def test_a_txt_noisy_corpus_is_one_document_per_line_and_says_so(real_files, tmp_path, capsys):
     (tmp_path / "web.txt").write_text("".join(json.loads(x)["text"] + "\n"
                                               for x in (real_files / "web.jsonl").read_text().splitlines()))
-    build(real_files, tmp_path / "d", "--max_tokens", "0", web=tmp_path / "web.txt")
+    meta = build(real_files, tmp_path / "d", "--max_tokens", "0", web=tmp_path / "web.txt")
     printed = capsys.readouterr().out
     assert "note: " in printed and "one document per line (.txt); use .jsonl" in printed
-    meta = data.read_meta(str(tmp_path / "d"))
     assert meta["splits"]["web"]["documents"] + meta["splits"]["web_base"]["documents"] == 300
     assert not os.path.isabs(meta["source"]["web"]) and meta["source"]["web"].endswith("web.txt")
 
