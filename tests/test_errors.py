@@ -2,6 +2,7 @@
 commands (a setup, the script and its flags) and the words the line must hold, run in this process."""
 import glob
 import json
+import operator
 import os
 import pickle
 import shutil
@@ -12,29 +13,20 @@ import torch
 import data
 from conftest import run, user_error
 
-
-def shared(t):  # the session's pipeline: the command must refuse before it writes anything
-    return t.pipeline
-
-
-def empty(t):
-    return t.tmp
+# a setup gets a Where and returns the folder its command runs in
+shared = operator.attrgetter("pipeline")  # the session's pipeline: the command must refuse before it writes anything
+empty = operator.attrgetter("tmp")
+real = operator.attrgetter("real_files")  # read only; the corpus goes to a folder of the case's own
 
 
-def real(t):  # the session's real-data files, read only; the corpus goes to a folder of the case's own
-    return t.files
-
-
-def written(name, text, where=empty):
-    """A file of the case's own holding text; the command runs in where(t)."""
+def written(name, text, where=empty):  # a file of the case's own holding text
     def setup(t):
         (t.tmp / name).write_text(text)
         return where(t)
     return setup
 
 
-def copied(change):
-    """A private copy of the tiny pipeline (data, base, reference, scores), damaged by change(folder)."""
+def copied(change):  # a private copy of the tiny pipeline (data, base, reference, scores), damaged by change(folder)
     def setup(t):
         for name in ("data", "out/base", "out/ref"):
             shutil.copytree(t.pipeline / name, t.tmp / name)
@@ -48,8 +40,7 @@ def cut(path, keep):  # one file cut short, as a kill or a full disk leaves it
     return copied(lambda d: (d / path).write_bytes((d / path).read_bytes()[:keep]))
 
 
-def pipeline_json(t, **paths):
-    """A pipeline.json in an empty folder pointing at the session's pipeline, with some paths changed."""
+def pipeline_json(t, **paths):  # a pipeline.json in an empty folder pointing at the session's pipeline, paths changed
     pipe = json.loads((t.pipeline / "out" / "pipeline.json").read_text())
     pipe.update(data_dir=str(t.pipeline / "data"), **{k: str(t.pipeline / pipe[k]) for k in ("base", "ref", "scores")})
     (t.tmp / "out").mkdir()
@@ -64,12 +55,11 @@ def other_vocabulary(t):
 
 
 def random_run(t):  # a --select random run: --explain ranks by excess or reference loss, not by chance
-    folder = pipeline_json(t)
     cfg = json.loads((t.pipeline / "out" / "slm0.6" / "config.json").read_text())
-    (folder / "out" / "random0.6").mkdir()
-    cfg.update(select="random", data_dir=str(t.pipeline / "data"))
-    (folder / "out" / "random0.6" / "config.json").write_text(json.dumps(cfg))
-    return folder
+    (pipeline_json(t) / "out" / "random0.6").mkdir()
+    (t.tmp / "out" / "random0.6" / "config.json").write_text(json.dumps({**cfg, "select": "random",
+                                                                         "data_dir": str(t.pipeline / "data")}))
+    return t.tmp
 
 
 def another_reference(d):  # of the same shapes
@@ -133,8 +123,7 @@ CASES = {
     "real: budget": (real, [*REAL, "--max_tokens", "10000000"], ["--max_tokens"], ["{tmp}/d/*"]),
     "real: malformed": (written("bad.jsonl", '{"text": "fine"}\n{"text": broken\n', real),
                         [*REAL, "--web", "{tmp}/bad.jsonl"], ["cannot read"], ["{tmp}/d/*"]),
-    # a missing local file (or a mistyped file type) is named as given: not sent to the hub, not a --max_tokens 0
-    # complaint
+    # a missing local file (or a mistyped file type) is named as given: not sent to the hub, no --max_tokens 0 error
     **{f"real: missing {flag} {path}": (real, [*REAL, "--max_tokens", "0", f"--{flag}", path],
                                         [f"no such file: {path}"], ["{tmp}/d/*"]) for flag, path in (
         ("web", "corpora/web.jsonl"), ("web", "corpora/web.jsnl"), ("hq", "./train.jsonl"),
@@ -179,18 +168,12 @@ CASES = {
 
 
 class Where:
-    """What a setup may use: an empty folder of its own, the session's pipeline and real-data files."""
+    """What a setup may use: its own empty folder (tmp), the session's pipeline and real_files (made on first use)."""
+    def __init__(self, request, tmp):
+        self.request, self.tmp = request, tmp
 
-    def __init__(self, request, tmp_path):
-        self.request, self.tmp = request, tmp_path
-
-    @property
-    def pipeline(self):
-        return self.request.getfixturevalue("pipeline")
-
-    @property
-    def files(self):
-        return self.request.getfixturevalue("real_files")
+    def __getattr__(self, fixture):
+        return self.request.getfixturevalue(fixture)
 
 
 @pytest.mark.parametrize("case", [pytest.param(k, marks=NO_GPU if "cuda" in k else ()) for k in CASES])
@@ -198,19 +181,15 @@ def test_a_mistake_is_one_line_and_writes_nothing(case, request, tmp_path, monke
     setup, command, words, absent = CASES[case]
     folder = setup(Where(request, tmp_path))
     monkeypatch.chdir(folder)
-
-    def fill(text):  # {tmp}: the case's own folder
-        return text.format(tmp=tmp_path)
-    msg = user_error(*map(fill, command))
-    for w in map(fill, words):
-        assert w in msg, msg
-    for path in map(fill, absent):
-        assert not glob.glob(os.path.join(folder, path)), path
+    msg = user_error(*(c.format(tmp=tmp_path) for c in command))  # {tmp}: the case's own folder
+    for w in words:
+        assert w.format(tmp=tmp_path) in msg, msg
+    for path in absent:
+        assert not glob.glob(os.path.join(folder, path.format(tmp=tmp_path))), path
 
 
 def test_a_mistake_on_the_command_line_is_the_last_line_of_stderr_and_no_traceback(tmp_path, monkeypatch):
-    """As a user runs it: a hub dataset while offline (the switch is read when `datasets` is imported: a fresh
-    process)."""
+    """As a user runs it, in a fresh process (`datasets` reads the offline switch on import): a hub dataset offline."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     p = run("data_real.py", "--source", "owm-gsm8k", "--data_dir", str(tmp_path / "d"), check=False, cwd=tmp_path)
