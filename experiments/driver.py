@@ -122,6 +122,22 @@ def width(w, web=False):
                 "out/when/subset2000/seed0/base/ckpt.pt", "--corpus", "n_ref_train=2000")
 
 
+def budget(m=10, pages=80_000):
+    """Issue 31: students of m million web tokens on a web of `pages` pages (its own base; the subset-only and the
+    web-keeping reference), each arm at one or two rates; CLM at 3e-3 beside the web-keeping reference."""
+    out, web, data = f"out/when/budget{m}m/seed0", f"out/when/budget{m}m-webref4/seed0", f"data/when/budget{m}m"
+    ref = ["--ref_epochs", "10", "40", "--ref_lr", "6e-3", "1.2e-2"]
+    webref = ["--base", f"{out}/base/ckpt.pt", "--ref_web", "4", "--ref_epochs", "40", "--ref_lr", "1.2e-2"]
+    pipes = [pipe(f"budget{m}m{tag}", o, data, 0, "--corpus", f"n_web={pages}", *flags)
+             for tag, o, flags in (("", out, ref), ("w", web, webref))]
+    arms = [(out, "clm", 3e-3), (out, "slm0.6", 6e-3), (web, "slm0.6", 3e-3), (out, "clm", 6e-3),
+            (out, "clm-mixhq4", 6e-3), (out, "oracle", 6e-3), (out, "slm0.6", 3e-3), (web, "slm0.6", 6e-3),
+            (out, "clm-mixhq8", 6e-3)]
+    students = [(name, done, [*cmd, "--max_tokens", str(m * 10**6)]) for name, done, cmd in
+                (slm(o, a, x) for o, a, x in arms)]
+    return [[pipes[0]], [pipes[1], students[0]], students[1:]]
+
+
 EDGE = [f"{D}-refedge{i}" for i in range(4)]  # seed 0's references beyond the corner
 W1000 = {"slm0.6": 3e-3, "clm": 3e-3, "clm-mixhq4": 3e-3, "oracle": 6e-3}  # seed 0's choices (out/results/when.md)
 LOST, HN, HN_RATES = {"clm": 6e-3, "random0.6": 3e-3}, "harm-nocarry", dict.fromkeys(NOISE, 3e-3)
@@ -182,6 +198,7 @@ PLANS = {  # plan: its stages (a stage: its jobs, or a function choosing them fr
     "width": lambda: [[width(32), width(16)], [width(32, 1), width(16, 1)],  # issue 31: a small reference
                       [slm(f"out/when/subset2000-ref{w}{'-webref4' * web}/seed0", "slm0.6", x)
                        for w in (32, 16) for web in (0, 1) for x in (3e-3, 6e-3)]],
+    "budget": budget,  # issue 31: a 10M-token student
     "when3": lambda: [[when(1000, 1, 1), when(1000, 1, 2)],  # the best cell in 3 pipelines at seed 0's choices
                       *[[slm(f"out/when/subset1000-webref4/seed{s}", a, x, t) for s in S3 for a, x in W1000.items()
                          if t == 0 or a != "oracle"] for t in (0, *SEEDS)]],
