@@ -282,8 +282,7 @@ def eval_answer_loss(model, problems, device, batch_size=None):
 
 @torch.no_grad()
 def eval_accuracy(model, tok, problems, device, max_new_tokens=64, batch_size=64):
-    """Whether each problem's greedy answer is its final number; prompts of one length decoded together, the rest
-    (GSM8K's varied questions) in batches by length, padded on the left."""
+    """Whether each problem's greedy answer is its final number; prompts batched by length, the rest left-padded."""
     model.eval()
     room = model.config.block_size - max_new_tokens  # a question too long for the answer loses its beginning
     todo = sorted(((i, q[-room:], answer) for i, (q, _, answer) in enumerate(problems)), key=lambda p: len(p[1]))
@@ -487,14 +486,6 @@ class Trainer:
             out.update(acc=sum(correct) / len(correct), correct="".join("01"[c] for c in correct))
         return out
 
-    def start_line(self):
-        c, sel = self.cfg, "" if self.cfg.ratio >= 1 and self.cfg.select != "oracle" else f" ({self.cfg.select})"
-        return (f"training {c.out_dir}: {self.model.num_params() / 1e6:.2f}M params, {self.max_iters} steps of "
-                f"{self.tokens_per_step:,} tokens ({self.world} process(es) x {self.accum} micro-batch(es) of "
-                f"{c.batch_size}x{self.T}), ratio {c.ratio}{sel}, lr {c.lr:g}, on {self.device}"
-                + "\nnote: this corpus has no ground-truth token kinds: selection statistics are skipped"
-                * (self.labels is None))
-
 
 def train(cfg, log=print):
     """Train one model and return its summary, the final log record. Rank 0 evaluates, logs and checkpoints."""
@@ -502,7 +493,11 @@ def train(cfg, log=print):
     with run_folder(cfg, log, Trainer) as tr:  # one writer a folder; tr None: a finished run, reused
         if tr is None:
             return read_json(done)
-        log(tr.start_line())
+        sel = "" if cfg.ratio >= 1 and cfg.select != "oracle" else f" ({cfg.select})"
+        log(f"training {cfg.out_dir}: {tr.model.num_params() / 1e6:.2f}M params, {tr.max_iters} steps of "
+            f"{tr.tokens_per_step:,} tokens ({tr.world} process(es) x {tr.accum} micro-batch(es) of {cfg.batch_size}x"
+            f"{tr.T}), ratio {cfg.ratio}{sel}, lr {cfg.lr:g}, on {tr.device}" + "\nnote: this corpus has no "
+            "ground-truth token kinds: selection statistics are skipped" * (tr.labels is None))
         evals, master = eval_steps(tr.max_iters, cfg.n_evals), tr.rank == 0
         meter = Meter(tr, tr.meta["kinds"] or data.KINDS, data.MATH)
         meter.load(tr.meter_state if master else {})  # resumed between evaluations: what was counted since the last

@@ -60,8 +60,8 @@ class RefRun(RunFlags):
     base_tokens: int = arg(None, "tokens the base model is pre-trained on (default: the preset's)", type=int)
     base_lr: float = arg(None, "peak learning rate of the base model (default: the preset's)", type=float)
     base: str = arg("", "use this base model (e.g. another pipeline's out/base/ckpt.pt) instead of training one")
-    ref_epochs: list = arg(None, "epochs of the reference over the high-quality subset; several (or several "
-                                 "--ref_lr): a sweep, won on validation (default: the preset's)", type=float, nargs="+")
+    ref_epochs: list = arg(None, "reference epochs over the subset, several: a sweep (default: the preset's)",
+                           type=float, nargs="+")
     ref_lr: list = arg(None, "peak learning rate(s) of the reference (default: the preset's)", type=float, nargs="+")
     student_base: str = arg("", "beyond the paper: the students start from this base, the reference from its own")
     ref_web: int = arg(0, "beyond the paper: the reference trains on the first 1/N of the base's web too", type=int)
@@ -102,8 +102,7 @@ def pipeline_settings(args):
         settings.update({k: shape[k] for k in SHAPE})
     student_base = load_checkpoint(args.student_base, "student base") if args.student_base else None
     if student_base and student_base["model_args"]["block_size"] != settings["block_size"]:
-        fail(f"--student_base {args.student_base} has another block size than the reference",
-             "train the reference's base with the student's --block_size")
+        fail(f"--student_base {args.student_base} has another block size than the reference", "pass its --block_size")
     return settings
 
 
@@ -112,9 +111,8 @@ def corpus(args):
     if "source" in read_json(os.path.join(args.data_dir, "meta.json")):
         print(f"data: using the real corpus in {args.data_dir}")
     elif args.preset not in data.CORPUS_PRESETS:
-        fail(f"--preset {args.preset} is for a real corpus, and {args.data_dir} holds none",
-             f"build one first with `python data_real.py --source owm-gsm8k --data_dir {args.data_dir} "
-             f"--max_tokens 3000000000`, or use a preset of the embedded corpus ({', '.join(data.CORPUS_PRESETS)})")
+        fail(f"--preset {args.preset} is for a real corpus, and {args.data_dir} holds none", "build one first with "
+             f"`python data_real.py --source owm-gsm8k --data_dir {args.data_dir}`, or use --preset cpu")
     else:
         data.ensure(data.data_config(args.preset, args.corpus, seed=args.seed), args.data_dir, args.overwrite)
 
@@ -148,8 +146,8 @@ def main(args):
 
 
 def reference_sweep(args, settings, meta, base_ckpt):
-    """Train the reference at every (epochs, lr) pair asked for: one in out_dir/ref, a sweep's in
-    out_dir/ref-e<epochs>-lr<lr>. Returns the folder of lowest final validation answer loss, {folder: summary}."""
+    """Train a reference at each (epochs, lr) asked for; returns the folder of lowest validation answer loss, and
+    {folder: summary}."""
     grid = [(e, lr) for e in args.ref_epochs or [settings["ref_epochs"]] for lr in args.ref_lr or [settings["ref_lr"]]]
     runs, hq = {}, meta["splits"]["ref_train"]["tokens"]
     for epochs, lr in grid:

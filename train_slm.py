@@ -27,16 +27,12 @@ class SlmRun(RunFlags):
     out_dir: str = arg("out", "pipeline folder made by train_ref.py; each run goes to out_dir/<name>")
     ratio: list = arg([0.6], "share of tokens that get a loss, in (0, 1]; 1.0: CLM", type=float, nargs="+")
     lr: list = arg(None, "peak learning rate(s) (default: the preset's)", type=float, nargs="+")
-    select: str = arg("excess", "which tokens get a loss: by excess loss (SLM), or a control: at random, by lowest "
-                      "reference loss, the labelled math", choices=["excess", "random", "ref_loss", "oracle"])
+    select: str = arg("excess", "by excess loss (SLM) or a control", choices=["excess", "random", "ref_loss", "oracle"])
     mix_hq: float = arg(0.0, "control: CLM on the web mixed with this many epochs of the high-quality subset")
     ref_long: bool = arg(False, "control: the reference trained on for SLM's extra compute (folder: reflong)")
-    ref_mode: str = arg("cached", "reference losses from the score file, or the reference run each step",
-                        choices=["cached", "online"])
-    scope: str = arg("local", "under torchrun: top-k of each process's batch, or of the global batch",
-                     choices=["local", "global"])
-    weighting: str = arg("topk", "keep the top-k (the paper), or weight each token by sigmoid((excess - threshold) / "
-                         "temperature), the threshold where top-k cuts", choices=["topk", "soft"])
+    ref_mode: str = arg("cached", "the reference's losses: the score file's, or run it", choices=["cached", "online"])
+    scope: str = arg("local", "under torchrun: top-k per process, or global", choices=["local", "global"])
+    weighting: str = arg("topk", "keep the top-k, or sigmoid((excess - cut) / temperature)", choices=["topk", "soft"])
     temperature: float = arg(None, "--weighting soft: sharpness in nats of excess loss (not given: 0.1)", type=float)
     max_tokens: int = arg(None, "tokens to train on, selected or not (default: the preset's)", type=int)
     batch_size: int = arg(None, "blocks per micro-batch per process (default: the preset's)", type=int)
@@ -46,6 +42,7 @@ class SlmRun(RunFlags):
     name: str = arg("", "run folder name under out_dir (default: clm, slm0.6, random0.6, ... -lr<lr> with --lr)")
     keep_ckpts: bool = arg(False, "keep every evaluation's checkpoint, for plot.py --categories (folder: -ckpts)")
     bench: bool = arg(False, "measure tokens/s of CLM, SLM (cached, online) and scoring on one model; trains nothing")
+
 
 def folder_name(args, ratio, lr):
     """The run folder of one student run, from what sets it apart (plot.py names its arm from its config)."""
@@ -83,8 +80,7 @@ def main(args):
         fail(f"no reference pipeline in {args.out_dir}", f"run `python train_ref.py --out_dir {args.out_dir}` first"
              + " (a run folder's parent holds it)" * os.path.exists(os.path.join(args.out_dir, "config.json")))
     if args.temperature is not None and args.weighting != "soft":
-        fail(f"--temperature sets --weighting soft, and this run weights by {args.weighting}",
-             "add --weighting soft, or drop --temperature")
+        fail(f"--temperature is for --weighting soft, not {args.weighting}", "add --weighting soft, or drop it")
     args.temperature = 0.1 if args.temperature is None else args.temperature
     if len(set(args.ratio)) * len(set(args.lr or [0])) > 1 and args.name:
         fail("--name with several ratios or learning rates would put every run in one folder", "drop --name")
@@ -113,11 +109,10 @@ def bench(args, pipe, steps=10, rounds=20):
         sync(tr.device)
         times[name].append((time.perf_counter() - t0) / steps)
     times = {name: np.array(t[1:]) for name, t in times.items()}  # round 0: the warm-up (and compilation)
-    tr = trainers["CLM"]
-    ref = rho.GPT.from_checkpoint(load_checkpoint(pipe["ref"])).to(tr.device)
+    tr, ref = trainers["CLM"], rho.GPT.from_checkpoint(load_checkpoint(pipe["ref"]))
     with tempfile.TemporaryDirectory() as d:
-        scoring = rho.score_corpus(ref, tr.blocks.tokens[:1_000_000], tr.T, os.path.join(d, "s.bin"), tr.device,
-                                   log=lambda *a: None)
+        scoring = rho.score_corpus(ref.to(tr.device), tr.blocks.tokens[:1_000_000], tr.T, os.path.join(d, "s.bin"),
+                                   tr.device, log=lambda *a: None)
     print(f"benchmark on {tr.device} ({torch.get_num_threads()} threads), {tr.model.num_params() / 1e6:.2f}M params, "
           f"batch {tr.cfg.batch_size}x{tr.T}; medians of {rounds} interleaved rounds")
     for name, tr in trainers.items():
