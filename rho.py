@@ -1,8 +1,7 @@
-"""rho.py -- Selective Language Modeling (RHO-1: Lin et al. 2024, "Not All Tokens Are What You Need") in one file:
-1. a small GPT (nanoGPT's); 2. the method: per-token losses, the excess loss against a reference, the top-k of the
-batch, the mean loss over the kept tokens (ratio 1.0: plain next-token training, CLM); 3. data blocks and the
-reference's cached scores; 4. evaluation; 5. the config, the Trainer and the loop that train_ref.py and train_slm.py
-call. The machinery (checkpoints, run folders, processes, the command line, the log) is in infra.py."""
+"""rho.py -- Selective Language Modeling (RHO-1: Lin et al. 2024, "Not All Tokens Are What You Need"): 1. a small GPT
+(nanoGPT's); 2. the method; 3. data blocks and the reference's scores; 4. evaluation; 5. the config, the Trainer and
+the loop. The machinery (checkpoints, run folders, processes, the command line, the log) is in infra.py."""
+import functools
 import itertools
 import json
 import math
@@ -31,14 +30,12 @@ class GPTConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
-    dropout: float = 0.0
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        assert cfg.n_embd % cfg.n_head == 0
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.n_head = cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
@@ -51,8 +48,7 @@ class CausalSelfAttention(nn.Module):
                 k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)  # (B, nh, T_past+T, hs)
             cache[:] = [k, v]
         # causal among the new positions (a single new one sees every cached one), or the mask of left padding
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.c_proj(y)
 
@@ -62,10 +58,9 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.c_proj(F.gelu(self.c_fc(x)))
 
 
 class Block(nn.Module):
@@ -88,7 +83,6 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-            drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
             ln_f=nn.LayerNorm(cfg.n_embd, bias=False),
         ))
@@ -116,17 +110,15 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
     def forward(self, idx, targets=None, caches=None, start=0, pad=None):
-        """Logits (B, T, V); with targets their token_losses (B, T), so that torch.compile fuses the cross-entropy.
-        Decoding: caches, one [k, v] a layer; start, idx[:, 0]'s position; pad (B,), each row's left padding."""
+        """Logits (B, T, V), or with targets their token_losses (B, T); decoding: caches, start and left pad (B,)."""
         B, T = idx.size()
-        assert start + T <= self.config.block_size, f"sequence of {start + T} > block_size {self.config.block_size}"
         pos, mask = torch.arange(start, start + T, dtype=torch.long, device=idx.device), None  # (T,)
         if pad is not None:
             keys = torch.arange(start + T, device=idx.device)                        # (S,) every key so far
             mask = (keys <= pos[:, None]) & (keys >= pad[:, None, None])             # (B, T, S): causal, unpadded
             mask = (mask | (keys == pos[:, None]))[:, None]  # (B, 1, T, S); a pad sees itself: finite, unused
             pos = (pos - pad[:, None]).clamp(min=0)                                  # (B, T)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, caches[i] if caches is not None else None, mask)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
@@ -164,10 +156,9 @@ def excess_loss(student_losses, ref_losses):
     return student_losses.detach() - ref_losses
 
 
-# --select: the score whose top `ratio` get a loss: SLM's excess loss, or the controls' lowest reference loss or chance
+# --select: the score whose top `ratio` get a loss: SLM's excess loss, or a control's lowest reference loss
 SCORES = {"excess": lambda losses, ref, draw: excess_loss(losses, ref),  # (B, T)
-          "ref_loss": lambda losses, ref, draw: -ref,                    # (B, T)
-          "random": lambda losses, ref, draw: draw()}                    # (B, T)
+          "ref_loss": lambda losses, ref, draw: -ref}                    # (B, T)
 
 
 def n_selected(ratio, n):
@@ -189,8 +180,7 @@ def select_topk_global(scores, ratio, rank):
 
 
 def soft_weights(scores, ratio, temperature):
-    """--weighting soft: sigmoid((score - threshold) / temperature), the threshold halfway between the k-th and
-    (k+1)-th highest scores; as the temperature goes to 0, select_topk's mask."""
+    """--weighting soft: sigmoid((score - threshold) / temperature), the threshold where top-k cuts; at 0, its mask."""
     flat = scores.reshape(-1).float()  # (N,)
     k = n_selected(ratio, flat.numel())
     if k == flat.numel():
@@ -200,8 +190,7 @@ def soft_weights(scores, ratio, temperature):
 
 
 def slm_loss(losses, weights, n=None):
-    """Eq. 4: sum_i w_i L(x_i) / sum_i w_i (w: the mask or soft weights; n: the count when the selection spans
-    processes). A dropped token gets exactly zero gradient; nothing kept gives 0, not 0/0."""
+    """Eq. 4: sum_i w_i L(x_i) / sum_i w_i, or / n (a global selection's share); nothing kept gives 0, not 0/0."""
     kept = torch.where(weights > 0, losses * weights, 0.0)  # a dropped inf loss stays out (inf * 0 = nan)
     n = weights.sum() if n is None else n
     return kept.sum() / (torch.where(n > 0, n, 1) if torch.is_tensor(n) else n)
@@ -209,33 +198,27 @@ def slm_loss(losses, weights, n=None):
 
 # 3. Data: fixed aligned blocks, and the reference's scores cached once ------------------------------------------------
 class Blocks:
-    """A token file cut into aligned blocks, x = tokens[iT : iT+T], y = tokens[iT+1 : iT+T+1], so the reference
-    scores each token once. Batch `step` is a function of (seed, step), so a run's data position is its step."""
+    """A token file cut into aligned blocks, x = tokens[iT:iT+T], y = tokens[iT+1:iT+T+1] (the reference scores each
+    token once); batch `step` is a function of (seed, step), so that a run's place in the data is its step."""
     def __init__(self, tokens, block_size, batch_size, seed, labels=None, ref_losses=None, rank=0, world=1):
         self.tokens, self.labels, self.ref_losses = tokens, labels, ref_losses
         self.T, self.B, self.seed, self.rank, self.world = block_size, batch_size, seed, rank, world
         self.n = (len(tokens) - 1) // block_size
-        self._perm = (None, None)
 
-    def perm(self, epoch):
-        if self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
-        return self._perm[1]
+    @functools.lru_cache(maxsize=4)
+    def perm(self, epoch):  # the order of the blocks in each pass
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 
     def block_ids(self, step):
-        first = step * self.B * self.world + self.rank * self.B
-        g = np.arange(first, first + self.B)
+        g = np.arange(self.B) + (step * self.world + self.rank) * self.B  # places in the global data order
         return np.array([self.perm(e)[p] for e, p in zip(g // self.n, g % self.n)])
-
-    def rows(self, arr, ids, offset, dtype):
-        if arr is None:
-            return None
-        return torch.from_numpy(np.stack([arr[i * self.T + offset:][:self.T] for i in ids]).astype(dtype))  # (B, T)
 
     def read(self, ids):
         """x, y (B, T), and the targets' reference losses and labels (B, T) or None."""
-        return (self.rows(self.tokens, ids, 0, np.int64), self.rows(self.tokens, ids, 1, np.int64),
-                self.rows(self.ref_losses, ids, 1, np.float32), self.rows(self.labels, ids, 1, np.int64))
+        at = np.asarray(ids)[:, None] * self.T + np.arange(1, self.T + 1)  # (B, T): the targets' places in the file
+        x, y = (torch.from_numpy(self.tokens[i].astype(np.int64)) for i in (at - 1, at))
+        ref = None if self.ref_losses is None else torch.from_numpy(self.ref_losses[at].astype(np.float32))
+        return x, y, ref, None if self.labels is None else torch.from_numpy(self.labels[at].astype(np.int64))
 
 
 @torch.no_grad()
@@ -251,27 +234,21 @@ def block_losses(model, blocks, device, batch_size):
 
 
 def eval_batch(device, T, V, most):
-    """Blocks a batch without gradients: at most `most`, their logits (10 bytes each with token_losses' float32
-    copies) within 4 GiB on CUDA, 1 GiB on a CPU."""
+    """Blocks a batch without gradients: at most `most`, their logits (10 B each) within 4 GiB on CUDA, 1 on CPU."""
     return max(1, min(most, (2 ** 32 if str(device).startswith("cuda") else 2 ** 30) // (10 * T * V)))
 
 
 def score_corpus(model, tokens, block_size, path, device, batch_size=None, log=print):
-    """The reference loss of every token of a file, float16 aligned with the tokens (NaN for token 0 and a ragged
-    tail), written to path. Returns tokens/s."""
+    """Write the reference loss of every token of a file to path, float16 aligned with the tokens; returns tok/s."""
     batch_size = batch_size or eval_batch(device, block_size, model.config.vocab_size,
                                           512 if str(device).startswith("cuda") else 32)
-    blocks = Blocks(tokens, block_size, batch_size, seed=0)
-    scores = np.full(len(tokens), np.nan, dtype=np.float16)
-    t0, shown, done, total = time.time(), 0.0, 0, blocks.n * block_size
+    blocks, scores, t0 = Blocks(tokens, block_size, 1, 0), np.full(len(tokens), np.nan, dtype=np.float16), time.time()
     for ids, losses in block_losses(model, blocks, device, batch_size):
         scores[ids[0] * block_size + 1: (ids[-1] + 1) * block_size + 1] = losses.half().cpu().numpy().reshape(-1)
-        done, now = done + losses.numel(), time.time()
-        if now - shown >= 10 or done == total:  # a line every 10 s, with an ETA
-            rate, shown = done / (now - t0), now
-            log(f"scoring {done:,}/{total:,} tokens | {rate:,.0f} tok/s | eta {(total - done) / rate:.0f}s")
+        if ids[0] // batch_size % 100 == 99 or ids[-1] + 1 == blocks.n:  # a line every 100 batches, and at the end
+            log(f"scoring: {ids[-1] + 1:,}/{blocks.n:,} blocks, {time.time() - t0:.0f}s")
     atomic_write(path, scores.tobytes())
-    return done / (time.time() - t0)
+    return blocks.n * block_size / (time.time() - t0)
 
 
 # 4. Evaluation: held-out loss, answer loss, greedy answer accuracy ----------------------------------------------------
@@ -305,8 +282,7 @@ def eval_answer_loss(model, problems, device, batch_size=None):
 
 @torch.no_grad()
 def eval_accuracy(model, tok, problems, device, max_new_tokens=64, batch_size=64):
-    """Whether each problem's greedy answer is its final number. Prompts of one length are decoded together, the
-    rest (GSM8K's varied questions) in batches by length, padded on the left."""
+    """Whether each problem's greedy answer is its final number; prompts batched by length, the rest left-padded."""
     model.eval()
     room = model.config.block_size - max_new_tokens  # a question too long for the answer loses its beginning
     todo = sorted(((i, q[-room:], answer) for i, (q, _, answer) in enumerate(problems)), key=lambda p: len(p[1]))
@@ -329,13 +305,8 @@ def eval_accuracy(model, tok, problems, device, max_new_tokens=64, batch_size=64
 
 
 # 5. Training: the config, one optimizer step with the selection, and the loop -----------------------------------------
-CHOICES = dict(select=("excess", "random", "ref_loss", "oracle"), ref_mode=("cached", "online"),
-               scope=("local", "global"), weighting=("topk", "soft"))  # the values of TrainConfig's choice fields
-
-
 @dataclass
 class TrainConfig:
-    # what to train on
     data_dir: str = "data"        # corpus built by data.py (embedded) or data_real.py
     split: str = "web"            # training split: web (student), web_base (base model), ref_train (reference)
     part: str = ""                # "i/n": train on the i-th of n equal parts of the split only (0-based)
@@ -346,7 +317,6 @@ class TrainConfig:
     n_head: int = 4
     n_embd: int = 128
     block_size: int = 128
-    # selective language modeling
     ratio: float = 1.0            # share of tokens that get a loss; 1.0 = uniform next-token training (CLM)
     select: str = "excess"        # excess (SLM), or a control: random, ref_loss (SCORES), oracle (labelled math)
     ref_ckpt: str = ""            # the reference checkpoint (selections by the reference)
@@ -355,7 +325,6 @@ class TrainConfig:
     scope: str = "local"          # under DDP: top-k within each rank's batch (local) or over the global batch
     weighting: str = "topk"       # topk: keep the top ratio (the paper); soft: sigmoid weights (soft_weights)
     temperature: float = 0.1      # soft weighting: sharpness, in nats of excess loss
-    # optimisation
     batch_size: int = 32          # blocks per micro-batch per process
     tokens_per_step: int = 0      # per optimizer step (0: one micro-batch per process); more: accumulation
     max_tokens: int = 1_000_000   # tokens processed (selected or not)
@@ -365,7 +334,6 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta2: float = 0.95
     grad_clip: float = 1.0
-    # evaluation, logging, running
     n_evals: int = 10             # log-spaced from 0.5% of the run (dense early, where curves move fastest)
     eval_problems: int = 1000     # test problems decoded for accuracy at each eval (0: skip)
     val_problems: int = 0         # validation problems for the validation answer loss (0: all)
@@ -384,27 +352,21 @@ class TrainConfig:
         return self.ratio < 1.0 and self.select in ("excess", "ref_loss")
 
     def __post_init__(self):
-        """The mistakes a config can hold, each refused with one line where it is made, before anything is loaded."""
+        """The mistakes a config can hold, each refused in one line before anything is loaded."""
         check_ranges(self, positive=("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_tokens", "lr",
-                                     "n_evals", "log_every"),
+                                     "n_evals", "log_every", "temperature"),
                      nonneg=("mix_hq", "tokens_per_step", "eval_problems", "val_problems", "eval_max_new", "seed",
                              "min_lr_frac", "warmup_frac", "weight_decay", "grad_clip", "ckpt_every"))
         if not 0.0 < self.ratio <= 1.0:
             fail(f"--ratio {self.ratio} is outside (0, 1]", "pass a share of tokens to keep, e.g. --ratio 0.6")
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                fail(f"unknown --{name} {getattr(self, name)}", f"use --{name} {'|'.join(allowed)}")
-        if self.weighting == "soft" and (self.scope == "global" or self.temperature <= 0):
-            fail("--weighting soft needs --scope local and a --temperature above 0", "change one of them")
-        clash = [f for f, on in (("--scope global", self.scope == "global"),
-                                 ("--weighting soft", self.weighting == "soft"), ("--mix_hq", self.mix_hq)) if on]
-        if self.select == "oracle" and clash:
-            fail("--select oracle keeps the labelled math of this process's batch", f"drop {' and '.join(clash)}")
+        if self.weighting == "soft" and self.scope == "global":
+            fail("--weighting soft weights the tokens of each process's batch", "drop --scope global")
+        if self.select == "oracle" and (self.scope == "global" or self.weighting == "soft" or self.mix_hq):
+            fail("--select oracle keeps the labelled math of each batch", "drop --scope global, --weighting, --mix_hq")
         if self.mix_hq and self.ratio < 1:
             fail("--mix_hq is a control of plain next-token training", "use it with --ratio 1.0")
         if not self.init and self.n_embd % self.n_head:
-            fail(f"a width of {self.n_embd} does not split into {self.n_head} attention heads",
-                 "use an --n_embd that is a multiple of --n_head")
+            fail(f"--n_embd {self.n_embd} does not split into {self.n_head} heads", "pass a multiple of --n_head")
 
 
 def batch_plan(cfg, n_tokens, n_val, T, world):
@@ -424,27 +386,23 @@ class Trainer:
     """One run, loaded and checked before anything is written (under torchrun: one a process, each its share)."""
     def __init__(self, cfg, log=print):
         self.cfg = cfg
-        self.rank, self.world, self.device = this_process(cfg.device)  # its place under torchrun, its device
-        self.start, self.resumed, self.meter_state = 0, False, {}  # the first step to train (resumed: the checkpoint's)
+        self.rank, self.world, self.device = this_process(cfg.device)
+        self.start, self.resumed, self.meter_state = 0, False, {}  # a resumed run's: infra.restore sets them
         torch.manual_seed(cfg.seed)
         self.meta, self.tok, tokens, self.labels, val_tokens = data.training_data(cfg)
-        if cfg.init:  # the model: a checkpoint's (the base model), or a new one
-            self.model = GPT.from_checkpoint(self.checked(cfg.init, "initial model")).to(self.device)
-        else:
-            self.model = GPT(GPTConfig(vocab_size=self.meta["vocab_size"], block_size=cfg.block_size,
-                                       n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)).to(self.device)
+        model = GPT.from_checkpoint(self.checked(cfg.init, "initial model")) if cfg.init else \
+            GPT(GPTConfig(self.meta["vocab_size"], cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd))  # a new one
+        self.model = model.to(self.device)
         self.T = self.model.config.block_size
         self.accum, self.tokens_per_step = batch_plan(cfg, len(tokens), len(val_tokens), self.T, self.world)
         self.val_blocks = Blocks(val_tokens, self.T, cfg.batch_size, 0)
         self.problems, val = data.eval_problems(cfg, self.T, log if self.rank == 0 else None)
         self.val_problems = val[:cfg.val_problems or None]
         scores, self.ref_model = None, None
-        if cfg.uses_reference:  # the reference's losses: its score file (cached), or the model itself (online)
+        if cfg.uses_reference:  # the reference's losses: its score file, or the reference itself (online)
             ref = self.checked(cfg.ref_ckpt, "reference model")
             if cfg.ref_mode == "cached":
                 scores = load_scores(cfg.score_file, cfg.ref_ckpt, ref, self.meta, cfg.split, self.T)
-            elif ref["model_args"]["block_size"] != self.T:
-                fail("the reference and the student have different block sizes", "train both with one preset")
             else:
                 self.ref_model = GPT.from_checkpoint(ref).to(self.device).eval()
         self.blocks = Blocks(tokens, self.T, cfg.batch_size, cfg.seed, self.labels, scores, self.rank, self.world)
@@ -453,13 +411,12 @@ class Trainer:
         self.optimizer = self.model.configure_optimizer(cfg.lr, cfg.weight_decay, (0.9, cfg.beta2), self.device)
         # the step's forward: compiled on CUDA, DDP under torchrun; self.model is what checkpoints save and evals run
         self.train_model = training_module(self.model, cfg.compile, self.device, self.world)
-        self.sel_gen = torch.Generator().manual_seed(cfg.seed + 1)  # for --select random; the same on every rank
-        # a global selection keeps different counts on each rank, and DDP averages the ranks' gradients: each
-        # divides by the global count / world, so that the average is the global mean
+        self.sel_gen = torch.Generator().manual_seed(cfg.seed + 1)  # --select random: the same draws on every rank
+        # a global top-k keeps other counts on each rank, and DDP averages: each divides by the global count / world
         self.n_kept = (n_selected(cfg.ratio, cfg.batch_size * self.T * self.world) / self.world
                        if cfg.scope == "global" and self.world > 1 else None)
-        # an online reference adds one forward pass per token, and a forward pass is a third of a training step
-        self.flops_per_token = self.model.flops_per_token() * (4 if self.ref_model is not None else 3) // 3
+        online = self.ref_model is not None  # a forward pass more per token: a third of a training step
+        self.flops_per_token = self.model.flops_per_token() * (4 if online else 3) // 3
         self.peak = peak_flops(self.device)
 
     def checked(self, path, what):
@@ -476,7 +433,7 @@ class Trainer:
         return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def select_tokens(self, losses, x, y, ref_losses, labels):
-        """Which tokens get a loss (a mask or soft weights): the top `ratio` by the --select score, or the oracle's."""
+        """Which tokens get a loss (a mask or soft weights): the top `ratio` by the --select score, or the labels."""
         c, (B, T) = self.cfg, losses.shape
         if c.select == "oracle":
             return labels.to(losses.device) == data.MATH
@@ -485,17 +442,17 @@ class Trainer:
         if self.ref_model is not None:  # online: rounded through float16 like the score file, so both select alike
             with torch.no_grad(), autocast(self.device):
                 ref_losses = self.ref_model(x, y).half().float()  # (B, T)
-
-        def draw():  # --select random: one draw for the global batch, so every scope sees the same numbers
-            return torch.rand((B * self.world, T), generator=self.sel_gen)[self.rank * B:(self.rank + 1) * B]
-        ref_losses = None if ref_losses is None else ref_losses.to(losses.device, non_blocking=True)
-        scores = SCORES[c.select](losses, ref_losses, lambda: draw().to(losses.device))  # (B, T)
+        if c.select == "random":  # one draw for the global batch, so that every scope sees the same numbers
+            scores = torch.rand((B * self.world, T), generator=self.sel_gen)[self.rank * B:(self.rank + 1) * B]
+            scores = scores.to(losses.device)
+        else:
+            scores = SCORES[c.select](losses, ref_losses.to(losses.device, non_blocking=True), None)  # (B, T)
         if c.scope == "global" and self.world > 1:
             return select_topk_global(scores, c.ratio, self.rank)
         return soft_weights(scores, c.ratio, c.temperature) if c.weighting == "soft" else select_topk(scores, c.ratio)
 
     def step(self, step):
-        """Optimizer step `step`, over `accum` micro-batches. Returns the mean loss, the selection and the labels."""
+        """One optimizer step of `accum` micro-batches; returns the mean loss, the selection and the token kinds."""
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(step)
         total, kept, labels = 0.0, [], []
@@ -506,10 +463,10 @@ class Trainer:
                 self.train_model.require_backward_grad_sync = micro == self.accum - 1
             with autocast(self.device):
                 losses = self.train_model(x, y)                          # (B, T)
-            weights = self.select_tokens(losses, x, y, ref_losses, lab)  # (B, T): a mask, or weights
-            loss = slm_loss(losses, weights, self.n_kept)
-            (loss / self.accum).backward()
-            total += loss.detach() / self.accum
+            weights = self.select_tokens(losses, x, y, ref_losses, lab)  # (B, T): a mask, or soft weights
+            loss = slm_loss(losses, weights, self.n_kept) / self.accum
+            loss.backward()
+            total += loss.detach()
             kept.append(weights)
             labels.append(lab)
         if self.cfg.grad_clip > 0:
@@ -529,17 +486,6 @@ class Trainer:
             out.update(acc=sum(correct) / len(correct), correct="".join("01"[c] for c in correct))
         return out
 
-    def start_line(self):
-        c, passes = self.cfg, self.cfg.max_tokens / len(self.blocks.tokens)  # the web: one pass meant
-        sel = "" if c.ratio >= 1 and c.select != "oracle" else f" ({c.select})"
-        return (f"training {c.out_dir}: {self.model.num_params() / 1e6:.2f}M params, {self.max_iters} steps of "
-                f"{self.tokens_per_step:,} tokens ({self.world} process(es) x {self.accum} micro-batch(es) of "
-                f"{c.batch_size}x{self.T}), ratio {c.ratio}{sel}, lr {c.lr:g}, on {self.device}"
-                + ("\nnote: this corpus has no ground-truth token kinds: selection statistics are skipped"
-                   if self.labels is None and c.split.startswith("web") else "")
-                + (f"\nnote: {c.max_tokens:,} tokens are {passes:.1f} passes over split '{c.split}': its blocks repeat"
-                   if c.split.startswith("web") and passes > 1.1 else ""))
-
 
 def train(cfg, log=print):
     """Train one model and return its summary, the final log record. Rank 0 evaluates, logs and checkpoints."""
@@ -547,7 +493,11 @@ def train(cfg, log=print):
     with run_folder(cfg, log, Trainer) as tr:  # one writer a folder; tr None: a finished run, reused
         if tr is None:
             return read_json(done)
-        log(tr.start_line())
+        sel = "" if cfg.ratio >= 1 and cfg.select != "oracle" else f" ({cfg.select})"
+        log(f"training {cfg.out_dir}: {tr.model.num_params() / 1e6:.2f}M params, {tr.max_iters} steps of "
+            f"{tr.tokens_per_step:,} tokens ({tr.world} process(es) x {tr.accum} micro-batch(es) of {cfg.batch_size}x"
+            f"{tr.T}), ratio {cfg.ratio}{sel}, lr {cfg.lr:g}, on {tr.device}" + "\nnote: this corpus has no "
+            "ground-truth token kinds: selection statistics are skipped" * (tr.labels is None))
         evals, master = eval_steps(tr.max_iters, cfg.n_evals), tr.rank == 0
         meter = Meter(tr, tr.meta["kinds"] or data.KINDS, data.MATH)
         meter.load(tr.meter_state if master else {})  # resumed between evaluations: what was counted since the last
@@ -558,14 +508,13 @@ def train(cfg, log=print):
                     record = meter.record(step)  # the mean training loss since the last record, tokens/s, lr, FLOPs
                     if step in evals:  # rank 0 measures the model; every rank counts what it selected
                         record.update(**(meter.timed(tr.evaluate) if master else {}), **meter.selection())
-                    if master:
+                    if master:  # a checkpoint at every evaluation and every ckpt_every s: a blow-up keeps the last good
                         append_log(cfg.out_dir, record)
-                    # a checkpoint at every evaluation and every ckpt_every seconds (a blow-up keeps the last good one)
-                    if master and (step in evals or time.time() - saved[0] >= cfg.ckpt_every):
-                        save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), tr, step, meter)
-                        saved = (time.time(), step)
-                    if master and cfg.keep_ckpts and step in evals:  # every evaluation's, for plot.py --categories
-                        save_checkpoint(os.path.join(cfg.out_dir, f"ckpt_{step:06d}.pt"), tr, step)
+                        if step in evals or time.time() - saved[0] >= cfg.ckpt_every:
+                            save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), tr, step, meter)
+                            saved = (time.time(), step)
+                        if cfg.keep_ckpts and step in evals:  # every evaluation's, for plot.py --categories
+                            save_checkpoint(os.path.join(cfg.out_dir, f"ckpt_{step:06d}.pt"), tr, step)
                     log(log_line(record, tr.max_iters, meter.eta(step, sum(s > step for s in evals))))
                     barrier()
                     meter.reset()

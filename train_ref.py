@@ -3,13 +3,12 @@ train_ref.py -- step 1 of rho: builds the corpus (data.py) if missing, pre-train
 the noisy web corpus, fine-tunes a copy of it on the high-quality math subset (the reference: as in the paper,
 reference and student start from the same base), and scores the student's part of the web with it once (float16).
 
-  python train_ref.py                                       # the demo: data/, out/base, out/ref, out/ref/scores.bin
+  python train_ref.py                       # the demo: data/, out/base, out/ref, out/ref/scores.bin; then train_slm.py
   python train_ref.py --preset cpu --seed 1 --data_dir data/seed1 --out_dir out/seed1   # the experiment's size
-Then: python train_slm.py --ratio 0.6
 """
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import data
 import rho
@@ -17,32 +16,29 @@ from infra import FolderLock, arg, atomic_write, barrier, check_folder, check_pa
     fail, load_checkpoint, pick_device, read_json, score_stamp, scores_match
 
 # Model sizes and budgets (data.py has the embedded corpus sizes of the same names; README.md, the table)
+CPU = dict(n_layer=4, n_head=4, n_embd=64, block_size=128, batch_size=8, base_tokens=2_500_000, base_lr=6e-3,
+           ref_epochs=40, ref_lr=1.2e-2, student_tokens=3_000_000, lr=6e-3, n_evals=8, eval_problems=400, log_every=100)
 PRESETS = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=64, batch_size=8, base_tokens=20_000, base_lr=3e-3,
-                 ref_epochs=2, ref_lr=1e-3, student_tokens=20_000, lr=3e-3, lr_clm=3e-3, n_evals=2,
-                 eval_problems=8, eval_max_new=32, log_every=5),
+                 ref_epochs=2, ref_lr=1e-3, student_tokens=20_000, lr=3e-3, n_evals=2, eval_problems=8,
+                 eval_max_new=32, log_every=5),
     # the cpu preset's model, corpus and budgets, its rate chosen on validation, the base and reference evaluated twice
-    "demo": dict(n_layer=4, n_head=4, n_embd=64, block_size=128, batch_size=8, base_tokens=2_500_000,
-                 base_lr=6e-3, ref_epochs=40, ref_lr=1.2e-2, student_tokens=3_000_000, lr=3e-3, lr_clm=3e-3,
-                 n_evals=6, ref_evals=1, eval_problems=400, log_every=100),
-    "cpu": dict(n_layer=4, n_head=4, n_embd=64, block_size=128, batch_size=8, base_tokens=2_500_000,
-                base_lr=6e-3, ref_epochs=40, ref_lr=1.2e-2, student_tokens=3_000_000, lr=6e-3, lr_clm=6e-3,
-                n_evals=8, eval_problems=400, log_every=100),
-    "cpu512": dict(n_layer=4, n_head=4, n_embd=128, block_size=512, batch_size=4, base_tokens=1_000_000,
-                   base_lr=3e-3, ref_epochs=2, ref_lr=1e-3, student_tokens=1_000_000, lr=2e-3, lr_clm=2e-3,
-                   n_evals=6, eval_problems=100, val_problems=100, eval_max_new=256, log_every=25),
+    "demo": dict(CPU, lr=3e-3, n_evals=6, ref_evals=1),
+    "cpu": CPU,
+    "cpu512": dict(n_layer=4, n_head=4, n_embd=128, block_size=512, batch_size=4, base_tokens=1_000_000, base_lr=3e-3,
+                   ref_epochs=2, ref_lr=1e-3, student_tokens=1_000_000, lr=2e-3, n_evals=6, eval_problems=100,
+                   val_problems=100, eval_max_new=256, log_every=25),
     # 131k tokens a step on 1 to 8 GPUs (1 GPU: 8 micro-batches), not a batch that grows with them
     "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, tokens_per_step=131_072,
                 base_tokens=100_000_000, base_lr=3e-3, ref_epochs=3, ref_lr=1e-3, student_tokens=200_000_000, lr=2e-3,
-                lr_clm=2e-3, n_evals=20, eval_problems=1000, log_every=100),
+                n_evals=20, eval_problems=1000, log_every=100),
     # GPT-2 small's shape for a real corpus: 163M parameters with cl100k's 100k ids; 0.5M tokens a step
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, tokens_per_step=524_288,
                  base_tokens=1_000_000_000, base_lr=6e-4, ref_epochs=3, ref_lr=1e-4, student_tokens=2_000_000_000,
-                 lr=6e-4, lr_clm=6e-4, n_evals=20, eval_problems=500, eval_max_new=256, log_every=20),
+                 lr=6e-4, n_evals=20, eval_problems=500, eval_max_new=256, log_every=20),
 }
 SHAPE = ("n_layer", "n_head", "n_embd", "block_size")  # a model's shape, which a checkpoint fixes
-TRAIN_KEYS = (*SHAPE, "batch_size", "tokens_per_step", "n_evals", "eval_problems", "val_problems", "eval_max_new",
-              "log_every")  # preset keys that are TrainConfig fields
+SETTINGS = (*SHAPE, "base_tokens", "base_lr", "n_evals", "eval_problems", "val_problems", "eval_max_new")  # flags
 
 
 @dataclass
@@ -50,32 +46,25 @@ class RunFlags:  # how a run is run, train_ref.py's and train_slm.py's
     device: str = arg("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     compile: str = arg("auto", "torch.compile: auto (on for cuda), on, off", choices=["auto", "on", "off"])
     overwrite: bool = arg(False, "replace a run (of the same name) made with another configuration")
-    resume: bool = arg(False, "continue an unfinished (killed) run from its last checkpoint; one not started yet (or "
-                              "killed before its first checkpoint) starts")
-    ckpt_every: float = arg(300.0, "seconds between checkpoints (at a logged step) besides every evaluation's: what "
-                                   "a killed run loses at most; 0: at every logged step")
+    resume: bool = arg(False, "continue an unfinished (killed) run from its last checkpoint, or start one not started")
+    ckpt_every: float = arg(300.0, "seconds between checkpoints besides every evaluation's (0: at every logged step)")
 
 
 @dataclass
 class RefRun(RunFlags):
-    preset: str = arg("demo", "sizes of corpus, model and budgets: tiny (tests), demo, cpu (the experiment), gpu, "
-                              "cpu512 (GSM8K-length text), gpt2 (GPT-2 small for a real corpus from data_real.py)")
+    preset: str = arg("demo", f"sizes of corpus, model and budgets: {', '.join(PRESETS)} (gpt2: for a real corpus)")
     seed: int = arg(0, "seed of the whole pipeline: corpus, base model, reference")
     data_dir: str = arg("data", "corpus folder (the embedded toy corpus is built here if it holds none)")
     out_dir: str = arg("out", "pipeline folder: base/, ref/, ref/scores.bin and pipeline.json go here")
-    corpus: list = arg([], "corpus settings (data.py's DataConfig fields, JSON values), e.g. n_ref_train=4000 "
-                           "'mix={\"math\": 6, \"prose\": 1}'", nargs="*", type=str, metavar="KEY=VALUE")
+    corpus: list = arg([], "corpus settings: data.py's DataConfig fields", nargs="*", type=str, metavar="KEY=VALUE")
     base_tokens: int = arg(None, "tokens the base model is pre-trained on (default: the preset's)", type=int)
     base_lr: float = arg(None, "peak learning rate of the base model (default: the preset's)", type=float)
     base: str = arg("", "use this base model (e.g. another pipeline's out/base/ckpt.pt) instead of training one")
-    ref_epochs: list = arg(None, "epochs of the reference over the high-quality subset (default: the preset's); "
-                                 "several, or several --ref_lr: the sweep's lowest validation answer loss wins",
+    ref_epochs: list = arg(None, "reference epochs over the subset, several: a sweep (default: the preset's)",
                            type=float, nargs="+")
     ref_lr: list = arg(None, "peak learning rate(s) of the reference (default: the preset's)", type=float, nargs="+")
-    student_base: str = arg("", "beyond the paper: the students start from this base (e.g. a wider model's "
-                                "out/base/ckpt.pt), the reference from the pipeline's own (a smaller reference)")
-    ref_web: int = arg(0, "beyond the paper: the reference's subset shuffled with the first 1/N of the base's web, "
-                          "so that it does not forget the web (0: the subset only)", type=int)
+    student_base: str = arg("", "beyond the paper: the students start from this base, the reference from its own")
+    ref_web: int = arg(0, "beyond the paper: the reference trains on the first 1/N of the base's web too", type=int)
     block_size: int = arg(None, "context length of the models (default: the preset's)", type=int)
     n_layer: int = arg(None, "transformer blocks (default: the preset's)", type=int)
     n_head: int = arg(None, "attention heads (default: the preset's)", type=int)
@@ -86,6 +75,13 @@ class RefRun(RunFlags):
     val_problems: int = arg(None, "validation problems for the answer loss (0: all; default: the preset's)", type=int)
 
 
+def train_config(settings, args, **run):
+    """A run's TrainConfig, each value from one place: the pipeline's settings, a flag given over them, then `run`."""
+    given = {k: v for k, v in asdict(args).items() if v is not None}
+    names = {f.name for f in fields(rho.TrainConfig)}
+    return rho.TrainConfig(**{k: v for k, v in {**settings, **given, **run}.items() if k in names})
+
+
 def pipeline_settings(args):
     """The preset's sizes and budgets, with the ones given as flags; with --base, the base's shape."""
     if args.preset not in PRESETS:
@@ -94,9 +90,7 @@ def pipeline_settings(args):
     check_folder(args.data_dir)
     check_ranges(args, ("base_tokens", "base_lr", "ref_epochs", "ref_lr", "block_size", "n_layer", "n_head", "n_embd",
                         "n_evals"), ("seed", "ref_web", "eval_max_new", "eval_problems", "val_problems"))
-    settings = dict(PRESETS[args.preset])
-    settings.update({k: v for k, v in asdict(args).items() if v is not None and (k in settings or k in TRAIN_KEYS)
-                     and k not in ("ref_epochs", "ref_lr")})
+    settings = {**PRESETS[args.preset], **{k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}}
     if args.base:  # the reference and the students take the base's shape: a flag cannot change it
         if os.path.isdir(args.base):
             fail(f"--base {args.base} is a folder", f"name its checkpoint: --base {os.path.join(args.base, 'ckpt.pt')}")
@@ -104,13 +98,11 @@ def pipeline_settings(args):
         clash = [f"--{k} {getattr(args, k)}" for k in SHAPE if getattr(args, k) not in (None, shape[k])]
         if clash:
             fail(f"{', '.join(clash)} cannot change the base {args.base}: "
-                 + ", ".join(f"{k} {shape[k]}" for k in SHAPE),
-                 "drop them (the pipeline takes the base's shape), or train a base of that shape (no --base)")
+                 + ", ".join(f"{k} {shape[k]}" for k in SHAPE), "drop them, or train a base of that shape (no --base)")
         settings.update({k: shape[k] for k in SHAPE})
-    if args.student_base and load_checkpoint(args.student_base, "student base")["model_args"]["block_size"] != \
-            settings["block_size"]:
-        fail(f"--student_base {args.student_base} has another block size than the reference",
-             "train the reference's base with the student's --block_size")
+    student_base = load_checkpoint(args.student_base, "student base") if args.student_base else None
+    if student_base and student_base["model_args"]["block_size"] != settings["block_size"]:
+        fail(f"--student_base {args.student_base} has another block size than the reference", "pass its --block_size")
     return settings
 
 
@@ -119,9 +111,8 @@ def corpus(args):
     if "source" in read_json(os.path.join(args.data_dir, "meta.json")):
         print(f"data: using the real corpus in {args.data_dir}")
     elif args.preset not in data.CORPUS_PRESETS:
-        fail(f"--preset {args.preset} is for a real corpus, and {args.data_dir} holds none",
-             f"build one first with `python data_real.py --source owm-gsm8k --data_dir {args.data_dir} "
-             f"--max_tokens 3000000000`, or use a preset of the embedded corpus ({', '.join(data.CORPUS_PRESETS)})")
+        fail(f"--preset {args.preset} is for a real corpus, and {args.data_dir} holds none", "build one first with "
+             f"`python data_real.py --source owm-gsm8k --data_dir {args.data_dir}`, or use --preset cpu")
     else:
         data.ensure(data.data_config(args.preset, args.corpus, seed=args.seed), args.data_dir, args.overwrite)
 
@@ -135,20 +126,16 @@ def main(args):
     meta = data.read_meta(args.data_dir)
     if not args.base:
         check_passes("--base_tokens", args.base_tokens, meta["splits"]["web_base"]["tokens"], "web_base")
-    common = dict(data_dir=args.data_dir, seed=args.seed, device=args.device, compile=args.compile,
-                  overwrite=args.overwrite, resume=args.resume, ckpt_every=args.ckpt_every,
-                  **{k: settings[k] for k in TRAIN_KEYS if k in settings})
-    common["n_evals"] = args.n_evals or settings.get("ref_evals", settings["n_evals"])  # the base and reference(s)
+    own = {**settings, "n_evals": settings.get("ref_evals", settings["n_evals"])}  # the base's and references' runs
     base_ckpt = args.base or os.path.join(args.out_dir, "base", "ckpt.pt")
-    base = read_json(os.path.join(os.path.dirname(args.base), "done.json")) if args.base else rho.train(rho.TrainConfig(
-        split="web_base", out_dir=os.path.dirname(base_ckpt), max_tokens=settings["base_tokens"],
-        lr=settings["base_lr"], **common))
-    best, sweep = reference_sweep(args, settings, common, meta, base_ckpt)
+    base = read_json(os.path.join(os.path.dirname(args.base), "done.json")) if args.base else rho.train(train_config(
+        own, args, split="web_base", out_dir=os.path.dirname(base_ckpt), max_tokens=own["base_tokens"],
+        lr=own["base_lr"]))
+    best, sweep = reference_sweep(args, own, meta, base_ckpt)
     ref, scores = os.path.join(best, "ckpt.pt"), os.path.join(best, "scores.bin")
     cost = {"base": base.get("flops"), "ref": sweep[best]["flops"],
             "scoring": score(ref, scores, args, meta) if rank == 0 else 0}
-    pipeline = {"preset": args.preset, "seed": args.seed, "data_dir": args.data_dir,
-                "out_dir": args.out_dir,  # as named here: the paths recorded are relative to the same place
+    pipeline = {"preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "out_dir": args.out_dir,
                 "settings": settings, "base": args.student_base or base_ckpt, "ref": ref, "scores": scores,
                 "flops": cost, "ref_sweep": sweep, **{k: sweep[best][k] for k in ("ref_epochs", "ref_lr")},
                 "ref_web": args.ref_web}
@@ -158,18 +145,18 @@ def main(args):
     barrier()
 
 
-def reference_sweep(args, settings, common, meta, base_ckpt):
-    """Train the reference at every (epochs, lr) pair asked for: one in out_dir/ref, a sweep's in
-    out_dir/ref-e<epochs>-lr<lr>. Returns the folder of lowest final validation answer loss, {folder: summary}."""
+def reference_sweep(args, settings, meta, base_ckpt):
+    """Train a reference at each (epochs, lr) asked for; returns the folder of lowest validation answer loss, and
+    {folder: summary}."""
     grid = [(e, lr) for e in args.ref_epochs or [settings["ref_epochs"]] for lr in args.ref_lr or [settings["ref_lr"]]]
     runs, hq = {}, meta["splits"]["ref_train"]["tokens"]
     for epochs, lr in grid:
         out = os.path.join(args.out_dir, "ref" if len(grid) == 1 else f"ref-e{epochs:g}-lr{lr:g}")
-        # --ref_web N: the subset `epochs` times (mix_hq) and a part of the base's web, shuffled together, once
+        # --ref_web N: the subset `epochs` times (mix_hq) and the first 1/N of the base's web, shuffled together, once
         web = dict(split="web_base", part=f"0/{args.ref_web}", mix_hq=epochs) if args.ref_web else {}
         web_tokens = meta["splits"]["web_base"]["tokens"] // args.ref_web if args.ref_web else 0
-        s = rho.train(rho.TrainConfig(out_dir=out, lr=lr, init=base_ckpt, max_tokens=int(epochs * hq) + web_tokens,
-                                      **{**common, "tokens_per_step": 0, "split": "ref_train", **web}))
+        s = rho.train(train_config({**settings, "split": "ref_train"}, args, out_dir=out, lr=lr, init=base_ckpt,
+                                   tokens_per_step=0, max_tokens=int(epochs * hq) + web_tokens, **web))
         runs[out] = {"ref_epochs": epochs, "ref_lr": lr, "val_answer_loss": s.get("val_answer_loss"),
                      "val_loss": s["val_loss"], "acc": s.get("acc"), "flops": s["flops"]}
     best = min(runs, key=lambda d: (runs[d]["val_answer_loss"] or runs[d]["val_loss"], d))
@@ -180,12 +167,9 @@ def reference_sweep(args, settings, common, meta, base_ckpt):
 
 
 def score(ref_path, scores, args, meta):
-    """Score the student's corpus with the reference once (reused while both are the same), its folder locked;
-    returns the FLOPs of the pass."""
-    ckpt = load_checkpoint(ref_path, "reference model")
-    stamp = score_stamp(ref_path, ckpt, meta)
-    tokens, _ = data.load_tokens(args.data_dir, "web")
-    model = rho.GPT.from_checkpoint(ckpt)
+    """Score the student's corpus with the reference once (reused while both are the same); returns its FLOPs."""
+    ckpt, tokens = load_checkpoint(ref_path, "reference model"), data.load_tokens(args.data_dir, "web")[0]
+    stamp, model = score_stamp(ref_path, ckpt, meta), rho.GPT.from_checkpoint(ckpt)
     with FolderLock(os.path.dirname(scores)):
         if scores_match(scores, stamp):
             print(f"{scores}: scores of this reference found, reusing them")

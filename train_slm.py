@@ -1,21 +1,17 @@
 """
-train_slm.py -- step 2 of rho: continue pre-training the base model on the unseen part of the web corpus, with
+train_slm.py -- step 2 of rho: continue pre-training the base model on the unseen part of the web corpus with
 Selective Language Modeling (a loss on the top `ratio` of tokens by excess loss) or, at --ratio 1.0, plain
-next-token training (CLM) on the same tokens, in the same order, from the same seed.
+next-token training (CLM) on the same tokens, in the same order. Needs train_ref.py's pipeline; then: plot.py
 
-  python train_slm.py --ratio 0.6                  # SLM student       -> out/slm0.6
-  python train_slm.py --ratio 1.0                  # CLM baseline      -> out/clm
-  python train_slm.py --ratio 0.6 --select random  # a control (README.md: the controls) -> out/random0.6
-  python train_slm.py --ratio 0.6 1.0 --lr 3e-3 1e-2     # a sweep: every ratio at every learning rate
-  python train_slm.py --bench                      # tokens/s of CLM, SLM (cached / online) and scoring
+  python train_slm.py --ratio 0.6 1.0                     # SLM -> out/slm0.6, then CLM -> out/clm
+  python train_slm.py --ratio 0.6 --select random         # a control (README.md: the controls) -> out/random0.6
   torchrun --nproc_per_node=8 train_slm.py --ratio 0.6 --scope global   # DDP, exact top-k over all GPUs
-Needs: python train_ref.py (same --out_dir). Then: python plot.py
 """
 import itertools
 import os
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,33 +19,25 @@ import torch
 import data
 import rho
 from infra import arg, check_passes, cli, dist_setup, fail, load_checkpoint, read_pipeline, sync
-from train_ref import TRAIN_KEYS, RunFlags
+from train_ref import RunFlags, train_config
 
 
 @dataclass
 class SlmRun(RunFlags):
     out_dir: str = arg("out", "pipeline folder made by train_ref.py; each run goes to out_dir/<name>")
-    ratio: list = arg([0.6], "share of tokens that get a loss, in (0, 1]; 1.0: plain next-token training (CLM); "
-                             "several run one after another", type=float, nargs="+")
-    lr: list = arg(None, "peak learning rate(s) (default: the preset's, one for SLM, one for CLM)", type=float,
-                   nargs="+")
-    select: str = arg("excess", "which tokens get a loss: excess (SLM) or a control: random, ref_loss (the top by "
-                                "-reference loss), oracle (the labelled target math)", choices=rho.CHOICES["select"])
+    ratio: list = arg([0.6], "share of tokens that get a loss, in (0, 1]; 1.0: CLM", type=float, nargs="+")
+    lr: list = arg(None, "peak learning rate(s) (default: the preset's)", type=float, nargs="+")
+    select: str = arg("excess", "by excess loss (SLM) or a control", choices=["excess", "random", "ref_loss", "oracle"])
     mix_hq: float = arg(0.0, "control: CLM on the web mixed with this many epochs of the high-quality subset")
-    ref_long: bool = arg(False, "control: the base fine-tuned on the subset for the reference's tokens plus SLM's "
-                                "extra compute (its student tokens, a scoring pass); the run folder is reflong")
-    ref_mode: str = arg("cached", "reference losses from the score file (cached) or the reference run every step "
-                                  "(online)", choices=rho.CHOICES["ref_mode"])
-    scope: str = arg("local", "under torchrun: top-k within each process's batch (local) or exact over the global "
-                              "batch (global)", choices=rho.CHOICES["scope"])
-    weighting: str = arg("topk", "topk (the paper) or soft: each token weighted by sigmoid((excess - threshold) / "
-                                 "temperature), the threshold where top-k cuts", choices=rho.CHOICES["weighting"])
+    ref_long: bool = arg(False, "control: the reference trained on for SLM's extra compute (folder: reflong)")
+    ref_mode: str = arg("cached", "the reference's losses: the score file's, or run it", choices=["cached", "online"])
+    scope: str = arg("local", "under torchrun: top-k per process, or global", choices=["local", "global"])
+    weighting: str = arg("topk", "keep the top-k, or sigmoid((excess - cut) / temperature)", choices=["topk", "soft"])
     temperature: float = arg(None, "--weighting soft: sharpness in nats of excess loss (not given: 0.1)", type=float)
     max_tokens: int = arg(None, "tokens to train on, selected or not (default: the preset's)", type=int)
     batch_size: int = arg(None, "blocks per micro-batch per process (default: the preset's)", type=int)
     n_evals: int = arg(None, "evaluations (and checkpoints) over the run (default: the preset's)", type=int)
-    tokens_per_step: int = arg(None, "tokens per optimizer step, a multiple of batch x block x processes (default: "
-                                     "the preset's; 0: one micro-batch per process)", type=int)
+    tokens_per_step: int = arg(None, "tokens per optimizer step (0: one micro-batch; default: the preset's)", type=int)
     seed: int = arg(None, "seed of the data order (default: the pipeline's); the run folder gets -s<seed>", type=int)
     name: str = arg("", "run folder name under out_dir (default: clm, slm0.6, random0.6, ... -lr<lr> with --lr)")
     keep_ckpts: bool = arg(False, "keep every evaluation's checkpoint, for plot.py --categories (folder: -ckpts)")
@@ -70,41 +58,29 @@ def folder_name(args, ratio, lr):
 
 
 def student_config(args, pipe, ratio, lr, **kw):
-    """The TrainConfig of one student run: the pipeline's settings, the flags given, this run's ratio and rate."""
+    """The TrainConfig of one student run: the pipeline's settings, the flags given over them, this run's own."""
     settings, splits = pipe["settings"], data.read_meta(pipe["data_dir"])["splits"]
-    lr = (settings["lr_clm"] if ratio >= 1 else settings["lr"]) if lr is None else lr
-    given = {f.name: getattr(args, f.name) for f in fields(rho.TrainConfig) if getattr(args, f.name, None) is not None}
-    cfg = {**{k: settings[k] for k in TRAIN_KEYS if k in settings}, "max_tokens": settings["student_tokens"], **given,
-           "data_dir": pipe["data_dir"], "out_dir": os.path.join(args.out_dir, folder_name(args, ratio, lr)),
-           "ratio": ratio, "lr": lr, "init": pipe["base"], "ref_ckpt": pipe["ref"], "score_file": pipe["scores"],
-           "seed": pipe["seed"] if args.seed is None else args.seed}
-    if args.select == "oracle":  # the labels decide, not a ratio
-        cfg.update(ratio=1.0)
+    defaults = {**settings, "max_tokens": settings["student_tokens"], "seed": pipe["seed"]}
+    run = dict(data_dir=pipe["data_dir"], out_dir=os.path.join(args.out_dir, folder_name(args, ratio, lr)),
+               ratio=1.0 if args.select == "oracle" else ratio, lr=settings["lr"] if lr is None else lr,
+               init=pipe["base"], ref_ckpt=pipe["ref"], score_file=pipe["scores"])
     if args.ref_long:  # the reference's budget + SLM's extra: its student tokens and a scoring pass (a third a token)
-        ref_tokens = int(pipe["ref_epochs"] * splits["ref_train"]["tokens"])
-        cfg.update(split="ref_train", ratio=1.0, tokens_per_step=given.get("tokens_per_step", 0),
-                   max_tokens=ref_tokens + cfg["max_tokens"] + splits["web"]["tokens"] // 3 if args.max_tokens is None
-                   else args.max_tokens)
+        ref_tokens = int(pipe["ref_epochs"] * splits["ref_train"]["tokens"]) + splits["web"]["tokens"] // 3
+        defaults.update(tokens_per_step=0, max_tokens=ref_tokens + defaults["max_tokens"])
+        run.update(split="ref_train", ratio=1.0)
     else:
         check_passes("--max_tokens", args.max_tokens, splits["web"]["tokens"] + int(args.mix_hq * splits["ref_train"][
             "tokens"]), "web" + " with the subset mixed in" * bool(args.mix_hq))
-    return rho.TrainConfig(**{**cfg, **kw})
+    return train_config(defaults, args, **run, **kw)
 
 
 def main(args):
     pipe = read_pipeline(args.out_dir)
-    if not pipe and os.path.exists(os.path.join(args.out_dir, "config.json")):
-        fail(f"{args.out_dir} is a run folder, not a pipeline's", "pass the pipeline's folder: --out_dir "
-             f"{os.path.dirname(args.out_dir.rstrip('/')) or '.'}")
     if not pipe:
-        fail(f"no reference pipeline in {args.out_dir}", f"run `python train_ref.py --out_dir {args.out_dir}` first")
-    if not os.path.exists(os.path.join(pipe["data_dir"], "meta.json")):
-        fail(f"the pipeline in {args.out_dir} trains on {pipe['data_dir']}, which holds no corpus",
-             f"move its corpus there, or rebuild it with `python train_ref.py --preset {pipe['preset']} --seed "
-             f"{pipe['seed']} --data_dir {pipe['data_dir']} --out_dir {args.out_dir}` (and the pipeline's other flags)")
+        fail(f"no reference pipeline in {args.out_dir}", f"run `python train_ref.py --out_dir {args.out_dir}` first"
+             + " (a run folder's parent holds it)" * os.path.exists(os.path.join(args.out_dir, "config.json")))
     if args.temperature is not None and args.weighting != "soft":
-        fail(f"--temperature sets --weighting soft, and this run weights by {args.weighting}",
-             "add --weighting soft, or drop --temperature")
+        fail(f"--temperature is for --weighting soft, not {args.weighting}", "add --weighting soft, or drop it")
     args.temperature = 0.1 if args.temperature is None else args.temperature
     if len(set(args.ratio)) * len(set(args.lr or [0])) > 1 and args.name:
         fail("--name with several ratios or learning rates would put every run in one folder", "drop --name")
@@ -119,35 +95,31 @@ def main(args):
 
 def bench(args, pipe, steps=10, rounds=20):
     """Tokens/s of CLM and SLM (cached, online) on one model and data, interleaved round by round so that the
-    machine's drift hits each alike (medians; the step time over CLM's paired by round), and of the scoring pass."""
+    machine's drift hits each alike (medians; round 0 warms up), and of the scoring pass."""
     ratio = args.ratio[0] if args.ratio[0] < 1 else 0.6
     runs = {"CLM": (1.0, {}), f"SLM {ratio:g}, cached scores": (ratio, {}),
             f"SLM {ratio:g}, online reference": (ratio, {"ref_mode": "online"})}
     trainers = {name: rho.Trainer(student_config(args, pipe, r, None, **kw)) for name, (r, kw) in runs.items()}
     times = {name: [] for name in runs}
-    for tr in trainers.values():  # warm up (and compile)
-        for i in range(3):
-            tr.step(i)
-    for rnd, (name, tr) in itertools.product(range(rounds), trainers.items()):
+    for rnd, (name, tr) in itertools.product(range(rounds + 1), trainers.items()):
         sync(tr.device)
         t0 = time.perf_counter()
         for i in range(steps):
-            tr.step(3 + rnd * steps + i)
+            tr.step(rnd * steps + i)
         sync(tr.device)
         times[name].append((time.perf_counter() - t0) / steps)
-    tr = trainers["CLM"]
-    ref = rho.GPT.from_checkpoint(load_checkpoint(pipe["ref"])).to(tr.device)
+    times = {name: np.array(t[1:]) for name, t in times.items()}  # round 0: the warm-up (and compilation)
+    tr, ref = trainers["CLM"], rho.GPT.from_checkpoint(load_checkpoint(pipe["ref"]))
     with tempfile.TemporaryDirectory() as d:
-        scoring = rho.score_corpus(ref, tr.blocks.tokens[:1_000_000], tr.T, os.path.join(d, "s.bin"), tr.device,
-                                   log=lambda *a: None)
+        scoring = rho.score_corpus(ref.to(tr.device), tr.blocks.tokens[:1_000_000], tr.T, os.path.join(d, "s.bin"),
+                                   tr.device, log=lambda *a: None)
     print(f"benchmark on {tr.device} ({torch.get_num_threads()} threads), {tr.model.num_params() / 1e6:.2f}M params, "
           f"batch {tr.cfg.batch_size}x{tr.T}; medians of {rounds} interleaved rounds")
     for name, tr in trainers.items():
-        tok_s = tr.tokens_per_step / float(np.median(times[name]))
-        mfu = tok_s / tr.world * tr.flops_per_token / tr.peak if tr.peak else None
-        print(f"  {name:32s} {tok_s:>10,.0f} tok/s   step time {np.median(np.divide(times[name], times['CLM'])):.3f}x "
-              "CLM's" + (f"   mfu {mfu:.1%}" if mfu else ""))
-    clm = trainers["CLM"].tokens_per_step / float(np.median(times["CLM"]))
+        tok_s = tr.tokens_per_step / np.median(times[name])
+        mfu = f"   mfu {tok_s / tr.world * tr.flops_per_token / tr.peak:.1%}" if tr.peak else ""
+        print(f"  {name:32s} {tok_s:>10,.0f} tok/s   step time {np.median(times[name] / times['CLM']):.3f}x CLM's{mfu}")
+    clm = trainers["CLM"].tokens_per_step / np.median(times["CLM"])
     print(f"  {'scoring pass (forward only)':32s} {scoring:>10,.0f} tok/s   {scoring / clm:.1f}x CLM training")
 
 

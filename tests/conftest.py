@@ -1,5 +1,4 @@
-"""Shared fixtures: a tiny pipeline and a few real-data files built once per test session, in temporary folders;
-`run` runs a script as a user would, `call` runs it in this process, `user_error` expects its one-line error."""
+"""Shared fixtures: a tiny pipeline and a few real-data files, built once per session; ways to run the scripts."""
 import contextlib
 import importlib
 import json
@@ -12,29 +11,25 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-# The tests run on the CPU, on a GPU machine too (gloo, exact equalities, a CPU tensor fed to a model): CUDA is
-# hidden from this process and every process it starts. RHO_GPU_TESTS=1 runs the opt-in GPU test (test_gpu.py),
-# which gives its subprocess back the GPUs hidden here.
+# The tests run on the CPU, a GPU machine's too (exact equalities, gloo): CUDA is hidden here and in every process
+# started; test_gpu.py gives its subprocess the GPUs back. One thread a process: a spinning OpenMP pool on a busy
+# machine makes the tiny models' first calls up to 80x slower.
 GPUS = os.environ.get("CUDA_VISIBLE_DEVICES")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
-# One thread a process, here and in every process started: the tiny models' matmuls gain nothing from a second
-# thread, and on a busy machine a spinning OpenMP pool makes each first call of a shape up to 80x slower.
 os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def run(*args, cwd, check=True):
-    """Run one of the scripts as a user would; returns the CompletedProcess."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.run([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=cwd, env=env,
-                       capture_output=True, text=True, timeout=600)
+    """Run a script as a user would; returns the CompletedProcess."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=cwd, capture_output=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), text=True, timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
 
 
 def call(script, *args):
-    """Run a script's main() in this process, as `python script args` would from the current folder, without
-    an interpreter start-up per call (for the slower tests); a user error raises SystemExit."""
+    """Run a script's main() in this process, as `python script args` would (a user error raises SystemExit)."""
     import infra
     mod = importlib.import_module(script.removesuffix(".py"))
     cls = {"train_ref": "RefRun", "train_slm": "SlmRun", "plot": "PlotRun", "data": "DataRun",
@@ -43,8 +38,7 @@ def call(script, *args):
 
 
 def user_error(script, *args):
-    """Run a script in this process, expecting a mistake of the user's: returns its message, checked to be one
-    line `error: <what>; fix: <how>` (what a user sees, as the last line of stderr, with a non-zero exit)."""
+    """Run a script expecting a user's mistake: returns its message, checked to be `error: <what>; fix: <how>`."""
     with pytest.raises(SystemExit) as e:
         call(script, *args)
     msg = e.value.code
@@ -54,12 +48,12 @@ def user_error(script, *args):
 
 def records(run_dir, evals=False):
     """A run's log records, in order (evals: only those of an evaluation)."""
-    recs = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    recs = map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
     return [r for r in recs if "val_loss" in r or not evals]
 
 
 def trainer(pipeline, **kw):
-    """A Trainer of an SLM 0.6 student on the session's pipeline (it writes nothing until trained), settings kw."""
+    """A Trainer of an SLM 0.6 student on the session's pipeline (it writes nothing until trained)."""
     import rho
     pipe = json.loads((pipeline / "out" / "pipeline.json").read_text())
     cfg = dict(data_dir=str(pipeline / "data"), init=str(pipeline / pipe["base"]), ref_ckpt=str(pipeline / pipe["ref"]),
@@ -72,7 +66,7 @@ def trainer(pipeline, **kw):
 def pipeline(tmp_path_factory):
     """data -> base -> reference -> scores -> SLM 0.6 and CLM students, with the tiny preset."""
     d = tmp_path_factory.mktemp("pipe")
-    with contextlib.chdir(d):  # in this process; the scripts as a user runs them: test_pipeline.py, test_errors.py
+    with contextlib.chdir(d):
         call("train_ref.py", "--preset", "tiny")
         call("train_slm.py", "--ratio", "0.6", "1.0")
     return d
@@ -80,8 +74,7 @@ def pipeline(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_files(tmp_path_factory):
-    """Local files shaped like real corpora: web.jsonl (text plus metadata), train.parquet and test.parquet
-    (GSM8K's question/answer fields), for data_real.py (the same code path as a hub name)."""
+    """Local files shaped like real corpora for data_real.py: web.jsonl, GSM8K-like train and test.parquet."""
     import datasets
     d = tmp_path_factory.mktemp("files")
     rng = random.Random(0)

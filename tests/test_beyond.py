@@ -1,5 +1,5 @@
-"""The reference tuned like every arm, and beyond the paper, through the scripts: a reference sweep on a shared base,
-a reference that keeps some web, soft token weighting, a reference smaller than the student."""
+"""Beyond the paper, through the scripts: a reference sweep on a shared base that keeps some web, soft weighting,
+a reference smaller than the student."""
 import json
 import os
 
@@ -11,8 +11,7 @@ from conftest import call, records, user_error
 
 
 def test_a_reference_sweep_on_a_shared_base_keeps_the_lowest_validation_answer_loss(pipeline, monkeypatch):
-    """Its epochs and rate swept and chosen on validation, on another pipeline's base (not trained again); with
-    --ref_web 3 each reference trains on the first third of the base's web and the subset, shuffled, once."""
+    """On another pipeline's base (not trained again); --ref_web 3: the first third of the base's web and the subset."""
     monkeypatch.chdir(pipeline)
     call("train_ref.py", "--preset", "tiny", "--out_dir", "swept", "--base", "out/base/ckpt.pt", "--ref_epochs", "1",
          "3", "--ref_lr", "1e-3", "--ref_web", "3")
@@ -42,8 +41,7 @@ def test_a_reference_sweep_on_a_shared_base_keeps_the_lowest_validation_answer_l
 
 
 def test_a_smaller_reference_from_its_own_base_guides_a_student_of_the_other_base(pipeline, monkeypatch):
-    """--student_base: the reference (half the width) fine-tunes from its own base; the students start from the
-    given one, scored by the small reference."""
+    """--student_base: the reference (half the width) fine-tunes from its own base, the students from the given one."""
     monkeypatch.chdir(pipeline)
     call("train_ref.py", "--preset", "tiny", "--out_dir", "small", "--n_embd", "16", "--n_head", "1",
          "--student_base", "out/base/ckpt.pt", "--ref_epochs", "1")

@@ -22,10 +22,9 @@ def batch(seed=0, B=4, T=16, V=50):
 
 def test_token_losses_are_shifted_next_token_losses():
     x, y = batch()
-    logits = tiny_model()(x)
-    losses = rho.token_losses(logits, y)
-    assert torch.equal(tiny_model()(x, y), losses)  # the training step's forward: the same losses
+    logits, losses = tiny_model()(x), tiny_model()(x, y)  # the training step's forward: the losses
     # position t predicts token t+1 of the sequence: -log softmax(logits[b, t])[x[b, t+1]]
+    assert torch.equal(rho.token_losses(logits, y), losses)
     assert torch.allclose(losses, -torch.log_softmax(logits.float(), -1).gather(-1, y[..., None])[..., 0], atol=1e-6)
 
 
@@ -36,10 +35,8 @@ def test_excess_loss_and_its_top_k_over_the_whole_batch(ratio):
     score = rho.excess_loss(student, ref)
     assert torch.equal(score, student.detach() - ref) and not score.requires_grad  # no gradient through selection
     mask, k = rho.select_topk(score, ratio), math.floor(ratio * score.numel() + 0.5)
-    assert mask.sum().item() == k
-    # the same set as sorting by excess loss over the whole batch (not per row)
-    top = set(torch.argsort(score.view(-1), descending=True)[:k].tolist())
-    assert set(torch.nonzero(mask.view(-1)).view(-1).tolist()) == top
+    top = torch.argsort(score.view(-1), descending=True)[:k]  # sorted by excess loss over the whole batch, not per row
+    assert mask.sum().item() == k and torch.all(mask.view(-1)[top])
 
 
 def test_slm_loss_is_the_mean_over_the_selected_and_only_they_get_gradients():
@@ -53,8 +50,7 @@ def test_slm_loss_is_the_mean_over_the_selected_and_only_they_get_gradients():
     ref.backward()
     for (n, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
         assert torch.allclose(p1.grad, p2.grad, rtol=1e-5, atol=1e-8), n
-    model = tiny_model(4)
-    x, y = batch(5)
+    model, (x, y) = tiny_model(4), batch(5)
     logits = model(x)
     logits.retain_grad()
     losses = rho.token_losses(logits, y)
@@ -64,8 +60,7 @@ def test_slm_loss_is_the_mean_over_the_selected_and_only_they_get_gradients():
     loss.backward()
     grad_norm = logits.grad.norm(dim=-1)  # (B, T)
     assert torch.all(grad_norm[~mask] == 0) and torch.all(grad_norm[mask] > 0)
-    # the context is not masked: an input token whose own loss was dropped (x[b, s] is the target of
-    # position s-1) still changes the loss of a later selected position
+    # the context is not masked: an input whose own loss was dropped still changes a later selected position's
     b, s, t = next((b, s, t) for b, t in torch.nonzero(mask).tolist() for s in range(1, t) if not mask[b, s - 1])
     x2 = x.clone()
     x2[b, s] = (x[b, s] + 1) % 50
@@ -133,16 +128,13 @@ def test_extract_answer():
 
 
 def test_kv_cache_decoding_equals_full_recompute_and_a_left_padded_batch_each_prompt_alone():
-    """Questions of different lengths (GSM8K) are decoded in one batch, padded on the left: every row must decode
-    exactly as it does alone (the padding is never attended and positions start after it)."""
-    model = tiny_model(8, vocab=50, block=32).eval()
-    x, _ = batch(9, B=3, T=5)
+    model, (x, _) = tiny_model(8, vocab=50, block=32).eval(), batch(9, B=3, T=5)
     full = x
     with torch.no_grad():
         for _ in range(12):
             full = torch.cat([full, model(full)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(model.generate(x, 12), full)
-    prompts = [batch(s, B=1, T=n)[0][0].tolist() for s, n in ((1, 3), (2, 7), (3, 5))]
+    prompts = [batch(s, B=1, T=n)[0][0].tolist() for s, n in ((1, 3), (2, 7), (3, 5))]  # GSM8K's lengths vary
     n = max(map(len, prompts))
     out = model.generate(torch.tensor([[0] * (n - len(p)) + p for p in prompts]), 10,
                          pad=torch.tensor([n - len(p) for p in prompts]))

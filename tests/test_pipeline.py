@@ -26,7 +26,6 @@ def test_data_is_byte_identical_for_a_seed_and_differs_across_seeds(pipeline, tm
 
 
 def test_the_corpus_is_labelled_and_its_compact_vocabulary_round_trips_any_text(pipeline):
-    """(Held-out problems unseen in training: test_experiment.py.)"""
     d = str(pipeline / "data")
     meta, (tokens, labels), tok = data.read_meta(d), data.load_tokens(d, "web"), data.Tokenizer.from_meta(d)
     assert len(tokens) == len(labels) == meta["splits"]["web"]["tokens"]
@@ -51,9 +50,9 @@ def test_end_to_end_tiny_pipeline(pipeline, monkeypatch, capsys):
     assert set(json.loads((out / "slm0.6" / "config.json").read_text())["inputs"]) == {"data", "init", "ref"}
     for run_dir in ("base", "ref", "slm0.6", "clm"):
         evals = records(out / run_dir, evals=True)
-        assert evals[0]["tokens"] == 0 and evals[-1]["tokens"] > 0
-        assert all(np.isfinite(r["val_loss"]) and 0 <= r["acc"] <= 1 for r in evals)
-        assert (out / run_dir / "ckpt.pt").exists() and (out / run_dir / "done.json").exists()
+        assert evals[0]["tokens"] == 0 < evals[-1]["tokens"] and all(0 <= r["acc"] <= 1 for r in evals)
+        assert all(np.isfinite(r["val_loss"]) for r in evals) and (out / run_dir / "done.json").exists()
+        assert (out / run_dir / "ckpt.pt").exists()
     slm = records(out / "slm0.6")
     last = [r for r in slm if "selected" in r][-1]
     assert 0 <= last["precision"] <= 1 and set(last["selected"]) >= {"math", "gibberish"}
@@ -77,9 +76,8 @@ def test_end_to_end_tiny_pipeline(pipeline, monkeypatch, capsys):
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(pipeline, monkeypatch):
-    """Killed (SIGKILL) between two evaluations, with a checkpoint at every logged step (--ckpt_every 0), a run
-    resumes past the last evaluation and logs what the uninterrupted one (the session's slm0.6) does; Ctrl-C ends a
-    run with one line that says how to resume it."""
+    """Killed between two evaluations (--ckpt_every 0: a checkpoint at every logged step), a run resumes and logs
+    what the uninterrupted one does; Ctrl-C ends a run with one line that says how to resume it."""
     args, killed = ["--ratio", "0.6", "--ckpt_every", "0"], pipeline / "out" / "killed"  # evaluations: steps 0, 1, 39
     target = random.Random().randrange(10, 30, 5)  # a random logged step to kill after, between two evaluations
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_slm.py"), *args, "--name", "killed"], cwd=pipeline,
@@ -120,22 +118,16 @@ def test_benchmark_measures_every_configuration_on_the_same_model(pipeline, monk
 
 
 def test_gibberish_never_cuts_a_problem_in_two():
-    """A page's gibberish block goes between its blocks: a problem with a slip (three segments: the text before the
-    wrong result, the wrong result, the rest) stays whole."""
+    """A problem with a slip (three segments: before the wrong result, the wrong result, the rest) stays whole."""
     cfg = data.DataConfig(mix={"math_wrong": 1.0}, p_gibberish=1.0)
-    keys = data.key_splits(0)["train"]
-    pages = list(data.web_pages(cfg, random.Random(0), 300, keys))
-    for segs in pages:
-        kinds = [k for _, k in segs]
-        for i, k in enumerate(kinds):
-            if k == data.WRONG:
-                assert kinds[i - 1] == data.MATH and kinds[i + 1] == data.MATH, kinds
+    pages = list(data.web_pages(cfg, random.Random(0), 300, data.key_splits(0)["train"]))
+    for kinds in ([k for _, k in segs] for segs in pages):
+        assert all(kinds[i - 1] == kinds[i + 1] == data.MATH for i, k in enumerate(kinds) if k == data.WRONG), kinds
     assert sum(data.GIBBER in [k for _, k in segs] for segs in pages) == 300
 
 
 def test_a_slip_carried_on_changes_the_final_answer_and_one_not_carried_on_does_not():
-    keys = data.key_splits(0)["train"]
-    q, steps, ans = data.FAMILIES[4][0](keys[4][0], random.Random(5))  # two steps: cost, then change
+    q, steps, ans = data.FAMILIES[4][0](data.key_splits(0)["train"][4][0], random.Random(5))  # cost, then change
     for seed in range(20):
         for carry in (True, False):
             segs = data.wrong_problem(q, steps, random.Random(seed), carry)
