@@ -237,7 +237,7 @@ def explain_scores(args):
         tokens[name] = np.concatenate([page_losses(model, ids) for ids, _ in pages])
     for when in ("start", "end"):  # the run's rule: the top ratio by its score
         tokens[f"excess_{when}"] = tokens[when] - tokens["ref"]
-        score = rho.SCORES[cfg["select"]](torch.tensor(tokens[when]), torch.tensor(tokens["ref"]), None)
+        score = rho.SCORES[cfg["select"]](torch.tensor(tokens[when]), torch.tensor(tokens["ref"]))
         tokens[f"keep_{when}"] = rho.select_topk(score, cfg["ratio"]).numpy()
     return cfg, tokens
 

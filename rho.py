@@ -157,8 +157,8 @@ def excess_loss(student_losses, ref_losses):
 
 
 # --select: the score whose top `ratio` get a loss: SLM's excess loss, or a control's lowest reference loss
-SCORES = {"excess": lambda losses, ref, draw: excess_loss(losses, ref),  # (B, T)
-          "ref_loss": lambda losses, ref, draw: -ref}                    # (B, T)
+SCORES = {"excess": excess_loss,              # (B, T)
+          "ref_loss": lambda losses, ref: -ref}  # (B, T)
 
 
 def n_selected(ratio, n):
@@ -446,7 +446,7 @@ class Trainer:
             scores = torch.rand((B * self.world, T), generator=self.sel_gen)[self.rank * B:(self.rank + 1) * B]
             scores = scores.to(losses.device)
         else:
-            scores = SCORES[c.select](losses, ref_losses.to(losses.device, non_blocking=True), None)  # (B, T)
+            scores = SCORES[c.select](losses, ref_losses.to(losses.device, non_blocking=True))  # (B, T)
         if c.scope == "global" and self.world > 1:
             return select_topk_global(scores, c.ratio, self.rank)
         return soft_weights(scores, c.ratio, c.temperature) if c.weighting == "soft" else select_topk(scores, c.ratio)
