@@ -103,16 +103,16 @@ def test_x_fewer_and_compute_on_known_curves():
     assert plot.x_fewer(run, clm, "answer", compute=True) == (pytest.approx(2.0), False)  # no overhead: the same
     # a measure a run does not have is no measure, not "never"
     nan = {**clm, "answer": np.full(4, np.nan)}
-    assert np.isnan(plot.x_fewer(run, nan, "answer")[0]) and plot.fmt_x(plot.x_fewer(run, nan, "answer")) == "-"
+    assert np.isnan(plot.x_fewer(run, nan, "answer")[0]) and plot.med_x([plot.x_fewer(run, nan, "answer")]) == "-"
     assert np.isnan(plot.x_fewer(run, {**clm, "tokens": clm["tokens"][:1], "answer": clm["answer"][:1]}, "answer")[0])
-    assert plot.fmt_x((math.inf, False)) == "at start" and plot.fmt_x((3.0, True)) == ">=3.00x"
+    assert plot.med_x([(math.inf, False)]) == "at start" and plot.med_x([(3.0, True)]) == ">=3.00x"
     # medians: the lower one of an even count, never below every value, a bound marking what it could raise
     assert plot.med_x([(None, False), (2.0, False), (3.0, True)]) == "2.00x [never, >=3.00x]"
     assert plot.med_x([(1.0, True), (2.0, False), (3.0, False)]) == ">=2.00x [>=1.00x, >=3.00x]"
     assert plot.med_x([(None, False), (3.0, False)]) == "never [never, 3.00x]"
     assert plot.med_x([(4.0, False), (4.0, True)]) == plot.med_x([(4.0, True), (4.0, False)])
     assert plot.med_x([(math.nan, False)]) == "-" and plot.med_x([]) == ""
-    assert plot.med([0.5, np.nan, 0.7]) == "0.6000 [0.5000, 0.7000] (2 of 3)"
+    assert plot.final([{"answer": [x]} for x in (0.5, np.nan, 0.7)], "answer") == "0.6000 [0.5000, 0.7000] (2 of 3)"
 
 
 def test_what_a_run_keeps_is_weighted_by_the_tokens_each_record_covers():
@@ -124,7 +124,7 @@ def test_what_a_run_keeps_is_weighted_by_the_tokens_each_record_covers():
     assert analysis.kept_over_run({**run, "selected": [{}, {}, {}]}) is None  # real data: no token kinds
 
 
-def test_paired_tests_on_known_answers():
+def test_paired_tests_on_known_answers(tmp_path):
     a = np.array([True] * 10 + [False] * 90)
     b = np.zeros(100, bool)
     n10, n01, p = plot.mcnemar(a, b)
@@ -143,16 +143,16 @@ def test_paired_tests_on_known_answers():
     assert far["p"] == pytest.approx(1 / 10001)
     # answers are read back at their length (one '0'/'1' each); runs of other lengths pair on the common problems
     right = [True, False, True, True, False, True, False]
-    assert plot.answers({"acc": 4 / 7, "correct": "1011010"}).tolist() == right and plot.answers({}) is None
+    (tmp_path / "config.json").write_text(json.dumps({"seed": 0, "lr": 1, "split": "web", "select": "", "ratio": 1}))
+    (tmp_path / "log.jsonl").write_text(json.dumps({"val_loss": 1, "tokens": 0, "flops": 0, "correct": "1011010"}))
+    assert plot.load_run(str(tmp_path), {"seed": 0, "data_dir": ""}, "", "CLM")["correct"].tolist() == right
     assert plot.paired([(np.array(right + [True] * 3), np.array(right))])["diff"] == 0.0
 
 
 def test_the_noise_floor_pairs_each_run_with_the_baseline_of_its_pipeline_and_data_order():
     def run(arm, pipe, acc, loss, student=0):
-        right = np.arange(100) < round(100 * acc)
-        cfg = {"split": "web", "select": "excess", "ratio": 0.6 if arm == "SLM 0.6" else 1.0}
-        return {"name": arm, "order": student, "pipe": {"dir": pipe}, "acc": np.array([acc]),
-                "answer": np.array([loss]), "correct": right, "cfg": cfg}
+        return {"name": arm, "order": student, "pipe": {"dir": pipe}, "acc": np.array([acc]), "alone": False,
+                "answer": np.array([loss]), "correct": np.arange(100) < round(100 * acc), "slm": arm == "SLM 0.6"}
     chosen = []
     for pipe, shift in (("p0", 0.0), ("p1", 0.1), ("p2", 0.2)):  # pipelines differ; data orders differ less
         for student, jitter in ((0, 0.0), (100, 0.02), (101, -0.02)):
@@ -160,24 +160,21 @@ def test_the_noise_floor_pairs_each_run_with_the_baseline_of_its_pipeline_and_da
             chosen.append(run("SLM 0.6", pipe, 0.33 + shift + jitter, 0.5 - shift, student))  # +3 pts in every run
     chosen.append(run("oracle", "p0", 0.5, 0.1))  # one data order only: not in the table
     res = {"chosen": chosen, "shared": False}
-    table = "\n".join(plot.noise_table(res, "CLM"))
-    slm = next(line for line in table.splitlines() if line.startswith("| SLM 0.6 |"))
+    lines = plot.noise_tables(res)  # against CLM, then against SLM 0.6 (run on several data orders)
+    (clm, clm_slm), (slm, slm_slm) = ([x for x in lines if x.startswith(f"| {a} |")] for a in ("CLM", "SLM 0.6"))
     assert "| 9 |" in slm and "+3.0 [+3.0, +3.0], 9 of 9 above" in slm and "+0.0000" in slm
-    clm = next(line for line in table.splitlines() if line.startswith("| CLM |"))
     assert "sd 8.8%" in clm and "| 2.0% |" in clm  # the spread over all runs, and over data orders alone
-    assert "oracle" not in table and plot.noise_table({**res, "chosen": chosen[-1:]}, "CLM") == []
+    assert "oracle" not in "\n".join(lines) and plot.noise_tables({**res, "chosen": chosen[-1:]}) == []
     # then every arm against SLM, paired the same way: CLM is 3 points below it in every run
-    tables = "\n".join(plot.noise_tables(res))
-    assert tables.startswith(table) and "paired with SLM 0.6 of the same pipeline" in tables
-    assert "-3.0 [-3.0, -3.0], 0 of 9 above" in next(line for line in tables.split(table)[1].splitlines()
-                                                      if line.startswith("| CLM |"))
+    assert "paired with SLM 0.6 of the same pipeline" in lines[lines.index(clm_slm) - 4]
+    assert "-3.0 [-3.0, -3.0], 0 of 9 above" in clm_slm and slm_slm.endswith("|  |  |  |")
     # a row's interval does not depend on the other rows: an arm whose gain varies, with and without another arm
     gains = (0.7, -1.3, 2.9, 0.1, 4.4, -2.2, 1.7, 3.3, -0.6)
     wobbly = [run("ref-loss", r["pipe"]["dir"], float(r["acc"][0]) + gains[i] / 100, 0.4, r["order"])
               for i, r in enumerate(chosen[:-1:2])]
-    both, alone = ([x for x in plot.noise_table({**res, "chosen": rows}, "CLM") if x.startswith("| ref-loss |")]
+    both, alone = ([x for x in plot.noise_tables({**res, "chosen": rows}) if x.startswith("| ref-loss |")]
                    for rows in (chosen + wobbly, chosen[::2] + wobbly))
-    assert both == alone and "+1.0 [" in both[0]
+    assert both[0] == alone[0] and len(alone) == 1 and "+1.0 [" in alone[0]
 
 
 def test_eval_schedule():
