@@ -37,7 +37,7 @@ class PlotRun:
     pages: int = arg(0, "held-out pages to use (default: 4 for --tokens, 200 for --categories, 300 for --explain)")
 
 
-CURVES = {"val": "val_loss", "val_answer": "val_answer_loss", "answer": "answer_loss", "acc": "acc"}
+CURVES = {"tokens": "tokens", "val": "val_loss", "val_answer": "val_answer_loss", "answer": "answer_loss", "acc": "acc"}
 SELECT = {"excess": "SLM", "random": "random", "ref_loss": "ref-loss"}
 # what shapes a student beside its arm, rate and seed: arms are compared at one budget, batch, model and optimizer
 SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "tokens_per_step", "max_tokens", "min_lr_frac",
@@ -66,13 +66,11 @@ def load_run(path, pipe, group, name=None):
     name, last = name or arm_name(cfg), evals[-1]
     return {"path": path, "pipe": pipe, "seed": pipe["seed"], "group": group, "cfg": cfg, "lr": cfg["lr"],
             "done": done, "name": name, "order": order, "arm": name + (f" (student seed {order})" if order else ""),
-            "slm": cfg["split"] == "web" and cfg["select"] == "excess" and cfg["ratio"] < 1,
-            "alone": name == "reference", "tokens": np.array([rec["tokens"] for rec in evals], dtype=float),
+            "slm": cfg["split"] == "web" and cfg["select"] == "excess" and cfg["ratio"] < 1, "flops": last["flops"],
+            "alone": name == "reference", "test": os.path.abspath(os.path.join(pipe["data_dir"], "eval.jsonl")),
             **{k: np.array([rec.get(key, np.nan) for rec in evals], dtype=float) for k, key in CURVES.items()},
-            "correct": np.array([c == "1" for c in last["correct"]]) if "correct" in last else None,
-            "test": os.path.abspath(os.path.join(pipe["data_dir"], "eval.jsonl")),
-            "flops": last["flops"], "selected": [rec.get("selected", {}) for rec in evals],
-            "composition": [rec.get("composition", {}) for rec in evals]}
+            **{k: [rec.get(k, {}) for rec in evals] for k in ("selected", "composition")},
+            "correct": np.array([c == "1" for c in last["correct"]]) if "correct" in last else None}
 
 
 def pipeline_runs(d, notes):
@@ -235,12 +233,11 @@ def best_lrs(runs):
     return best
 
 
-def summarize(runs):
+def summarize(found):
     """Per group: its runs, chosen rates and runs, a row per arm against the pipeline's CLM, the lesson's rows."""
-    groups, out = defaultdict(list), []
-    for run in runs:
-        groups[run["group"]].append(run)
-    for runs in groups.values():
+    out = []
+    for group in dict.fromkeys(run["group"] for run in found):
+        runs = [run for run in found if run["group"] == group]
         best = best_lrs(runs)
         chosen = [run for run in runs if run["done"] and (run["lr"] == best[run["arm"]] or
                                                            run["arm"] in ("base", "reference"))]
@@ -525,9 +522,6 @@ def write_report(runs, png, full=False):
     results, report, stem = summarize(runs), [], os.path.splitext(png)[0]
     lessons = ["\n".join(lesson(res)) for res in results if res["lesson"]]
     for res in results:
-        if "CLM" not in {run["arm"] for run in res["runs"]}:
-            report.append(f"missing: no CLM baseline in {res['dirs'][0]}; make it with `python train_slm.py "
-                          f"--out_dir {res['dirs'][0]} --ratio 1.0`")
         report.append("\n".join(headline_table(res) + paired_table(res) + noise_tables(res) + rates_table(res) +
                                 analysis.selection_table(res)))
         if unfinished := [run["path"] for run in res["runs"] if not run["done"]]:
