@@ -1,6 +1,4 @@
-"""
-plot.py -- every run under --out_dir against CLM, the plain next-token baseline: each arm at the learning rate the
-validation problems chose, measured on the test problems (whose family and numbers no training split holds).
+"""plot.py -- every run under --out_dir against CLM, each arm at the rate validation chose, on the test problems.
 
   python plot.py                                  # the lesson: reference alone, CLM, SLM; out/compare.png and .md
   python plot.py --full --arms CLM "SLM 0.6"      # every table and curve, only these arms
@@ -30,8 +28,7 @@ class PlotRun:
     arms: list = arg(None, "compare only these arms, named as in the table (e.g. CLM 'SLM 0.6')", nargs="+", type=str)
     full: bool = arg(False, "print every table, not only the lesson; draw every arm's curves")
     rates: bool = arg(False, "print each arm's rate chosen on validation, '<arm><TAB><rate><TAB><folder>', and stop")
-    merge: list = arg(None, "folder=label: its students (another reference, same bases) join as '<arm> (<label>)'",
-                      nargs="+", type=str)
+    merge: list = arg(None, "folder=label: its students join as '<arm> (<label>)'", nargs="+", type=str)
     tokens: str = arg("", "a student run folder (e.g. out/slm0.6): draw which tokens it keeps (its tokens.png)")
     categories: str = arg("", "a run folder with kept checkpoints (--keep_ckpts): the paper's token-loss categories")
     explain: str = arg("", "an SLM or ref-loss run folder: what its selection keeps, kind by kind (its explain.md)")
@@ -40,7 +37,7 @@ class PlotRun:
     pages: int = arg(0, "held-out pages to use (default: 4 for --tokens, 200 for --categories, 300 for --explain)")
 
 
-CURVES = {"val": "val_loss", "val_answer": "val_answer_loss", "answer": "answer_loss", "acc": "acc"}
+CURVES = {"tokens": "tokens", "val": "val_loss", "val_answer": "val_answer_loss", "answer": "answer_loss", "acc": "acc"}
 SELECT = {"excess": "SLM", "random": "random", "ref_loss": "ref-loss"}
 # what shapes a student beside its arm, rate and seed: arms are compared at one budget, batch, model and optimizer
 SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "tokens_per_step", "max_tokens", "min_lr_frac",
@@ -60,39 +57,20 @@ def arm_name(cfg):
         + f" (soft {cfg['temperature']:g})" * (sel and cfg["weighting"] == "soft")
 
 
-def retired(cfg):
-    """A run of a setting retired since (EXPERIMENTS.md, Retired experiments): the committed logs hold some."""
-    return cfg.get("sft") or cfg.get("weighting") == "margin" or "," in cfg["ref_ckpt"] or cfg["select"] == "block" \
-        or not cfg["init"] or (cfg["mix_hq"] and cfg["ratio"] < 1)
-
-
-def is_slm(run):
-    return run["cfg"]["split"] == "web" and run["cfg"]["select"] == "excess" and run["cfg"]["ratio"] < 1
-
-
-def name_run(run, name, order=0):
-    """Name a run: its label, and its arm, the label and the data order (a student seed other than the pipeline's)."""
-    run.update(name=name, order=order, arm=name + (f" (student seed {order})" if order else ""))
-    return run
-
-
-def answers(rec):
-    """Which test problems a record got right (bools, from its '0'/'1' string `correct`), or None."""
-    return np.array([c == "1" for c in rec["correct"]]) if "correct" in rec else None
-
-
 def load_run(path, pipe, group, name=None):
-    """A run's row (None without one): curves at every evaluation, final answers; name: else the arm's."""
+    """A run (None without evaluations): its curves, answers ('0'/'1' a problem) and arm (else from its settings)."""
     cfg, evals, done = read_run(path)
     if not cfg or not evals:
         return None
-    run = {"path": path, "pipe": pipe, "seed": pipe["seed"], "group": group, "cfg": cfg, "lr": cfg["lr"],
-           "done": done, "tokens": np.array([rec["tokens"] for rec in evals], dtype=float),
-           **{k: np.array([rec.get(key, np.nan) for rec in evals], dtype=float) for k, key in CURVES.items()},
-           "correct": answers(evals[-1]), "test": os.path.abspath(os.path.join(pipe["data_dir"], "eval.jsonl")),
-           "flops": evals[-1]["flops"], "selected": [rec.get("selected", {}) for rec in evals],
-           "composition": [rec.get("composition", {}) for rec in evals]}
-    return name_run(run, name or arm_name(cfg), 0 if name or cfg["seed"] == pipe["seed"] else cfg["seed"])
+    order = 0 if name or cfg["seed"] == pipe["seed"] else cfg["seed"]  # a data order other than the pipeline's
+    name, last = name or arm_name(cfg), evals[-1]
+    return {"path": path, "pipe": pipe, "seed": pipe["seed"], "group": group, "cfg": cfg, "lr": cfg["lr"],
+            "done": done, "name": name, "order": order, "arm": name + (f" (student seed {order})" if order else ""),
+            "slm": cfg["split"] == "web" and cfg["select"] == "excess" and cfg["ratio"] < 1, "flops": last["flops"],
+            "alone": name == "reference", "test": os.path.abspath(os.path.join(pipe["data_dir"], "eval.jsonl")),
+            **{k: np.array([rec.get(key, np.nan) for rec in evals], dtype=float) for k, key in CURVES.items()},
+            **{k: [rec.get(k, {}) for rec in evals] for k in ("selected", "composition")},
+            "correct": np.array([c == "1" for c in last["correct"]]) if "correct" in last else None}
 
 
 def pipeline_runs(d, notes):
@@ -104,12 +82,13 @@ def pipeline_runs(d, notes):
     students = {}  # folder: its shape (a student off the web has no web budget)
     for sub in sorted(os.listdir(d)):
         cfg = read_json(os.path.join(d, sub, "config.json"), cut_ok=True)
-        if sub not in names and cfg and not cfg["keep_ckpts"] and not retired(cfg):  # --keep_ckpts: --categories
-            skip = () if cfg["split"] == "web" else ("max_tokens", "tokens_per_step")
-            students[sub] = {k: cfg[k] for k in SHAPE if k not in skip}
-    shapes = []
-    web = sorted(json.dumps(sh, sort_keys=True) for sh in students.values() if "max_tokens" in sh)
-    for sh in [*map(json.loads, web), *students.values()]:  # the web's shapes, then each that fits none of them
+        if sub in names or not cfg or cfg["keep_ckpts"] or cfg.get("sft") or cfg["weighting"] == "margin" or \
+                "," in cfg["ref_ckpt"] or not cfg["init"] or cfg["mix_hq"] and cfg["ratio"] < 1:
+            continue  # kept checkpoints: for --categories; the others: settings retired since (EXPERIMENTS.md)
+        skip = () if cfg["split"] == "web" else ("max_tokens", "tokens_per_step")
+        students[sub] = {k: cfg[k] for k in SHAPE if k not in skip}
+    shapes = []  # the web's shapes, then each that fits none of them
+    for sh in sorted(students.values(), key=lambda sh: ("max_tokens" not in sh, json.dumps(sh, sort_keys=True))):
         if not any(group.items() >= sh.items() for group in shapes):
             shapes.append(sh)
     if len(shapes) > 1:
@@ -132,14 +111,9 @@ def pipeline_runs(d, notes):
 def find_runs(root, notes=None):
     """Every run below root, grouped: pipelines of one shape are its seeds; a copy or a twin run gets a note."""
     notes = [] if notes is None else notes
-    runs, first, seen, kept = [], {}, {}, []
-    for path in sorted(glob.glob(os.path.join(root, "**", "pipeline.json"), recursive=True)):
-        pipe = read_json(path, cut_ok=True)
-        if isinstance(pipe, dict) and "settings" in pipe:
-            runs += pipeline_runs(os.path.dirname(path), notes)
-        else:
-            notes.append(f"{path} is not a whole pipeline.json: its runs are left out")
-    for run in filter(None, runs):
+    paths = sorted(glob.glob(os.path.join(root, "**", "pipeline.json"), recursive=True))
+    first, seen, kept = {}, {}, []
+    for run in filter(None, [run for path in paths for run in pipeline_runs(os.path.dirname(path), notes)]):
         d = run["pipe"]["dir"]
         other = first.setdefault((run["group"], run["seed"]), d)
         if other != d:
@@ -152,7 +126,6 @@ def find_runs(root, notes=None):
                          f"{twin}): one run per arm and rate in a pipeline")
         else:
             kept.append(run)
-    notes[:] = list(dict.fromkeys(notes))
     return kept
 
 
@@ -172,8 +145,9 @@ def merge(root, others, notes):
                     fail(f"{run['path']} differs from {root}'s CLM of seed {run['seed']} at lr {run['lr']:g} (or it "
                          "has none)", "merge folders on the same bases and corpora, run at one thread")
             elif run["arm"] != "base" and run["seed"] in pipes:
-                runs.append(name_run({**run, "group": runs[0]["group"], "pipe": {**run["pipe"], "dir": pipes[
-                    run["seed"]]}}, f"{run['name']} ({label})", run["order"]))
+                name = f"{run['name']} ({label})"
+                runs.append({**run, "group": runs[0]["group"], "pipe": {**run["pipe"], "dir": pipes[run["seed"]]},
+                             "name": name, "arm": name + run["arm"][len(run["name"]):]})
     return runs
 
 
@@ -198,22 +172,19 @@ def tokens_to_reach(tokens, ys, target, higher=False):
     return float(tokens[i - 1] + (ys[i - 1] - target) / (ys[i - 1] - ys[i]) * (tokens[i] - tokens[i - 1])), False
 
 
-def reach(run, clm, key):
-    """tokens_to_reach of clm's final `key`; (NaN, False) where either lacks it or has one evaluation."""
-    target = clm[key][-1]
-    if min(len(run["tokens"]), len(clm["tokens"])) < 2 or not np.isfinite(target) or not np.isfinite(run[key]).all():
-        return math.nan, False
-    return tokens_to_reach(run["tokens"], run[key], target, higher=key == "acc")
-
-
 def x_fewer(run, clm, key, compute=False):
     """(x, bound): how many times fewer tokens (compute: FLOPs) run needs than clm to reach clm's final `key`."""
-    (t, bound), (t_clm, _) = reach(run, clm, key), reach(clm, clm, key)
-    o_run, o_clm = (overhead(run), overhead(clm)) if compute else (0.0, 0.0)
-    if t is None or not np.isfinite(t) or compute and None in (o_run, o_clm):
-        return (t, False) if t is None else (math.nan, False)
+    both = (run, clm)
+    if min(len(r["tokens"]) for r in both) < 2 or not all(np.isfinite(r[key]).all() for r in both):
+        return math.nan, False
+    (t, bound), (t_clm, _) = (tokens_to_reach(r["tokens"], r[key], clm[key][-1], key == "acc") for r in both)
+    if t is None:
+        return None, False
     if compute:
-        t, t_clm = o_run + t * run["flops"] / run["tokens"][-1], o_clm + t_clm * clm["flops"] / clm["tokens"][-1]
+        costs = [overhead(r) for r in both]
+        if None in costs:
+            return math.nan, False
+        t, t_clm = (o + x * r["flops"] / r["tokens"][-1] for o, x, r in zip(costs, (t, t_clm), both))
     return (t_clm / t if t else math.inf), bound
 
 
@@ -246,37 +217,29 @@ def paired(pairs, shared=False, n_boot=2000, seed=0):
             "cell": f"{100 * diff:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], p={p:.2g}"}
 
 
-def val_key(runs):
-    """The curve that picks rates: the validation answer loss, or where a run lacks it the whole text's."""
-    return "val_answer" if all(np.isfinite(run["val_answer"][-1]) for run in runs) else "val"
-
-
 def best_lrs(runs):
-    """{arm: its rate chosen on validation}: of the rates with most pipelines, the lowest mean final val_key."""
+    """{arm: its rate chosen on validation}, in table order: of the rates with most pipelines, the lowest val loss."""
     by, best = defaultdict(lambda: defaultdict(dict)), {}
     for run in runs:
         if run["done"]:
             by[run["arm"]][run["lr"]][run["pipe"]["dir"]] = run
-    for arm, lrs in by.items():
-        key, most = val_key([run for v in lrs.values() for run in v.values()]), max(len(v) for v in lrs.values())
+    for arm in sorted(by, key=lambda arm: (arm != "base", arm != "reference", arm != "CLM", arm)):
+        lrs = by[arm]
+        ends = [run["val_answer"][-1] for v in lrs.values() for run in v.values()]
+        key, most = "val_answer" if np.isfinite(ends).all() else "val", max(map(len, lrs.values()))
         cands = {lr: v for lr, v in lrs.items() if len(v) == most}
-        common = set.intersection(*(set(v) for v in cands.values()))
+        common = set.intersection(*map(set, cands.values()))
         best[arm] = min(cands, key=lambda lr: (np.mean([cands[lr][d][key][-1] for d in common]), lr))
     return best
 
 
-def arm_order(arm):
-    return arm != "base", arm != "reference", arm != "CLM", arm
-
-
-def summarize(runs):
-    """Per group: its runs, chosen rates and runs, and a row per arm with its measures against the pipeline's CLM."""
-    groups, out = defaultdict(list), []
-    for run in runs:
-        groups[run["group"]].append(run)
-    for runs in groups.values():
+def summarize(found):
+    """Per group: its runs, chosen rates and runs, a row per arm against the pipeline's CLM, the lesson's rows."""
+    out = []
+    for group in dict.fromkeys(run["group"] for run in found):
+        runs = [run for run in found if run["group"] == group]
         best = best_lrs(runs)
-        chosen = [run for run in runs if run["done"] and (run["lr"] == best.get(run["arm"]) or
+        chosen = [run for run in runs if run["done"] and (run["lr"] == best[run["arm"]] or
                                                            run["arm"] in ("base", "reference"))]
         clms = {run["pipe"]["dir"]: run for run in chosen if run["arm"] == "CLM"}
         rows = {}
@@ -287,41 +250,33 @@ def summarize(runs):
             clm = clms.get(run["pipe"]["dir"])
             if clm is None or run is clm or run["arm"] == "base":
                 continue
-            row["x_answer"].append(x_fewer(run, clm, "answer"))
-            row["x_acc"].append(x_fewer(run, clm, "acc"))
-            row["x_flops"].append(x_fewer(run, clm, "answer", compute=True))
+            for x, key, flops in (("x_answer", "answer", 0), ("x_acc", "acc", 0), ("x_flops", "answer", 1)):
+                row[x].append(x_fewer(run, clm, key, flops))
             if run["correct"] is not None and clm["correct"] is not None:
                 row["pairs"].append((run["correct"], clm["correct"]))
-        rows = [rows[arm] for arm in sorted(rows, key=arm_order)]
-        out.append({"runs": runs, "best": best, "chosen": chosen, "rows": rows,
+        slm = rows.get("SLM 0.6") or next((rows[a] for a in best if a in rows and rows[a]["runs"][0]["slm"]), None)
+        out.append({"runs": runs, "best": best, "chosen": chosen, "rows": [rows[arm] for arm in best if arm in rows],
                     "seeds": sorted({run["seed"] for run in runs}), "dirs": sorted({r["pipe"]["dir"] for r in runs}),
-                    "shared": len({run["test"] for run in runs}) == 1})  # the seeds share their test problems
+                    "shared": len({run["test"] for run in runs}) == 1,  # the seeds share their test problems
+                    "lesson": (rows.get("reference"), rows["CLM"], slm) if "CLM" in rows and slm else None})
     return out
 
 
-def med(xs, f="{:.4f}"):
-    """median [min, max] of the finite values; (k of n) where some are missing."""
-    n, xs = len(xs), [x for x in xs if x is not None and np.isfinite(x)]
+def final(runs, key):
+    """median [min, max] of the runs' finite final `key`; (k of n) where some lack it."""
+    f, xs = "{:.1%}" if key == "acc" else "{:.4f}", [run[key][-1] for run in runs if np.isfinite(run[key][-1])]
     if not xs:
         return "-"
     out = f.format(xs[0]) if len(xs) == 1 else \
         f"{f.format(float(np.median(xs)))} [{f.format(min(xs))}, {f.format(max(xs))}]"
-    return out + (f" ({len(xs)} of {n})" if len(xs) < n else "")
-
-
-def final(runs, key):
-    return med([run[key][-1] for run in runs], "{:.1%}" if key == "acc" else "{:.4f}")
-
-
-def fmt_x(x):
-    """One "x fewer" (x, bound): 2.31x, >=5.00x (bound), never, at start, - (no such measure)."""
-    v, bound = x
-    return "never" if v is None else "-" if math.isnan(v) else "at start" if v == math.inf else \
-        f"{'>=' if bound else ''}{v:.2f}x"
+    return out + (f" ({len(xs)} of {len(runs)})" if len(xs) < len(runs) else "")
 
 
 def med_x(xs):
-    """median [min, max] of "x fewer"s (lower median), marked >= where a bound could raise them."""
+    """median [min, max] of "x fewer"s (x, bound), the lower median; >= where a bound could raise it."""
+    def fmt(v, bound):
+        return "never" if v is None else "at start" if v == math.inf else f"{'>=' if bound else ''}{v:.2f}x"
+
     order = sorted((x for x in xs if x[0] is None or not math.isnan(x[0])), key=lambda x: (
         -1 if x[0] is None else x[0], not x[1]))
     if not order:
@@ -329,7 +284,7 @@ def med_x(xs):
     i = (len(order) - 1) // 2
     mid, top = [(order[j][0], any(b for _, b in order[:j + 1]) and order[j][0] is not None)
                 for j in (i, len(order) - 1)]
-    return fmt_x(mid) if len(order) == 1 else f"{fmt_x(mid)} [{fmt_x(order[0])}, {fmt_x(top)}]"
+    return fmt(*mid) if len(order) == 1 else f"{fmt(*mid)} [{fmt(*order[0])}, {fmt(*top)}]"
 
 
 def headline_table(res):
@@ -350,7 +305,7 @@ def headline_table(res):
 def paired_table(res):
     """Every SLM arm against every other arm (base aside), each pair once, on the same test problems."""
     rows, done = [], set()
-    for slm in [row for row in res["rows"] if is_slm(row["runs"][0])]:
+    for slm in [row for row in res["rows"] if row["runs"][0]["slm"]]:
         mine = {run["seed"]: run["correct"] for run in slm["runs"] if run["correct"] is not None}
         for other in res["rows"]:
             if other is slm or other["arm"] == "base" or (other["arm"], slm["arm"]) in done:
@@ -390,83 +345,55 @@ def rates_table(res):
                                                      "accuracy):"))
 
 
-def bootstrap(rng, diffs, n_boot):
-    """95% interval of the mean difference, diffs = {pipeline: [its runs' differences]}: pipelines, then runs drawn."""
-    boot = []
-    for _ in range(n_boot):
-        pipes = rng.choice(list(diffs), len(diffs))
-        boot.append(np.mean([np.mean(rng.choice(diffs[p], len(diffs[p]))) for p in pipes]))
-    return np.percentile(boot, [2.5, 97.5])
-
-
-def is_reference(arm):
-    """A reference alone (one run per pipeline): 'reference', or a merged folder's 'reference (<label>)'."""
-    return arm == "reference" or arm.startswith("reference (")
-
-
-def noise_table(res, base, n_boot=2000, seed=0):
-    """Arms run on several data orders: their spread, and each minus `base` paired by pipeline and data order, with a
-    two-level bootstrap (pipelines, then data orders); each row draws its own random numbers."""
-    runs = defaultdict(dict)  # arm: {(pipeline, data order): run}
+def noise_tables(res, n_boot=2000, seed=0):
+    """The noise floor: arms run on several data orders, their spread and each minus CLM, an SLM arm or a reference
+    alone, paired by pipeline and data order (a two-level bootstrap); each row draws its own random numbers."""
+    runs, lines = defaultdict(dict), []  # arm: {(pipeline, data order): run}
     for run in res["chosen"]:
         runs[run["name"]][(run["pipe"]["dir"], run["order"])] = run
-    clm = runs.get(base, {})
-    if is_reference(base):  # one run per pipeline: paired with each data order of the same pipeline
-        clm = {(d, s): run for (d, _), run in clm.items() for mine in runs.values() for e, s in mine if e == d}
-    rows = []
-    for arm, mine in runs.items():
-        if arm != base and len({s for _, s in mine}) < 2:
-            continue
-        rng = np.random.default_rng([seed, zlib.crc32(f"{arm} - {base}".encode())])
-        accs = [r["acc"][-1] for r in mine.values()]
-        per_pipe = defaultdict(list)
-        for (d, _), r in mine.items():
-            per_pipe[d].append(r["acc"][-1])
-        spread = [np.std(a, ddof=1) for a in per_pipe.values() if len(a) > 1]
-        sd = f" (sd {np.std(accs, ddof=1):.1%})" if len(accs) > 1 else ""
-        row = [arm, len(mine), f"{np.mean(accs):.1%}{sd}",
-               f"{np.mean(spread):.1%}" if spread else "one per pipeline"]
-        if arm == base:
-            rows.append(row + [""] * 3)
-            continue
-        for key, scale, fmt in (("acc", 100, "{:+.1f}"), ("answer", 1, "{:+.4f}")):
-            diffs = defaultdict(list)
-            for k, r in mine.items():
-                if k in clm:
-                    diffs[k[0]].append(scale * (r[key][-1] - clm[k][key][-1]))
-            ds = [d for v in diffs.values() for d in v]
-            lo, hi = bootstrap(rng, diffs, n_boot)
-            row.append(f"{fmt.format(np.mean(ds))} [{fmt.format(lo)}, {fmt.format(hi)}], "
-                       f"{sum(d > 0 for d in ds)} of {len(ds)} above")
-        pairs = [(r["correct"], clm[k]["correct"]) for k, r in mine.items() if k in clm and r["correct"] is not None]
-        rows.append(row + [paired(pairs, res["shared"])["cell"] if pairs else ""])
-    if all(row[0] == base for row in rows):  # nothing to pair
-        return []
-    head = ["arm", "runs", "test accuracy: mean (sd over runs)", "sd within a pipeline (data order alone)",
-            f"accuracy - {base} (pts): mean [95% interval over pipelines and data orders], runs above",
-            f"answer loss - {base}: same", "paired test on the problems (intervals over the problems only)"]
-    orders = "" if is_reference(base) else " and data order"
-    return [""] + md_table(head, rows, "the noise floor: every pipeline with several data orders (student seeds), "
-                           f"each arm at its chosen rate, paired with {base} of the same pipeline{orders}:")
-
-
-def noise_tables(res):
-    """noise_table against CLM, then each SLM arm run on several data orders, then each reference alone."""
-    slms = sorted({run["name"] for run in res["chosen"] if run["order"] and is_slm(run)})
-    refs = sorted({run["name"] for run in res["chosen"] if is_reference(run["name"])})
-    return [line for base in ("CLM", *slms, *refs) for line in noise_table(res, base)]
-
-
-def lesson_rows(res):
-    """(reference, CLM, SLM) rows of a group (SLM: 'SLM 0.6' if run, else the first SLM arm), or None without both."""
-    rows = {row["arm"]: row for row in res["rows"]}
-    slm = rows.get("SLM 0.6") or next((row for row in res["rows"] if is_slm(row["runs"][0])), None)
-    return (rows.get("reference"), rows["CLM"], slm) if "CLM" in rows and slm else None
+    refs = sorted({run["name"] for run in res["chosen"] if run["alone"]})
+    for base in ("CLM", *sorted({run["name"] for run in res["chosen"] if run["order"] and run["slm"]}), *refs):
+        clm, rows = runs.get(base, {}), []
+        if base in refs:  # one run per pipeline: paired with each data order of the same pipeline
+            clm = {(d, s): run for (d, _), run in clm.items() for mine in runs.values() for e, s in mine if e == d}
+        for arm, mine in runs.items():
+            if arm != base and len({s for _, s in mine}) < 2:
+                continue
+            rng = np.random.default_rng([seed, zlib.crc32(f"{arm} - {base}".encode())])
+            accs = [r["acc"][-1] for r in mine.values()]
+            per_pipe = {d: [r["acc"][-1] for (e, _), r in mine.items() if e == d] for d, _ in mine}
+            sds = [np.std(a, ddof=1) for a in per_pipe.values() if len(a) > 1]
+            sd = f" (sd {np.std(accs, ddof=1):.1%})" if len(accs) > 1 else ""
+            row = [arm, len(mine), f"{np.mean(accs):.1%}{sd}", f"{np.mean(sds):.1%}" if sds else "one per pipeline"]
+            rows.append(row)
+            if arm == base:
+                row += [""] * 3
+                continue
+            for key, scale, fmt in (("acc", 100, "{:+.1f}"), ("answer", 1, "{:+.4f}")):
+                diffs = {d: [scale * (r[key][-1] - clm[k][key][-1]) for k, r in mine.items() if k[0] == d and k in clm]
+                         for d, _ in filter(clm.__contains__, mine)}  # pipeline: its runs' differences
+                ds = [x for v in diffs.values() for x in v]
+                boot = [np.mean([np.mean(rng.choice(diffs[p], len(diffs[p])))  # pipelines drawn, then their runs
+                                 for p in rng.choice(list(diffs), len(diffs))]) for _ in range(n_boot)]
+                lo, hi = np.percentile(boot, [2.5, 97.5])
+                row.append(f"{fmt.format(np.mean(ds))} [{fmt.format(lo)}, {fmt.format(hi)}], "
+                                f"{sum(x > 0 for x in ds)} of {len(ds)} above")
+            pairs = [(r["correct"], clm[k]["correct"]) for k, r in mine.items()
+                     if k in clm and r["correct"] is not None]
+            row.append(paired(pairs, res["shared"])["cell"] if pairs else "")
+        if any(row[0] != base for row in rows):  # something to pair
+            head = ["arm", "runs", "test accuracy: mean (sd over runs)", "sd within a pipeline (data order alone)",
+                    f"accuracy - {base} (pts): mean [95% interval over pipelines and data orders], runs above",
+                    f"answer loss - {base}: same", "paired test on the problems (intervals over the problems only)"]
+            lines += [""] + md_table(head, rows, "the noise floor: every pipeline with several data orders (student "
+                                     f"seeds), each arm at its chosen rate, paired with {base} of the same pipeline"
+                                     f"{'' if base in refs else ' and data order'}:")
+    return lines
 
 
 def lesson(res):
     """The lesson in markdown: a short table, SLM minus CLM in words (over pipelines, across runs), what SLM kept."""
-    ref, clm, slm = lesson_rows(res)
+    ref, clm, slm = res["lesson"]
     n, first = len(slm["runs"]), slm["runs"][0]
     web = first["pipe"].get("ref_web")
     hq = "the base fine-tuned on the high-quality subset" + (f" and 1/{web} of the base's web" if web else "")
@@ -517,8 +444,7 @@ def band(ax, row, key, label, **style):
 
 
 def draw_curves(ax, res, key):
-    """Curve `key` of each arm (base aside) at its best rate, on a log scale beyond the first evaluation; a group
-    without the curve leaves its panel blank."""
+    """Curve `key` of each arm (base aside) at its best rate, log-scaled beyond the first evaluation; blank without."""
     rows = [row for row in res["rows"] if row["arm"] != "base"]
     if not any(np.isfinite(run[key]).any() for row in rows for run in row["runs"]):
         return ax.set_visible(False)
@@ -532,10 +458,10 @@ def draw_curves(ax, res, key):
 
 def draw_lesson(ax, res, key):
     """Curve `key` of CLM, SLM (marked) and the best control against tokens, the reference alone dashed at its end."""
-    ref, clm, slm = lesson_rows(res)
+    ref, clm, slm = res["lesson"]
     band(ax, clm, key, f"{clm['arm']} ({len(clm['runs'])} run(s))", color="tab:gray")
     controls = [row for row in res["rows"] if row["runs"][0]["cfg"]["split"] == "web" and row["arm"] != "CLM" and
-                not is_slm(row["runs"][0])]  # the best control: the highest mean test accuracy of the others on the web
+                not row["runs"][0]["slm"]]  # the best control: the highest mean test accuracy of the others on the web
     if best := max(controls, key=lambda row: np.mean([run["acc"][-1] for run in row["runs"]]), default=None):
         band(ax, best, key, f"{best['arm']}, the best control ({len(best['runs'])} run(s))", color="tab:green")
     band(ax, slm, key, f"{slm['arm']} ({len(slm['runs'])} run(s))", color="tab:red", lw=2.5, marker="o")
@@ -572,7 +498,7 @@ def main(args):
         fail(f"--png {png}: there is no folder {os.path.dirname(png)}", "create it, or name a png in a folder that "
                                                                          "exists")
     runs = merge(args.out_dir, args.merge, notes) if args.merge else find_runs(args.out_dir, notes)
-    print("\n".join(notes) + "\n" * bool(notes), end="")
+    print("".join(note + "\n" for note in dict.fromkeys(notes)), end="")
     if os.path.exists(os.path.join(args.out_dir, "config.json")):
         fail(f"{args.out_dir} is a run folder, not a folder of pipelines",
              f"pass the folder above it: --out_dir {os.path.dirname(args.out_dir.rstrip('/')) or '.'}")
@@ -586,8 +512,7 @@ def main(args):
     if args.rates:
         for res in summarize(runs):  # the arm, its rate, its run folder's name without -lr<rate>
             folders = {run["arm"]: os.path.basename(run["path"]).rsplit("-lr", 1)[0] for run in res["chosen"]}
-            print("\n".join(f"{arm}\t{res['best'][arm]:g}\t{folders.get(arm, '')}" for arm in sorted(
-                res["best"], key=arm_order)))
+            print("\n".join(f"{arm}\t{lr:g}\t{folders.get(arm, '')}" for arm, lr in res["best"].items()))
         return
     write_report(runs, png, args.full)
 
@@ -595,11 +520,8 @@ def main(args):
 def write_report(runs, png, full=False):
     """Print the lesson (full: every table), write every table beside png (.md) and the figure."""
     results, report, stem = summarize(runs), [], os.path.splitext(png)[0]
-    lessons = ["\n".join(lesson(res)) for res in results if lesson_rows(res)]
+    lessons = ["\n".join(lesson(res)) for res in results if res["lesson"]]
     for res in results:
-        if "CLM" not in {run["arm"] for run in res["runs"]}:
-            report.append(f"missing: no CLM baseline in {res['dirs'][0]}; make it with `python train_slm.py "
-                          f"--out_dir {res['dirs'][0]} --ratio 1.0`")
         report.append("\n".join(headline_table(res) + paired_table(res) + noise_tables(res) + rates_table(res) +
                                 analysis.selection_table(res)))
         if unfinished := [run["path"] for run in res["runs"] if not run["done"]]:
@@ -618,7 +540,7 @@ def write_report(runs, png, full=False):
         keys = [key for key in CURVE_PANELS if any(np.isfinite(run[key]).any() for run in drawn)] or ["val"]
         figure(png, draw_curves, results, keys, 5.6, 4.8)
     else:
-        figure(png, draw_lesson, [res for res in results if lesson_rows(res)], ("acc", "answer"), 5.5, 4.2)
+        figure(png, draw_lesson, [res for res in results if res["lesson"]], ("acc", "answer"), 5.5, 4.2)
     atomic_write(stem + ".md", "\n\n".join(lessons + report) + "\n")
     print(f"\nwrote {png} and {stem}.md" + ("" if full or not lessons else " (every table: python plot.py --full)"))
 
