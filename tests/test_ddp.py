@@ -29,8 +29,8 @@ def keep_grads(tr):  # tr.optimizer.step keeps the gradients it is given (after 
 
 
 def ranks(pipeline, out):
-    """Each process: the global top-k of its half of scores(), a step of 2 micro-batches, an SLM run with --scope
-    global, then a run whose evaluation fails on rank 0 while rank 1 waits in a collective."""
+    """Each process: the global top-k of its half of scores(), a step of 2 micro-batches, an SLM run (--scope global),
+    a run whose evaluation fails on rank 0 while rank 1 waits in a collective."""
     import infra
     import train_slm
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -49,11 +49,9 @@ def ranks(pipeline, out):
 
 
 def test_two_processes_equal_one_on_the_whole_batch_and_a_failing_rank_ends_the_run(pipeline, tmp_path, monkeypatch):
-    """The global top-k of 2 halves is the top-k of the whole batch; a step of 2 micro-batches on each process has
-    the gradients of one process's step on the 4 as one batch, and DDP all-reduces once a step, not once a
-    micro-batch; an SLM run with --scope global logs what one process with the global batch does; rank 0 raising
-    while the other waits in a collective (the selection counts) must exit (torchrun then stops the rest), not wait
-    at exit in a barrier that no other rank joins."""
+    """The global top-k of 2 halves is the whole batch's; 2 processes' steps of 2 micro-batches have one process's
+    gradients on the 4, all-reduced once a step; an SLM run with --scope global logs what one process with the
+    global batch does; rank 0 raising while the other waits in a collective exits (torchrun stops the rest)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
