@@ -55,7 +55,9 @@ def read_json(path, cut_ok=False):
         with open(path) as f:
             return json.load(f)
     except ValueError:  # not JSON, or not UTF-8
-        return None if cut_ok else fail(f"{path} is not valid JSON (cut short by a kill?)",
+        if cut_ok:
+            return None
+        fail(f"{path} is not valid JSON (cut short by a kill?)",
              "delete it and run the command that writes it again (a run folder: the same command with --resume)")
 
 
@@ -271,7 +273,8 @@ def run_state(cfg, config, log):
     if not old:
         return "new"
     done = os.path.exists(os.path.join(cfg.out_dir, "done.json"))
-    changed = [f"{k} {old.get(k)} -> {v}" for k, v in config.items() if k not in NOT_THE_RUN and old.get(k) != v]
+    changed = [f"{k} {old.get(k)} -> {v}" if k != "inputs" else "its data, initial model or reference"
+               for k, v in config.items() if k not in NOT_THE_RUN and old.get(k) != v]
     why = f"a run with another configuration ({', '.join(changed[:4])})" if changed else \
         "a finished run whose ckpt.pt is damaged or missing" if done and not zipfile.is_zipfile(ckpt) else ""
     if done and not why:
@@ -327,8 +330,8 @@ def read_log(run_dir):
 def read_run(path):
     """(config, evaluation records, finished) of a run folder; a file cut short by a kill costs only what it holds."""
     done = os.path.join(path, "done.json")
-    return read_json(os.path.join(path, "config.json"), cut_ok=True), \
-        [r for r in read_log(path) if "val_loss" in r], os.path.isfile(done) and read_json(done, cut_ok=True) is not None
+    evals, finished = [r for r in read_log(path) if "val_loss" in r], read_json(done, cut_ok=True) is not None
+    return read_json(os.path.join(path, "config.json"), cut_ok=True), evals, os.path.isfile(done) and finished
 
 
 def append_log(run_dir, record):
