@@ -81,8 +81,9 @@ def check_passes(flag, budget, n, split):
 def read_pipeline(out_dir):
     """out_dir's pipeline.json ({} if none), its paths re-expressed from out_dir: a moved pipeline uses its files."""
     pipe = read_json(os.path.join(out_dir, "pipeline.json"))
-    for k in ("data_dir", "base", "ref", "scores") if pipe and not os.path.isabs(pipe["out_dir"]) else ():
-        new = os.path.normpath(os.path.join(out_dir, os.path.relpath(pipe[k], pipe["out_dir"])))
+    was = pipe.get("out_dir")
+    for k in ("data_dir", "base", "ref", "scores") if was and not os.path.isabs(was) else ():
+        new = os.path.normpath(os.path.join(out_dir, os.path.relpath(pipe[k], was)))
         if not os.path.isabs(pipe[k]) and (os.path.exists(new) or not os.path.exists(pipe[k])):
             pipe[k] = new
     return pipe
