@@ -12,7 +12,7 @@ import torch
 
 import data
 import rho
-from infra import atomic_write, check_vocab, fail, load_checkpoint, read_pipeline, read_run
+from infra import atomic_write, fail, load_checkpoint, read_pipeline, read_run
 
 
 def md_table(head, rows, caption=""):
@@ -32,8 +32,7 @@ def run_context(run_dir):
 
 def load_model(path, meta):
     """(model in eval mode, its step), its vocabulary checked against the corpus's."""
-    ckpt = load_checkpoint(path)
-    check_vocab(ckpt, meta, path)
+    ckpt = load_checkpoint(path, meta=meta)
     return rho.GPT.from_checkpoint(ckpt).eval(), ckpt["step"]
 
 

@@ -8,7 +8,6 @@ Run:  python data_real.py --web web.jsonl --hq train.jsonl --eval test.jsonl --d
       python data_real.py --source owm-gsm8k --data_dir data/owm        # with the network
 """
 import glob
-import json
 import os
 import re
 import sys

@@ -1,11 +1,11 @@
-"""infra.py -- the machinery behind rho.py (which reads as the method and its loop): one-line errors, atomic files,
-the command line, devices and DDP, checkpoints, run folders with one writer each, score files, the log."""
+"""infra.py -- the machinery behind rho.py: one-line errors, atomic files, the command line, devices and DDP,
+checkpoints, run folders (one writer each), score files, and what the log measures."""
 import argparse
+import atexit
 import contextlib
 import datetime
 import fcntl
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -16,21 +16,18 @@ from dataclasses import asdict, field, fields
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-
-# Errors and files
 
 def fail(msg, fix):
-    """A mistake the user can fix: one clear line, a non-zero exit, no traceback."""
     raise SystemExit(f"error: {msg}; fix: {fix}")
 
 
 def interrupted(kind, value, tb, hook=sys.excepthook):
-    """Ctrl-C outside a training loop (which names its checkpoint itself): one line instead of a traceback."""
+    """Ctrl-C outside a training loop (which names its checkpoint itself): one line, not a traceback."""
     if not issubclass(kind, KeyboardInterrupt):
         return hook(kind, value, tb)
-    print("error: interrupted; fix: run the same command again (finished runs and a built corpus are reused; a "
-          "killed run continues with --resume)", file=sys.stderr)
+    print("error: interrupted; fix: run the same command again (a killed run: with --resume)", file=sys.stderr)
 
 
 sys.excepthook = interrupted
@@ -51,16 +48,16 @@ def atomic_write(path, content):
 
 
 def read_json(path, cut_ok=False):
-    """The JSON in path ({} if no file); one not valid is refused in one line, or with cut_ok is None."""
+    """The JSON in path ({} if no file); one not valid (cut short by a kill) is refused, or with cut_ok is None."""
     if not os.path.exists(path):
         return {}
     try:
         with open(path) as f:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
+    except ValueError:  # not JSON, or not UTF-8
         if cut_ok:
             return None
-        fail(f"{path} is not valid JSON ({type(e).__name__}: cut short by a kill, or edited?)",
+        fail(f"{path} is not valid JSON (cut short by a kill?)",
              "delete it and run the command that writes it again (a run folder: the same command with --resume)")
 
 
@@ -86,19 +83,16 @@ def read_pipeline(out_dir):
     pipe = read_json(os.path.join(out_dir, "pipeline.json"))
     was = pipe.get("out_dir")
     for k in ("data_dir", "base", "ref", "scores") if was and not os.path.isabs(was) else ():
-        p, new = pipe[k], os.path.normpath(os.path.join(out_dir, os.path.relpath(pipe[k], was)))
-        if not os.path.isabs(p) and new != os.path.normpath(p) and (os.path.exists(new) or not os.path.exists(p)):
+        new = os.path.normpath(os.path.join(out_dir, os.path.relpath(pipe[k], was)))
+        if not os.path.isabs(pipe[k]) and (os.path.exists(new) or not os.path.exists(pipe[k])):
             pipe[k] = new
     return pipe
 
 
 def file_hash(path):
-    """sha256 of a file, 16 hex digits."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
-
-# The command line: every field of a dataclass is a --flag with its help and default
 
 def arg(default, help, **kw):
     """A dataclass field that is also a command-line flag (kw: argparse's type, nargs, choices, metavar)."""
@@ -106,7 +100,7 @@ def arg(default, help, **kw):
 
 
 def cli(cls, description, argv=None):
-    """Parse the command line into dataclass `cls`: one --flag per field."""
+    """Parse the command line into dataclass `cls`: one --flag per field, with its help and default."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in fields(cls):
         default, meta = f.default_factory(), dict(f.metadata)
@@ -116,11 +110,6 @@ def cli(cls, description, argv=None):
         else:
             ap.add_argument(f"--{f.name}", type=kind, default=default, **meta)
     return cls(**vars(ap.parse_args(argv)))
-
-
-# Devices and processes: one process, or DDP under torchrun (rank 0 evaluates, logs and writes)
-
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 per GPU; others get no MFU
 
 
 def pick_device(name):
@@ -145,48 +134,39 @@ def sync(device):
 
 
 def peak_flops(device):
-    if str(device).startswith("cuda"):
-        return next((v for k, v in PEAK_FLOPS.items() if k in torch.cuda.get_device_name(device)), None)
+    """Dense bf16 FLOP/s of one GPU, for MFU (None: a GPU not listed, or the CPU)."""
+    name = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else ""
+    return next((v for k, v in {"H100": 989e12, "H200": 989e12, "A100": 312e12}.items() if k in name), None)
 
 
 def dist_setup(device="auto"):
-    """(rank, world, local_rank) from torchrun's environment, (0, 1, 0) without it. The first call joins the process
-    group: NCCL with each process bound to cuda:local_rank before the first collective, or gloo on the CPU."""
+    """(rank, world, device) of this process: (0, 1, device) alone; under torchrun process i takes cuda:i (its local
+    rank), and the first call joins the process group: NCCL on that GPU before the first collective, or gloo."""
+    device = pick_device(device)
     if int(os.environ.get("WORLD_SIZE", 1)) == 1:
-        return 0, 1, 0
-    import atexit
-    import torch.distributed as dist
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return 0, 1, device
+    local_rank, cuda = int(os.environ.get("LOCAL_RANK", 0)), device.startswith("cuda")
+    if cuda and device != "cuda":
+        fail(f"--device {device} under torchrun would put every process on one GPU",
+             "use --device cuda (process i takes cuda:<its local rank>)")
+    if cuda and local_rank >= torch.cuda.device_count():
+        fail(f"torchrun started more processes on this machine than its {torch.cuda.device_count()} GPU(s)",
+             f"use --nproc_per_node={torch.cuda.device_count()} or fewer")
+    device = f"cuda:{local_rank}" if cuda else device
     if not dist.is_initialized():
-        kw = {"backend": "gloo"}
-        if pick_device(device).startswith("cuda"):
-            if device not in ("auto", "cuda"):
-                fail(f"--device {device} under torchrun would put every process on one GPU",
-                     "use --device cuda (process i takes cuda:<its local rank>)")
-            if local_rank >= torch.cuda.device_count():
-                fail(f"torchrun started more processes on this machine than its {torch.cuda.device_count()} GPU(s)",
-                     f"use --nproc_per_node={torch.cuda.device_count()} or fewer")
+        if cuda:
             torch.cuda.set_device(local_rank)
-            kw = {"backend": "nccl", "device_id": torch.device("cuda", local_rank)}
-        dist.init_process_group(timeout=datetime.timedelta(hours=6), **kw)  # long: rank 0 may score a corpus alone
+        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=torch.device(device) if cuda else None,
+                                timeout=datetime.timedelta(hours=6))  # long: rank 0 may score a corpus alone
         # no collective on the way out: a rank that fails must exit, not wait in a barrier the others never join
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-    return dist.get_rank(), dist.get_world_size(), local_rank
-
-
-def this_process(device):
-    """(rank, world, device) of this process: under torchrun one GPU per process (cuda:local_rank); TF32 on."""
-    rank, world, local_rank = dist_setup(device)
-    device = pick_device(device)
-    if device == "cuda" and world > 1:
-        device = f"cuda:{local_rank}"
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return rank, world, device
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def training_module(model, compile, device, world):
-    """The module a training step runs: the model compiled (--compile auto: on CUDA), under DDP with torchrun."""
+    """The module a training step runs: on CUDA with TF32 and compiled (--compile auto), under DDP with torchrun."""
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if compile == "on" or (compile == "auto" and device.startswith("cuda")):
         model = torch.compile(model)
     if world > 1:
@@ -195,36 +175,28 @@ def training_module(model, compile, device, world):
     return model
 
 
-def distributed():
-    import torch.distributed as dist
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
 def barrier():
-    return distributed() and distributed().barrier()
+    return dist.is_initialized() and dist.barrier()
 
 
 def all_sum(t):  # in place, over processes
-    return distributed() and distributed().all_reduce(t) or t
+    return dist.is_initialized() and dist.all_reduce(t) or t
 
 
 def from_rank0(obj):
     box = [obj]
-    return distributed() and distributed().broadcast_object_list(box, src=0) or box[0]
+    return dist.is_initialized() and dist.broadcast_object_list(box, src=0) or box[0]
 
 
 def gather(t):
-    """Every process's tensor t, stacked: (world, *t.shape), the same on every process."""
-    parts = [torch.empty_like(t) for _ in range(distributed().get_world_size())]
-    distributed().all_gather(parts, t.contiguous())
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
     return torch.stack(parts)
 
 
-# Checkpoints: the uncompiled model, optimizer, step (= data position), RNG states; loaded without pickle code
-
 def save_checkpoint(path, tr, step, meter=None):
-    """A Trainer's state at `step` (a logged step: the meter's running counts go with it), written atomically."""
-    cuda = [torch.cuda.get_rng_state(tr.device)] if str(tr.device).startswith("cuda") else []  # this process's GPU
+    """A Trainer's state at a logged step (the step is the data position), written atomically."""
+    cuda = torch.cuda.get_rng_state(tr.device) if str(tr.device).startswith("cuda") else None  # this process's GPU
     ckpt = {"model": tr.model.state_dict(), "model_args": asdict(tr.model.config), "optimizer":
             tr.optimizer.state_dict(), "step": step, "config": asdict(tr.cfg), "vocab_hash": tr.meta["vocab_hash"],
             "meter": meter.state() if meter else {},
@@ -232,8 +204,19 @@ def save_checkpoint(path, tr, step, meter=None):
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
-def load_checkpoint(path, what="checkpoint"):
-    """Load safely (weights_only=True: tensors and plain containers, never code)."""
+def restore(tr, ckpt):
+    """Put a checkpoint back into a Trainer: it trains on from the checkpoint's step."""
+    tr.start, tr.resumed, tr.meter_state = ckpt["step"], True, ckpt["meter"]
+    tr.model.load_state_dict(ckpt["model"])
+    tr.optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    tr.sel_gen.set_state(ckpt["rng"]["select"])
+    if ckpt["rng"]["cuda"] is not None and str(tr.device).startswith("cuda"):  # on the GPU it runs on now
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], tr.device)
+
+
+def load_checkpoint(path, what="checkpoint", meta=None):
+    """Load safely (weights_only: tensors and plain containers, never code); with meta, of the corpus's vocabulary."""
     if not os.path.exists(path):
         fail(f"no {what} at {path}", "train it first with `python train_ref.py` (or pass the right path)")
     try:
@@ -243,114 +226,79 @@ def load_checkpoint(path, what="checkpoint"):
         why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
     if why:
         fail(f"{path} is not a loadable rho checkpoint ({why})", "use a checkpoint written by rho, or train it again")
+    if meta and ckpt["vocab_hash"] != meta["vocab_hash"]:
+        fail(f"{path} was trained on a corpus with another vocabulary (vocab {ckpt['vocab_hash']}, data "
+             f"{meta['vocab_hash']})", "rebuild the pipeline on this data with `python train_ref.py`")
     return ckpt
 
 
-def check_vocab(ckpt, meta, path):
-    if ckpt.get("vocab_hash") != meta["vocab_hash"]:
-        fail(f"{path} was trained on a corpus with another vocabulary (vocab {ckpt.get('vocab_hash')}, data "
-             f"{meta['vocab_hash']})", "rebuild the pipeline on this data with `python train_ref.py`")
-
-
-def restore(tr, ckpt):
-    """Put a checkpoint back into a Trainer; its first step is the checkpoint's (the step is the data position)."""
-    tr.start, tr.resumed, tr.meter_state = ckpt["step"], True, ckpt["meter"]
-    tr.model.load_state_dict(ckpt["model"])
-    tr.optimizer.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    tr.sel_gen.set_state(ckpt["rng"]["select"])
-    if ckpt["rng"]["cuda"] and str(tr.device).startswith("cuda"):  # the GPU it runs on, however many there are
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"][0], tr.device)
-
-
-# Run folders: config.json, log.jsonl, ckpt.pt, done.json; one writer at a time
-
 def check_folder(folder):
     """Refuse a folder to write in that is a file, or lies below one."""
-    path = folder
-    while path and path not in (os.sep, "."):
-        if os.path.exists(path) and not os.path.isdir(path):
-            fail(f"{path} is a file, not a folder", f"name a folder (not {path}) as --out_dir / --data_dir")
-        path = os.path.dirname(path.rstrip(os.sep))
+    path = os.path.normpath(folder)
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    if path and not os.path.isdir(path):
+        fail(f"{path} is a file, not a folder", f"name a folder (not {path}) as --out_dir / --data_dir")
 
 
 class FolderLock(contextlib.AbstractContextManager):
-    """One writer per folder: an flock on <folder>/.lock (the kernel drops a killed holder's), a second writer
-    refused naming the holder; a folder it created and nothing else filled is removed on release."""
+    """One writer per folder: an flock on <folder>/.lock, which the kernel drops when its holder dies; a folder it
+    made that nothing else filled is removed on exit."""
 
     def __init__(self, folder):
-        self.folder, self.created = folder, not os.path.exists(folder)
         check_folder(folder)
+        self.folder, self.made = folder, not os.path.exists(folder)
         os.makedirs(folder, exist_ok=True)
-        self.f = open(os.path.join(folder, ".lock"), "a+")
+        self.f = open(os.path.join(folder, ".lock"), "w")
         try:
             fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            time.sleep(0.1)  # the holder writes its pid just after it locks
-            self.f.seek(0)
-            holder, _ = self.f.read().strip() or "another process", self.f.close()
-            fail(f"{folder} is being written by {holder}", "wait for it to finish, or write to another folder")
-        self.f.truncate(0)
-        self.f.write(f"process {os.getpid()}")
-        self.f.flush()
-
-    def release(self):
-        if self.created and os.listdir(self.folder) == [".lock"]:  # removed while still held: no one can enter
-            os.remove(os.path.join(self.folder, ".lock"))
-            os.rmdir(self.folder)
-        self.f.close()  # closing the file drops the lock
+            self.f.close()
+            fail(f"{folder} is being written by another process", "wait for it to finish, or write to another folder")
 
     def __exit__(self, *exc):
-        self.release()
+        if self.made and os.listdir(self.folder) == [".lock"]:  # removed while still held: no one can enter
+            os.remove(os.path.join(self.folder, ".lock"))
+            os.rmdir(self.folder)
+        self.f.close()  # drops the lock
 
 
 # not what a run *is*: how it is run, and its files' paths (compared by what they hold, in "inputs")
 NOT_THE_RUN = ("overwrite", "resume", "ckpt_every", "data_dir", "out_dir", "init", "ref_ckpt", "score_file")
 
 
-def run_state(cfg, inputs, log=print):
-    """'reuse' a finished run of this configuration and inputs, 'resume' an unfinished one under --resume, 'new' a
-    run to make (under --overwrite replacing one that differs, named in one line); refuse anything else."""
-    old, done, ckpt = (os.path.join(cfg.out_dir, f) for f in ("config.json", "done.json", "ckpt.pt"))
-    old, done = read_json(old), os.path.exists(done)
+def run_state(cfg, config, log):
+    """'reuse' a finished run of this configuration, 'resume' an unfinished one (--resume), else 'new': in an empty
+    folder, or replacing what it holds, said in one line (--overwrite; without it, refused)."""
+    old, ckpt = read_json(os.path.join(cfg.out_dir, "config.json")), os.path.join(cfg.out_dir, "ckpt.pt")
     if not old:
         return "new"
-    changed = [f"{k} {old.get(k)} -> {v}" for k, v in asdict(cfg).items() if k not in NOT_THE_RUN and old.get(k) != v]
+    done = os.path.exists(os.path.join(cfg.out_dir, "done.json"))
+    changed = [f"{k} {old.get(k)} -> {v}" if k != "inputs" else "its data, initial model or reference"
+               for k, v in config.items() if k not in NOT_THE_RUN and old.get(k) != v]
     why = f"a run with another configuration ({', '.join(changed[:4])})" if changed else \
-        "a run made from other inputs (data, initial model or reference changed since)" \
-        if old.get("inputs") != inputs else "a finished run whose ckpt.pt is damaged or missing" \
-        if done and not zipfile.is_zipfile(ckpt) else ""  # a zip's index is its last bytes
-    if why and not cfg.overwrite:  # a student's run may go elsewhere; train_ref.py's have fixed folders
-        student = changed and not re.fullmatch(r"base|ref|ref-e.*", os.path.basename(os.path.normpath(cfg.out_dir)))
-        fail(f"{cfg.out_dir} holds {why}", "pass --overwrite to replace it" +
-             ", or choose another --out_dir / --name" * bool(student))
-    if why or (cfg.overwrite and not done and not cfg.resume):
-        log(f"{cfg.out_dir}: replacing {why or 'an unfinished run'} (--overwrite)")
-        return "new"
-    if done or cfg.resume:
-        return "reuse" if done else "resume" if os.path.exists(ckpt) else "new"
-    fail(f"{cfg.out_dir} holds an unfinished run of this configuration",
-         "pass --resume to continue it, or --overwrite to start again")
+        "a finished run whose ckpt.pt is damaged or missing" if done and not zipfile.is_zipfile(ckpt) else ""
+    if done and not why:
+        return "reuse"
+    if cfg.resume and not why:
+        return "resume" if os.path.exists(ckpt) else "new"
+    if not cfg.overwrite:
+        fail(f"{cfg.out_dir} holds {why or 'an unfinished run of this configuration'}",
+             "pass --overwrite to replace it" + ("" if why else ", or --resume to continue it"))
+    log(f"{cfg.out_dir}: replacing {why or 'an unfinished run'} (--overwrite)")
+    return "new"
 
 
 @contextlib.contextmanager
 def run_folder(cfg, log, make_trainer):
-    """Hold cfg.out_dir (rank 0 for every rank) and yield None for a finished run of this configuration, else the
+    """Hold cfg.out_dir (rank 0 writes) and yield None to reuse a finished run of this configuration, else the
     trainer, built before anything is written: a new run's folder emptied, or a resumed one restored from ckpt.pt."""
     split = read_json(os.path.join(cfg.data_dir, "meta.json")).get("splits", {}).get(cfg.split, {})
     paths = {"init": cfg.init, "ref": cfg.ref_ckpt if cfg.uses_reference else ""}  # compared by what they hold
     inputs = {"data": split.get("sha256"), **{k: file_hash(p) if os.path.exists(p) else p for k, p in paths.items()}}
-    lock, state = None, None
-    if dist_setup(cfg.device)[0] == 0:
-        try:
-            lock = FolderLock(cfg.out_dir)
-            state = run_state(cfg, inputs, log)
-        except SystemExit as e:  # a refusal: every rank stops with rank 0's line, none waits for it
-            state = str(e.code)
-    state = from_rank0(state)
-    try:
-        if state not in ("new", "resume", "reuse"):
-            raise SystemExit(state)
+    config, writer = {**asdict(cfg), "inputs": inputs}, dist_setup(cfg.device)[0] == 0
+    with FolderLock(cfg.out_dir) if writer else contextlib.nullcontext():  # rank 0's refusal: torchrun stops the rest
+        state = from_rank0(run_state(cfg, config, log) if writer else None)
         if state == "reuse":
             log(f"{cfg.out_dir}: finished run with this configuration found, reusing it")
             yield None
@@ -359,53 +307,38 @@ def run_folder(cfg, log, make_trainer):
         if state == "resume":
             restore(tr, load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), "checkpoint to resume"))
             log(f"{cfg.out_dir}: resuming at step {tr.start}")
-        if lock and state == "new":  # the previous run's files go; config.json says what this one is
+        if writer and state == "new":  # the previous run's files go; config.json says what this one is
             for name in os.listdir(cfg.out_dir):
-                if name in ("log.jsonl", "done.json", "ckpt.pt") or re.fullmatch(r"ckpt_\d+\.pt", name):
+                if re.fullmatch(r"log\.jsonl|done\.json|ckpt(_\d+)?\.pt", name):
                     os.remove(os.path.join(cfg.out_dir, name))
-            atomic_write(os.path.join(cfg.out_dir, "config.json"), json.dumps({**asdict(cfg), "inputs": inputs},
-                                                                              indent=1))
-        elif lock:  # a killed run may have logged past its checkpoint, its last line cut short
-            kept = itertools.takewhile(lambda r: r and r["step"] <= tr.start, read_log(cfg.out_dir))
+            atomic_write(os.path.join(cfg.out_dir, "config.json"), json.dumps(config, indent=1))
+        elif writer:  # a killed run may have logged past its checkpoint
+            kept = [r for r in read_log(cfg.out_dir) if r["step"] <= tr.start]
             atomic_write(os.path.join(cfg.out_dir, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in kept))
         barrier()
         yield tr
-    finally:
-        if lock:
-            lock.release()
 
 
 def read_log(run_dir):
-    """A run's log records ([] if none), None for a line cut short by a kill."""
     path, records = os.path.join(run_dir, "log.jsonl"), []
-    if os.path.exists(path):
-        with open(path, "rb") as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    records.append(None)
+    with open(path, "rb") if os.path.exists(path) else contextlib.nullcontext([]) as f:
+        for line in f:
+            with contextlib.suppress(ValueError):  # not JSON, or not UTF-8
+                records.append(json.loads(line))
     return records
 
 
 def read_run(path):
     """(config, evaluation records, finished) of a run folder; a file cut short by a kill costs only what it holds."""
-    evals = [r for r in read_log(path) if isinstance(r, dict) and "val_loss" in r]
     done = os.path.join(path, "done.json")
-    return read_json(os.path.join(path, "config.json"), cut_ok=True), evals, \
-        os.path.isfile(done) and read_json(done, cut_ok=True) is not None
+    evals, finished = [r for r in read_log(path) if "val_loss" in r], read_json(done, cut_ok=True) is not None
+    return read_json(os.path.join(path, "config.json"), cut_ok=True), evals, os.path.isfile(done) and finished
 
 
 def append_log(run_dir, record):
     with open(os.path.join(run_dir, "log.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
 
-
-def last_record(run_dir):
-    return read_log(run_dir)[-1]
-
-
-# Reference score files: float16 losses aligned with a split's tokens, and a stamp of what made them
 
 def score_stamp(ref_path, ref_ckpt, meta, split="web"):
     """What a score file must match to be used: the reference, the corpus, the block size."""
@@ -415,31 +348,24 @@ def score_stamp(ref_path, ref_ckpt, meta, split="web"):
 
 
 def scores_match(path, stamp):
-    """Whether the file at path holds `length` float16 losses and its sidecar every value of the stamp."""
+    """Whether path holds `length` float16 losses and its sidecar (path.json) every value of the stamp."""
     old = read_json(path + ".json")
     return os.path.exists(path) and os.path.getsize(path) == 2 * stamp["length"] and \
         {k: old.get(k) for k in stamp} == stamp
 
 
 def load_scores(path, ref_path, ref_ckpt, meta, split, block_size):
-    """The reference's cached scores (a float16 memmap), refused if another reference, corpus or block made them."""
-    if not os.path.exists(path):
-        fail(f"no reference scores at {path}", "run `python train_ref.py` (it scores the corpus)")
-    want = score_stamp(ref_path, ref_ckpt, meta, split)
-    if os.path.getsize(path) != 2 * want["length"]:
-        fail(f"{path} holds {os.path.getsize(path) / 2:,.1f} scores, the split {want['length']:,} tokens (cut short?)",
-             "score again with `python train_ref.py` (same flags: it rescores a damaged file)")
-    if not scores_match(path, want) or block_size != want["block_size"]:
-        fail(f"{path} does not belong to this reference, corpus and block size",
+    """The reference's cached scores, a float16 memmap: refused if another reference, corpus or block made them."""
+    if not scores_match(path, score_stamp(ref_path, ref_ckpt, meta, split)) or \
+            block_size != ref_ckpt["model_args"]["block_size"]:
+        fail(f"{path} is missing, cut short, or does not belong to this reference, corpus and block size",
              "score again with `python train_ref.py` (or use --ref_mode online)")
     return np.memmap(path, dtype=np.float16, mode="r")
 
 
-# The log: what the loop measures between two records, and the line it prints
-
 class Meter:
-    """Between two log records: the mean training loss, the time spent training and evaluating (apart, for tokens/s
-    and the ETA), and per token kind (kinds: names; math: the target's index) the tokens seen and kept."""
+    """What the loop measures: since the last record, the mean loss and the time training and evaluating (apart, for
+    tokens/s and the ETA); since the last evaluation, per token kind the tokens seen and kept (math: its index)."""
 
     def __init__(self, tr, kinds, math):
         self.tr, self.kinds, self.math = tr, kinds, math
@@ -454,14 +380,14 @@ class Meter:
 
     def load(self, state):
         if state:
-            self.seen.copy_(state["seen"]), self.kept.copy_(state["kept"])
+            self.seen.copy_(state["seen"])
+            self.kept.copy_(state["kept"])
             self.t_train, self.t_eval = state["t"].tolist()
 
     def reset(self):  # training from now until the next record counts as training time
         self.loss, self.n, self.t_mark = torch.zeros((), device=self.tr.device), 0, time.time()
 
     def add(self, loss, weights, labels):
-        """One optimizer step's mean loss, selection and token kinds."""
         self.loss, self.n, self.steps = self.loss + loss, self.n + 1, self.steps + 1
         if labels is not None:  # index_add_, not bincount: on CUDA bincount syncs with the host
             labels = labels.to(self.tr.device, non_blocking=True).view(-1)
@@ -494,13 +420,13 @@ class Meter:
 
     def selection(self):
         """Since the last evaluation, over processes: the share of each kind kept, of math among the kept, the kept."""
-        all_sum(self.seen), all_sum(self.kept)
-        seen, kept, out = self.seen, self.kept, {}
+        seen, kept, out = all_sum(self.seen), all_sum(self.kept), {}
         if self.tr.labels is not None and seen.sum() > 0 and kept.sum() > 0:
             out = {"selected": {k: round((s / t).item(), 4) for k, s, t in zip(self.kinds, kept, seen) if t > 0},
                    "precision": round((kept[self.math] / kept.sum()).item(), 4),
                    "composition": {k: round((s / kept.sum()).item(), 4) for k, s in zip(self.kinds, kept)}}
-        self.seen.zero_(), self.kept.zero_()
+        self.seen.zero_()
+        self.kept.zero_()
         return out
 
     def eta(self, step, evals_left):
@@ -512,13 +438,11 @@ class Meter:
 
 def log_line(rec, max_iters, eta):
     """The human line of a log record."""
-    out = [f"step {rec['step']:5d}/{max_iters}", f"tokens {rec['tokens']:>10,}"]
-    for key, f in (("train_loss", "loss {:.4f}"), ("val_loss", "val {:.4f}"), ("answer_loss", "answer {:.4f}"),
-                   ("acc", "acc {:.1%}"), ("precision", "precision {:.0%}"), ("tok_s", "{:,.0f} tok/s"),
-                   ("mfu", "mfu {:.1%}")):
-        if key in rec:
-            out.append(f.format(rec[key]))
-    return " | ".join(out + [f"eta {eta:.0f}s" if eta is not None else "eta -"])
+    shown = [f"{k} {rec[k]:{f}}" for k, f in (("train_loss", ".4f"), ("val_loss", ".4f"), ("answer_loss", ".4f"),
+                                             ("acc", ".1%"), ("precision", ".0%"), ("tok_s", ",.0f"), ("mfu", ".1%"))
+             if k in rec]
+    left = "-" if eta is None else f"{eta:.0f}s"
+    return " | ".join([f"step {rec['step']:5d}/{max_iters}", f"tokens {rec['tokens']:>10,}", *shown, f"eta {left}"])
 
 
 def eval_steps(max_iters, n_evals, first=0.005):

@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from infra import (Meter, append_log, atomic_write, autocast, barrier, check_ranges, check_vocab, dist_setup,
-                   eval_steps, fail, gather, last_record, load_checkpoint, load_scores, log_line, peak_flops, read_json,
-                   run_folder, save_checkpoint, this_process, training_module)
+from infra import (Meter, append_log, atomic_write, autocast, barrier, check_ranges, dist_setup, eval_steps, fail,
+                   gather, load_checkpoint, load_scores, log_line, peak_flops, read_json, read_log, run_folder,
+                   save_checkpoint, training_module)
 
 
 # 1. The model ---------------------------------------------------------------------------------------------------------
@@ -386,7 +386,7 @@ class Trainer:
     """One run, loaded and checked before anything is written (under torchrun: one a process, each its share)."""
     def __init__(self, cfg, log=print):
         self.cfg = cfg
-        self.rank, self.world, self.device = this_process(cfg.device)
+        self.rank, self.world, self.device = dist_setup(cfg.device)
         self.start, self.resumed, self.meter_state = 0, False, {}  # a resumed run's: infra.restore sets them
         torch.manual_seed(cfg.seed)
         self.meta, self.tok, tokens, self.labels, val_tokens = data.training_data(cfg)
@@ -420,9 +420,7 @@ class Trainer:
         self.peak = peak_flops(self.device)
 
     def checked(self, path, what):
-        ckpt = load_checkpoint(path, what)
-        check_vocab(ckpt, self.meta, path)
-        return ckpt
+        return load_checkpoint(path, what, self.meta)
 
     def lr_at(self, it):
         """Linear warmup, then cosine decay to lr * min_lr_frac."""
@@ -526,7 +524,7 @@ def train(cfg, log=print):
                                                   if saved[1] is not None else ", before its first checkpoint"),
                  f"continue with `{shlex.join(['python', *sys.argv])}{' --resume' * ('--resume' not in sys.argv)}`")
         if master:  # the summary: the final record (a run resumed at its last step logged it before)
-            atomic_write(done, json.dumps({**last_record(cfg.out_dir), "params": tr.model.num_params(),
+            atomic_write(done, json.dumps({**read_log(cfg.out_dir)[-1], "params": tr.model.num_params(),
                                            "max_iters": tr.max_iters}, indent=1))
         barrier()
         return read_json(done)  # every rank returns rank 0's summary

@@ -1,6 +1,5 @@
-"""Opt-in, on a machine with a CUDA GPU: RHO_GPU_TESTS=1 python -m pytest tests/test_gpu.py. Runs
-experiments/gpu_check.sh on the GPU that conftest hides from every other test: the tiny pipeline compiled in bf16
-with 2 micro-batches a step and a resume, --bench with MFU, and torchrun with --scope global on 2+ GPUs."""
+"""Opt-in, on a CUDA machine: RHO_GPU_TESTS=1 python -m pytest tests/test_gpu.py runs experiments/gpu_check.sh on
+the GPUs that conftest hides from every other test."""
 import os
 import subprocess
 import sys
