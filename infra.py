@@ -438,9 +438,10 @@ class Meter:
 
 def log_line(rec, max_iters, eta):
     """The human line of a log record."""
-    shown = [f"{k} {rec[k]:{f}}" for k, f in (("train_loss", ".4f"), ("val_loss", ".4f"), ("answer_loss", ".4f"),
-                                             ("acc", ".1%"), ("precision", ".0%"), ("tok_s", ",.0f"), ("mfu", ".1%"))
-             if k in rec]
+    shown = [f"{name} {rec[k]:{f}}" for k, name, f in (
+        ("train_loss", "loss", ".4f"), ("val_loss", "val", ".4f"), ("answer_loss", "answer", ".4f"),
+        ("acc", "acc", ".1%"), ("precision", "precision", ".0%"), ("tok_s", "tok/s", ",.0f"), ("mfu", "mfu", ".1%"))
+        if k in rec]
     left = "-" if eta is None else f"{eta:.0f}s"
     return " | ".join([f"step {rec['step']:5d}/{max_iters}", f"tokens {rec['tokens']:>10,}", *shown, f"eta {left}"])
 
