@@ -1,7 +1,6 @@
-"""
-analysis.py -- inside one run (plot.py --tokens, --categories, --explain): which tokens SLM keeps, the paper's token
-loss categories, the selection explained kind by kind; across runs, what each arm keeps of each kind, the ratio plot.
-"""
+"""analysis.py -- inside one run (plot.py --tokens, --categories, --explain): which tokens SLM keeps, the paper's
+token loss categories, the selection explained kind by kind; across runs, what each arm keeps of each kind, the ratio
+plot."""
 import glob
 import os
 import pathlib
@@ -162,7 +161,8 @@ def loss_categories(args):
     lines = md_table(["category", "this run", "RHO-1 (1B, OpenWebMath)"],
                      [(c, f"{s:.0%}", f"{p:.0%}") for c, s, p in zip(CATEGORIES, shares, PAPER_SHARES)],
                      f"token-loss categories of {losses.shape[1]:,} held-out tokens over {len(paths)} checkpoints of "
-                     f"{args.categories} (a fitted change beyond +-0.2 nats: L->H, H->L; else H if mean loss >= 1)")
+                     f"{args.categories} (fitted change beyond +-0.2 nats: rising or falling; else high if mean loss "
+                     ">= 1 nat)")
     if pages[0][1] is not None:
         lab = np.concatenate([labels[1:] for _, labels in pages])
         masks = [(k, lab == i) for i, k in enumerate(meta["kinds"]) if (lab == i).any()]
@@ -267,7 +267,8 @@ def explain(args):
     lines += [""] + md_table(["score", "slipped", "correct", "AUROC"], [
         [name, f"{t[k][wrong].mean():.3f}", f"{t[k][right].mean():.3f}", f"{auroc(t[k][wrong], t[k][right]):.3f}"]
         for name, k in scores], f"slipped results (math_wrong, {wrong.sum()} tokens) against the results of correct "
-        f"solutions ({right.sum()} tokens): mean of each score, its AUROC at telling them apart (slipped = positive)")
+        f"solutions ({right.sum()} tokens): mean of each score and its AUROC at telling them apart (slipped = "
+        "positive)")
     path = os.path.join(args.explain, "explain.md")
     atomic_write(path, "\n".join(lines) + "\n")
     print("\n".join(lines) + f"\n\nwrote {path}")

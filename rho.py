@@ -97,7 +97,7 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt):
-        model = cls(GPTConfig(**ckpt["model_args"]))
+        model = cls(GPTConfig(**{k: ckpt["model_args"][k] for k in GPTConfig.__dataclass_fields__}))  # its shape
         model.load_state_dict(ckpt["model"])
         return model
 

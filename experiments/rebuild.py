@@ -1,5 +1,7 @@
-"""`python experiments/rebuild.py [name ...] [--write]`: each printout of out/results/ (or those named) made again from
-the committed logs (experiments/runs/) and compared, figures byte for byte; exit 1 on a difference; --write replaces."""
+"""`python experiments/rebuild.py [name ...] [--write] [--ckpts DIR]`: each printout of out/results/ (or those named)
+made again from the committed logs (experiments/runs/) and compared, figures byte for byte; exit 1 on a difference;
+--write replaces. --ckpts DIR: also those that need checkpoints, from the runs of their plan made again in DIR (a
+checkout where `python experiments/driver.py <plan>` ran)."""
 import filecmp
 import os
 import shutil
@@ -37,22 +39,40 @@ PLOT = {  # printout: plot.py's arguments but --png and --full
         f"'{a} ({n})' '{a} ({n}, {K})'" for n in NS for a in ("reference", "SLM 0.6")) + " " + " ".join(
         f"'CLM + HQ x4 ({n})'" for n in NS),
     "when3": f"--out_dir {WN}1000-webref4"}  # issue 31: the 1,000 cell with the web-keeping ref, 3 x 3
+CKPTS = {  # printout: (the plan that makes its runs, plot.py's arguments run in DIR, the file they write or stdout)
+    **{f"explain-{n}": (p, f"--explain out/{r}", f"out/{r}/explain.md") for n, p, r in [
+        ("headline", "headline-default", "headline/default/seed0/slm0.6-lr0.006"),
+        ("webref", "webref-default", "headline/default-webref4/seed0/slm0.6-lr0.006"),
+        ("webref-refloss", "webref-default", "headline/default-webref4/seed0/refloss0.6-lr0.003"),
+        ("refedge", "refedge-default", "headline/default-refedge0/seed0/slm0.6-lr0.006"),
+        ("when1000", "when", "when/subset1000-webref4/seed0/slm0.6-lr0.003")]},
+    "tokens": ("when", "--tokens out/when/subset1000-webref4/seed0/slm0.6-lr0.003",
+               "out/when/subset1000-webref4/seed0/slm0.6-lr0.003/tokens.png"),
+    "categories-headline": ("categories-default", "--categories out/headline/default/seed0/clm-ckpts-lr0.006", "")}
 ELSEWHERE = {"headline-webref-grid": "epyc"}  # another machine's logs, in experiments/runs/<it>/
 CANNOT = {name: why for why, names in [  # printouts that the committed logs cannot rebuild, and why
-    ("its runs' logs are not committed (out/seeds, out/example, out/screens, the regime map, demos in fresh folders)",
-     "compare example screens regimes demo-cheapref demo-tuned demo-fresh-reproducing-machine"),
-    ("its runs' logs were lost with a machine", "headline-harm-nocarry"), ("timings: measured", "speed demo-times"),
-    (f"{H} part-way: its arms' noise-floor runs came after (commit 7a0cff7's logs rebuild it)", "headline-rerun"),
-    ("needs checkpoints (as every explain-*)", "categories-headline tokens")] for name in names.split()}
+    ("timings: measured by the command it names", "speed demo-times")] for name in names.split()}
 
 if __name__ == "__main__":
-    write, names = "--write" in sys.argv, [a for a in sys.argv[1:] if a != "--write"]
+    ckpts = sys.argv[sys.argv.index("--ckpts") + 1] if "--ckpts" in sys.argv else None
+    write, names = "--write" in sys.argv, [a for a in sys.argv[1:] if a not in ("--write", "--ckpts", ckpts)]
     files = os.listdir(RESULTS)
     md = {f[:-3] for f in files if f.endswith(".md")}  # and figures of no printout (tokens.png)
     bad = 0
     for name in names or sorted(md | {f[:-4] for f in files if f.endswith(".png") and not {f[:-4], f[:-11]} & md}):
+        if name in CKPTS and ckpts:  # made in DIR from the checkpoints, compared with the committed file
+            plan, flags, wrote = CKPTS[name]
+            out = subprocess.run(f"{sys.executable} {REPO}/plot.py {flags}", shell=True, cwd=ckpts, text=True,
+                                 stdout=subprocess.PIPE, check=True).stdout
+            ext, made = os.path.splitext(wrote)[1] or ".md", os.path.join(ckpts, wrote)
+            same = filecmp.cmp(made, f"{RESULTS}/{name}{ext}", shallow=False) if wrote else \
+                out.rsplit("\n\nwrote ", 1)[0] + "\n" == open(f"{RESULTS}/{name}.md").read()
+            bad += not same
+            print(f"{name}: {'same' if same else 'DIFFERS'} (from the checkpoints of plan {plan} in {ckpts})")
+            continue
         if name not in PLOT:
-            why = CANNOT.get(name, "needs checkpoints" if name.startswith("explain-") else "no command known")
+            why = f"needs the checkpoints of plan {CKPTS[name][0]}: --ckpts DIR" if name in CKPTS else \
+                CANNOT.get(name, "no command known")
             print(f"{name}: cannot rebuild: {why}")
             continue
         figs = [f for f in (name + ".png", name + "-ratios.png") if f in files and f[:-4] not in md - {name}]
