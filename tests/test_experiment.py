@@ -110,7 +110,7 @@ def test_x_fewer_compute_and_kept_share_on_known_curves():
     assert analysis.kept_over_run({**run, "selected": [{}, {}, {}]}) is None  # real data: no token kinds
 
 
-def test_paired_tests_on_known_answers(tmp_path):
+def test_paired_tests_and_the_noise_floor_on_known_answers(tmp_path):
     a, b = np.arange(100) < 10, np.zeros(100, bool)
     assert plot.mcnemar(a, b) == (10, 0, pytest.approx(2 / 2 ** 10))
     assert plot.mcnemar(b, b)[2] == plot.mcnemar(np.array([1, 1, 0, 0], bool), np.array([0, 1, 1, 0], bool))[2] == 1.0
@@ -130,9 +130,8 @@ def test_paired_tests_on_known_answers(tmp_path):
     (tmp_path / "log.jsonl").write_text(json.dumps({"val_loss": 1, "tokens": 0, "flops": 0, "correct": "1011010"}))
     assert plot.load_run(str(tmp_path), {"seed": 0, "data_dir": ""}, "", "CLM")["correct"].tolist() == right
     assert plot.paired([(np.array(right + [True] * 3), np.array(right))])["diff"] == 0.0
+    # the noise floor pairs each run with the baseline of its pipeline and data order
 
-
-def test_the_noise_floor_pairs_each_run_with_the_baseline_of_its_pipeline_and_data_order():
     def run(arm, pipe, acc, loss, student=0):
         return {"name": arm, "order": student, "pipe": {"dir": pipe}, "acc": np.array([acc]), "alone": False,
                 "answer": np.array([loss]), "correct": np.arange(100) < round(100 * acc), "slm": arm == "SLM 0.6"}

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import data
-import data_real
 from conftest import call
 
 
@@ -81,7 +80,7 @@ def test_web_pages_quoting_a_test_problem_are_dropped_and_a_txt_corpus_is_a_page
     assert not os.path.isabs(meta["source"]["web"]) and meta["source"]["web"].endswith("web.txt")
 
 
-def test_questions_longer_than_the_block_are_cut(real_files, tmp_path, monkeypatch, capsys):
+def test_long_questions_are_cut_and_an_empty_data_dir_gets_the_toy_corpus(real_files, tmp_path, monkeypatch, capsys):
     long = [{"question": "Tom reads a long story about apples, pears and plums in the garden behind the old school "
                          f"every single afternoon of the week, and then he buys {a} more apples. How many now?",
              "answer": f"#### {a}"} for a in range(1, 30)]
@@ -92,11 +91,7 @@ def test_questions_longer_than_the_block_are_cut(real_files, tmp_path, monkeypat
     call("train_ref.py", "--preset", "tiny")  # a 64-token block, 32 answer tokens
     assert "note: 8 of 8 test questions are longer than the 32 tokens" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "ref" / "done.json").read_text())["acc"] >= 0
-
-
-def test_a_data_dir_without_a_corpus_gets_the_toy_corpus_and_says_so(tmp_path, monkeypatch, capsys):
-    """A mistyped --data_dir builds the toy corpus there (train_ref.py then stops on a base budget too large)."""
-    monkeypatch.chdir(tmp_path)
+    # a mistyped --data_dir builds the toy corpus there (train_ref.py then stops on a base budget too large)
     with pytest.raises(SystemExit, match="passes over split 'web_base'"):
         call("train_ref.py", "--preset", "tiny", "--data_dir", "dta", "--base_tokens", "10000000")
     assert capsys.readouterr().out.splitlines()[0] == ("no corpus in dta: building the embedded toy corpus; for your "
