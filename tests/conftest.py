@@ -11,9 +11,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-# The tests run on the CPU, a GPU machine's too (exact equalities, gloo): CUDA is hidden here and in every process
-# started; test_gpu.py gives its subprocess the GPUs back. One thread a process: a spinning OpenMP pool on a busy
-# machine makes the tiny models' first calls up to 80x slower.
+# The CPU only, on a GPU machine too (exact equalities, gloo): CUDA hidden here and in children (test_gpu.py gives it
+# back). One thread a process: a spinning OpenMP pool on a busy machine slows the tiny models' first calls up to 80x.
 GPUS = os.environ.get("CUDA_VISIBLE_DEVICES")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ["OMP_NUM_THREADS"] = "1"

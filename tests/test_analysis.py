@@ -10,10 +10,10 @@ import torch
 
 import analysis
 import plot
-from conftest import call, records, run
+from conftest import call, records
 
 
-def test_categorize_sorts_known_trajectories():
+def test_categorize_sorts_known_trajectories_and_auroc_counts_ties_half():
     steps = np.array([0, 100, 200, 300, 400])
     x = np.linspace(0, 1, 5)
     losses = np.stack([
@@ -31,9 +31,13 @@ def test_categorize_sorts_known_trajectories():
     # uneven checkpoint spacing is respected: a fall that happens late in steps is still a straight line in steps
     cat2, d2 = analysis.categorize(np.array([[2.0], [1.9], [0.0]]), [0, 10, 100])
     assert analysis.CATEGORIES[cat2[0]] == "H->L" and -2.1 < d2[0] < -1.9
+    assert analysis.auroc([3.0, 4.0], [1.0, 2.0]) == 1.0 and analysis.auroc([1.0], [2.0, 3.0]) == 0.0
+    # pairs (pos, neg): 2>1, 2=2, 2<3, 5>1, 5>2, 5>3: (4 + 0.5) / 6
+    assert analysis.auroc([2.0, 5.0], [1.0, 2.0, 3.0]) == pytest.approx(4.5 / 6)
+    assert np.isnan(analysis.auroc([], [1.0]))
 
 
-def test_token_picture_keeps_the_top_share_and_writes_a_png(pipeline, tmp_path, monkeypatch, capsys):
+def test_token_picture_keeps_the_top_share_and_categories_read_kept_ckpts(pipeline, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(pipeline)
     pages = call("plot.py", "--tokens", "out/slm0.6", "--pages", "2")
     assert (pipeline / "out" / "slm0.6" / "tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -49,10 +53,7 @@ def test_token_picture_keeps_the_top_share_and_writes_a_png(pipeline, tmp_path, 
     f.write_text("Question: Ann has 3 cats and buys 4 more.\nAnswer: 3 + 4 = 7\n#### 7\nSubscribe to our newsletter!")
     pages = call("plot.py", "--tokens", "out/slm0.6", "--text", str(f), "--ratio", "0.5")
     assert pages[0]["kinds"] is None and pages[0]["keep"].sum() == round(0.5 * (len(pages[0]["keep"]) - 1) + 1e-9)
-
-
-def test_categories_over_kept_checkpoints(pipeline, monkeypatch, capsys):
-    monkeypatch.chdir(pipeline)
+    # the categories of token-loss trajectories over a run's kept checkpoints
     call("train_slm.py", "--ratio", "1.0", "--keep_ckpts")
     run_dir = pipeline / "out" / "clm-ckpts"
     kept = [f for f in os.listdir(run_dir) if re.fullmatch(r"ckpt_\d{6}\.pt", f)]
@@ -65,17 +66,15 @@ def test_categories_over_kept_checkpoints(pipeline, monkeypatch, capsys):
 
 
 def fake_pipeline(root, seed, runs, n=100, settings=None, name=None, ref_epochs=4):
-    """A pipeline folder with fabricated logs: runs = {name: (arm, ratio, lr, [(tokens, validation answer loss,
-    test answer loss, accuracy), ...])}; the first round(acc * n) of n test problems are right."""
+    """A pipeline of fabricated logs: runs = {name: (arm, ratio, lr, [(tokens, val answer loss, answer loss, acc)])}."""
     d = root / (name or f"seed{seed}")
     (d / "data").mkdir(parents=True)
-    (d / "data" / "meta.json").write_text(json.dumps({"data_config": {"seed": seed, "n_web": 10},
-                                                      "splits": {"eval": {"problems": n}}}))
-    flops = {"base": 100.0, "ref": 10.0, "scoring": 5.0}
-    (d / "pipeline.json").write_text(json.dumps({"seed": seed, "preset": "cpu", "settings": settings or {},
-                                                 "data_dir": str(d / "data"), "base": "b", "ref": "ref/ckpt.pt",
-                                                 "flops": flops, "ref_sweep": {"ref": {"ref_epochs": ref_epochs,
-                                                                                       "ref_lr": 0.01}}}))
+    meta = {"data_config": {"seed": seed, "n_web": 10}, "splits": {"eval": {"problems": n}}}
+    (d / "data" / "meta.json").write_text(json.dumps(meta))
+    pipe = {"seed": seed, "preset": "cpu", "settings": settings or {}, "data_dir": str(d / "data"), "base": "b",
+            "ref": "ref/ckpt.pt", "flops": {"base": 100.0, "ref": 10.0, "scoring": 5.0},
+            "ref_sweep": {"ref": {"ref_epochs": ref_epochs, "ref_lr": 0.01}}}
+    (d / "pipeline.json").write_text(json.dumps(pipe))
     for name, (arm, ratio, lr, curve) in runs.items():
         (d / name).mkdir()
         cfg = {"split": "web", "ratio": ratio, "select": "excess", "mix_hq": 0, "ref_mode": "cached", "scope": "local",
@@ -83,45 +82,43 @@ def fake_pipeline(root, seed, runs, n=100, settings=None, name=None, ref_epochs=
                "keep_ckpts": False, "data_dir": str(d / "data"), **{k: 1 for k in plot.SHAPE}}
         assert plot.arm_name(cfg) == arm  # the arm comes from the settings
         (d / name / "config.json").write_text(json.dumps(cfg))
-        (d / name / "log.jsonl").write_text("".join(json.dumps(
-            {"step": t, "tokens": t, "flops": 2.0 * t, "val_loss": v + 0.3, "val_answer_loss": v, "answer_loss": a,
-             "acc": acc, "correct": "1" * round(acc * n) + "0" * (n - round(acc * n))}) + "\n"
-            for t, v, a, acc in curve))
+        recs = [{"step": t, "tokens": t, "flops": 2.0 * t, "val_loss": v + 0.3, "val_answer_loss": v, "answer_loss": a,
+                 "acc": acc, "correct": "1" * round(acc * n) + "0" * (n - round(acc * n))}  # the first acc * n right
+                for t, v, a, acc in curve]
+        (d / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
         (d / name / "done.json").write_text("{}")
 
 
-def test_pipelines_group_by_what_shapes_them_not_by_the_preset_defaults_they_override(tmp_path):
-    clm = {"clm-lr1": ("CLM", 1.0, 1e-3, [(0, 1.0, 1.0, 0.1), (100, 0.5, 0.5, 0.3)])}
+def test_plot_keeps_apart_what_pooling_as_seeds_would_hide_and_a_file_cut_short_costs_only_its_run(tmp_path):
+    """Runs group by what shapes them (not preset defaults); another budget, a copy or a twin is never a seed."""
+    curve = [(0, 1.0, 1.0, 0.1), (100, 0.5, 0.5, 0.3)]
+    groups, d = tmp_path / "groups", tmp_path / "apart"
+    clm = {"clm-lr1": ("CLM", 1.0, 1e-3, curve)}
     for seed, (settings, epochs) in enumerate([({"n_embd": 64, "lr": 3e-3, "ref_epochs": 4}, 40),
                                                ({"n_embd": 64, "lr": 6e-3, "ref_epochs": 40}, 40.0)]):
-        fake_pipeline(tmp_path, seed, clm, settings=settings, ref_epochs=epochs)
+        fake_pipeline(groups, seed, clm, settings=settings, ref_epochs=epochs)
     # the preset's defaults differ, the reference swept is the same (40 from a preset or a flag): one group
-    assert len(plot.summarize(plot.find_runs(str(tmp_path)))) == 1
-    fake_pipeline(tmp_path, 2, clm, settings={"n_embd": 64}, name="short", ref_epochs=4)
-    assert len(plot.summarize(plot.find_runs(str(tmp_path)))) == 2  # another reference: another group
-    fake_pipeline(tmp_path, 3, clm, settings={"n_embd": 128}, name="wide", ref_epochs=40)
-    assert len(plot.summarize(plot.find_runs(str(tmp_path)))) == 3  # another model: another group
-
-
-def test_plot_keeps_apart_what_pooling_as_seeds_would_hide_and_a_file_cut_short_costs_only_its_run(tmp_path):
-    """Students of another budget, a copied pipeline and a second run of an arm at one rate are never pooled as seeds:
-    each is shown apart (or left out), with one line saying why. A kill's cut costs a record or a finish."""
-    curve = [(0, 1.0, 1.0, 0.1), (100, 0.5, 0.5, 0.3)]
-    fake_pipeline(tmp_path, 0, {name: (arm, ratio, 1e-3, curve) for name, arm, ratio in (
+    assert len(plot.summarize(plot.find_runs(str(groups)))) == 1
+    fake_pipeline(groups, 2, clm, settings={"n_embd": 64}, name="short", ref_epochs=4)
+    assert len(plot.summarize(plot.find_runs(str(groups)))) == 2  # another reference: another group
+    fake_pipeline(groups, 3, clm, settings={"n_embd": 128}, name="wide", ref_epochs=40)
+    assert len(plot.summarize(plot.find_runs(str(groups)))) == 3  # another model: another group
+    # students of another budget, a byte copy of a pipeline, a second run of an arm at one rate: each apart, with why
+    fake_pipeline(d, 0, {name: (arm, ratio, 1e-3, curve) for name, arm, ratio in (
         ("clm", "CLM", 1.0), ("slm", "SLM 0.6", 0.6), ("slm-big", "SLM 0.6", 0.6), ("slm-twin", "SLM 0.6", 0.6))})
     for name, tokens in (("clm", 20000), ("slm", 20000), ("slm-big", 200000), ("slm-twin", 20000)):
-        path = tmp_path / "seed0" / name / "config.json"
+        path = d / "seed0" / name / "config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "max_tokens": tokens}))
-    shutil.copytree(tmp_path / "seed0", tmp_path / "copy")  # a byte copy beside it: the same seed
+    shutil.copytree(d / "seed0", d / "copy")  # a byte copy beside it: the same seed
     notes = []
-    results = plot.summarize(plot.find_runs(str(tmp_path), notes))
+    results = plot.summarize(plot.find_runs(str(d), notes))
     assert sorted(len(row["runs"]) for res in results for row in res["rows"] if row["arm"] == "SLM 0.6") == [1] * 4
     assert any("differ in max_tokens" in n for n in notes) and any("(a copy?)" in n for n in notes), notes
-    assert any(n.startswith(str(tmp_path / "seed0" / "slm-twin") + ": left out") for n in notes), notes
-    with open(tmp_path / "seed0" / "clm" / "log.jsonl", "a") as f:
+    assert any(n.startswith(str(d / "seed0" / "slm-twin") + ": left out") for n in notes), notes
+    with open(d / "seed0" / "clm" / "log.jsonl", "a") as f:
         f.write('{"step": 200, "tok')  # a kill's last line
-    (tmp_path / "seed0" / "slm" / "done.json").write_text('{"ste')
-    runs = {os.path.basename(run["path"]): run for run in plot.find_runs(str(tmp_path / "seed0"))}
+    (d / "seed0" / "slm" / "done.json").write_text('{"ste')
+    runs = {os.path.basename(run["path"]): run for run in plot.find_runs(str(d / "seed0"))}
     assert runs["clm"]["done"] and len(runs["clm"]["tokens"]) == 2 and not runs["slm"]["done"]
 
 
@@ -171,8 +168,8 @@ def test_plot_compares_only_the_arms_asked_for(tmp_path, capsys):
         "clm": ("CLM", 1.0, 1e-3, list(zip(t, [1.0, .8, .6], [1.0, .8, .6], [.1, .2, .3]))),
         "slm0.6": ("SLM 0.6", 0.6, 1e-3, list(zip(t, [1.0, .5, .4], [1.0, .5, .4], [.1, .3, .4]))),
         "slm0.8": ("SLM 0.8", 0.8, 1e-3, list(zip(t, [1.0, .6, .5], [1.0, .6, .5], [.1, .3, .4])))})
-    run("plot.py", "--out_dir", str(tmp_path), "--arms", "CLM", "SLM 0.6", "--png", str(tmp_path / "two.png"),
-        "--full", cwd=tmp_path)
+    png = str(tmp_path / "two.png")
+    call("plot.py", "--out_dir", str(tmp_path), "--arms", "CLM", "SLM 0.6", "--png", png, "--full")
     table = (tmp_path / "two.md").read_text()
     assert "| SLM 0.6 |" in table and "SLM 0.8" not in table and not (tmp_path / "two-ratios.png").exists()
     # real data, one rate each: only the three curves are drawn, no empty panels (5.6 inches at 100 dpi each)
@@ -183,13 +180,6 @@ def test_plot_compares_only_the_arms_asked_for(tmp_path, capsys):
     plot.main(plot.PlotRun(out_dir=str(tmp_path), rates=True))  # for a script: arm<TAB>rate<TAB>folder
     assert capsys.readouterr().out.splitlines() == ["CLM\t0.001\tclm", "SLM 0.6\t0.001\tslm0.6",
                                                     "SLM 0.8\t0.001\tslm0.8"]
-
-
-def test_auroc_counts_ties_half():
-    assert analysis.auroc([3.0, 4.0], [1.0, 2.0]) == 1.0 and analysis.auroc([1.0], [2.0, 3.0]) == 0.0
-    # pairs (pos, neg): 2>1, 2=2, 2<3, 5>1, 5>2, 5>3: (4 + 0.5) / 6
-    assert analysis.auroc([2.0, 5.0], [1.0, 2.0, 3.0]) == pytest.approx(4.5 / 6)
-    assert np.isnan(analysis.auroc([], [1.0]))
 
 
 def test_explain_tables_kinds_roles_and_slips_and_ranks_ref_loss_by_the_reference(pipeline, tmp_path, monkeypatch):

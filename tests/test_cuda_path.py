@@ -1,5 +1,4 @@
-"""The CUDA path, checked on a CPU for what a first GPU run would meet: a graph break in the compiled step, a dtype
-clash under bf16, batches sized for a small vocabulary, processes sharing one GPU, a checkpoint's GPU RNG."""
+"""The CUDA path on a CPU: a graph break, a bf16 dtype clash, batch sizes, processes sharing a GPU, its RNG."""
 import os
 
 import numpy as np
@@ -14,8 +13,7 @@ from conftest import trainer
 
 
 def test_under_bf16_the_step_compiles_as_one_graph_and_every_selection_trains_and_counts(pipeline, monkeypatch):
-    """--compile on under bf16 autocast, as on CUDA: one graph (fullgraph), training like the eager step. aot_eager
-    traces as inductor would, without its C++ build; RHO_TEST_INDUCTOR=1 compiles with inductor itself."""
+    """Compiled under bf16 as on CUDA: one graph, as eager; aot_eager traces as inductor (RHO_TEST_INDUCTOR=1) would."""
     backend = "inductor" if os.environ.get("RHO_TEST_INDUCTOR") == "1" else "aot_eager"
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda m: compile_(m, fullgraph=True, backend=backend))
@@ -53,9 +51,8 @@ def test_scoring_and_evaluation_batches_are_sized_by_block_and_vocabulary(monkey
     assert asked == [("cpu", 16, 50, 32), ("cpu", 16, 50, 64)] and sizes == [3, 3, 3, 1] * 2
 
 
-def test_each_process_takes_its_gpu_before_the_process_group_starts(monkeypatch):
-    """Under torchrun with NCCL, process i binds cuda:i before init_process_group (and passes it as device_id), so
-    that the first collective runs on it, not every process on cuda:0."""
+def test_each_process_binds_its_gpu_before_the_process_group_and_checkpoints_its_rng(pipeline, tmp_path, monkeypatch):
+    """Under torchrun with NCCL, process i binds cuda:i before init_process_group (and passes it as device_id)."""
     import atexit
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -76,9 +73,7 @@ def test_each_process_takes_its_gpu_before_the_process_group_starts(monkeypatch)
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(SystemExit, match="nproc_per_node=2"):
         infra.dist_setup("cuda")
-
-
-def test_a_checkpoint_keeps_the_rng_of_its_own_gpu_and_resumes_on_another(pipeline, tmp_path, monkeypatch):
+    monkeypatch.undo()  # a checkpoint keeps its own GPU's RNG and resumes on another
     tr = trainer(pipeline)
     tr.device, state, asked, restored = "cuda:1", torch.arange(4, dtype=torch.uint8), [], []
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: asked.append(device) or state)

@@ -23,8 +23,7 @@ def step_grads(tr):  # one optimizer step, and the gradients it took (after clip
 
 
 def ranks(pipeline, out):
-    """Each process: the global top-k of its half of scores(), a step of 2 micro-batches, an SLM run (--scope global),
-    a run whose evaluation fails on rank 0 while rank 1 waits in a collective."""
+    """Each process: a global top-k of its half, a step, an SLM run (--scope global), a run failing on rank 0."""
     import infra
     import train_slm
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -42,9 +41,7 @@ def ranks(pipeline, out):
 
 
 def test_two_processes_equal_one_on_the_whole_batch_and_a_failing_rank_ends_the_run(pipeline, tmp_path, monkeypatch):
-    """The global top-k of 2 halves is the whole batch's; 2 processes' steps of 2 micro-batches have one process's
-    gradients on the 4, all-reduced once a step; an SLM run with --scope global logs what one process with the
-    global batch does; rank 0 raising while the other waits in a collective exits (torchrun stops the rest)."""
+    """Top-k, gradients (one all-reduce a step) and a --scope global log as one process's; a failing rank exits."""
     p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           os.path.abspath(__file__), str(pipeline), str(tmp_path / "out")], cwd=pipeline,
                          env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

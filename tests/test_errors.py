@@ -1,5 +1,4 @@
-"""Every mistake a user can make is one line, `error: <what>; fix: <how>`, before anything is written: a table of
-commands (a setup, the script and its flags) and the words the line must hold, run in this process."""
+"""Every mistake a user can make is one line, `error: <what>; fix: <how>`, before anything is written."""
 import glob
 import json
 import operator

@@ -1,5 +1,4 @@
-"""The experiment's measures and controls: a truly held-out test set, answer loss, tokens to reach a target,
-paired tests, the evaluation schedule and every --select control of the loop."""
+"""The experiment's measures and controls: a held-out test set, answer loss, x fewer tokens, paired tests, controls."""
 import importlib.util
 import json
 import math
@@ -41,9 +40,7 @@ def test_test_and_validation_problems_share_no_template_and_numbers_with_any_tra
         assert len(held) == len(problems)  # no two held-out problems share a template and numbers
         assert not held & train, sorted(held & train)[:3]
         train |= held  # and the validation problems share none with the test problems
-
-
-def test_the_default_corpus_holds_out_at_least_1000_test_problems_of_every_family():
+    # the default corpus holds out at least 1000 test problems, of every family
     cfg = data.data_config("cpu")
     keys = data.key_splits(cfg.seed)
     for i, (_, space) in enumerate(data.FAMILIES):  # the three parts of every family's keys partition it
@@ -85,7 +82,7 @@ def test_tokens_to_reach(ys, target, higher, t, bound):
     assert plot.tokens_to_reach([0, 100, 200, 300, 400], ys, target, higher) == (pytest.approx(t, abs=0.01), bound)
 
 
-def test_x_fewer_and_compute_on_known_curves():
+def test_x_fewer_compute_and_kept_share_on_known_curves():
     clm, run = ({"tokens": np.array([0., 100, 200, 400]), "answer": np.array(answer), "acc": np.array(acc),
                  "flops": 800.0, "cfg": {"split": "web", "ratio": 1.0}}
                 for answer, acc in (([1, .8, .6, .5], [.1, .4, .3, .4]), ([1, .7, .5, .4], [.1, .2, .4, .5])))
@@ -105,9 +102,6 @@ def test_x_fewer_and_compute_on_known_curves():
     assert plot.med_x([(4.0, False), (4.0, True)]) == plot.med_x([(4.0, True), (4.0, False)])
     assert plot.med_x([(math.nan, False)]) == "-" and plot.med_x([]) == ""
     assert plot.final([{"answer": [x]} for x in (0.5, np.nan, 0.7)], "answer") == "0.6000 [0.5000, 0.7000] (2 of 3)"
-
-
-def test_what_a_run_keeps_is_weighted_by_the_tokens_each_record_covers():
     # the records since the previous evaluation: 100 tokens at 50% of math kept, then 300 tokens at 90%
     run = {"tokens": np.array([0., 100, 400]), "composition": [{}, {"math": 1.0}, {"math": 0.8}],
            "selected": [{}, {"math": 0.5, "prose": 0.0}, {"math": 0.9, "prose": 0.2}]}
@@ -116,7 +110,7 @@ def test_what_a_run_keeps_is_weighted_by_the_tokens_each_record_covers():
     assert analysis.kept_over_run({**run, "selected": [{}, {}, {}]}) is None  # real data: no token kinds
 
 
-def test_paired_tests_on_known_answers(tmp_path):
+def test_paired_tests_and_the_noise_floor_on_known_answers(tmp_path):
     a, b = np.arange(100) < 10, np.zeros(100, bool)
     assert plot.mcnemar(a, b) == (10, 0, pytest.approx(2 / 2 ** 10))
     assert plot.mcnemar(b, b)[2] == plot.mcnemar(np.array([1, 1, 0, 0], bool), np.array([0, 1, 1, 0], bool))[2] == 1.0
@@ -136,9 +130,8 @@ def test_paired_tests_on_known_answers(tmp_path):
     (tmp_path / "log.jsonl").write_text(json.dumps({"val_loss": 1, "tokens": 0, "flops": 0, "correct": "1011010"}))
     assert plot.load_run(str(tmp_path), {"seed": 0, "data_dir": ""}, "", "CLM")["correct"].tolist() == right
     assert plot.paired([(np.array(right + [True] * 3), np.array(right))])["diff"] == 0.0
+    # the noise floor pairs each run with the baseline of its pipeline and data order
 
-
-def test_the_noise_floor_pairs_each_run_with_the_baseline_of_its_pipeline_and_data_order():
     def run(arm, pipe, acc, loss, student=0):
         return {"name": arm, "order": student, "pipe": {"dir": pipe}, "acc": np.array([acc]), "alone": False,
                 "answer": np.array([loss]), "correct": np.arange(100) < round(100 * acc), "slm": arm == "SLM 0.6"}
@@ -171,7 +164,7 @@ def test_eval_schedule():
     assert infra.eval_steps(3, 16) == [0, 1, 2, 3] and infra.eval_steps(50, 1) == [0, 50]  # 1: start and end
 
 
-def test_every_control_selects_what_it_says(pipeline):
+def test_every_control_selects_what_it_says_in_a_folder_and_budget_of_its_own(pipeline, monkeypatch):
     tr = trainer(pipeline, select="excess")
     x, y, ref, lab = tr.blocks.read(tr.blocks.block_ids(0))
     losses = rho.token_losses(tr.model(x), y).detach()
@@ -189,11 +182,7 @@ def test_every_control_selects_what_it_says(pipeline):
     web, hq = (len(data.load_tokens(str(pipeline / "data"), s)[0]) for s in ("web", "ref_train"))
     tr = trainer(pipeline, ratio=1.0, mix_hq=2.5)
     assert len(tr.blocks.tokens) == web + int(2.5 * hq) and np.all(tr.blocks.labels[web:] == data.MATH)
-
-
-def test_controls_and_student_seeds_get_their_folders_and_budgets(pipeline, monkeypatch):
-    """Each control and each student seed (a data order, for the noise floor) is a run of its own; the longer reference
-    gets the reference's budget plus SLM's extra compute."""
+    # each control and student seed (a data order) is a run of its own; ref_long: the reference's budget + SLM's extra
     monkeypatch.chdir(pipeline)
     pipe, meta = json.loads((pipeline / "out" / "pipeline.json").read_text()), data.read_meta(str(pipeline / "data"))
     cfg, p = train_slm.student_config(train_slm.SlmRun(ref_long=True), pipe, 1.0, None), pipe["settings"]
@@ -207,8 +196,7 @@ def test_controls_and_student_seeds_get_their_folders_and_budgets(pipeline, monk
 
 
 def test_every_driver_job_known_before_it_runs_parses_with_its_scripts_flags():
-    """experiments/driver.py: each plan's stages that are fixed in advance (the others are chosen from runs) hold
-    jobs with unique names and targets, each a train_ref.py or train_slm.py command whose flags that script accepts."""
+    """Each fixed stage of experiments/driver.py's plans holds jobs of unique names and targets, of accepted flags."""
     spec = importlib.util.spec_from_file_location("driver", f"{ROOT}/experiments/driver.py")
     spec.loader.exec_module(driver := importlib.util.module_from_spec(spec))
     configs, checked = {"train_ref.py": train_ref.RefRun, "train_slm.py": train_slm.SlmRun}, 0

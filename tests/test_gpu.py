@@ -1,5 +1,4 @@
-"""Opt-in, on a CUDA machine: RHO_GPU_TESTS=1 python -m pytest tests/test_gpu.py runs experiments/gpu_check.sh on
-the GPUs that conftest hides from every other test."""
+"""Opt-in on a CUDA machine (RHO_GPU_TESTS=1): experiments/gpu_check.sh on the GPUs conftest hides elsewhere."""
 import os
 import subprocess
 import sys

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import data_real
 import rho
 
 
@@ -89,23 +90,17 @@ def test_soft_weighting_at_a_very_low_temperature_is_hard_topk(ratio):
     assert not torch.allclose(rho.slm_loss(losses, w), hard)
 
 
-def run_batch(blocks, step):  # what Trainer.step reads
-    return blocks.read(blocks.block_ids(step))
-
-
-def test_blocks_are_aligned_and_the_batch_is_a_pure_function_of_step():
+def test_blocks_are_aligned_the_batch_is_a_function_of_step_and_cached_scores_equal_the_online_reference(tmp_path):
     tokens = np.arange(1000, dtype=np.uint16)
     blocks = rho.Blocks(tokens, 16, 4, seed=7, ref_losses=np.arange(1000, dtype=np.float16))
-    x, y, ref, _ = run_batch(blocks, 3)
+    x, y, ref, _ = blocks.read(blocks.block_ids(3))
     assert torch.equal(y[:, :-1], x[:, 1:])
     assert torch.equal(ref, y.float())  # the score of a target token sits at that token's index
-    assert torch.equal(x, run_batch(rho.Blocks(tokens, 16, 4, seed=7), 3)[0])
-    assert not torch.equal(x, run_batch(rho.Blocks(tokens, 16, 4, seed=8), 3)[0])
+    for seed in (7, 8):
+        other = rho.Blocks(tokens, 16, 4, seed=seed)
+        assert torch.equal(x, other.read(other.block_ids(3))[0]) == (seed == 7)
     seen = np.concatenate([blocks.block_ids(s) for s in range(blocks.n // 4)])  # one epoch: every block once
     assert len(set(seen.tolist())) == len(seen) == blocks.n // 4 * 4
-
-
-def test_cached_scores_equal_online_reference(tmp_path):
     ref = tiny_model(6, vocab=60, block=16)
     tokens = np.random.default_rng(0).integers(0, 60, 2000).astype(np.uint16)
     rho.score_corpus(ref, tokens, 16, str(tmp_path / "scores.bin"), "cpu", batch_size=32, log=lambda *a: None)
@@ -113,7 +108,7 @@ def test_cached_scores_equal_online_reference(tmp_path):
     assert np.isnan(scores[0]) and not np.isnan(scores[1:(len(tokens) - 1) // 16 * 16 + 1]).any()
     blocks = rho.Blocks(tokens, 16, 8, seed=1, ref_losses=scores)
     for step in range(5):
-        x, y, cached, _ = run_batch(blocks, step)
+        x, y, cached, _ = blocks.read(blocks.block_ids(step))
         with torch.no_grad():
             online = rho.token_losses(ref(x), y).half().float()  # what --ref_mode online computes
         assert torch.allclose(cached, online, atol=2e-3)
@@ -122,9 +117,11 @@ def test_cached_scores_equal_online_reference(tmp_path):
         assert agree >= 0.99
 
 
-def test_extract_answer():
+def test_answers_are_read_from_generated_text_and_from_dataset_answers():
     texts = (" a = 3\n#### 12\n", "so The answer is 1,024.", "#### -3", "no number here")
     assert [data.extract_answer(t) for t in texts] == [12, 1024, -3, None]
+    answers = ["so 3 + 4 = <<3+4=7>>7\n#### 7", "The answer is 1,234.", 42, " 12 ", "no number"]
+    assert [data_real.final_number(a) for a in answers] == [7, 1234, 42, 12, None]
 
 
 def test_kv_cache_decoding_equals_full_recompute_and_a_left_padded_batch_each_prompt_alone():

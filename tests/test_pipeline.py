@@ -1,4 +1,4 @@
-"""The pipeline as a user runs it: data, base, reference, scores, students, plot, a rerun, a resume."""
+"""The pipeline as a user runs it: data, base, reference, scores, students, plot, a resume; beyond the paper."""
 import json
 import os
 import random
@@ -17,15 +17,12 @@ import rho
 from conftest import ROOT, call, records, user_error
 
 
-def test_data_is_byte_identical_for_a_seed_and_differs_across_seeds(pipeline, tmp_path):
+def test_the_corpus_is_byte_identical_for_a_seed_labelled_and_round_trips_any_text(pipeline, tmp_path):
     for name, seed in (("a", 0), ("c", 1)):  # the session's pipeline built its data of seed 0 too
         data.build(data.data_config("tiny", seed=seed), str(tmp_path / name))
     for name in ("web.bin", "web.labels", "ref_train.bin", "ref_val.bin", "eval.jsonl", "meta.json"):
         assert (tmp_path / "a" / name).read_bytes() == (pipeline / "data" / name).read_bytes(), name
     assert (tmp_path / "a" / "web.bin").read_bytes() != (tmp_path / "c" / "web.bin").read_bytes()
-
-
-def test_the_corpus_is_labelled_and_its_compact_vocabulary_round_trips_any_text(pipeline):
     d = str(pipeline / "data")
     meta, (tokens, labels), tok = data.read_meta(d), data.load_tokens(d, "web"), data.Tokenizer.from_meta(d)
     assert len(tokens) == len(labels) == meta["splits"]["web"]["tokens"]
@@ -34,8 +31,6 @@ def test_the_corpus_is_labelled_and_its_compact_vocabulary_round_trips_any_text(
     assert all(share[k] > 0 for k in ("math", "math_wrong", "boilerplate", "gibberish", "prose"))
     # every clean math token sits in a document whose final answer follows from its arithmetic
     assert "####" in tok.decode([t for t, l in zip(tokens.tolist(), labels.tolist()) if l == data.MATH])
-    enc = data.cl100k()
-    assert enc.n_vocab > 100_000 and enc.encode_ordinary("#### 12") == [827, 220, 717]
     assert tok.vocab_hash == meta["vocab_hash"] and len(tok.vocab) < 2000
     for text in ["Question: Mia has 7 apples.\nAnswer: 7 + 5 = 12\n#### 12\n",
                  "Zebras über ünïcødé 🦓 and words never seen: quixotic fjord 12345.678"]:
@@ -76,8 +71,7 @@ def test_end_to_end_tiny_pipeline(pipeline, monkeypatch, capsys):
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(pipeline, monkeypatch):
-    """Killed between two evaluations (--ckpt_every 0: a checkpoint at every logged step), a run resumes and logs
-    what the uninterrupted one does; Ctrl-C ends a run with one line that says how to resume it."""
+    """Killed between evaluations, a run resumes to the uninterrupted run's log; Ctrl-C says how to resume."""
     args, killed = ["--ratio", "0.6", "--ckpt_every", "0"], pipeline / "out" / "killed"  # evaluations: steps 0, 1, 39
     target = random.Random().randrange(10, 30, 5)  # a random logged step to kill after, between two evaluations
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_slm.py"), *args, "--name", "killed"], cwd=pipeline,
@@ -117,16 +111,12 @@ def test_benchmark_measures_every_configuration_on_the_same_model(pipeline, monk
     assert lines[4].startswith("  scoring pass (forward only)") and "x CLM training" in lines[4]
 
 
-def test_gibberish_never_cuts_a_problem_in_two():
-    """A problem with a slip (three segments: before the wrong result, the wrong result, the rest) stays whole."""
-    cfg = data.DataConfig(mix={"math_wrong": 1.0}, p_gibberish=1.0)
+def test_gibberish_never_cuts_a_problem_in_two_and_a_slip_carried_on_changes_the_final_answer():
+    cfg = data.DataConfig(mix={"math_wrong": 1.0}, p_gibberish=1.0)  # a slip: before it, the wrong result, the rest
     pages = list(data.web_pages(cfg, random.Random(0), 300, data.key_splits(0)["train"]))
     for kinds in ([k for _, k in segs] for segs in pages):
         assert all(kinds[i - 1] == kinds[i + 1] == data.MATH for i, k in enumerate(kinds) if k == data.WRONG), kinds
     assert sum(data.GIBBER in [k for _, k in segs] for segs in pages) == 300
-
-
-def test_a_slip_carried_on_changes_the_final_answer_and_one_not_carried_on_does_not():
     q, steps, ans = data.FAMILIES[4][0](data.key_splits(0)["train"][4][0], random.Random(5))  # cost, then change
     for seed in range(20):
         for carry in (True, False):
@@ -137,3 +127,43 @@ def test_a_slip_carried_on_changes_the_final_answer_and_one_not_carried_on_does_
             slipped = next(i for i, line in enumerate(lines) if f"= {wrong}" in line)
             assert data.CALC_RE.search(lines[slipped]).group(4) == str(wrong)
             assert (final != ans) if carry else (final == ans and lines[slipped + 1:] == steps[slipped + 1:])
+
+
+def test_a_reference_sweep_on_a_shared_base_and_a_smaller_reference_from_its_own_base(pipeline, monkeypatch):
+    """The sweep keeps the lowest validation answer loss; --ref_web 3: the base's first third of web and the subset."""
+    monkeypatch.chdir(pipeline)
+    call("train_ref.py", "--preset", "tiny", "--out_dir", "swept", "--base", "out/base/ckpt.pt", "--ref_epochs", "1",
+         "3", "--ref_lr", "1e-3", "--ref_web", "3")
+    pipe = json.loads(open("swept/pipeline.json").read())
+    assert not os.path.exists("swept/base") and pipe["base"] == "out/base/ckpt.pt" and pipe["ref_web"] == 3
+    sweep = pipe["ref_sweep"]
+    assert sorted(sweep) == ["swept/ref-e1-lr0.001", "swept/ref-e3-lr0.001"]
+    web, hq = data.load_tokens("data", "web_base")[0], data.load_tokens("data", "ref_train")[0]
+    for d, run in sweep.items():  # what the pipeline records is what each run's summary says
+        assert run["val_answer_loss"] == json.loads(open(os.path.join(d, "done.json")).read())["val_answer_loss"]
+        cfg, epochs = json.loads(open(os.path.join(d, "config.json")).read()), int(run["ref_epochs"])
+        assert (cfg["split"], cfg["part"], cfg["mix_hq"]) == ("web_base", "0/3", epochs)
+        tokens = data.training_data(rho.TrainConfig(**{k: cfg[k] for k in ("data_dir", "split", "part", "mix_hq")}))[2]
+        assert len(tokens) == cfg["max_tokens"] == len(web) // 3 + epochs * len(hq)
+        assert np.array_equal(tokens, np.concatenate([web[:len(web) // 3], *[hq] * epochs]))
+    best = min(sweep, key=lambda d: sweep[d]["val_answer_loss"])
+    assert pipe["ref"] == os.path.join(best, "ckpt.pt") and pipe["scores"] == os.path.join(best, "scores.bin")
+    assert pipe["ref_epochs"] == sweep[best]["ref_epochs"] and os.path.exists(pipe["scores"])
+    assert "--ref_web" in user_error("train_ref.py", "--preset", "tiny", "--out_dir", "bad", "--ref_web", "-1")
+    # a student uses them; with soft weighting, in a folder of its own at the default temperature
+    call("train_slm.py", "--out_dir", "swept", "--ratio", "0.6", "--weighting", "soft", "--max_tokens", "3000")
+    run = pipeline / "swept" / "slm0.6-soft0.1"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["init"] == "out/base/ckpt.pt" and cfg["ref_ckpt"] == pipe["ref"]
+    assert (cfg["weighting"], cfg["temperature"]) == ("soft", 0.1)
+    assert [r for r in records(run) if "selected" in r] and json.loads((run / "done.json").read_text())["val_loss"] > 0
+    # --student_base: the reference (half the width) fine-tunes from its own base, the students from the given one
+    call("train_ref.py", "--preset", "tiny", "--out_dir", "small", "--n_embd", "16", "--n_head", "1",
+         "--student_base", "out/base/ckpt.pt", "--ref_epochs", "1")
+    pipe = json.loads(open("small/pipeline.json").read())
+    assert pipe["base"] == "out/base/ckpt.pt" and os.path.exists("small/base/ckpt.pt")
+    assert rho.GPT.from_checkpoint(rho.load_checkpoint(pipe["ref"])).config.n_embd == 16
+    call("train_slm.py", "--out_dir", "small", "--ratio", "0.6", "--max_tokens", "3000")
+    cfg = json.loads(open("small/slm0.6/config.json").read())
+    assert (cfg["init"], cfg["ref_ckpt"], cfg["score_file"]) == ("out/base/ckpt.pt", pipe["ref"], pipe["scores"])
+    assert rho.GPT.from_checkpoint(rho.load_checkpoint("small/slm0.6/ckpt.pt")).config.n_embd == 32

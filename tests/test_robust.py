@@ -35,7 +35,7 @@ def test_a_crash_while_writing_or_a_non_finite_loss_keeps_the_last_good_file(pip
     assert not (pipeline / "out" / "boom" / "done.json").exists()
 
 
-def test_a_rerun_reuses_everything_and_overwrite_replaces_only_what_differs(pipeline, tmp_path, monkeypatch, capsys):
+def test_a_rerun_reuses_overwrite_replaces_what_differs_a_copy_uses_its_own(pipeline, tmp_path, monkeypatch, capsys):
     for name in ("data", "out/base", "out/ref"):
         shutil.copytree(pipeline / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
@@ -50,9 +50,7 @@ def test_a_rerun_reuses_everything_and_overwrite_replaces_only_what_differs(pipe
     out = capsys.readouterr().out
     assert "out/ref: replacing a finished run whose ckpt.pt is damaged or missing (--overwrite)" in out, out
     assert "training out/ref" in out and "training out/base" not in out, out
-
-
-def test_a_copied_pipeline_trains_from_its_own_base_and_scores(pipeline, monkeypatch):
+    # a copied pipeline trains from its own base and scores
     copy = pipeline / "copied"  # beside out/, whose base and scores the recorded paths name
     for name in ("base", "ref", "pipeline.json"):  # the pipeline without its students
         (shutil.copytree if name != "pipeline.json" else shutil.copy)(pipeline / "out" / name, copy / name)
@@ -66,7 +64,7 @@ def test_a_copied_pipeline_trains_from_its_own_base_and_scores(pipeline, monkeyp
     assert cfg["score_file"] == os.path.join("copied", "ref", "scores.bin")
 
 
-def test_eta_counts_training_and_evaluation_time_apart():
+def test_eta_counts_training_and_evaluation_time_apart_and_ctrl_c_outside_a_loop_is_one_line(capsys):
     tr = SimpleNamespace(device="cpu", max_iters=100, labels=None, tokens_per_step=10, flops_per_token=1, peak=None,
                          world=1, lr_at=lambda step: 1.0)
     meter = infra.Meter(tr, ["math"], 0)
@@ -81,11 +79,18 @@ def test_eta_counts_training_and_evaluation_time_apart():
     # 90 steps left at 0.01 s, no evaluation left: 0.9 s (not all time over all steps: 3.6 s)
     assert 0.9 <= meter.eta(10, 0) < 1.8
     assert 0.9 + 2 * 0.3 <= meter.eta(10, 2) < 2 * (0.9 + 2 * 0.3)
+    # Ctrl-C outside a training loop: one line, no traceback
+    assert sys.excepthook is infra.interrupted  # what Ctrl-C raises in any script: a corpus build, scoring, a plot
+    shown = []
+    infra.interrupted(KeyboardInterrupt, KeyboardInterrupt(), None, hook=lambda *a: shown.append(a))
+    err = capsys.readouterr().err
+    assert not shown and err.startswith("error: interrupted; fix: run the same command again") and err.count("\n") == 1
+    infra.interrupted(ValueError, ValueError("x"), None, hook=lambda *a: shown.append(a))
+    assert len(shown) == 1  # other errors keep their traceback
 
 
 def test_a_run_folder_has_one_writer(pipeline, monkeypatch):
-    """Two processes started on one run folder: one trains, the other stops with one line; a held folder is free
-    once its holder lets go."""
+    """Of two processes on one run folder one trains, the other stops with one line; a folder let go is free."""
     args = [sys.executable, os.path.join(ROOT, "train_slm.py"), "--ratio", "0.6", "--max_tokens", "15000", "--name",
             "twin"]
     procs = [subprocess.Popen(args, cwd=pipeline, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
@@ -102,13 +107,3 @@ def test_a_run_folder_has_one_writer(pipeline, monkeypatch):
         assert not (pipeline / "out" / "held" / "config.json").exists()
     call("train_slm.py", "--ratio", "0.6", "--name", "held", "--max_tokens", "5000")
     assert (pipeline / "out" / "held" / "done.json").exists()
-
-
-def test_ctrl_c_outside_a_training_loop_is_one_line_without_a_traceback(capsys):
-    assert sys.excepthook is infra.interrupted  # what Ctrl-C raises in any script: a corpus build, scoring, a plot
-    shown = []
-    infra.interrupted(KeyboardInterrupt, KeyboardInterrupt(), None, hook=lambda *a: shown.append(a))
-    err = capsys.readouterr().err
-    assert not shown and err.startswith("error: interrupted; fix: run the same command again") and err.count("\n") == 1
-    infra.interrupted(ValueError, ValueError("x"), None, hook=lambda *a: shown.append(a))
-    assert len(shown) == 1  # other errors keep their traceback
