@@ -1,6 +1,4 @@
-"""rho.py -- Selective Language Modeling (RHO-1: Lin et al. 2024, "Not All Tokens Are What You Need"): 1. a small GPT
-(nanoGPT's); 2. the method; 3. data blocks and the reference's scores; 4. evaluation; 5. the config, the Trainer and
-the loop. The machinery (checkpoints, run folders, processes, the command line, the log) is in infra.py."""
+"""rho.py -- Selective Language Modeling (RHO-1, Lin et al. 2024): the model, the method, data, evaluation, training."""
 import functools
 import itertools
 import json
@@ -22,7 +20,7 @@ from infra import (Meter, append_log, atomic_write, autocast, barrier, check_ran
                    save_checkpoint, training_module)
 
 
-# 1. The model ---------------------------------------------------------------------------------------------------------
+# 1. The model (nanoGPT's, without dropout: its train and eval modes are alike) ----------------------------------------
 @dataclass
 class GPTConfig:
     vocab_size: int = 1280
@@ -156,9 +154,8 @@ def excess_loss(student_losses, ref_losses):
     return student_losses.detach() - ref_losses
 
 
-# --select: the score whose top `ratio` get a loss: SLM's excess loss, or a control's lowest reference loss
-SCORES = {"excess": excess_loss,              # (B, T)
-          "ref_loss": lambda losses, ref: -ref}  # (B, T)
+SCORES = {"excess": excess_loss,              # --select: the score (B, T) whose top `ratio` get a loss: SLM's,
+          "ref_loss": lambda losses, ref: -ref}  # or a control's: the lowest reference loss
 
 
 def n_selected(ratio, n):
@@ -169,9 +166,8 @@ def n_selected(ratio, n):
 def select_topk(scores, ratio):
     """Boolean mask keeping the n_selected(ratio, N) highest of the N scores, over the whole batch (not per row)."""
     flat = scores.reshape(-1)  # (N,)
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask[torch.topk(flat, n_selected(ratio, flat.numel()), sorted=False).indices] = True
-    return mask.view_as(scores)
+    kept = torch.topk(flat, n_selected(ratio, flat.numel()), sorted=False).indices
+    return torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, kept, True).view_as(scores)
 
 
 def select_topk_global(scores, ratio, rank):
@@ -192,8 +188,7 @@ def soft_weights(scores, ratio, temperature):
 def slm_loss(losses, weights, n=None):
     """Eq. 4: sum_i w_i L(x_i) / sum_i w_i, or / n (a global selection's share); nothing kept gives 0, not 0/0."""
     kept = torch.where(weights > 0, losses * weights, 0.0)  # a dropped inf loss stays out (inf * 0 = nan)
-    n = weights.sum() if n is None else n
-    return kept.sum() / (torch.where(n > 0, n, 1) if torch.is_tensor(n) else n)
+    return kept.sum() / (n if n is not None else torch.where(weights.sum() > 0, weights.sum(), 1))
 
 
 # 3. Data: fixed aligned blocks, and the reference's scores cached once ------------------------------------------------
@@ -224,13 +219,11 @@ class Blocks:
 @torch.no_grad()
 def block_losses(model, blocks, device, batch_size):
     """(block ids, their token losses (b, T)) for every block of a file, in order."""
-    model.eval()
     for start in range(0, blocks.n, batch_size):
         ids = np.arange(start, min(start + batch_size, blocks.n))
         x, y, _, _ = blocks.read(ids)
         with autocast(device):
             yield ids, model(x.to(device), y.to(device))  # (b, T)
-    model.train()
 
 
 def eval_batch(device, T, V, most):
@@ -252,38 +245,32 @@ def score_corpus(model, tokens, block_size, path, device, batch_size=None, log=p
 
 
 # 4. Evaluation: held-out loss, answer loss, greedy answer accuracy ----------------------------------------------------
-def eval_loss(model, blocks, device, batch_size=None):
+def eval_loss(model, blocks, device):
     """Mean token loss over every block of a held-out file."""
-    batch_size = batch_size or eval_batch(device, blocks.T, model.config.vocab_size, 64)
-    total = sum(losses.sum().item() for _, losses in block_losses(model, blocks, device, batch_size))
-    return total / (blocks.n * blocks.T)
+    batches = block_losses(model, blocks, device, eval_batch(device, blocks.T, model.config.vocab_size, 64))
+    return sum(losses.sum().item() for _, losses in batches) / (blocks.n * blocks.T)
 
 
 @torch.no_grad()
 def eval_answer_loss(model, problems, device, batch_size=None):
     """Mean loss of the worked solutions' tokens given their questions (unscored: random names and numbers)."""
-    model.eval()
     T, total, count = model.config.block_size, 0.0, 0
     batch_size = batch_size or eval_batch(device, T, model.config.vocab_size, 64)
     for i in range(0, len(problems), batch_size):
-        seqs = [torch.tensor((q + s)[-(T + 1):]) for q, s, _ in problems[i:i + batch_size]]
-        ids = nn.utils.rnn.pad_sequence(seqs, batch_first=True)  # (b, L+1): zeros after a row's end, unseen (causal)
-        end = torch.tensor([len(s) - 1 for s in seqs])[:, None]  # (b, 1): each row's count of targets
-        n_s = torch.tensor([min(len(s), T) for _, s, _ in problems[i:i + batch_size]])[:, None]  # (b, 1)
-        pos = torch.arange(ids.size(1) - 1)  # (L,)
-        scored = (pos >= end - n_s) & (pos < end)  # (b, L): the targets that are solution tokens
+        rows = problems[i:i + batch_size]
+        ids = nn.utils.rnn.pad_sequence([torch.tensor((q + s)[-(T + 1):]) for q, s, _ in rows], batch_first=True)
+        scored = nn.utils.rnn.pad_sequence([torch.tensor([False] * len(q) + [True] * len(s))[-(T + 1):][1:]
+                                            for q, s, _ in rows], batch_first=True)  # (b, L): the solution's targets
         with autocast(device):
             losses = model(ids[:, :-1].to(device), ids[:, 1:].to(device))  # (b, L)
         total += losses[scored.to(device)].sum().item()
         count += int(scored.sum())
-    model.train()
     return total / max(1, count)
 
 
 @torch.no_grad()
 def eval_accuracy(model, tok, problems, device, max_new_tokens=64, batch_size=64):
     """Whether each problem's greedy answer is its final number; prompts batched by length, the rest left-padded."""
-    model.eval()
     room = model.config.block_size - max_new_tokens  # a question too long for the answer loses its beginning
     todo = sorted(((i, q[-room:], answer) for i, (q, _, answer) in enumerate(problems)), key=lambda p: len(p[1]))
     groups = [list(g) for _, g in itertools.groupby(todo, key=lambda p: len(p[1]))]  # by length, in order
@@ -300,7 +287,6 @@ def eval_accuracy(model, tok, problems, device, max_new_tokens=64, batch_size=64
         for row, (i, _, answer) in zip(out[:, n:].tolist(), group):
             row = row[:row.index(tok.eot)] if tok.eot in row else row
             correct[i] = data.extract_answer(tok.decode(row)) == answer
-    model.train()
     return correct
 
 
@@ -351,8 +337,7 @@ class TrainConfig:
     def uses_reference(self):  # whether tokens are selected by a reference's losses
         return self.ratio < 1.0 and self.select in ("excess", "ref_loss")
 
-    def __post_init__(self):
-        """The mistakes a config can hold, each refused in one line before anything is loaded."""
+    def __post_init__(self):  # a config's mistakes, each refused in one line before anything is loaded
         check_ranges(self, positive=("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_tokens", "lr",
                                      "n_evals", "log_every", "temperature"),
                      nonneg=("mix_hq", "tokens_per_step", "eval_problems", "val_problems", "eval_max_new", "seed",
@@ -390,7 +375,7 @@ class Trainer:
         self.start, self.resumed, self.meter_state = 0, False, {}  # a resumed run's: infra.restore sets them
         torch.manual_seed(cfg.seed)
         self.meta, self.tok, tokens, self.labels, val_tokens = data.training_data(cfg)
-        model = GPT.from_checkpoint(self.checked(cfg.init, "initial model")) if cfg.init else \
+        model = GPT.from_checkpoint(load_checkpoint(cfg.init, "initial model", self.meta)) if cfg.init else \
             GPT(GPTConfig(self.meta["vocab_size"], cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd))  # a new one
         self.model = model.to(self.device)
         self.T = self.model.config.block_size
@@ -398,29 +383,22 @@ class Trainer:
         self.val_blocks = Blocks(val_tokens, self.T, cfg.batch_size, 0)
         self.problems, val = data.eval_problems(cfg, self.T, log if self.rank == 0 else None)
         self.val_problems = val[:cfg.val_problems or None]
-        scores, self.ref_model = None, None
-        if cfg.uses_reference:  # the reference's losses: its score file, or the reference itself (online)
-            ref = self.checked(cfg.ref_ckpt, "reference model")
-            if cfg.ref_mode == "cached":
-                scores = load_scores(cfg.score_file, cfg.ref_ckpt, ref, self.meta, cfg.split, self.T)
-            else:
-                self.ref_model = GPT.from_checkpoint(ref).to(self.device).eval()
+        ref = load_checkpoint(cfg.ref_ckpt, "reference model", self.meta) if cfg.uses_reference else None
+        online = ref is not None and cfg.ref_mode == "online"  # its losses: run it, else read its score file
+        self.ref_model = GPT.from_checkpoint(ref).to(self.device) if online else None
+        scores = load_scores(cfg.score_file, cfg.ref_ckpt, ref, self.meta, cfg.split, self.T) \
+            if ref is not None and not online else None
         self.blocks = Blocks(tokens, self.T, cfg.batch_size, cfg.seed, self.labels, scores, self.rank, self.world)
         self.max_iters = max(1, cfg.max_tokens // self.tokens_per_step)
         self.warmup = max(1, int(cfg.warmup_frac * self.max_iters))
         self.optimizer = self.model.configure_optimizer(cfg.lr, cfg.weight_decay, (0.9, cfg.beta2), self.device)
-        # the step's forward: compiled on CUDA, DDP under torchrun; self.model is what checkpoints save and evals run
-        self.train_model = training_module(self.model, cfg.compile, self.device, self.world)
+        self.train_model = training_module(self.model, cfg.compile, self.device, self.world)  # compiled, or DDP
         self.sel_gen = torch.Generator().manual_seed(cfg.seed + 1)  # --select random: the same draws on every rank
         # a global top-k keeps other counts on each rank, and DDP averages: each divides by the global count / world
         self.n_kept = (n_selected(cfg.ratio, cfg.batch_size * self.T * self.world) / self.world
                        if cfg.scope == "global" and self.world > 1 else None)
-        online = self.ref_model is not None  # a forward pass more per token: a third of a training step
-        self.flops_per_token = self.model.flops_per_token() * (4 if online else 3) // 3
+        self.flops_per_token = self.model.flops_per_token() * (4 if online else 3) // 3  # online: a forward more
         self.peak = peak_flops(self.device)
-
-    def checked(self, path, what):
-        return load_checkpoint(path, what, self.meta)
 
     def lr_at(self, it):
         """Linear warmup, then cosine decay to lr * min_lr_frac."""

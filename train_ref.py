@@ -1,7 +1,5 @@
-"""
-train_ref.py -- step 1 of rho: builds the corpus (data.py) if missing, pre-trains a small base model on one part of
-the noisy web corpus, fine-tunes a copy of it on the high-quality math subset (the reference: as in the paper,
-reference and student start from the same base), and scores the student's part of the web with it once (float16).
+"""train_ref.py -- step 1 of rho: build the corpus (data.py) if missing, pre-train a base model on part of the web,
+fine-tune a copy on the high-quality math (the reference, from the students' base as in the paper), score their web.
 
   python train_ref.py                       # the demo: data/, out/base, out/ref, out/ref/scores.bin; then train_slm.py
   python train_ref.py --preset cpu --seed 1 --data_dir data/seed1 --out_dir out/seed1   # the experiment's size
@@ -22,8 +20,7 @@ PRESETS = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=64, batch_size=8, base_tokens=20_000, base_lr=3e-3,
                  ref_epochs=2, ref_lr=1e-3, student_tokens=20_000, lr=3e-3, n_evals=2, eval_problems=8,
                  eval_max_new=32, log_every=5),
-    # the cpu preset's model, corpus and budgets, its rate chosen on validation, the base and reference evaluated twice
-    "demo": dict(CPU, lr=3e-3, n_evals=6, ref_evals=1),
+    "demo": dict(CPU, lr=3e-3, n_evals=6, ref_evals=1),  # cpu's, its lr chosen on validation; base, ref: 2 evals
     "cpu": CPU,
     "cpu512": dict(n_layer=4, n_head=4, n_embd=128, block_size=512, batch_size=4, base_tokens=1_000_000, base_lr=3e-3,
                    ref_epochs=2, ref_lr=1e-3, student_tokens=1_000_000, lr=2e-3, n_evals=6, eval_problems=100,
@@ -124,17 +121,16 @@ def main(args):
         corpus(args)
     barrier()
     meta = data.read_meta(args.data_dir)
-    if not args.base:
-        check_passes("--base_tokens", args.base_tokens, meta["splits"]["web_base"]["tokens"], "web_base")
     own = {**settings, "n_evals": settings.get("ref_evals", settings["n_evals"])}  # the base's and references' runs
     base_ckpt = args.base or os.path.join(args.out_dir, "base", "ckpt.pt")
-    base = read_json(os.path.join(os.path.dirname(args.base), "done.json")) if args.base else rho.train(train_config(
-        own, args, split="web_base", out_dir=os.path.dirname(base_ckpt), max_tokens=own["base_tokens"],
-        lr=own["base_lr"]))
+    if not args.base:
+        check_passes("--base_tokens", args.base_tokens, meta["splits"]["web_base"]["tokens"], "web_base")
+        rho.train(train_config(own, args, split="web_base", out_dir=os.path.dirname(base_ckpt),
+                               max_tokens=own["base_tokens"], lr=own["base_lr"]))
     best, sweep = reference_sweep(args, own, meta, base_ckpt)
     ref, scores = os.path.join(best, "ckpt.pt"), os.path.join(best, "scores.bin")
-    cost = {"base": base.get("flops"), "ref": sweep[best]["flops"],
-            "scoring": score(ref, scores, args, meta) if rank == 0 else 0}
+    cost = {"base": read_json(os.path.join(os.path.dirname(base_ckpt), "done.json")).get("flops"),
+            "ref": sweep[best]["flops"], "scoring": score(ref, scores, args, meta) if rank == 0 else 0}
     pipeline = {"preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "out_dir": args.out_dir,
                 "settings": settings, "base": args.student_base or base_ckpt, "ref": ref, "scores": scores,
                 "flops": cost, "ref_sweep": sweep, **{k: sweep[best][k] for k in ("ref_epochs", "ref_lr")},
@@ -146,8 +142,7 @@ def main(args):
 
 
 def reference_sweep(args, settings, meta, base_ckpt):
-    """Train a reference at each (epochs, lr) asked for; returns the folder of lowest validation answer loss, and
-    {folder: summary}."""
+    """Train a reference per (epochs, lr) asked; returns the one of least validation answer loss, {folder: summary}."""
     grid = [(e, lr) for e in args.ref_epochs or [settings["ref_epochs"]] for lr in args.ref_lr or [settings["ref_lr"]]]
     runs, hq = {}, meta["splits"]["ref_train"]["tokens"]
     for epochs, lr in grid:

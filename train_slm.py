@@ -1,7 +1,5 @@
-"""
-train_slm.py -- step 2 of rho: continue pre-training the base model on the unseen part of the web corpus with
-Selective Language Modeling (a loss on the top `ratio` of tokens by excess loss) or, at --ratio 1.0, plain
-next-token training (CLM) on the same tokens, in the same order. Needs train_ref.py's pipeline; then: plot.py
+"""train_slm.py -- step 2 of rho: continue pre-training the base on the unseen web with Selective Language Modeling (a
+loss on the top `ratio` of tokens by excess loss) or, at --ratio 1.0, CLM: the same tokens, in the same order.
 
   python train_slm.py --ratio 0.6 1.0                     # SLM -> out/slm0.6, then CLM -> out/clm
   python train_slm.py --ratio 0.6 --select random         # a control (README.md: the controls) -> out/random0.6
@@ -18,7 +16,7 @@ import torch
 
 import data
 import rho
-from infra import arg, check_passes, cli, dist_setup, fail, load_checkpoint, read_pipeline, sync
+from infra import arg, check_passes, cli, fail, load_checkpoint, read_pipeline, sync
 from train_ref import RunFlags, train_config
 
 
@@ -77,8 +75,7 @@ def student_config(args, pipe, ratio, lr, **kw):
 def main(args):
     pipe = read_pipeline(args.out_dir)
     if not pipe:
-        fail(f"no reference pipeline in {args.out_dir}", f"run `python train_ref.py --out_dir {args.out_dir}` first"
-             + " (a run folder's parent holds it)" * os.path.exists(os.path.join(args.out_dir, "config.json")))
+        fail(f"no reference pipeline in {args.out_dir}", f"run `python train_ref.py --out_dir {args.out_dir}` first")
     if args.temperature is not None and args.weighting != "soft":
         fail(f"--temperature is for --weighting soft, not {args.weighting}", "add --weighting soft, or drop it")
     args.temperature = 0.1 if args.temperature is None else args.temperature
@@ -87,15 +84,11 @@ def main(args):
     if args.bench:
         return bench(args, pipe)
     for ratio, lr in itertools.product(args.ratio, args.lr or [None]):
-        cfg = student_config(args, pipe, ratio, lr)
-        s = rho.train(cfg)
-        if dist_setup()[0] == 0:
-            print(f"{cfg.out_dir}: val loss {s['val_loss']:.4f}, accuracy {s.get('acc', 0):.1%}")
+        rho.train(student_config(args, pipe, ratio, lr))
 
 
 def bench(args, pipe, steps=10, rounds=20):
-    """Tokens/s of CLM and SLM (cached, online) on one model and data, interleaved round by round so that the
-    machine's drift hits each alike (medians; round 0 warms up), and of the scoring pass."""
+    """Tokens/s of CLM, SLM (cached, online) and scoring on one model; rounds interleaved against drift, medians."""
     ratio = args.ratio[0] if args.ratio[0] < 1 else 0.6
     runs = {"CLM": (1.0, {}), f"SLM {ratio:g}, cached scores": (ratio, {}),
             f"SLM {ratio:g}, online reference": (ratio, {"ref_mode": "online"})}
