@@ -205,7 +205,7 @@ def paired(pairs, shared=False, n_boot=2000, seed=0):
     draw = rng.integers(0, n, (n_boot, n))
     boot = np.mean([a[idx].mean(1) - b[idx].mean(1) for a, b in pairs
                     for idx in [draw if shared else rng.integers(0, n, (n_boot, n))]], axis=0)
-    if shared:
+    if shared and len(pairs) > 1:  # one pair: its exact McNemar p
         d = np.mean([a.astype(float) - b for a, b in pairs], axis=0)  # each problem's mean difference over seeds
         flips = rng.choice([-1.0, 1.0], (n_boot * 5, n))
         hits = int((np.abs(flips @ d) >= abs(d.sum()) - 1e-12).sum())  # the observed signs count as one draw:
@@ -320,7 +320,7 @@ def paired_table(res):
     if not rows:
         return []
     pooled = ("a sign-flip test of each problem's mean difference, the seeds sharing their test problems):"
-              if res["shared"] else "the McNemar p of all seeds' pairs together):")
+              if res["shared"] and len(res["seeds"]) > 1 else "the McNemar p of all seeds' pairs together):")
     return [""] + md_table(["comparison", "per seed: difference (p)", "pooled"], rows, "paired accuracy tests on the "
                            "same test problems, SLM against each arm (difference in points, exact McNemar p per seed; "
                            "pooled: mean difference, its 95% bootstrap interval over the test problems (not over "

@@ -112,30 +112,17 @@ def screen(*ns):
     return [[when(n, w) for w in (0, 1) for n in ns if (n, w) != (2000, 0)], students]
 
 
-def width(w, web=False):
-    """Issue 31: a reference of width w, from its own base on the 2,000 cell's web, guiding that cell's students."""
-    out = f"out/when/subset2000-ref{w}{'-webref4' * web}/seed0"
+def width(w, web=False, seed=0):
+    """Issue 31: a reference of width w, from its own base on the 2,000 cell's web, guiding that cell's students (seed
+    0: the base of the subset-only pipeline; another seed: its own, in the web-keeping pipeline)."""
+    out = f"out/when/subset2000-ref{w}{'-webref4' * web}/seed{seed}"
     small = f"out/when/subset2000-ref{w}/seed0/base/ckpt.pt"
-    ref = ["--base", small, "--ref_web", "4", "--ref_epochs", "40", "--ref_lr"] if web else \
-        ["--n_embd", str(w), "--n_head", str(w // 16), "--ref_epochs", "10", "40", "--ref_lr", "6e-3"]
-    return pipe(f"width{w}{'w' * web}", out, "data/when/subset2000", 0, *ref, "1.2e-2", "2.4e-2", "--student_base",
-                "out/when/subset2000/seed0/base/ckpt.pt", "--corpus", "n_ref_train=2000")
-
-
-def budget(m=10, pages=80_000):
-    """Issue 31: students of m million web tokens on a web of `pages` pages (its own base; the subset-only and the
-    web-keeping reference), each arm at one or two rates; CLM at 3e-3 beside the web-keeping reference."""
-    out, web, data = f"out/when/budget{m}m/seed0", f"out/when/budget{m}m-webref4/seed0", f"data/when/budget{m}m"
-    ref = ["--ref_epochs", "10", "40", "--ref_lr", "6e-3", "1.2e-2"]
-    webref = ["--base", f"{out}/base/ckpt.pt", "--ref_web", "4", "--ref_epochs", "40", "--ref_lr", "1.2e-2"]
-    pipes = [pipe(f"budget{m}m{tag}", o, data, 0, "--corpus", f"n_web={pages}", *flags)
-             for tag, o, flags in (("", out, ref), ("w", web, webref))]
-    arms = [(out, "clm", 3e-3), (out, "slm0.6", 6e-3), (web, "slm0.6", 3e-3), (out, "clm", 6e-3),
-            (out, "clm-mixhq4", 6e-3), (out, "oracle", 6e-3), (out, "slm0.6", 3e-3), (web, "slm0.6", 6e-3),
-            (out, "clm-mixhq8", 6e-3)]
-    students = [(name, done, [*cmd, "--max_tokens", str(m * 10**6)]) for name, done, cmd in
-                (slm(o, a, x) for o, a, x in arms)]
-    return [[pipes[0]], [pipes[1], students[0]], students[1:]]
+    shape = ["--n_embd", str(w), "--n_head", str(w // 16)]
+    ref = [*(["--base", small] if seed == 0 else shape), "--ref_web", "4", "--ref_epochs", "40", "--ref_lr"] if web \
+        else [*shape, "--ref_epochs", "10", "40", "--ref_lr", "6e-3"]
+    data = "data/when/subset2000" + (f"-seed{seed}" if seed else "")
+    return pipe(f"width{w}{'w' * web}{seed or ''}", out, data, seed, *ref, "1.2e-2", "2.4e-2", "--student_base",
+                f"out/when/subset2000{'-webref4' * bool(seed)}/seed{seed}/base/ckpt.pt", "--corpus", "n_ref_train=2000")
 
 
 EDGE = [f"{D}-refedge{i}" for i in range(4)]  # seed 0's references beyond the corner
@@ -198,7 +185,10 @@ PLANS = {  # plan: its stages (a stage: its jobs, or a function choosing them fr
     "width": lambda: [[width(32), width(16)], [width(32, 1), width(16, 1)],  # issue 31: a small reference
                       [slm(f"out/when/subset2000-ref{w}{'-webref4' * web}/seed0", "slm0.6", x)
                        for w in (32, 16) for web in (0, 1) for x in (3e-3, 6e-3)]],
-    "budget": budget,  # issue 31: a 10M-token student
+    "width3": lambda: [[when(2000, 1, s) for s in (1, 2)], [width(32, 1, s) for s in (1, 2)],  # its best cell
+                       [*(slm(f"out/when/subset2000-ref32-webref4/seed{s}", a, x) for s in S3 for a, x in
+                          (("slm0.6", 3e-3), ("clm", 3e-3), ("clm-mixhq4", 6e-3))),
+                        *(slm(f"out/when/subset2000-webref4/seed{s}", "slm0.6", 3e-3) for s in (1, 2))]],
     "when3": lambda: [[when(1000, 1, 1), when(1000, 1, 2)],  # the best cell in 3 pipelines at seed 0's choices
                       *[[slm(f"out/when/subset1000-webref4/seed{s}", a, x, t) for s in S3 for a, x in W1000.items()
                          if t == 0 or a != "oracle"] for t in (0, *SEEDS)]],

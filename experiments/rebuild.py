@@ -16,6 +16,7 @@ W, M, E = "web-keeping ref", "80 epochs", "80-epoch ref"  # labels
 WEB = "--arms CLM 'SLM 0.6' 'CLM + HQ x4' 'oracle (math tokens)'"
 RATIOS = "--arms CLM 'SLM 0.4' 'SLM 0.5' 'SLM 0.6' 'SLM 0.7' 'SLM 0.8'"
 K, NS = "web-keeping", (1000, 500, 250)  # issue 31's screen: every cell beside the 2,000 cell's CLM and oracle
+WIDTHS = ((32, "half"), (16, "quarter"))  # issue 31: references of half and a quarter of the student's width
 PLOT = {  # printout: plot.py's arguments but --png and --full
     "demo": "--out_dir out/demo-cpu", "headline-default": f"--out_dir {H}", "headline": f"--out_dir {H}",
     "demo-refs": f"--out_dir out/demo/cheap --merge {D}='{W}, 4 epochs' {D}-10ep='{W}, 10 epochs' "
@@ -38,6 +39,10 @@ PLOT = {  # printout: plot.py's arguments but --png and --full
     f"tokens)' reference 'SLM 0.6' 'CLM + HQ x4' 'reference (2000, {K})' 'SLM 0.6 (2000, {K})' " + " ".join(
         f"'{a} ({n})' '{a} ({n}, {K})'" for n in NS for a in ("reference", "SLM 0.6")) + " " + " ".join(
         f"'CLM + HQ x4 ({n})'" for n in NS),
+    "when-width": f"--out_dir {WN}2000 --merge {WN}2000-webref4='{K}' " + " ".join(  # issue 31: small references
+        f"{WN}2000-ref{w}='{x}-width ref' {WN}2000-ref{w}-webref4='{x}-width ref, {K}'" for w, x in WIDTHS) +
+    f" --arms CLM 'oracle (math tokens)' 'CLM + HQ x4' reference 'SLM 0.6' 'reference ({K})' 'SLM 0.6 ({K})' " +
+    " ".join(f"'{a} ({x}-width ref{k})'" for _, x in WIDTHS for k in ("", f", {K}") for a in ("reference", "SLM 0.6")),
     "when3": f"--out_dir {WN}1000-webref4"}  # issue 31: the 1,000 cell with the web-keeping ref, 3 x 3
 CKPTS = {  # printout: (the plan that makes its runs, plot.py's arguments run in DIR, the file they write or stdout)
     **{f"explain-{n}": (p, f"--explain out/{r}", f"out/{r}/explain.md") for n, p, r in [

@@ -122,8 +122,9 @@ def test_paired_tests_and_the_noise_floor_on_known_answers(tmp_path):
     shared = plot.paired([(a, b), (a, b)], shared=True)
     assert shared["diff"] == pytest.approx(0.1) and 2 / 2 ** 10 * 0.5 < shared["p"] < 2 / 2 ** 10 * 2
     assert shared["ci"][1] - shared["ci"][0] > t["ci"][1] - t["ci"][0]
-    far = plot.paired([(np.ones(200, bool), np.zeros(200, bool))], shared=True)["p"]  # beyond every random flip
+    far = plot.paired([(np.ones(200, bool), np.zeros(200, bool))] * 2, shared=True)["p"]  # beyond every random flip
     assert far == pytest.approx(1 / 10001)
+    assert plot.paired([(a, b)], shared=True)["p"] == pytest.approx(2 / 2 ** 10)  # one run: its exact McNemar p
     # answers are read back at their length (one '0'/'1' each); runs of other lengths pair on the common problems
     right = [True, False, True, True, False, True, False]
     (tmp_path / "config.json").write_text(json.dumps({"seed": 0, "lr": 1, "split": "web", "select": "", "ratio": 1}))
