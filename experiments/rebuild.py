@@ -50,7 +50,8 @@ CKPTS = {  # printout: (the plan that makes its runs, plot.py's arguments run in
         ("webref", "webref-default", "headline/default-webref4/seed0/slm0.6-lr0.006"),
         ("webref-refloss", "webref-default", "headline/default-webref4/seed0/refloss0.6-lr0.003"),
         ("refedge", "refedge-default", "headline/default-refedge0/seed0/slm0.6-lr0.006"),
-        ("when1000", "when", "when/subset1000-webref4/seed0/slm0.6-lr0.003")]},
+        ("when1000", "when", "when/subset1000-webref4/seed0/slm0.6-lr0.003"),
+        ("width", "width", "when/subset2000-ref32-webref4/seed0/slm0.6-lr0.003")]},
     "tokens": ("when", "--tokens out/when/subset1000-webref4/seed0/slm0.6-lr0.003",
                "out/when/subset1000-webref4/seed0/slm0.6-lr0.003/tokens.png"),
     "categories-headline": ("categories-default", "--categories out/headline/default/seed0/clm-ckpts-lr0.006", "")}
