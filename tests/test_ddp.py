@@ -1,6 +1,7 @@
 """Data parallel training on CPU with gloo, in one torchrun of 2 processes (this file is their script)."""
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -42,7 +43,10 @@ def ranks(pipeline, out):
 
 def test_two_processes_equal_one_on_the_whole_batch_and_a_failing_rank_ends_the_run(pipeline, tmp_path, monkeypatch):
     """Top-k, gradients (one all-reduce a step) and a --scope global log as one process's; a failing rank exits."""
-    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    with socket.socket() as s:  # a free port: a static rendezvous starts faster than --standalone's
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--master_port={port}", "--nproc_per_node=2",
                           os.path.abspath(__file__), str(pipeline), str(tmp_path / "out")], cwd=pipeline,
                          env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True)
