@@ -138,13 +138,15 @@ def merge(root, others, notes):
     if bad := [other for other in others if "=" not in other]:
         fail(f"--merge {bad[0]} has no label", f"name its arms: --merge {bad[0]}=<label>")
     for folder, label in (other.split("=", 1) for other in others):
-        for run in find_runs(folder, notes):
+        for run in find_runs(folder, notes):  # of the seeds root has: another seed has nothing to pair with
+            if run["seed"] not in pipes:
+                continue
             if run["arm"] == "CLM":
                 mine = clms.get((run["seed"], run["lr"]))
                 if mine is None or not all(np.array_equal(run[k], mine[k]) for k in ("acc", "answer", "val")):
                     fail(f"{run['path']} differs from {root}'s CLM of seed {run['seed']} at lr {run['lr']:g} (or it "
                          "has none)", "merge folders on the same bases and corpora, run at one thread")
-            elif run["arm"] != "base" and run["seed"] in pipes:
+            elif run["arm"] != "base":
                 name = f"{run['name']} ({label})"
                 runs.append({**run, "group": runs[0]["group"], "pipe": {**run["pipe"], "dir": pipes[run["seed"]]},
                              "name": name, "arm": name + run["arm"][len(run["name"]):]})

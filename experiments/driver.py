@@ -125,6 +125,16 @@ def width(w, web=False, seed=0):
                 f"out/when/subset2000{'-webref4' * bool(seed)}/seed{seed}/base/ckpt.pt", "--corpus", "n_ref_train=2000")
 
 
+def budget(m=10, pages=80_000):
+    """Issue 31: CLM and SLM 0.6 of m million web tokens (at the 2,000 cell's rate, 3e-3) on a web of `pages` pages,
+    with its own base and the web-keeping reference (the demo's)."""
+    out = f"out/when/budget{m}m-webref4/seed0"
+    ref = ["--corpus", f"n_web={pages}", "--ref_web", "4", "--ref_epochs", "40", "--ref_lr", "1.2e-2"]
+    students = [(name, done, [*cmd, "--max_tokens", str(m * 10**6)]) for name, done, cmd in
+                (slm(out, a, 3e-3) for a in ("slm0.6", "clm"))]
+    return [[pipe(f"budget{m}m", out, f"data/when/budget{m}m", 0, *ref)], students]
+
+
 EDGE = [f"{D}-refedge{i}" for i in range(4)]  # seed 0's references beyond the corner
 W1000 = {"slm0.6": 3e-3, "clm": 3e-3, "clm-mixhq4": 3e-3, "oracle": 6e-3}  # seed 0's choices (out/results/when.md)
 LOST, HN, HN_RATES = {"clm": 6e-3, "random0.6": 3e-3}, "harm-nocarry", dict.fromkeys(NOISE, 3e-3)
@@ -189,6 +199,7 @@ PLANS = {  # plan: its stages (a stage: its jobs, or a function choosing them fr
                        [*(slm(f"out/when/subset2000-ref32-webref4/seed{s}", a, x) for s in S3 for a, x in
                           (("slm0.6", 3e-3), ("clm", 3e-3), ("clm-mixhq4", 6e-3))),
                         *(slm(f"out/when/subset2000-webref4/seed{s}", "slm0.6", 3e-3) for s in (1, 2))]],
+    "budget": budget,  # issue 31: a 10M-token student
     "when3": lambda: [[when(1000, 1, 1), when(1000, 1, 2)],  # the best cell in 3 pipelines at seed 0's choices
                       *[[slm(f"out/when/subset1000-webref4/seed{s}", a, x, t) for s in S3 for a, x in W1000.items()
                          if t == 0 or a != "oracle"] for t in (0, *SEEDS)]],
