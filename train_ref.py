@@ -29,7 +29,6 @@ PRESETS = {
     "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, tokens_per_step=131_072,
                 base_tokens=100_000_000, base_lr=3e-3, ref_epochs=3, ref_lr=1e-3, student_tokens=200_000_000, lr=2e-3,
                 n_evals=20, eval_problems=1000, log_every=100),
-    # GPT-2 small's shape for a real corpus: 163M parameters with cl100k's 100k ids; 0.5M tokens a step
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, tokens_per_step=524_288,
                  base_tokens=1_000_000_000, base_lr=6e-4, ref_epochs=3, ref_lr=1e-4, student_tokens=2_000_000_000,
                  lr=6e-4, n_evals=20, eval_problems=500, eval_max_new=256, log_every=20),

@@ -74,8 +74,10 @@ def student_config(args, pipe, ratio, lr, **kw):
 
 def main(args):
     pipe = read_pipeline(args.out_dir)
-    if not pipe:
-        fail(f"no reference pipeline in {args.out_dir}", f"run `python train_ref.py --out_dir {args.out_dir}` first")
+    if not pipe:  # a run folder named by mistake, or no pipeline yet
+        up = os.path.dirname(args.out_dir.rstrip("/")) or "."
+        fail(f"no reference pipeline in {args.out_dir}", f"pass the pipeline folder: --out_dir {up}" if os.path.exists(
+            os.path.join(args.out_dir, "config.json")) else f"run `python train_ref.py --out_dir {args.out_dir}` first")
     if args.temperature is not None and args.weighting != "soft":
         fail(f"--temperature is for --weighting soft, not {args.weighting}", "add --weighting soft, or drop it")
     args.temperature = 0.1 if args.temperature is None else args.temperature
