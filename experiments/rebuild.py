@@ -44,6 +44,7 @@ PLOT = {  # printout: plot.py's arguments but --png and --full
     f" --arms CLM 'oracle (math tokens)' 'CLM + HQ x4' reference 'SLM 0.6' 'reference ({K})' 'SLM 0.6 ({K})' " +
     " ".join(f"'{a} ({x}-width ref{k})'" for _, x in WIDTHS for k in ("", f", {K}") for a in ("reference", "SLM 0.6")),
     "when-width3": f"--out_dir {WN}2000-ref32-webref4 --merge {WN}2000-webref4='student-width ref'",  # 3 pipelines
+    "when-budget": "--out_dir out/when/budget10m-webref4",  # issue 31: a 10M-token student, seed 0
     "when3": f"--out_dir {WN}1000-webref4"}  # issue 31: the 1,000 cell with the web-keeping ref, 3 x 3
 CKPTS = {  # printout: (the plan that makes its runs, plot.py's arguments run in DIR, the file they write or stdout)
     **{f"explain-{n}": (p, f"--explain out/{r}", f"out/{r}/explain.md") for n, p, r in [
